@@ -1,0 +1,27 @@
+# The two commands: `make run` and `make test`. Both install what they need first.
+PY := .venv/bin/python
+
+.PHONY: help setup run test lint bench
+
+help:
+	@echo "make run    start the agent on PORT (default 8080) with embedded defaults"
+	@echo "make test   run the whole test suite against real PostgreSQL, Redis, S3, FUSE, runc"
+	@echo "make lint   ruff"
+	@echo "make bench  run the benchmarks under bench/"
+
+setup:
+	scripts/setup.sh
+
+run: setup
+	$(PY) manage.py serve
+
+test:
+	scripts/setup.sh --test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench:
+	scripts/setup.sh --test
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,0 +1,100 @@
+"""Fixtures shared by the whole suite. Everything talks to real services (tests/services.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.services import free_port
+from weldr_agent import runner
+from weldr_agent.models import ApiToken
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test may use both databases unless it asks for something else itself.
+    for item in items:
+        if item.get_closest_marker("django_db") is None:
+            item.add_marker(pytest.mark.django_db(databases="__all__"))
+
+
+@pytest.fixture
+def agent_token() -> str:
+    _row, token = ApiToken.issue("tests")
+    return token
+
+
+@pytest.fixture
+def api(agent_token: str) -> APIClient:
+    """An API client authenticated with a real agent token."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {agent_token}")
+    return client
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    return APIClient()
+
+
+class AgentProcess:
+    """`manage.py serve` in a child process with its own data directories."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env, self.port, self.log = env, port, log
+        self.process: runner.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def manage(self, *args: str, timeout: float = 60) -> runner.Completed:
+        return runner.run([sys.executable, REPO / "manage.py", *args], env=self.env,
+                          timeout=timeout, cwd=REPO)
+
+    def start(self, timeout: float = 60) -> None:
+        self.process = runner.spawn(
+            [sys.executable, REPO / "manage.py", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            env=self.env, log_path=self.log, cwd=REPO,
+        )
+        from weldr_agent.s3 import port_open
+
+        if not runner.wait_until(lambda: port_open("127.0.0.1", self.port)
+                                 or self.process.poll() is not None, timeout=timeout) \
+                or self.process.poll() is not None:
+            raise RuntimeError(f"agent did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, grace: float = 30) -> int:
+        if self.process is None:
+            return 0
+        code = runner.stop(self.process, grace=grace)
+        self.process = None
+        return code
+
+
+@pytest.fixture
+def agent_process(tmp_path: Path) -> Iterator[AgentProcess]:
+    """A real agent process (daphne) on a free port, with state and workspace in tmp_path.
+
+    It shares the test run's PostgreSQL server, Redis and S3 server; its shared database is a
+    fresh SQLite file unless a test sets DATABASE_URL in `agent.env` before `start()`.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL"}}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
+        "WELDR_ENV_VOL": str(tmp_path / "env"),
+        "WORKSPACE_BASE": str(tmp_path / "workspace"),
+        "WELDR_RUNTIME_DIR": str(tmp_path / "run"),
+    })
+    agent = AgentProcess(env, free_port(), tmp_path / "agent.log")
+    try:
+        yield agent
+    finally:
+        agent.stop()

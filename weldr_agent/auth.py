@@ -1,0 +1,202 @@
+"""Authentication: agent tokens and the platform's Better Auth credentials (API.md).
+
+Each class answers `None` when the request does not carry its kind of credential and raises
+`AuthenticationFailed` when it carries one that is bad, so that a tampered credential is a 401
+rather than falling through to "anonymous".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import unquote
+
+import jwt
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import authentication, exceptions, permissions
+from rest_framework.request import Request
+
+from weldr_agent.betterauth.models import ApiKey, Session
+from weldr_agent.models import TOKEN_PREFIX, ApiToken
+
+SESSION_COOKIES = ("__Secure-better-auth.session_token", "better-auth.session_token")
+RAW_SESSION_TOKEN = re.compile(r"^[A-Za-z0-9]{32}$")
+JWT_SHAPE = re.compile(r"^eyJ[\w-]*\.[\w-]+\.[\w-]*$")
+JWT_ALGORITHMS = ["EdDSA", "ES256", "ES512", "RS256", "PS256"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an agent token (no user) or a Better Auth user."""
+
+    kind: str
+    name: str
+    user_id: str | None = None
+    is_authenticated: bool = True
+
+    @property
+    def is_platform_user(self) -> bool:
+        return self.user_id is not None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+def _bearer(request: Request) -> str | None:
+    header = authentication.get_authorization_header(request).decode("latin-1")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _failed(detail: str) -> exceptions.AuthenticationFailed:
+    return exceptions.AuthenticationFailed(detail, code="not_authenticated")
+
+
+class _BearerChallenge(authentication.BaseAuthentication):
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="weldr-agent"'
+
+
+class AgentTokenAuthentication(_BearerChallenge):
+    """`Authorization: Bearer wat_…` created by `manage.py create_api_token`."""
+
+    def authenticate(self, request: Request) -> tuple[Principal, Any] | None:
+        token = _bearer(request)
+        if token is None or not token.startswith(TOKEN_PREFIX):
+            return None
+        row = ApiToken.objects.find(token)
+        if row is None:
+            raise _failed("The agent token is unknown or revoked.")
+        row.touch()
+        return Principal(kind="agent_token", name=row.name), row
+
+
+def unsign_session_cookie(value: str, secret: str) -> str | None:
+    """Return the session token of a Better Auth signed value, or None when the HMAC is wrong.
+
+    Value: urlencode(token + "." + base64(HMAC_SHA256(secret, token))) (INTEROP.md).
+    """
+    token, dot, signature = unquote(value).rpartition(".")
+    if not dot or not token or not secret:
+        return None
+    expected = base64.b64encode(
+        hmac.new(secret.encode(), token.encode(), hashlib.sha256).digest()
+    ).decode()
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
+        return None
+    return token
+
+
+def sign_session_token(token: str, secret: str) -> str:
+    """The inverse of `unsign_session_cookie` (used by tests and by operators' tooling)."""
+    signature = base64.b64encode(hmac.new(secret.encode(), token.encode(), hashlib.sha256).digest())
+    return f"{token}.{signature.decode()}"
+
+
+def session_user_id(token: str) -> str | None:
+    session = Session.objects.filter(token=token).only("user_id", "expires_at").first()
+    if session is None or session.expires_at <= timezone.now():
+        return None
+    return session.user_id
+
+
+class BetterAuthSessionAuthentication(_BearerChallenge):
+    """A Better Auth session: signed cookie, or bearer token signed or raw."""
+
+    def authenticate(self, request: Request) -> tuple[Principal, Any] | None:
+        cookie = next((request.COOKIES[n] for n in SESSION_COOKIES if n in request.COOKIES), None)
+        bearer = _bearer(request)
+        if cookie is not None:
+            token = unsign_session_cookie(cookie, settings.BETTER_AUTH_SECRET)
+            if token is None:
+                raise _failed("The session cookie's signature is invalid.")
+        elif bearer is not None and not bearer.startswith(TOKEN_PREFIX):
+            if RAW_SESSION_TOKEN.match(bearer):
+                token = bearer
+            else:
+                token = unsign_session_cookie(bearer, settings.BETTER_AUTH_SECRET)
+                if token is None:
+                    raise _failed("The bearer token is not a valid credential.")
+        else:
+            return None
+        user_id = session_user_id(token)
+        if user_id is None:
+            raise _failed("The session is unknown or has expired; sign in again.")
+        return Principal(kind="session", name=user_id, user_id=user_id), None
+
+
+@lru_cache(maxsize=4)
+def _jwks_client(url: str) -> jwt.PyJWKClient:
+    return jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=5)
+
+
+class BetterAuthJWTAuthentication(_BearerChallenge):
+    """`Authorization: Bearer <JWT>` from Better Auth's jwt plugin, checked against its JWKS."""
+
+    def authenticate(self, request: Request) -> tuple[Principal, Any] | None:
+        token = _bearer(request)
+        if token is None or not JWT_SHAPE.match(token):
+            return None
+        base = settings.BETTER_AUTH_URL
+        if not base:
+            raise _failed("JWTs are not accepted: BETTER_AUTH_URL is not configured.")
+        try:
+            key = _jwks_client(f"{base}/api/auth/jwks").get_signing_key_from_jwt(token)
+            claims = jwt.decode(
+                token, key.key, algorithms=JWT_ALGORITHMS, audience=base, issuer=base,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.PyJWKClientConnectionError as error:
+            raise _failed(f"The platform's JWKS could not be fetched: {error}") from None
+        except jwt.PyJWTError as error:
+            raise _failed(f"The JWT is invalid: {error}") from None
+        return Principal(kind="jwt", name=claims["sub"], user_id=claims["sub"]), claims
+
+
+def api_key_hash(key: str) -> str:
+    """How Better Auth's api-key plugin stores a key: base64url(SHA-256(key)) without padding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(key.encode()).digest()).rstrip(b"=").decode()
+
+
+class BetterAuthApiKeyAuthentication(authentication.BaseAuthentication):
+    """`x-api-key: <Better Auth API key>`."""
+
+    def authenticate(self, request: Request) -> tuple[Principal, Any] | None:
+        key = request.headers.get("x-api-key")
+        if not key:
+            return None
+        row = ApiKey.objects.filter(key=api_key_hash(key)).first()
+        if row is None or row.enabled is False:
+            raise _failed("The API key is unknown or disabled.")
+        if row.expires_at is not None and row.expires_at <= timezone.now():
+            raise _failed("The API key has expired.")
+        return Principal(kind="api_key", name=row.start or row.id, user_id=row.user_id), row
+
+
+def owns_project(user_id: str, project_id: str) -> bool:
+    from workflows.models import Project
+
+    return Project.objects.filter(id=project_id, owner_id=user_id).exists()
+
+
+class IsAgentOrProjectOwner(permissions.BasePermission):
+    """Authenticated; and when PROJECT_ID is set, a platform user must own that project."""
+
+    message = "You do not have access to this project."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        principal = request.user
+        if not isinstance(principal, Principal):
+            return False
+        if principal.is_platform_user and settings.PROJECT_ID:
+            if not owns_project(principal.user_id or "", settings.PROJECT_ID):
+                raise exceptions.PermissionDenied(self.message, code="forbidden")
+        return True

@@ -1,0 +1,56 @@
+"""Agent tokens: machine-local credentials for the platform and operators (state database)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.db import models
+from django.utils import timezone
+
+TOKEN_PREFIX = "wat_"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def active(self) -> ApiTokenQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+    def find(self, token: str) -> ApiToken | None:
+        return self.active().filter(token_hash=token_hash(token)).first()
+
+
+class ApiToken(models.Model):
+    """An agent token; only its SHA-256 is stored, the token itself is shown once."""
+
+    name = models.CharField(max_length=100, unique=True)
+    prefix = models.CharField(max_length=12, help_text="First characters, to recognise a token.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def issue(cls, name: str) -> tuple[ApiToken, str]:
+        """Create a token named `name`; return the row and the clear token (shown once)."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = cls.objects.create(name=name, prefix=token[:10], token_hash=token_hash(token))
+        return row, token
+
+    def touch(self) -> None:
+        now = timezone.now()
+        # At most one write a minute per token: authentication is on every request.
+        if self.last_used_at is None or (now - self.last_used_at).total_seconds() > 60:
+            ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
+            self.last_used_at = now

@@ -1,0 +1,415 @@
+"""Weldr Agent settings: every knob comes from the environment (django-environ).
+
+Development (`NODE_ENV` unset or `development`) has an embedded default for everything, so
+`make run` works on a fresh machine; production (`NODE_ENV=production`) requires the variables
+the design document marks as required. A bad value stops start-up with `ImproperlyConfigured`
+naming the variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from weldr_agent import localstore
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env = environ.Env()
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+    return value
+
+
+def _int(name: str, default: int, *, low: int, high: int) -> int:
+    try:
+        value = env.int(name, default=default)
+    except (ValueError, TypeError) as error:
+        raise ImproperlyConfigured(f"{name} must be a whole number: {error}") from error
+    if not low <= value <= high:
+        raise ImproperlyConfigured(f"{name} must be between {low} and {high}; got {value}.")
+    return value
+
+
+def _optional_int(name: str, *, low: int, high: int) -> int | None:
+    if not env.str(name, default=""):
+        return None
+    return _int(name, 0, low=low, high=high)
+
+
+def _float(name: str, default: float, *, low: float, high: float) -> float:
+    try:
+        value = env.float(name, default=default)
+    except (ValueError, TypeError) as error:
+        raise ImproperlyConfigured(f"{name} must be a number: {error}") from error
+    if not low <= value <= high:
+        raise ImproperlyConfigured(f"{name} must be between {low} and {high}; got {value}.")
+    return value
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = env.str(name, default="1" if default else "0").strip().lower()
+    if raw not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+        raise ImproperlyConfigured(f"{name} must be 1 or 0 (true/false); got {raw!r}.")
+    return raw in {"1", "true", "yes", "on"}
+
+
+_DURATION = re.compile(r"^\d+(ms|s|m|h)?$")
+
+
+def _duration(name: str, default: str) -> str:
+    value = env.str(name, default=default).strip()
+    if not _DURATION.match(value):
+        raise ImproperlyConfigured(f"{name} must be a duration like 30s, 5m or 1h; got {value!r}.")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Mode
+# ---------------------------------------------------------------------------------------------
+
+NODE_ENV = _choice("NODE_ENV", env.str("NODE_ENV", default="development"),
+                   ("development", "production", "test"))
+PRODUCTION = NODE_ENV == "production"
+VERSION = "0.1.0"
+
+_REQUIRED_IN_PRODUCTION = (
+    "DATABASE_URL", "REDIS_URL", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY",
+    "BETTER_AUTH_SECRET", "PROJECT_ID", "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY",
+)
+if PRODUCTION:
+    _missing = [name for name in _REQUIRED_IN_PRODUCTION if not env.str(name, default="")]
+    if _missing:
+        raise ImproperlyConfigured(
+            f"NODE_ENV=production requires {', '.join(_missing)} to be set."
+        )
+
+# ---------------------------------------------------------------------------------------------
+# Directories
+# ---------------------------------------------------------------------------------------------
+
+_DEV_DATA = BASE_DIR / ".data"
+WELDR_ENV_VOL = Path(env.str(
+    "WELDR_ENV_VOL", default="/dev/weldr_env_vol" if PRODUCTION else str(_DEV_DATA / "env"),
+)).absolute()
+WORKSPACE_BASE = Path(env.str(
+    "WORKSPACE_BASE", default="/workspace" if PRODUCTION else str(_DEV_DATA / "workspace"),
+)).absolute()
+# Names of machine-global objects (network namespaces, veths, cgroups, containers) carry this
+# id, so that two agents on one machine (or two test runs) never collide.
+INSTANCE_ID = env.str(
+    "WELDR_INSTANCE_ID", default=hashlib.sha256(str(WELDR_ENV_VOL).encode()).hexdigest()[:6],
+)
+if not re.match(r"^[a-z0-9]{1,8}$", INSTANCE_ID):
+    raise ImproperlyConfigured("WELDR_INSTANCE_ID must be 1-8 characters of a-z and 0-9.")
+# Where crun/runc keep container state; tmpfs keeps it fast and gone after a reboot.
+RUNTIME_DIR = Path(env.str("WELDR_RUNTIME_DIR", default="/run/weldr")).absolute()
+
+# ---------------------------------------------------------------------------------------------
+# Django core
+# ---------------------------------------------------------------------------------------------
+
+BETTER_AUTH_SECRET = env.str("BETTER_AUTH_SECRET", default="" if PRODUCTION else "weldr-dev-secret")
+BETTER_AUTH_URL = env.str("BETTER_AUTH_URL", default="").rstrip("/")
+PROJECT_ID = env.str("PROJECT_ID", default="")
+
+SECRET_KEY = env.str(
+    "DJANGO_SECRET_KEY",
+    default=hashlib.sha256(f"weldr-agent:{BETTER_AUTH_SECRET}".encode()).hexdigest(),
+)
+DEBUG = _bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+PORT = _int("PORT", 8080, low=1, high=65535)
+CORS_ORIGIN = env.list("CORS_ORIGIN", default=["http://localhost:3000"])
+CORS_ALLOWED_ORIGINS = CORS_ORIGIN
+CORS_ALLOW_CREDENTIALS = True
+CORS_ALLOW_HEADERS = ("authorization", "content-type", "x-api-key", "last-event-id", "accept")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "weldr_agent",
+    "weldr_agent.betterauth",
+    "mounts",
+    "previews",
+    "workflows",
+]
+
+MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "weldr_agent.urls"
+ASGI_APPLICATION = "weldr_agent.asgi.application"
+APPEND_SLASH = False
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
+# The admin's and Swagger UI's assets are served from the installed apps by WhiteNoise's finders;
+# STATIC_ROOT is only needed by `collectstatic` (the Docker image sets it).
+STATIC_ROOT = env.str("STATIC_ROOT", default=None)
+WHITENOISE_USE_FINDERS = True
+# Bodies are capped: file uploads have their own larger cap in the files API.
+DATA_UPLOAD_MAX_MEMORY_SIZE = _int("MAX_REQUEST_BODY_BYTES", 2 * 1024 * 1024,
+                                   low=1024, high=1024**3)
+FILE_UPLOAD_MAX_BYTES = _int("FILE_UPLOAD_MAX_BYTES", 50 * 1024 * 1024, low=1024, high=1024**3)
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# ---------------------------------------------------------------------------------------------
+# Databases: the machine's state (local SQLite) and the shared project data (PostgreSQL)
+# ---------------------------------------------------------------------------------------------
+
+_SQLITE_OPTIONS = {
+    # IMMEDIATE takes the write lock at BEGIN, so "count, then insert" in one transaction is
+    # serialised between requests instead of failing with "database is locked" on upgrade.
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 30,
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+}
+STATE_DB_PATH = Path(env.str("STATE_DB_PATH", default=str(WELDR_ENV_VOL / "state.sqlite3")))
+DATABASE_URL = env.str("DATABASE_URL", default="")
+if DATABASE_URL:
+    try:
+        _shared = env.db_url_config(DATABASE_URL)
+    except Exception as error:  # django-environ raises several types for a bad URL
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {error}") from error
+    if not _shared.get("ENGINE"):
+        raise ImproperlyConfigured("DATABASE_URL has an unknown scheme; use postgres://…")
+else:
+    _shared = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(WELDR_ENV_VOL / "shared.sqlite3"),
+        "OPTIONS": dict(_SQLITE_OPTIONS),
+    }
+if _shared["ENGINE"] == "django.db.backends.postgresql":
+    _shared.setdefault("OPTIONS", {})
+    _shared["CONN_HEALTH_CHECKS"] = True
+    if name := env.str("SHARED_TEST_DB_NAME", default=""):
+        _shared["TEST"] = {"NAME": name}
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(STATE_DB_PATH),
+        "OPTIONS": dict(_SQLITE_OPTIONS),
+    },
+    "shared": _shared,
+}
+DATABASE_ROUTERS = ["weldr_agent.routers.StateSharedRouter"]
+
+# ---------------------------------------------------------------------------------------------
+# Channel layer: Redis when REDIS_URL is set, in-memory otherwise
+# ---------------------------------------------------------------------------------------------
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    if not re.match(r"^rediss?://", REDIS_URL):
+        raise ImproperlyConfigured("REDIS_URL must start with redis:// or rediss://.")
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": env.str("CHANNEL_LAYER_PREFIX", default="asgi"),
+                "capacity": 5000,
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 5000}}
+    }
+
+# ---------------------------------------------------------------------------------------------
+# S3 (Tigris in production; a local rclone S3 server in development when S3_ENDPOINT is unset)
+# ---------------------------------------------------------------------------------------------
+
+S3_REGION = env.str("S3_REGION", default="auto")
+S3_LOCAL_PORT = _int("S3_LOCAL_PORT", 8333, low=1, high=65535)
+S3_ENDPOINT = env.str("S3_ENDPOINT", default="https://fly.storage.tigris.dev" if PRODUCTION else "")
+# True when the agent runs its own S3 server (rclone serve s3) and supervises it.
+S3_LOCAL = not S3_ENDPOINT
+S3_LOCAL_DIR = WELDR_ENV_VOL / "local-s3"
+if S3_LOCAL:
+    S3_ENDPOINT = f"http://127.0.0.1:{S3_LOCAL_PORT}"
+if not re.match(r"^https?://[^\s/]+", S3_ENDPOINT):
+    raise ImproperlyConfigured(f"S3_ENDPOINT must be an http(s) URL; got {S3_ENDPOINT!r}.")
+S3_ENDPOINT = S3_ENDPOINT.rstrip("/")
+S3_ACCESS_KEY_ID = env.str("S3_ACCESS_KEY_ID", default="")
+S3_SECRET_ACCESS_KEY = env.str("S3_SECRET_ACCESS_KEY", default="")
+if S3_LOCAL and not (S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY):
+    S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY = localstore.local_s3_keys(S3_LOCAL_DIR)
+if not (S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY):
+    raise ImproperlyConfigured("S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY must both be set.")
+
+# ---------------------------------------------------------------------------------------------
+# Mounts (JuiceFS + Litestream); names follow the design document
+# ---------------------------------------------------------------------------------------------
+
+MAX_MOUNTS = _int("MAX_MOUNTS", 5, low=1, high=50)
+FS_MOUNT_OPTIONS = env.str("FS_MOUNT_OPTIONS", default="")
+# Budget the design distributes across active mounts (MB).
+CACHE_TOTAL_MB = _int("CACHE_TOTAL_MB", 4096, low=256, high=10**7)
+CACHE_RESERVED_META_MB = _int("CACHE_RESERVED_META_MB", 1024, low=0, high=10**6)
+CACHE_RESERVED_OVERHEAD_MB = _int("CACHE_RESERVED_OVERHEAD_MB", 500, low=0, high=10**6)
+BUFFER_POOL_MB = _int("BUFFER_POOL_MB", 400, low=32, high=10**6)
+BUFFER_MIN_MB = _int("BUFFER_MIN_MB", 100, low=32, high=10**5)
+BUFFER_MAX_MB = _int("BUFFER_MAX_MB", 256, low=32, high=10**5)
+# Explicit overrides (unset means "computed from the budget").
+CACHE_SIZE_MB = _optional_int("CACHE_SIZE_MB", low=1, high=10**8)
+BUFFER_SIZE_MB = _optional_int("BUFFER_SIZE_MB", low=32, high=10**6)
+FREE_SPACE_RATIO = _float("FREE_SPACE_RATIO", 0.01, low=0.0, high=0.9)
+ATTR_CACHE_TTL = _int("ATTR_CACHE_TTL", 300, low=0, high=86400)
+ENTRY_CACHE_TTL = _int("ENTRY_CACHE_TTL", 300, low=0, high=86400)
+DIR_ENTRY_CACHE_TTL = _int("DIR_ENTRY_CACHE_TTL", 300, low=0, high=86400)
+OPEN_CACHE_TTL = _int("OPEN_CACHE_TTL", 0, low=0, high=86400)
+MAX_READAHEAD_MB = _int("MAX_READAHEAD_MB", 32, low=1, high=4096)
+PREFETCH = _int("PREFETCH", 1, low=0, high=100)
+VERIFY_CACHE = _choice("VERIFY_CACHE", env.str("VERIFY_CACHE", default="off"),
+                       ("off", "none", "sha256", "md5", "full", "shrink"))
+WRITEBACK_ENABLED = _bool("WRITEBACK_ENABLED", default=True)
+UPLOAD_DELAY = _duration("UPLOAD_DELAY", "5m")
+MAX_UPLOADS = _int("MAX_UPLOADS", 5, low=1, high=200)
+TRASH_DAYS = _int("TRASH_DAYS", 7, low=0, high=365)
+LITESTREAM_SYNC_INTERVAL = _duration("LITESTREAM_SYNC_INTERVAL", "10s")
+LITESTREAM_SNAPSHOT_INTERVAL = _duration("LITESTREAM_SNAPSHOT_INTERVAL", "1h")
+LITESTREAM_RETENTION = _duration("LITESTREAM_RETENTION", "4h")
+MOUNT_TIMEOUT_SECONDS = _int("MOUNT_TIMEOUT_SECONDS", 120, low=5, high=3600)
+
+# ---------------------------------------------------------------------------------------------
+# Workspaces: a JuiceFS mount per bucket, or a local branch directory synced by rclone
+# ---------------------------------------------------------------------------------------------
+
+WORKSPACE_MODE = _choice("WORKSPACE_MODE", env.str("WORKSPACE_MODE", default="mount"),
+                         ("mount", "local"))
+
+# ---------------------------------------------------------------------------------------------
+# Previews and commands (the sandbox)
+# ---------------------------------------------------------------------------------------------
+
+PREVIEW_PORT_MIN = 3000
+PREVIEW_PORT_MAX = 3019
+OCI_RUNTIME = _choice("OCI_RUNTIME", env.str("OCI_RUNTIME", default="auto"),
+                      ("auto", "crun", "runc"))
+SANDBOX_MEMORY_MB = _int("SANDBOX_MEMORY_MB", 512, low=16, high=1024**2)
+SANDBOX_CPUS = _float("SANDBOX_CPUS", 1.0, low=0.05, high=256)
+SANDBOX_PIDS = _int("SANDBOX_PIDS", 512, low=8, high=10**6)
+SANDBOX_UID = _int("SANDBOX_UID", 1000, low=1, high=2**31)
+SANDBOX_OUTBOUND = _bool("SANDBOX_OUTBOUND", default=PRODUCTION)
+PREVIEW_STOP_GRACE_SECONDS = _int("PREVIEW_STOP_GRACE_SECONDS", 5, low=0, high=600)
+PREVIEW_READY_TIMEOUT_SECONDS = _int("PREVIEW_READY_TIMEOUT_SECONDS", 120, low=1, high=3600)
+PREVIEW_LOG_MAX_BYTES = _int("PREVIEW_LOG_MAX_BYTES", 10 * 1024 * 1024, low=4096, high=1024**3)
+EXEC_MAX_CONCURRENT = _int("EXEC_MAX_CONCURRENT", 8, low=1, high=1000)
+EXEC_OUTPUT_MAX_BYTES = _int("EXEC_OUTPUT_MAX_BYTES", 1024 * 1024, low=1024, high=1024**3)
+
+# ---------------------------------------------------------------------------------------------
+# Workflows and LLM providers
+# ---------------------------------------------------------------------------------------------
+
+ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+GEMINI_API_KEY = env.str("GEMINI_API_KEY", default="")
+DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="anthropic/claude-sonnet-4-5")
+WORKFLOW_STEP_TIMEOUT_SECONDS = _int("WORKFLOW_STEP_TIMEOUT_SECONDS", 900, low=5, high=86400)
+WORKFLOW_MAX_TOOL_CALLS = _int("WORKFLOW_MAX_TOOL_CALLS", 200, low=1, high=10000)
+SSE_KEEPALIVE_SECONDS = _float("SSE_KEEPALIVE_SECONDS", 15.0, low=0.1, high=600)
+
+# ---------------------------------------------------------------------------------------------
+# Shutdown
+# ---------------------------------------------------------------------------------------------
+
+# Matches fly.toml's kill_timeout: everything must be flushed and unmounted within it.
+SHUTDOWN_TIMEOUT_SECONDS = _int("SHUTDOWN_TIMEOUT_SECONDS", 60, low=1, high=3600)
+
+# ---------------------------------------------------------------------------------------------
+# DRF, OpenAPI, logging
+# ---------------------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "weldr_agent.auth.AgentTokenAuthentication",
+        "weldr_agent.auth.BetterAuthJWTAuthentication",
+        "weldr_agent.auth.BetterAuthSessionAuthentication",
+        "weldr_agent.auth.BetterAuthApiKeyAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["weldr_agent.auth.IsAgentOrProjectOwner"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "weldr_agent.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Weldr Agent API",
+    "DESCRIPTION": (
+        "S3 buckets as durable POSIX workspaces, sandboxed previews and commands, and AI coding "
+        "workflows with live events — one daemon per project machine."
+    ),
+    "VERSION": VERSION,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {},
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "agentToken": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.session_token"},
+        }
+    },
+    "SECURITY": [{"agentToken": []}, {"apiKey": []}, {"sessionCookie": []}],
+}
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "daphne": {"level": "WARNING"},
+    },
+}

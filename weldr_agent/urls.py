@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
+
+from weldr_agent.views import HealthView
+
+urlpatterns = [
+    path("health", HealthView.as_view(), name="health"),
+    path("openapi.json", SpectacularJSONAPIView.as_view(authentication_classes=[],
+                                                    permission_classes=[]), name="openapi"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="openapi", authentication_classes=[],
+                                                permission_classes=[]), name="docs"),
+    path("admin/", admin.site.urls),
+    path("", include("mounts.urls")),
+    path("", include("previews.urls")),
+    path("", include("workflows.urls")),
+]
+
+handler400 = "weldr_agent.errors.handler400"
+handler403 = "weldr_agent.errors.handler403"
+handler404 = "weldr_agent.errors.handler404"
+handler500 = "weldr_agent.errors.handler500"

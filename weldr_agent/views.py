@@ -1,0 +1,62 @@
+"""Service-wide endpoints: health."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mounts.models import Mount
+from previews.models import Preview
+from previews.oci import detector
+from weldr_agent.health import CHECKS, run_checks
+
+HealthSerializer = inline_serializer(
+    name="Health",
+    fields={
+        "status": serializers.ChoiceField(choices=["ok", "degraded"]),
+        "version": serializers.CharField(),
+        "checks": inline_serializer(
+            name="HealthChecks",
+            fields={name: serializers.CharField() for name in CHECKS},
+        ),
+        "oci_runtime": serializers.CharField(allow_null=True),
+        "mounts": serializers.IntegerField(),
+        "previews": serializers.IntegerField(),
+    },
+)
+
+
+class HealthView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        summary="Check every dependency",
+        description="200 when every check is `ok`; 503 with the failing checks' messages.",
+        responses={200: HealthSerializer, 503: HealthSerializer},
+        auth=[],
+    )
+    def get(self, request: Request) -> Response:
+        checks = run_checks()
+        healthy = all(value == "ok" for value in checks.values())
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "version": settings.VERSION,
+            "checks": checks,
+            "oci_runtime": detector.detect(),
+            "mounts": _count(Mount, status="mounted"),
+            "previews": _count(Preview, status__in=["starting", "running"]),
+        }
+        return Response(body, status=200 if healthy else 503)
+
+
+def _count(model, **filters) -> int:  # type: ignore[no-untyped-def]
+    try:
+        return model.objects.filter(**filters).count()
+    except Exception:  # the state DB check already reports why
+        return 0
