@@ -22,7 +22,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
-from weldr_agent.betterauth.models import ApiKey, Session
+from weldr_agent.betterauth.models import ApiKey, Session, User
 from weldr_agent.models import TOKEN_PREFIX, ApiToken
 
 SESSION_COOKIES = ("__Secure-better-auth.session_token", "better-auth.session_token")
@@ -114,23 +114,44 @@ class BetterAuthSessionAuthentication(_BearerChallenge):
     def authenticate(self, request: Request) -> tuple[Principal, Any] | None:
         cookie = next((request.COOKIES[n] for n in SESSION_COOKIES if n in request.COOKIES), None)
         bearer = _bearer(request)
-        if cookie is not None:
+        if bearer is not None and not bearer.startswith(TOKEN_PREFIX):
+            # An explicit bearer wins over a cookie the browser happens to send along.
+            token = bearer if RAW_SESSION_TOKEN.match(bearer) else unsign_session_cookie(
+                bearer, settings.BETTER_AUTH_SECRET)
+            if token is None:
+                raise _failed("The bearer token is not a valid credential.")
+        elif cookie is not None:
             token = unsign_session_cookie(cookie, settings.BETTER_AUTH_SECRET)
             if token is None:
                 raise _failed("The session cookie's signature is invalid.")
-        elif bearer is not None and not bearer.startswith(TOKEN_PREFIX):
-            if RAW_SESSION_TOKEN.match(bearer):
-                token = bearer
-            else:
-                token = unsign_session_cookie(bearer, settings.BETTER_AUTH_SECRET)
-                if token is None:
-                    raise _failed("The bearer token is not a valid credential.")
+            _check_origin(request)
         else:
             return None
         user_id = session_user_id(token)
         if user_id is None:
             raise _failed("The session is unknown or has expired; sign in again.")
         return Principal(kind="session", name=user_id, user_id=user_id), None
+
+
+def _check_origin(request: Request) -> None:
+    """A cookie rides along on cross-site requests: unsafe ones must come from a known origin."""
+    origin = request.headers.get("Origin")
+    if request.method in permissions.SAFE_METHODS or not origin:
+        return
+    if origin in settings.CORS_ORIGIN or origin == f"{request.scheme}://{request.get_host()}":
+        return
+    raise exceptions.PermissionDenied(
+        f"Cookie-authenticated {request.method} from origin {origin} is refused; "
+        "add it to CORS_ORIGIN or send a bearer token.", code="forbidden",
+    )
+
+
+class JWKSUnavailable(exceptions.APIException):
+    # Defined here, not in weldr_agent.errors: that module imports DRF's views, which import
+    # the authentication classes (this module) while DRF reads its settings.
+    status_code = 503
+    default_code = "jwks_unavailable"
+    default_detail = "The platform's JWKS could not be fetched."
 
 
 @lru_cache(maxsize=4)
@@ -155,7 +176,10 @@ class BetterAuthJWTAuthentication(_BearerChallenge):
                 options={"require": ["exp", "sub"]},
             )
         except jwt.PyJWKClientConnectionError as error:
-            raise _failed(f"The platform's JWKS could not be fetched: {error}") from None
+            # Not the caller's fault: the platform is unreachable, so retrying later may work.
+            raise JWKSUnavailable(
+                f"The platform's JWKS ({base}/api/auth/jwks) could not be fetched: {error}"
+            ) from None
         except jwt.PyJWTError as error:
             raise _failed(f"The JWT is invalid: {error}") from None
         return Principal(kind="jwt", name=claims["sub"], user_id=claims["sub"]), claims
@@ -167,7 +191,7 @@ def api_key_hash(key: str) -> str:
 
 
 class BetterAuthApiKeyAuthentication(authentication.BaseAuthentication):
-    """`x-api-key: <Better Auth API key>`."""
+    """`x-api-key: <Better Auth API key>` owned by a user (the plugin's default references)."""
 
     def authenticate(self, request: Request) -> tuple[Principal, Any] | None:
         key = request.headers.get("x-api-key")
@@ -178,7 +202,14 @@ class BetterAuthApiKeyAuthentication(authentication.BaseAuthentication):
             raise _failed("The API key is unknown or disabled.")
         if row.expires_at is not None and row.expires_at <= timezone.now():
             raise _failed("The API key has expired.")
-        return Principal(kind="api_key", name=row.start or row.id, user_id=row.user_id), row
+        if row.remaining is not None and row.remaining <= 0:
+            raise _failed("The API key has used up its requests.")
+        # Keys may belong to an organization (references: "organization"); only a user can own
+        # a project here, so such a key is not a credential for the agent.
+        if not User.objects.filter(id=row.reference_id).exists():
+            raise _failed("The API key does not belong to a user.")
+        principal = Principal(kind="api_key", name=row.start or row.id, user_id=row.reference_id)
+        return principal, row
 
 
 def owns_project(user_id: str, project_id: str) -> bool:

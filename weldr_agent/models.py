@@ -22,6 +22,10 @@ class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
     def find(self, token: str) -> ApiToken | None:
         return self.active().filter(token_hash=token_hash(token)).first()
 
+    def revoke(self) -> int:
+        """Revoke the active tokens of this queryset; return how many were revoked."""
+        return self.active().update(revoked_at=timezone.now())
+
 
 class ApiToken(models.Model):
     """An agent token; only its SHA-256 is stored, the token itself is shown once."""

@@ -156,6 +156,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before anything reads a body: oversized requests get 413 in the error shape.
+    "weldr_agent.middleware.RequestBodyLimitMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -374,7 +376,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["weldr_agent.auth.IsAgentOrProjectOwner"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "weldr_agent.schema.AutoSchema",
     "EXCEPTION_HANDLER": "weldr_agent.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }

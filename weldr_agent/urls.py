@@ -2,10 +2,11 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
-from weldr_agent.views import HealthView
+from weldr_agent.views import HealthView, WhoAmIView
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
+    path("whoami", WhoAmIView.as_view(), name="whoami"),
     path("openapi.json", SpectacularJSONAPIView.as_view(authentication_classes=[],
                                                     permission_classes=[]), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi", authentication_classes=[],

@@ -1,4 +1,4 @@
-"""Service-wide endpoints: health."""
+"""Service-wide endpoints: health and who-am-I."""
 
 from __future__ import annotations
 
@@ -60,3 +60,27 @@ def _count(model, **filters) -> int:  # type: ignore[no-untyped-def]
         return model.objects.filter(**filters).count()
     except Exception:  # the state DB check already reports why
         return 0
+
+
+WhoAmISerializer = inline_serializer(
+    name="WhoAmI",
+    fields={
+        "kind": serializers.ChoiceField(choices=["agent_token", "session", "jwt", "api_key"]),
+        "name": serializers.CharField(help_text="Token name, user id or API key prefix."),
+        "user_id": serializers.CharField(allow_null=True,
+                                         help_text="The Better Auth user; null for agent tokens."),
+    },
+)
+
+
+class WhoAmIView(APIView):
+    @extend_schema(
+        summary="Who is calling",
+        description="The principal the agent authenticated this request as: useful to check a "
+                    "credential (and, for platform users, that they own `PROJECT_ID`).",
+        responses={200: WhoAmISerializer},
+    )
+    def get(self, request: Request) -> Response:
+        principal = request.user
+        return Response({"kind": principal.kind, "name": principal.name,
+                         "user_id": principal.user_id})

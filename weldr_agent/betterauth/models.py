@@ -2,7 +2,9 @@
 
 Better Auth owns these tables (default camelCase column names). The agent only reads them to
 authenticate; migration 0001 creates them where they do not exist yet (development, tests) with
-the same schema Better Auth's own migrations create.
+exactly the schema Better Auth 1.7's own migrations create (core tables, jwt plugin, and
+@better-auth/api-key 1.7, whose keys belong to `referenceId` rather than a `userId`).
+tests/auth/test_schema.py compares the two for real.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class User(models.Model):
     class Meta:
         managed = False
         db_table = "user"
+        ordering = ["email"]
 
     def __str__(self) -> str:
         return self.email
@@ -30,6 +33,7 @@ class User(models.Model):
 class Session(models.Model):
     id = models.TextField(primary_key=True)
     expires_at = models.DateTimeField(db_column="expiresAt")
+    # The unsigned session token: a credential, never shown (the admin hides it).
     token = models.TextField(unique=True)
     created_at = models.DateTimeField(db_column="createdAt")
     updated_at = models.DateTimeField(db_column="updatedAt")
@@ -40,6 +44,7 @@ class Session(models.Model):
     class Meta:
         managed = False
         db_table = "session"
+        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"session of {self.user_id}"
@@ -50,6 +55,9 @@ class Jwks(models.Model):
     public_key = models.TextField(db_column="publicKey")
     private_key = models.TextField(db_column="privateKey")
     created_at = models.DateTimeField(db_column="createdAt")
+    expires_at = models.DateTimeField(db_column="expiresAt", null=True, blank=True)
+    alg = models.TextField(null=True, blank=True)
+    crv = models.TextField(null=True, blank=True)
 
     class Meta:
         managed = False
@@ -59,13 +67,18 @@ class Jwks(models.Model):
 
 class ApiKey(models.Model):
     id = models.TextField(primary_key=True)
+    config_id = models.TextField(db_column="configId", default="default")
     name = models.TextField(null=True, blank=True)
     start = models.TextField(null=True, blank=True)
+    # The owner: a user id (the plugin's default `references: "user"`) or an organization id.
+    reference_id = models.TextField(db_column="referenceId")
     prefix = models.TextField(null=True, blank=True)
+    # base64url(SHA-256(key)) without padding; the key itself is never stored.
     key = models.TextField()
-    user = models.ForeignKey(User, models.DO_NOTHING, db_column="userId", db_constraint=False)
     enabled = models.BooleanField(null=True, default=True)
+    remaining = models.IntegerField(null=True, blank=True)
     expires_at = models.DateTimeField(db_column="expiresAt", null=True, blank=True)
+    last_request = models.DateTimeField(db_column="lastRequest", null=True, blank=True)
     created_at = models.DateTimeField(db_column="createdAt")
     updated_at = models.DateTimeField(db_column="updatedAt")
 
@@ -73,6 +86,7 @@ class ApiKey(models.Model):
         managed = False
         db_table = "apikey"
         verbose_name = "API key"
+        ordering = ["-created_at"]
 
     def __str__(self) -> str:
-        return f"{self.start or ''}… ({self.user_id})"
+        return f"{self.start or ''}… ({self.reference_id})"

@@ -1,0 +1,27 @@
+"""Admin for agent tokens: read-only (only a hash is stored); revoking is the one action."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from weldr_agent.models import ApiToken
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("name", "prefix")
+    readonly_fields = ("name", "prefix", "token_hash", "created_at", "last_used_at", "revoked_at")
+    actions = ("revoke",)
+
+    # A token is shown once, by `manage.py create_api_token`; the admin cannot make one.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        count = queryset.revoke()
+        self.message_user(request, f"Revoked {count} token(s).", messages.SUCCESS)

@@ -1,0 +1,40 @@
+"""Request-body cap, enforced before any view reads the body.
+
+Django only checks DATA_UPLOAD_MAX_MEMORY_SIZE when something reads `request.body`; DRF's
+parsers read the stream instead, so without this an oversized JSON body would be parsed whole.
+A view that accepts larger bodies (file uploads) says so with a `max_body_bytes` attribute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.utils.deprecation import MiddlewareMixin
+
+from weldr_agent.errors import json_error
+
+
+def body_limit(view_func: Callable[..., Any]) -> int:
+    view_class = getattr(view_func, "cls", None) or getattr(view_func, "view_class", None)
+    limit = getattr(view_class, "max_body_bytes", None) or getattr(view_func, "max_body_bytes",
+                                                                   None)
+    return int(limit or settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+
+
+class RequestBodyLimitMiddleware(MiddlewareMixin):
+    def process_view(self, request: HttpRequest, view_func: Callable[..., Any],
+                     view_args: Any, view_kwargs: Any) -> HttpResponse | None:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return json_error("The Content-Length header is not a number.", "bad_request", 400)
+        limit = body_limit(view_func)
+        if length > limit:
+            return json_error(
+                f"The request body is {length} bytes; this endpoint accepts at most {limit}.",
+                "payload_too_large", 413,
+            )
+        return None

@@ -1,0 +1,75 @@
+"""Serializers every app shares: the error shape and a base that refuses unknown fields.
+
+- `StrictSerializer` (and `StrictModelSerializer`): a request naming a field the serializer does
+  not have is a 400 `invalid` with `errors: {"<field>": ["Unknown field."]}`, instead of being
+  silently ignored (a typo such as `"comand"` must not run a default). Read-only fields are
+  accepted and ignored, so a client may send back what it read.
+- `ErrorSerializer`: the error body of API.md, `{"detail", "code"}` plus `errors` for
+  validation failures. `error_responses(404, 409)` declares such responses in
+  `extend_schema(responses=...)`; 400/401/403/413/415 are added to every operation
+  automatically by `weldr_agent.schema.AutoSchema`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+
+ERROR_DESCRIPTIONS = {
+    400: "The request is malformed or invalid (`code`: `invalid`, `parse_error`, …).",
+    401: "No credential, or a bad one (`code`: `not_authenticated`).",
+    403: "The user does not own this machine's project (`code`: `forbidden`).",
+    404: "No such object (`code`: `not_found`).",
+    405: "The method is not allowed here (`code`: `method_not_allowed`).",
+    409: "The request conflicts with the machine's state.",
+    413: "The request body is larger than the cap (`code`: `payload_too_large`).",
+    415: "The body is not JSON (`code`: `unsupported_media_type`).",
+    500: "A system command failed; `detail` carries the tail of its log.",
+    503: "A dependency is unavailable.",
+}
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField(help_text="One sentence a person can act on.")
+    code = serializers.CharField(help_text="Machine-readable snake_case code.")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False,
+        help_text="Validation errors by field (only with `code: invalid`).",
+    )
+
+    class Meta:
+        ref_name = "Error"
+
+
+def error_responses(*status_codes: int, **descriptions: str) -> dict[int, OpenApiResponse]:
+    """`{status: OpenApiResponse(Error)}` for `extend_schema(responses={200: X, **...})`.
+
+    Describe a status specifically with a keyword: `error_responses(404, 409, e409="...")`.
+    """
+    return {
+        code: OpenApiResponse(
+            ErrorSerializer,
+            description=descriptions.get(f"e{code}", ERROR_DESCRIPTIONS.get(code, "Error.")),
+        )
+        for code in status_codes
+    }
+
+
+class _RejectUnknownFields:
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))  # type: ignore[attr-defined]
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class StrictSerializer(_RejectUnknownFields, serializers.Serializer):
+    """A Serializer that answers 400 `invalid` to fields it does not declare."""
+
+
+class StrictModelSerializer(_RejectUnknownFields, serializers.ModelSerializer):
+    """A ModelSerializer that answers 400 `invalid` to fields it does not declare."""
