@@ -1,8 +1,12 @@
 """Request-body cap, enforced before any view reads the body.
 
-Django only checks DATA_UPLOAD_MAX_MEMORY_SIZE when something reads `request.body`; DRF's
-parsers read the stream instead, so without this an oversized JSON body would be parsed whole.
-A view that accepts larger bodies (file uploads) says so with a `max_body_bytes` attribute.
+Django checks DATA_UPLOAD_MAX_MEMORY_SIZE (MAX_REQUEST_BODY_BYTES) only when something reads
+`request.body` (DRF's JSON parser does; a view reading `request.stream` does not), and then the
+error surfaces from deep inside the view. This answers 413 `payload_too_large` from the
+Content-Length alone, before any view, authentication or parsing runs.
+
+A view that accepts larger bodies (file uploads) declares `max_body_bytes = N` on its class and
+reads `request.stream` (JSON bodies stay capped by Django's own check at the global limit).
 """
 
 from __future__ import annotations
