@@ -7,6 +7,7 @@ Content-Length alone, before any view, authentication or parsing runs.
 
 A view that accepts larger bodies (file uploads) declares `max_body_bytes = N` on its class and
 reads `request.stream` (JSON bodies stay capped by Django's own check at the global limit).
+A chunked body without Content-Length is 411 `length_required`: DRF would read it as empty.
 """
 
 from __future__ import annotations
@@ -31,8 +32,13 @@ def body_limit(view_func: Callable[..., Any]) -> int:
 class RequestBodyLimitMiddleware(MiddlewareMixin):
     def process_view(self, request: HttpRequest, view_func: Callable[..., Any],
                      view_args: Any, view_kwargs: Any) -> HttpResponse | None:
+        raw_length = request.META.get("CONTENT_LENGTH")
+        if not raw_length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+            # DRF reads a body only up to Content-Length: a chunked body would be read as empty.
+            return json_error("Send the body with a Content-Length header; chunked request "
+                              "bodies are not accepted.", "length_required", 411)
         try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
+            length = int(raw_length or 0)
         except ValueError:
             return json_error("The Content-Length header is not a number.", "bad_request", 400)
         limit = body_limit(view_func)

@@ -1,4 +1,5 @@
-"""The OpenAPI generator: drf-spectacular's, plus the error responses every operation can give.
+"""The OpenAPI generator: drf-spectacular's, plus the error responses every operation can give,
+and the security schemes of weldr_agent.auth.
 
 Apps declare their specific errors (`error_responses(404, 409)` from weldr_agent.serializers);
 this adds the ones the plumbing produces, so the document never omits them:
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from rest_framework.permissions import AllowAny
 
@@ -29,14 +31,49 @@ class AutoSchema(SpectacularAutoSchema):
             codes.append(404)
         return codes
 
-    def get_response_serializers(self) -> Any:
-        declared = super().get_response_serializers()
-        if not isinstance(declared, dict):
-            # The same defaults drf-spectacular applies to a bare serializer.
-            if self.method == "DELETE":
-                declared = {204: None}
-            else:
-                declared = {201 if self._is_create_operation() else 200: declared}
-        extra = error_responses(*(c for c in self._plumbing_errors() if c not in declared
-                                   and str(c) not in declared))
-        return {**declared, **extra}
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        responses = super()._get_response_bodies(direction)
+        for code, response in error_responses(*self._plumbing_errors()).items():
+            if str(code) not in responses:
+                responses[str(code)] = self._get_response_for_code(response, str(code),
+                                                                   direction=direction)
+        return dict(sorted(responses.items()))
+
+
+class AgentTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "weldr_agent.auth.AgentTokenAuthentication"
+    name = "agentToken"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {"type": "http", "scheme": "bearer",
+                "description": "An agent token from `manage.py create_api_token` (`wat_…`)."}
+
+
+class JWTScheme(OpenApiAuthenticationExtension):
+    target_class = "weldr_agent.auth.BetterAuthJWTAuthentication"
+    name = "betterAuthJwt"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                "description": "A JWT from the platform's Better Auth, checked against "
+                               "`BETTER_AUTH_URL`/api/auth/jwks."}
+
+
+class SessionScheme(OpenApiAuthenticationExtension):
+    target_class = "weldr_agent.auth.BetterAuthSessionAuthentication"
+    name = "sessionCookie"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {"type": "apiKey", "in": "cookie", "name": "better-auth.session_token",
+                "description": "Better Auth's signed session cookie (or its `__Secure-` "
+                               "variant). The same session is also accepted as "
+                               "`Authorization: Bearer <token>`, signed or raw."}
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "weldr_agent.auth.BetterAuthApiKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {"type": "apiKey", "in": "header", "name": "x-api-key",
+                "description": "A Better Auth API key (@better-auth/api-key)."}

@@ -391,14 +391,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {},
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {
-            "agentToken": {"type": "http", "scheme": "bearer"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
-            "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "better-auth.session_token"},
-        }
-    },
-    "SECURITY": [{"agentToken": []}, {"apiKey": []}, {"sessionCookie": []}],
+    # Security schemes come from weldr_agent.schema's extensions, one per authentication class.
 }
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

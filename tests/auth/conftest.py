@@ -126,3 +126,31 @@ def better_auth(django_db_setup, tmp_path_factory) -> Iterator[BetterAuth]:
 @pytest.fixture
 def user(better_auth: BetterAuth) -> SignedUp:
     return better_auth.sign_up()
+
+
+@pytest.fixture(scope="module")
+def module_agent(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """A real agent (`manage.py serve`) shared by a module's tests; yields (url, agent token).
+
+    Like tests/conftest.py's `agent_process` (its own data directories, a SQLite shared
+    database), but started once: fuzzing restarts nothing between operations.
+    """
+    import os
+
+    from tests.conftest import AgentProcess
+    from tests.services import free_port
+
+    root = tmp_path_factory.mktemp("agent")
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
+                "WELDR_ENV_VOL": str(root / "env"), "WORKSPACE_BASE": str(root / "workspace"),
+                "WELDR_RUNTIME_DIR": str(root / "run")})
+    agent = AgentProcess(env, free_port(), root / "agent.log")
+    (root / "env").mkdir()
+    agent.manage("migrate", "--database", "default", "--verbosity", "0")
+    token = agent.manage("create_api_token", "--name", "fuzz").stdout.split()[-1]
+    try:
+        agent.start()
+        yield agent.url, token
+    finally:
+        agent.stop()

@@ -6,6 +6,7 @@ the agent's URLs; `tests.auth.echo_settings` does that for a real `manage.py ser
 from __future__ import annotations
 
 from django.urls import path
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,6 +29,7 @@ class EchoSerializer(StrictSerializer):
 
 
 class EchoView(APIView):
+    @extend_schema(request=EchoSerializer, responses=EchoSerializer)
     def post(self, request: Request) -> Response:
         serializer = EchoSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -39,6 +41,8 @@ class UploadView(APIView):
 
     max_body_bytes = 8 * 1024 * 1024
 
+    @extend_schema(request={"application/octet-stream": bytes},
+                   responses=inline_serializer("Uploaded", {"bytes": serializers.IntegerField()}))
     def put(self, request: Request) -> Response:
         return Response({"bytes": len(request.stream.read())})
 
