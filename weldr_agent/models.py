@@ -41,6 +41,7 @@ class ApiToken(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name = "agent token"
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

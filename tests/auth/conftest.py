@@ -42,6 +42,7 @@ def node(*args: str, database: str, timeout: float = 120) -> runner.Completed:
 @dataclass(frozen=True)
 class SignedUp:
     user_id: str
+    email: str
     token: str
     set_cookie: str
 
@@ -63,7 +64,7 @@ class BetterAuth:
     def sign_up(self) -> SignedUp:
         email = f"user-{secrets.token_hex(6)}@example.com"
         body = self._post("/test/sign-up", {"email": email, "password": secrets.token_hex(12)})
-        return SignedUp(user_id=body["user_id"], token=body["token"],
+        return SignedUp(user_id=body["user_id"], email=email, token=body["token"],
                         set_cookie=body["set_cookie"])
 
     def api_key(self, user_id: str) -> str:
