@@ -1,0 +1,126 @@
+"""Start-up time and idle memory of the agent, as `make run` starts it.
+
+For each run: `manage.py serve` on a free port with embedded defaults (SQLite for both
+databases, in-memory channel layer, the agent's own local S3 server), timed from spawn to the
+first `GET /health` answering 200 (and the CPU time the agent's processes used until then, a
+figure less sensitive to a busy machine than the wall clock); then, after a few idle seconds,
+the resident memory (RSS) of the agent process and of its whole process tree (the local S3
+server included). A "fresh" start has an empty data directory (migrations run); a "warm" start
+reuses the previous one.
+
+    .venv/bin/python bench/bench_startup.py [--runs 5]
+
+Prints the median and the range of each figure; no assertion (figures, not a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from weldr_agent import runner  # noqa: E402
+
+IDLE_SECONDS = 5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def health_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU of a process (and, with `reaped`, of its waited-for children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [pid]
+    for child in children.read_text().split() if children.exists() else []:
+        found += tree(int(child))
+    return found
+
+
+def one_start(data: Path) -> tuple[float, float, int, int]:
+    """Seconds to /health 200, CPU seconds spent until then, agent RSS and tree RSS (KiB)."""
+    port = free_port()
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update({
+        "WELDR_ENV_VOL": str(data / "env"), "WORKSPACE_BASE": str(data / "workspace"),
+        "WELDR_RUNTIME_DIR": str(data / "run"), "S3_LOCAL_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    })
+    started = time.monotonic()
+    process = runner.spawn([sys.executable, REPO / "manage.py", "serve", "--host", "127.0.0.1",
+                            "--port", str(port)], env=env, log_path=data / "agent.log", cwd=REPO)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        if not runner.wait_until(lambda: process.poll() is not None or health_ok(url),
+                                 timeout=300, interval=0.1) or process.poll() is not None:
+            raise SystemExit(f"agent did not become healthy:\n{(data / 'agent.log').read_text()}")
+        elapsed = time.monotonic() - started
+        cpu = cpu_seconds(process.pid, reaped=True) + sum(
+            cpu_seconds(child) for child in tree(process.pid)[1:])
+        time.sleep(IDLE_SECONDS)
+        return elapsed, cpu, rss_kib(process.pid), sum(rss_kib(p) for p in tree(process.pid))
+    finally:
+        runner.stop(process, grace=60)
+
+
+def summary(name: str, values: list[float], unit: str) -> str:
+    return (f"{name:<34} median {statistics.median(values):8.1f} {unit}"
+            f"   (min {min(values):.1f}, max {max(values):.1f}, n={len(values)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    runs = parser.parse_args().runs
+    results: dict[str, list[tuple[float, float, int, int]]] = {"fresh": [], "warm": []}
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="weldr-bench-") as folder:
+            data = Path(folder)
+            results["fresh"].append(one_start(data))
+            results["warm"].append(one_start(data))
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    for kind, rows in results.items():
+        print(summary(f"start-up to /health 200, {kind}", [r[0] for r in rows], "s"))
+        print(summary(f"CPU time until then, {kind}", [r[1] for r in rows], "s"))
+        print(summary(f"idle RSS agent, {kind}", [r[2] / 1024 for r in rows], "MiB"))
+        print(summary(f"idle RSS with children, {kind}", [r[3] / 1024 for r in rows], "MiB"))
+
+
+if __name__ == "__main__":
+    main()
