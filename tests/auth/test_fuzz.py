@@ -7,6 +7,8 @@ time, so endpoints added by any app are fuzzed without touching this file). Per 
 - POST/PUT/PATCH/DELETE: negative data only. Valid data would really mount buckets, start
   containers and run commands with random names; those paths have their own tests. Invalid data
   must be refused before any side effect, which is exactly what this checks.
+- operations whose success is an event stream (`text/event-stream`): negative data only, since
+  a valid request opens a stream that does not end; their streams have their own tests.
 
 Checks (explicit, so a schemathesis upgrade cannot silently change them): not_a_server_error,
 status_code_conformance (every status is documented), content_type_conformance,
@@ -20,6 +22,7 @@ Bounded: WELDR_FUZZ_EXAMPLES examples per operation and mode (default 15), deter
 from __future__ import annotations
 
 import os
+from functools import cache
 
 import pytest
 import schemathesis
@@ -42,10 +45,25 @@ SAFE_METHODS = {"GET", "HEAD"}
 HTTP_METHODS = {"get", "head", "post", "put", "patch", "delete"}
 
 
+@cache
+def _document() -> dict:
+    return SchemaGenerator().get_schema(request=None, public=True)
+
+
 def documented_operations() -> list[tuple[str, str]]:
-    document = SchemaGenerator().get_schema(request=None, public=True)
-    return sorted((method.upper(), path) for path, item in document["paths"].items()
+    return sorted((method.upper(), path) for path, item in _document()["paths"].items()
                   for method in item if method in HTTP_METHODS)
+
+
+def streaming_operations() -> set[tuple[str, str]]:
+    """Operations with a `text/event-stream` success response."""
+    return {(method.upper(), path) for path, item in _document()["paths"].items()
+            for method, operation in item.items() if method in HTTP_METHODS
+            and any(code.startswith("2") and "text/event-stream" in response.get("content", {})
+                    for code, response in operation.get("responses", {}).items())}
+
+
+STREAMING = streaming_operations()
 
 
 def has_inputs(operation) -> bool:
@@ -66,11 +84,12 @@ def live(module_agent):
 def test_fuzz_operation(live, method, path):
     schema, url, token = live
     operation = schema[path][method]
-    modes = [GenerationMode.POSITIVE] if method in SAFE_METHODS else []
+    positive = method in SAFE_METHODS and (method, path) not in STREAMING
+    modes = [GenerationMode.POSITIVE] if positive else []
     # With no parameters and no body, there is nothing to make invalid.
     if has_inputs(operation):
         modes.append(GenerationMode.NEGATIVE)
-    assert modes, f"{method} {path} takes no input: fuzz it positively or give it a test"
+    assert modes, f"{method} {path}: nothing to fuzz (no input, and valid calls are not safe)"
     for mode in modes:
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
@@ -78,7 +97,7 @@ def test_fuzz_operation(live, method, path):
                   suppress_health_check=list(HealthCheck))
         def run(case):
             case.call_and_validate(base_url=url, headers={"Authorization": f"Bearer {token}"},
-                                   checks=CHECKS, timeout=60)
+                                   checks=CHECKS, timeout=30)
 
         run()
 
