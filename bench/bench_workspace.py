@@ -66,7 +66,8 @@ def jfs(name: str, *, meta: str = "sqlite", dsn: str = "_journal=WAL",
             inner = lib.loop_ext4(stack, image=mountpoint / "workspace.ext4",
                                   mountpoint=root / "ext4", size="4G")
             note += f", image create+mkfs+mount {time.monotonic() - started:.1f}s"
-            return Prepared(inner, None, note)
+            # The volume's counters still tell what the image's block I/O costs.
+            return Prepared(inner, volume, note)
         return Prepared(mountpoint, volume, note)
     return setup
 
@@ -225,6 +226,11 @@ def run_target(key: str, setup: Setup, s3: lib.LocalS3Server, base: Path, tarbal
                     result.counters[step] = {k: after[k] - before[k] for k in after}
                 lib.log(f"{key} run {run + 1}/{runs}: {step} {elapsed[0]:.2f}s")
             workdir.rmdir()
+        if prepared.volume is not None:
+            c = prepared.volume.counters()
+            result.note += (f"; after the runs: juicefs RSS {c['rss_bytes'] / 2**20:.0f} MB, "
+                            f"{c['staged_blocks']:.0f} blocks ({c['staged_bytes'] / 2**20:.0f} MB)"
+                            f" staged, {c['uploaded_bytes'] / 2**20:.0f} MB uploaded")
     return result
 
 
@@ -262,12 +268,12 @@ def print_counters(results: list[Result]) -> None:
             continue
         print(f"\n{result.name}: JuiceFS counters per step (first run)")
         print("| step | FUSE ops | FUSE latency sum s | meta txns | txn s | restarts "
-              "| S3 requests | juicefs CPU s |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| S3 requests | MB written | juicefs CPU s |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for step, c in result.counters.items():
             print(f"| {step} | {c['fuse_ops']:.0f} | {c['fuse_s']:.1f} | {c['meta_txn']:.0f} | "
                   f"{c['meta_txn_s']:.1f} | {c['txn_restarts']:.0f} | {c['s3_requests']:.0f} | "
-                  f"{c['cpu_s']:.1f} |")
+                  f"{c['written_bytes'] / 2**20:.1f} | {c['cpu_s']:.1f} |")
         if result.accesslog:
             print(f"\n{result.name}: untar per FUSE operation (.accesslog, first run)")
             print("| op | count | latency sum s |")

@@ -241,13 +241,18 @@ class JuiceFS:
             # own CPU and RSS here.
             "juicefs_process_cpu_seconds_total": "cpu_s",
             "juicefs_process_resident_memory_bytes": "rss_bytes",
+            "juicefs_fuse_written_size_bytes_sum": "written_bytes",
+            'juicefs_object_request_data_bytes{method="PUT"}': "uploaded_bytes",
+            "juicefs_staging_block_bytes": "staged_bytes",
         }
         found: dict[str, float] = dict.fromkeys(wanted.values(), 0.0)
         text = (self.mountpoint / ".stats").read_text()
         for line in text.splitlines():
             if line.startswith("#") or " " not in line:
                 continue
-            key = line.split("{", 1)[0].split(" ", 1)[0]
+            key = line.rsplit(" ", 1)[0]
+            if key not in wanted:
+                key = key.split("{", 1)[0]
             if key in wanted:
                 found[wanted[key]] += float(line.rsplit(" ", 1)[1])
         return found
