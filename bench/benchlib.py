@@ -127,18 +127,42 @@ def make_tarball(source: Path, dest: Path) -> int:
 # ----------------------------------------------------------------------------- block devices
 
 def loop_ext4(stack: Cleanup, *, image: Path, mountpoint: Path, size: str = "4G") -> Path:
-    """A journaled ext4 on a loop device over `image`, mounted at `mountpoint`."""
+    """A new journaled ext4 on a loop device over `image`, mounted at `mountpoint`."""
+    make_ext4_image(image, size)
+    LoopMount(image, mountpoint).open(stack)
+    return mountpoint
+
+
+def make_ext4_image(image: Path, size: str) -> None:
+    """A sparse file holding a new journaled ext4."""
     runner.run(["truncate", "-s", size, str(image)], timeout=60)
     # Lazy init: mkfs must not write the whole image (it may live on a FUSE mount).
     runner.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1",
                 str(image)], timeout=300)
-    device = runner.run(["losetup", "--find", "--show", str(image)], timeout=60).stdout.strip()
-    # Detach exactly the device attached here, after the unmount below (LIFO).
-    stack.callback(quietly(lambda: runner.run(["losetup", "-d", device], timeout=60), device))
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    runner.run(["mount", "-t", "ext4", device, str(mountpoint)], timeout=60)
-    stack.callback(quietly(lambda: unmount(mountpoint), str(mountpoint)))
-    return mountpoint
+
+
+@dataclass
+class LoopMount:
+    """An ext4 image attached to a loop device (ours alone) and mounted; close() undoes both."""
+
+    image: Path
+    mountpoint: Path
+    device: str = ""
+
+    def open(self, stack: Cleanup) -> LoopMount:
+        self.device = runner.run(["losetup", "--find", "--show", str(self.image)],
+                                 timeout=60).stdout.strip()
+        stack.callback(quietly(self.close, f"{self.device} ({self.image})"))
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        runner.run(["mount", "-t", "ext4", self.device, str(self.mountpoint)], timeout=120)
+        return self
+
+    def close(self) -> None:
+        unmount(self.mountpoint)
+        if self.device:
+            # Detach exactly the device attached by open(), once.
+            device, self.device = self.device, ""
+            runner.run(["losetup", "-d", device], timeout=60)
 
 
 # ----------------------------------------------------------------------------- JuiceFS
@@ -170,6 +194,7 @@ class JuiceFS:
     process: runner.Popen[bytes] | None = None
     mountpoint: Path = field(init=False)
     cold_mount_s: float = 0.0
+    url: str = ""
 
     def __post_init__(self) -> None:
         self.mountpoint = self.root / "mnt"
@@ -198,27 +223,40 @@ class JuiceFS:
         return f"sqlite3://{directory}/{self.name}.db?{self.dsn}"
 
     def start(self, stack: Cleanup) -> Path:
+        """Format a new volume and mount it; `cold_mount_s` is the time of both."""
         juicefs = runner.tool("juicefs")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.mountpoint.mkdir(exist_ok=True)
         started = time.monotonic()
-        url = self.meta_url(stack)
+        self.url = self.meta_url(stack)
         bucket = f"{self.s3.endpoint}/jfs-{self.name}"
         runner.run([juicefs, "format", "--storage", "s3", "--bucket", bucket,
-                    "--no-update", *self.format_args, url, self.name],
+                    "--no-update", *self.format_args, self.url, self.name],
                    timeout=120, env=self.env())
+        self.mount(stack, self.root / "cache")
+        self.cold_mount_s = time.monotonic() - started
+        return self.mountpoint
+
+    def mount(self, stack: Cleanup, cache_dir: Path) -> Path:
+        """Mount the formatted volume (again) with the given cache folder."""
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
         self.process = runner.spawn(
-            [juicefs, "mount", "--no-usage-report", "--no-syslog",
-             "--metrics", f"127.0.0.1:{free_port()}", "--cache-dir", str(self.root / "cache"),
-             *self.mount_args, url, str(self.mountpoint)],
+            [runner.tool("juicefs"), "mount", "--no-usage-report", "--no-syslog",
+             "--metrics", f"127.0.0.1:{free_port()}", "--cache-dir", str(cache_dir),
+             *self.mount_args, self.url, str(self.mountpoint)],
             log_path=self.root / "juicefs.log", env=self.env())
         process = self.process
         stack.callback(quietly(lambda: runner.stop(process, grace=30), f"juicefs {self.name}"))
         stack.callback(quietly(lambda: unmount(self.mountpoint), str(self.mountpoint)))
         if not runner.wait_until(self.ready, timeout=60, interval=0.1):
             raise Unavailable(f"juicefs mount did not come up; see {self.root / 'juicefs.log'}")
-        self.cold_mount_s = time.monotonic() - started
         return self.mountpoint
+
+    def unmount(self) -> None:
+        """Unmount and wait for the juicefs process to exit."""
+        unmount(self.mountpoint)
+        if self.process is not None:
+            runner.stop(self.process, grace=60)
+            self.process = None
 
     def ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -235,26 +273,27 @@ class JuiceFS:
             "juicefs_transaction_durations_histogram_seconds_sum": "meta_txn_s",
             "juicefs_meta_ops_durations_histogram_seconds_total": "meta_ops",
             "juicefs_transaction_restart": "txn_restarts",
-            "juicefs_object_request_durations_histogram_seconds_total": "s3_requests",
             "juicefs_staging_blocks": "staged_blocks",
             # The mount runs as a supervisor plus a child serving FUSE: the child reports its
             # own CPU and RSS here.
             "juicefs_process_cpu_seconds_total": "cpu_s",
             "juicefs_process_resident_memory_bytes": "rss_bytes",
             "juicefs_fuse_written_size_bytes_sum": "written_bytes",
-            'juicefs_object_request_data_bytes{method="PUT"}': "uploaded_bytes",
+            "juicefs_object_request_data_bytes_PUT": "uploaded_bytes",
             "juicefs_staging_block_bytes": "staged_bytes",
         }
-        found: dict[str, float] = dict.fromkeys(wanted.values(), 0.0)
+        found: dict[str, float] = dict.fromkeys([*wanted.values(), "s3_requests"], 0.0)
         text = (self.mountpoint / ".stats").read_text()
         for line in text.splitlines():
             if line.startswith("#") or " " not in line:
                 continue
-            key = line.rsplit(" ", 1)[0]
-            if key not in wanted:
-                key = key.split("{", 1)[0]
-            if key in wanted:
-                found[wanted[key]] += float(line.rsplit(" ", 1)[1])
+            key, value = line.rsplit(" ", 1)
+            # .stats names object requests per method: ..._seconds_PUT_total, _GET_total, ...
+            if key.startswith("juicefs_object_request_durations_histogram_seconds_") \
+                    and key.endswith("_total"):
+                found["s3_requests"] += float(value)
+            elif key in wanted:
+                found[wanted[key]] += float(value)
         return found
 
 
