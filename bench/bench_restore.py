@@ -42,15 +42,6 @@ def wait_uploaded(volume: lib.JuiceFS, timeout: float = 1800) -> None:
         raise RuntimeError("staged blocks were not uploaded in time")
 
 
-def bucket_usage(s3: lib.LocalS3Server, name: str) -> tuple[int, float]:
-    count, size = 0, 0
-    for directory, _, files in os.walk(s3.root / "data" / f"jfs-{name}"):
-        for file in files:
-            count += 1
-            size += os.path.getsize(os.path.join(directory, file))
-    return count, size / 2**20
-
-
 def layout(image: bool, s3: lib.LocalS3Server, base: Path, tarball: Path,
            git_env: dict[str, str]) -> tuple[dict[str, float], str]:
     name = "rimage" if image else "rnative"
@@ -85,7 +76,7 @@ def layout(image: bool, s3: lib.LocalS3Server, base: Path, tarball: Path,
         with lib.timed() as elapsed:
             volume.unmount()
         times["unmount"] = elapsed[0]
-    objects, size_mb = bucket_usage(s3, name)
+    objects, size_mb = lib.bucket_usage(s3, f"jfs-{name}")
     with lib.Cleanup() as stack:
         with lib.timed() as elapsed:
             volume.mount(stack, base / name / "cache-new")

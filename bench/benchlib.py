@@ -281,6 +281,7 @@ class JuiceFS:
             "juicefs_fuse_written_size_bytes_sum": "written_bytes",
             "juicefs_object_request_data_bytes_PUT": "uploaded_bytes",
             "juicefs_staging_block_bytes": "staged_bytes",
+            "juicefs_used_space": "used_space",
         }
         found: dict[str, float] = dict.fromkeys([*wanted.values(), "s3_requests"], 0.0)
         text = (self.mountpoint / ".stats").read_text()
@@ -295,6 +296,16 @@ class JuiceFS:
             elif key in wanted:
                 found[wanted[key]] += float(value)
         return found
+
+
+def bucket_usage(s3: LocalS3Server, bucket: str) -> tuple[int, float]:
+    """Objects and MiB in a bucket of the local S3 server (a folder behind rclone serve s3)."""
+    count, size = 0, 0
+    for directory, _, files in os.walk(s3.root / "data" / bucket):
+        for file in files:
+            count += 1
+            size += os.path.getsize(os.path.join(directory, file))
+    return count, size / 2**20
 
 
 def process_cpu(pid: int) -> float:
