@@ -103,7 +103,7 @@ def s3fs(stack: lib.Cleanup, s3: lib.LocalS3Server, root: Path) -> Prepared:
 
 # The recommended set (docs/performance.md): the design's options with metadata on tmpfs is
 # NOT recommended (a crash loses it); these are the ones that measurably helped.
-TUNED_MOUNT = (*lib.DESIGN_MOUNT, "--backup-meta", "0", "--skip-dir-mtime", "1s")
+TUNED_MOUNT = (*lib.DESIGN_MOUNT, "--backup-meta", "0", "--negative-entry-cache", "300")
 
 TARGETS: dict[str, tuple[str, Setup]] = {
     "ext4": ("local disk: journaled ext4 (loop image) [baseline]", ext4_baseline),
@@ -192,57 +192,66 @@ class AccessLog:
         return self.ops
 
 
-def run_target(key: str, setup: Setup, s3: lib.LocalS3Server, base: Path, tarball: Path,
-               runs: int, accesslog: bool, git_env: dict[str, str]) -> Result:
+def prepare(key: str, setup: Setup, stack: lib.Cleanup, s3: lib.LocalS3Server,
+            base: Path) -> tuple[Result, Prepared | None]:
     result = Result(key)
-    with lib.Cleanup() as stack:
+    try:
+        prepared = setup(stack, s3, base / key)
+    except (lib.Unavailable, runner.CommandError) as error:
+        result.error = f"could not mount: {error}"
+        lib.log(f"{key}: {result.error}")
+        return result, None
+    result.note = prepared.note
+    return result, prepared
+
+
+def run_once(result: Result, prepared: Prepared, run: int, runs: int, tarball: Path,
+             accesslog: bool, git_env: dict[str, str]) -> None:
+    """One pass of the workload on one target; a failing step ends the target for good."""
+    workdir = prepared.workdir / f"run{run}"
+    workdir.mkdir()
+    volume = prepared.volume
+    for step, action in workload(tarball, workdir, git_env).items():
+        before = volume.counters() if volume else None
+        log_reader = (AccessLog(volume.mountpoint)
+                      if accesslog and volume and step == "untar" and not result.accesslog
+                      else None)
         try:
-            prepared = setup(stack, s3, base / key)
-        except (lib.Unavailable, runner.CommandError) as error:
-            result.error = f"could not mount: {error}"
-            return result
-        result.note = prepared.note
-        for run in range(runs):
-            workdir = prepared.workdir / f"run{run}"
-            workdir.mkdir()
-            steps = workload(tarball, workdir, git_env)
-            for step, action in steps.items():
-                before = prepared.volume.counters() if prepared.volume else None
-                log_reader = (AccessLog(prepared.volume.mountpoint)
-                              if accesslog and prepared.volume and step == "untar" and run == 0
-                              else None)
-                try:
-                    with lib.timed() as elapsed:
-                        action()
-                except (runner.CommandError, OSError) as error:
-                    result.error = f"{step} failed: {str(error)[:300]}"
-                    lib.log(f"{key}: {result.error}")
-                    return result
-                finally:
-                    if log_reader is not None:
-                        result.accesslog = log_reader.close()
-                result.times.setdefault(step, []).append(elapsed[0])
-                if before is not None and prepared.volume is not None and run == 0:
-                    after = prepared.volume.counters()
-                    result.counters[step] = {k: after[k] - before[k] for k in after}
-                lib.log(f"{key} run {run + 1}/{runs}: {step} {elapsed[0]:.2f}s")
-            workdir.rmdir()
-        if prepared.trim is not None:
-            # Deleted files inside the image only free S3 space if ext4 discards them and
-            # JuiceFS turns the loop device's discards into holes in the image file.
-            before = prepared.volume.counters()["used_space"] if prepared.volume else 0.0
-            trim = runner.run(["fstrim", "-v", str(prepared.trim)], timeout=600, check=False)
-            after = prepared.volume.counters()["used_space"] if prepared.volume else 0.0
-            result.note += (f"; fstrim: {(trim.stdout or trim.stderr).strip()[-80:]}, volume "
-                            f"used space {before / 2**20:.0f} -> {after / 2**20:.0f} MB")
-        if prepared.volume is not None:
-            objects, size_mb = lib.bucket_usage(s3, f"jfs-{prepared.volume.name}")
-            result.note += f"; bucket {objects} objects, {size_mb:.0f} MB"
-            c = prepared.volume.counters()
-            result.note += (f"; after the runs: juicefs RSS {c['rss_bytes'] / 2**20:.0f} MB, "
-                            f"{c['staged_blocks']:.0f} blocks ({c['staged_bytes'] / 2**20:.0f} MB)"
-                            f" staged, {c['uploaded_bytes'] / 2**20:.0f} MB uploaded")
-    return result
+            with lib.timed() as elapsed:
+                action()
+        except (runner.CommandError, OSError) as error:
+            result.error = f"{step} failed: {str(error)[:300]}"
+            lib.log(f"{result.name}: {result.error}")
+            return
+        finally:
+            if log_reader is not None:
+                result.accesslog = log_reader.close()
+        result.times.setdefault(step, []).append(elapsed[0])
+        if before is not None and volume is not None and step not in result.counters:
+            after = volume.counters()
+            result.counters[step] = {k: after[k] - before[k] for k in after}
+        lib.log(f"{result.name} run {run + 1}/{runs}: {step} {elapsed[0]:.2f}s")
+    workdir.rmdir()
+
+
+def finish(result: Result, prepared: Prepared, s3: lib.LocalS3Server) -> None:
+    """What the runs left behind: space reclaimed by fstrim, bucket size, RSS, staging."""
+    volume = prepared.volume
+    if prepared.trim is not None and not result.error:
+        # Deleted files inside the image only free S3 space if ext4 discards them and
+        # JuiceFS turns the loop device's discards into holes in the image file.
+        before = volume.counters()["used_space"] if volume else 0.0
+        trim = runner.run(["fstrim", "-v", str(prepared.trim)], timeout=600, check=False)
+        after = volume.counters()["used_space"] if volume else 0.0
+        result.note += (f"; fstrim: {(trim.stdout or trim.stderr).strip()[-80:]}, volume "
+                        f"used space {before / 2**20:.0f} -> {after / 2**20:.0f} MB")
+    if volume is not None:
+        objects, size_mb = lib.bucket_usage(s3, f"jfs-{volume.name}")
+        c = volume.counters()
+        result.note += (f"; bucket {objects} objects, {size_mb:.0f} MB; juicefs RSS "
+                        f"{c['rss_bytes'] / 2**20:.0f} MB, {c['staged_blocks']:.0f} blocks "
+                        f"({c['staged_bytes'] / 2**20:.0f} MB) still staged, "
+                        f"{c['uploaded_bytes'] / 2**20:.0f} MB uploaded")
 
 
 def print_table(results: list[Result], labels: dict[str, str], baseline: str) -> None:
@@ -351,10 +360,22 @@ def main(argv: list[str] | None = None) -> int:
         home.mkdir()
         git_env = runner.clean_env({**lib.GIT_ENV, "HOME": str(home)})
         load_before = lib.machine_note()
+        # All targets stay mounted and the runs go round them in turn, so that every run's
+        # ratios compare figures taken minutes apart on a machine whose load keeps changing.
+        prepared: dict[str, Prepared | None] = {}
         for key in args.targets:
             lib.log(f"== {key}: {TARGETS[key][0]}")
-            results.append(run_target(key, TARGETS[key][1], s3, base, tarball, args.runs,
-                                      args.accesslog, git_env))
+            result, prepared[key] = prepare(key, TARGETS[key][1], stack, s3, base)
+            results.append(result)
+        for run in range(args.runs):
+            for result in results:
+                ready = prepared[result.name]
+                if ready is not None and not result.error:
+                    run_once(result, ready, run, args.runs, tarball, args.accesslog, git_env)
+        for result in results:
+            ready = prepared[result.name]
+            if ready is not None:
+                finish(result, ready, s3)
         print(f"\nWorkload: {files} files from {args.tree}; medians of {args.runs} run(s); "
               f"seconds (ratio to {args.targets[0]}).")
         print(f"Machine: before {load_before}; after {lib.machine_note()}.\n")
