@@ -338,8 +338,11 @@ def tail(path: Path, lines: int = 3) -> str:
 # ----------------------------------------------------------------------------- other mounts
 
 def create_bucket(s3: LocalS3Server, name: str) -> None:
-    # rclone serve s3 keeps buckets as folders of its data directory.
-    (s3.root / "data" / name).mkdir(parents=True, exist_ok=True)
+    # Through the S3 API: a folder made behind rclone serve s3's back stays invisible to it
+    # for minutes (its directory cache), and s3fs then fails with NoSuchBucket.
+    from weldr_agent.s3 import _client
+
+    _client(s3.endpoint, "us-east-1", KEY_ID, SECRET).create_bucket(Bucket=name)
 
 
 def rclone_env(s3: LocalS3Server) -> dict[str, str]:
