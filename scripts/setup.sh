@@ -36,7 +36,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 APT_PACKAGES=(fuse3 runc crun iproute2 iptables git ca-certificates procps util-linux)
-TEST_APT_PACKAGES=(postgresql redis-server nodejs npm)
+TEST_APT_PACKAGES=(postgresql redis-server nodejs npm s3fs)
 packages=("${APT_PACKAGES[@]}")
 if [[ "$WITH_TEST" == 1 ]]; then packages+=("${TEST_APT_PACKAGES[@]}"); fi
 if [[ -n "${WELDR_EXTRA_APT:-}" ]]; then read -r -a extra <<<"$WELDR_EXTRA_APT"; packages+=("${extra[@]}"); fi
