@@ -352,6 +352,11 @@ DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="anthropic/claude-sonnet-4-5")
 WORKFLOW_STEP_TIMEOUT_SECONDS = _int("WORKFLOW_STEP_TIMEOUT_SECONDS", 900, low=5, high=86400)
 WORKFLOW_MAX_TOOL_CALLS = _int("WORKFLOW_MAX_TOOL_CALLS", 200, low=1, high=10000)
 SSE_KEEPALIVE_SECONDS = _float("SSE_KEEPALIVE_SECONDS", 15.0, low=0.1, high=600)
+# Provider calls: our own retries (the SDKs' are off), bounded attempts, exponential backoff.
+LLM_MAX_ATTEMPTS = _int("LLM_MAX_ATTEMPTS", 4, low=1, high=20)
+LLM_RETRY_BASE_SECONDS = _float("LLM_RETRY_BASE_SECONDS", 1.0, low=0.0, high=600)
+LLM_RETRY_MAX_SECONDS = _float("LLM_RETRY_MAX_SECONDS", 30.0, low=0.0, high=3600)
+LLM_MAX_OUTPUT_TOKENS = _int("LLM_MAX_OUTPUT_TOKENS", 8192, low=1, high=10**6)
 
 # ---------------------------------------------------------------------------------------------
 # Shutdown
