@@ -44,6 +44,7 @@ class Call:
     arguments: dict[str, Any] | str = field(default_factory=dict)
     id: str | None = None  # None: the server makes one (Gemini: the call has no id at all)
     fragments: int = 3  # how many pieces the argument JSON is streamed in (Gemini: always 1)
+    thought_signature: str | None = None  # Gemini only: base64 the model attaches to the part
 
     def raw(self) -> str:
         return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
@@ -453,7 +454,10 @@ def _gemini(state: LLMServer, reply: Reply, model: str) -> Iterator[str]:
         function_call: dict[str, Any] = {"name": call.name, "args": json.loads(call.raw())}
         if call.id:
             function_call["id"] = call.id
-        yield chunk([{"functionCall": function_call}])
+        part: dict[str, Any] = {"functionCall": function_call}
+        if call.thought_signature:
+            part["thoughtSignature"] = call.thought_signature
+        yield chunk([part])
     if budget.due():
         yield from breaking()
     yield chunk([], reply.stop or "STOP")

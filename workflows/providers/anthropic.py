@@ -63,7 +63,8 @@ class AnthropicProvider:
         except anthropic.APIStatusError as error:
             raise _status_error(error) from error
         except anthropic.APIConnectionError as error:
-            raise RetryableError(f"anthropic: {error.message}", provider=NAME) from error
+            detail = f" ({error.__cause__})" if error.__cause__ else ""
+            raise RetryableError(f"anthropic: {error.message}{detail}", provider=NAME) from error
         except anthropic.APIError as error:
             raise ProviderError(f"anthropic: {error.message}", provider=NAME) from error
         except httpx2.TransportError as error:

@@ -1,8 +1,9 @@
 """Google Gemini through the official `google-genai` SDK: streamGenerateContent with functions.
 
 Function calls arrive whole (name + args object) and may have no id; such calls get a stable
-synthetic id (`synth-…`, derived from their position, name and arguments) that is never sent back
-to the API. Gemini 3 also attaches a `thought_signature` to function-call parts and rejects a
+synthetic id (`synth-…`, derived from the conversation so far and the call's position, name and
+arguments: the same turn gets the same ids, a later identical call a different one) that is
+never sent back to the API. Gemini 3 also attaches a `thought_signature` to function-call parts and rejects a
 history that drops it; the neutral ToolCall has no room for it, so signatures are kept in a
 small in-process map keyed by call id and put back when the history is replayed.
 """
@@ -66,18 +67,20 @@ class GeminiProvider:
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
         contents = to_contents(messages)
+        salt = hashlib.sha256(repr(messages).encode()).hexdigest()[:16]
         return with_retries(
-            lambda relay: self._attempt(key, timeout, model, contents, config, relay),
+            lambda relay: self._attempt(key, timeout, model, contents, config, salt, relay),
             provider=NAME, on_text=on_text)
 
     def _attempt(self, key: str, timeout: float, model: str, contents: list[types.Content],
-                 config: types.GenerateContentConfig, on_text: Callable[[str], None]) -> Turn:
+                 config: types.GenerateContentConfig, salt: str,
+                 on_text: Callable[[str], None]) -> Turn:
         try:
             with genai.Client(api_key=key, vertexai=False,
                               http_options=http_options(timeout)) as client:
                 stream = client.models.generate_content_stream(
                     model=model, contents=contents, config=config)
-                return _read(stream, on_text)
+                return _read(stream, salt, on_text)
         except genai_errors.APIError as error:
             raise _api_error(error) from error
         except httpx2.TransportError as error:
@@ -100,7 +103,7 @@ def http_options(timeout: float) -> types.HttpOptions:
     return options
 
 
-def _read(stream: Any, on_text: Callable[[str], None]) -> Turn:
+def _read(stream: Any, salt: str, on_text: Callable[[str], None]) -> Turn:
     text: list[str] = []
     calls: list[ToolCall] = []
     usage = Usage()
@@ -115,7 +118,7 @@ def _read(stream: Any, on_text: Callable[[str], None]) -> Turn:
         parts = candidate.content.parts if candidate.content is not None else None
         for part in parts or []:
             if part.function_call is not None:
-                calls.append(_tool_call(part, len(calls)))
+                calls.append(_tool_call(part, len(calls), salt))
             elif part.text and not part.thought:
                 text.append(part.text)
                 on_text(part.text)
@@ -127,12 +130,12 @@ def _read(stream: Any, on_text: Callable[[str], None]) -> Turn:
     return Turn(text="".join(text), tool_calls=calls, stop_reason=stop, usage=usage)
 
 
-def _tool_call(part: types.Part, position: int) -> ToolCall:
+def _tool_call(part: types.Part, position: int, salt: str) -> ToolCall:
     call = part.function_call
     assert call is not None
     arguments = dict(call.args or {})
     raw = json.dumps(arguments, sort_keys=True)
-    call_id = call.id or _synthetic_id(position, call.name or "", raw)
+    call_id = call.id or _synthetic_id(salt, position, call.name or "", raw)
     if part.thought_signature:
         with _signatures_lock:
             _signatures[call_id] = part.thought_signature
@@ -141,8 +144,8 @@ def _tool_call(part: types.Part, position: int) -> ToolCall:
     return ToolCall(id=call_id, name=call.name or "", arguments=arguments, raw_arguments=raw)
 
 
-def _synthetic_id(position: int, name: str, raw: str) -> str:
-    digest = hashlib.sha256(f"{position}\0{name}\0{raw}".encode()).hexdigest()[:16]
+def _synthetic_id(salt: str, position: int, name: str, raw: str) -> str:
+    digest = hashlib.sha256(f"{salt}\0{position}\0{name}\0{raw}".encode()).hexdigest()[:16]
     return f"{SYNTHETIC_PREFIX}{position}-{digest}"
 
 

@@ -70,7 +70,8 @@ class OpenAIProvider:
             raise status_error(NAME, error.status_code, _message(error),
                                error.response.headers) from error
         except openai.APIConnectionError as error:
-            raise RetryableError(f"openai: {error.message}", provider=NAME) from error
+            detail = f" ({error.__cause__})" if error.__cause__ else ""
+            raise RetryableError(f"openai: {error.message}{detail}", provider=NAME) from error
         except openai.APIError as error:
             # An error object inside the stream: the server failed after answering 200.
             raise RetryableError(f"openai stream error: {error.message}", provider=NAME) from error
