@@ -1,6 +1,8 @@
-"""pytest plugin: the `llm_server` fixture (a provider-protocol server, tests/workflows/llm_server.py).
+"""pytest plugin: the `llm_server` fixture, a provider-protocol server (llm_server.py).
 
-Load it with `pytest_plugins = ["tests.workflows.conftest_llm"]` in a conftest.py. The fixture
+Load it with `pytest_plugins = ["tests.workflows.conftest_llm"]` in a test module (pytest refuses
+pytest_plugins in a conftest.py below the top one; from tests/workflows/conftest.py, import
+the fixture instead: `from tests.workflows.conftest_llm import llm_server`). The fixture
 points settings and the environment (ANTHROPIC_BASE_URL, OPENAI_BASE_URL,
 GOOGLE_GEMINI_BASE_URL, fake keys) at the server, so get_provider() and a child agent process
 started with `llm_server.env()` both talk to it; retries back off in milliseconds.

@@ -6,7 +6,6 @@ import logging
 
 import pytest
 
-from tests.workflows.conftest_llm import llm_server  # noqa: F401  (the fixture)
 from tests.workflows.llm_server import Call, Fail, LLMServer, Reply
 from workflows.providers.base import (
     ProviderError,
@@ -25,6 +24,8 @@ STREAMED_ARGUMENTS = pytest.mark.parametrize("provider", ["anthropic", "openai"]
 TOOLS = [ToolSpec("write_file", "Write a file in the workspace.", {
     "type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
     "required": ["path", "content"]})]
+
+pytest_plugins = ["tests.workflows.conftest_llm"]
 
 
 def complete(provider: str, messages: list | None = None) -> tuple[Turn, list[str]]:

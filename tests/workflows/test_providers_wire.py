@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.workflows.conftest_llm import llm_server  # noqa: F401  (the fixture)
 from tests.workflows.llm_server import Call, LLMServer, Reply
 from tests.workflows.test_providers import MODELS, TOOLS
 from workflows.providers.base import (
@@ -16,6 +15,8 @@ from workflows.providers.base import (
     UserMessage,
 )
 from workflows.providers.registry import get_provider
+
+pytest_plugins = ["tests.workflows.conftest_llm"]
 
 
 def two_turns(server: LLMServer, provider: str, first: Reply) -> tuple[Turn, dict[str, Any]]:

@@ -3,9 +3,9 @@
 Function calls arrive whole (name + args object) and may have no id; such calls get a stable
 synthetic id (`synth-…`, derived from the conversation so far and the call's position, name and
 arguments: the same turn gets the same ids, a later identical call a different one) that is
-never sent back to the API. Gemini 3 also attaches a `thought_signature` to function-call parts and rejects a
-history that drops it; the neutral ToolCall has no room for it, so signatures are kept in a
-small in-process map keyed by call id and put back when the history is replayed.
+never sent back to the API. Gemini 3 also attaches a `thought_signature` to function-call parts
+and rejects a history that drops it; the neutral ToolCall has no room for it, so signatures are
+kept in a small in-process map keyed by call id and put back when the history is replayed.
 """
 
 from __future__ import annotations
