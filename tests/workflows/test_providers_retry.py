@@ -95,3 +95,11 @@ def test_attempts_are_bounded() -> None:
     with pytest.raises(ProviderError, match="e3"):
         with_retries(attempt, provider="p", on_text=lambda _: None, policy=FAST)
     assert len(calls) == FAST.max_attempts
+
+
+def test_no_wait_outlasts_the_callers_timeout() -> None:
+    slow = RetryPolicy(max_attempts=5, base_seconds=0.001, max_seconds=60.0)
+    attempt, calls = attempts_of([RetryableError("busy", provider="p", retry_after=30.0)])
+    with pytest.raises(ProviderError, match="busy"):
+        with_retries(attempt, provider="p", on_text=lambda _: None, policy=slow, timeout=5.0)
+    assert len(calls) == 1

@@ -50,7 +50,7 @@ class AnthropicProvider:
         if system:
             request["system"] = system
         return with_retries(lambda relay: self._attempt(key, timeout, request, relay),
-                            provider=NAME, on_text=on_text)
+                            provider=NAME, on_text=on_text, timeout=timeout)
 
     def _attempt(self, key: str, timeout: float, request: dict[str, Any],
                  on_text: Callable[[str], None]) -> Turn:

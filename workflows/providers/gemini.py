@@ -70,7 +70,7 @@ class GeminiProvider:
         salt = hashlib.sha256(repr(messages).encode()).hexdigest()[:16]
         return with_retries(
             lambda relay: self._attempt(key, timeout, model, contents, config, salt, relay),
-            provider=NAME, on_text=on_text)
+            provider=NAME, on_text=on_text, timeout=timeout)
 
     def _attempt(self, key: str, timeout: float, model: str, contents: list[types.Content],
                  config: types.GenerateContentConfig, salt: str,

@@ -57,7 +57,7 @@ class OpenAIProvider:
                 "name": t.name, "description": t.description, "parameters": t.parameters}}
                 for t in tools]
         return with_retries(lambda relay: self._attempt(key, timeout, request, relay),
-                            provider=NAME, on_text=on_text)
+                            provider=NAME, on_text=on_text, timeout=timeout)
 
     def _attempt(self, key: str, timeout: float, request: dict[str, Any],
                  on_text: Callable[[str], None]) -> Turn:

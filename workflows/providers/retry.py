@@ -95,13 +95,16 @@ def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
 
 
 def with_retries(attempt: Callable[[Callable[[str], None]], Turn], *, provider: str,
-                 on_text: Callable[[str], None], policy: RetryPolicy | None = None) -> Turn:
+                 on_text: Callable[[str], None], policy: RetryPolicy | None = None,
+                 timeout: float | None = None) -> Turn:
     """Run `attempt(relay)` until it returns a Turn, retrying transient ProviderErrors.
 
     `relay` forwards text to `on_text` and notes that output has left; after that a failure is
-    final (raised with transient=False, the original error as its cause).
+    final (raised with transient=False, the original error as its cause). No wait is started
+    that would end past `timeout` seconds from now: the caller's budget is the caller's.
     """
     policy = policy or RetryPolicy.from_settings()
+    deadline = time.monotonic() + timeout if timeout is not None else None
     for number in range(1, policy.max_attempts + 1):
         streamed = False
 
@@ -119,6 +122,8 @@ def with_retries(attempt: Callable[[Callable[[str], None]], Turn], *, provider: 
             if not error.transient or number == policy.max_attempts:
                 raise
             delay = policy.delay(number, getattr(error, "retry_after", None))
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise
             log.warning("%s attempt %d/%d failed (%s); retrying in %.2fs", provider, number,
                         policy.max_attempts, error, delay,
                         extra={"provider": provider, "attempt": number, "delay": delay})
