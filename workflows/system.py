@@ -26,9 +26,12 @@ def git_env() -> dict[str, str]:
     }
 
 
-def unprivileged_argv(command: str, *, user: str = "nobody") -> list[str]:
+NOBODY = 65534
+
+
+def unprivileged_argv(command: str, *, uid: int = NOBODY, gid: int = NOBODY) -> list[str]:
     """`sh -c command` as an unprivileged user (the stand-in until the exec sandbox lands)."""
-    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
             "--no-new-privs", "sh", "-c", command]
 
 
