@@ -47,23 +47,24 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     group: str | None = None
 
     async def connect(self) -> None:
-        # Accept first: a close code (4401, 4404) can only be sent on an open socket.
-        await self.accept()
         principal = self.scope.get("principal")
-        if principal is None:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
         kwargs = self.scope["url_route"]["kwargs"]
-        refused = await _branch_allowed(principal, kwargs["project_id"], kwargs["branch_id"])
+        refused = CLOSE_UNAUTHENTICATED if principal is None else \
+            await _branch_allowed(principal, kwargs["project_id"], kwargs["branch_id"])
         if refused is not None:
+            # A close code can only be sent on an open socket: accept, then close.
+            await self.accept()
             await self.close(code=refused)
             return
         branch_id = kwargs["branch_id"]
         self.group = branch_group(branch_id)
+        # Join the group and fix the cursor before accepting: once the client sees the socket
+        # open, every later event reaches it.
         await self.channel_layer.group_add(self.group, self.channel_name)
         last_id = _query_last_id(self.scope)
         self.cursor = EventCursor(branch_id,
                                   await last_seq(branch_id) if last_id is None else last_id)
+        await self.accept()
         await self._send_all(await self.cursor.catch_up())
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
