@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -18,8 +19,11 @@ from typing import Any
 import jsonschema
 
 from weldr_agent import runner
+from weldr_agent.errors import APIError
 from workflows import system
 from workflows.providers.base import ToolCall, ToolResult, ToolSpec
+
+logger = logging.getLogger("weldr.workflows.tools")
 
 MAX_RESULT_CHARS = 20_000
 MAX_READ_BYTES = 512 * 1024
@@ -354,3 +358,8 @@ def tool_execute(context: ToolContext, call: ToolCall) -> ToolResult:
         return error(str(failure))
     except OSError as failure:
         return error(f"{call.name} failed: {failure.strerror or failure}")
+    except APIError as failure:  # a service refused (no preview, not mounted, ...)
+        return error(f"{call.name} failed: {failure.detail}")
+    except Exception as failure:  # the run goes on; the model hears what broke
+        logger.exception("tool %s crashed", call.name)
+        return error(f"{call.name} failed unexpectedly: {failure}")

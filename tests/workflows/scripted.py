@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from workflows.providers.base import (
-    Message, ProviderError, ToolCall, ToolSpec, Turn, Usage,
+    Message,
+    ProviderError,
+    ToolCall,
+    ToolSpec,
+    Turn,
+    Usage,
 )
 
 CHUNK = 8

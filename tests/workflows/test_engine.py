@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from tests.workflows.conftest import (
-    Agent, SSEClient, WSClient, connected, requests_seen, write_script,
+    Agent,
+    SSEClient,
+    WSClient,
+    connected,
+    requests_seen,
+    write_script,
 )
 from weldr_agent import runner
 
