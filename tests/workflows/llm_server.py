@@ -115,8 +115,14 @@ class LLMServer:
 
     def script(self, provider: str, items: list[Reply | Fail]) -> None:
         """Queue answers for `provider` ("anthropic", "openai", "google"/"gemini")."""
+        name = self._name(provider)
+        for item in items:
+            for call in item.calls if isinstance(item, Reply) else []:
+                if name == "google" and not isinstance(_json_object(call.raw()), dict):
+                    raise ValueError("Gemini sends arguments as a JSON object; "
+                                     f"{call.raw()!r} cannot be scripted")
         with self._lock:
-            self._scripts[self._name(provider)].extend(items)
+            self._scripts[name].extend(items)
 
     def remaining(self, provider: str) -> int:
         with self._lock:
@@ -271,6 +277,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+def _json_object(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 def _route(path: str) -> tuple[str | None, str | None]:

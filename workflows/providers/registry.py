@@ -12,7 +12,7 @@ from django.conf import settings
 
 from .base import Provider, UnknownModel
 
-# prefix → "module:Class"; imported on first use so an unused SDK costs nothing at start-up.
+# prefix → "module:Class"; imported by preload() at agent start-up, else on first use.
 PROVIDERS = {
     "anthropic": "workflows.providers.anthropic:AnthropicProvider",
     "openai": "workflows.providers.openai:OpenAIProvider",
@@ -31,7 +31,17 @@ def get_provider(model: str | None) -> tuple[Provider, str]:
     if target is None or not name.strip():
         known = ", ".join(f'"{p}/…"' for p in PROVIDERS)
         raise UnknownModel(f"unknown model {chosen!r}: expected one of {known}")
+    return _instance(target), name.strip()
+
+
+def _instance(target: str) -> Provider:
     if target not in _instances:
         module, _, cls = target.partition(":")
         _instances[target] = getattr(importlib.import_module(module), cls)()
-    return _instances[target], name.strip()
+    return _instances[target]
+
+
+def preload() -> None:
+    """Import every adapter (and so its SDK) now, not in the middle of the first run."""
+    for target in sorted(set(PROVIDERS.values())):
+        _instance(target)
