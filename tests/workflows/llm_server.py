@@ -66,6 +66,9 @@ class Reply:
     fault: str | None = None
     pause: float = 0.0  # seconds between frames, for tests that watch a run in progress
     gate: threading.Event | None = None  # when set, the answer waits for this event
+    # Send these SSE frames verbatim instead (each a complete "event:/data:" block), for
+    # answers the fields above cannot describe.
+    frames: list[str] | None = None
 
     def chunks(self) -> list[str]:
         return [self.text] if isinstance(self.text, str) else list(self.text)
@@ -234,7 +237,9 @@ class _Handler(BaseHTTPRequestHandler):
         if item.gate is not None:
             item.gate.wait(timeout=120)
         writer = {"anthropic": _anthropic, "openai": _openai, "google": _gemini}[provider]
-        self._stream(writer(self.server_state, item, model or body.get("model", "")), item)
+        frames = iter(item.frames) if item.frames is not None else \
+            writer(self.server_state, item, model or body.get("model", ""))
+        self._stream(frames, item)
 
     # -- responses ---------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -296,3 +297,32 @@ def test_no_model_means_the_default(settings, empty: str | None) -> None:  # noq
 def test_unknown_models_are_refused(model: str) -> None:
     with pytest.raises(UnknownModel, match="unknown model"):
         get_provider(model)
+
+
+def test_gemini_blocked_prompt_is_final(llm_server: LLMServer) -> None:
+    blocked = {"promptFeedback": {"blockReason": "SAFETY"},
+               "usageMetadata": {"promptTokenCount": 5, "totalTokenCount": 5}}
+    llm_server.script("google", [Reply(frames=[f"data: {json.dumps(blocked)}\n\n"]),
+                                 Reply(text="never sent")])
+
+    with pytest.raises(ProviderError, match="SAFETY") as caught:
+        complete("google")
+
+    assert caught.value.transient is False
+    assert len(llm_server.requests_for("google")) == 1
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_stream_without_its_end_is_retried(llm_server: LLMServer, provider: str) -> None:
+    # given: a first answer that is cut short but well-formed (no stop event), then a good one
+    start = {"anthropic": 'event: message_start\ndata: {"type": "message_start", "message": '
+                          '{"id": "m", "type": "message", "role": "assistant", "model": "x", '
+                          '"content": [], "stop_reason": null, "stop_sequence": null, '
+                          '"usage": {"input_tokens": 1, "output_tokens": 1}}}\n\n',
+             "openai": "data: [DONE]\n\n"}[provider]
+    llm_server.script(provider, [Reply(frames=[start]), Reply(text="whole")])
+
+    turn, _ = complete(provider)
+
+    assert turn.text == "whole"
+    assert len(llm_server.requests_for(provider)) == 2

@@ -40,13 +40,14 @@ class AnthropicProvider:
                  tools: list[ToolSpec], on_text: Callable[[str], None],
                  timeout: float) -> Turn:
         key = api_key(NAME, "ANTHROPIC_API_KEY")
-        request = {
+        request: dict[str, Any] = {
             "model": model,
             "max_tokens": settings.LLM_MAX_OUTPUT_TOKENS,
             "messages": to_messages(messages),
-            "tools": [{"name": t.name, "description": t.description,
-                       "input_schema": t.parameters} for t in tools],
         }
+        if tools:
+            request["tools"] = [{"name": t.name, "description": t.description,
+                                 "input_schema": t.parameters} for t in tools]
         if system:
             request["system"] = system
         return with_retries(lambda relay: self._attempt(key, timeout, request, relay),

@@ -112,6 +112,12 @@ def _read(stream: Any, salt: str, on_text: Callable[[str], None]) -> Turn:
         if chunk.usage_metadata is not None:
             usage = Usage(input_tokens=chunk.usage_metadata.prompt_token_count or 0,
                           output_tokens=chunk.usage_metadata.candidates_token_count or 0)
+        feedback = chunk.prompt_feedback
+        if feedback is not None and feedback.block_reason:
+            # The prompt itself was refused: asking again gets the same answer.
+            raise ProviderError(f"google blocked the prompt ({feedback.block_reason}): "
+                                f"{feedback.block_reason_message or ''}".rstrip(": "),
+                                transient=False, provider=NAME)
         if not chunk.candidates:
             continue
         candidate = chunk.candidates[0]
