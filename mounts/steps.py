@@ -165,29 +165,33 @@ def _remove_db(db: Path) -> None:
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
+def _restore(p: system.Paths, point: datetime | None, output: Path) -> None:
+    try:
+        runner.run(system.litestream_restore_argv(runner.tool("litestream"), p, timestamp=point,
+                                                  output=output),
+                   env=system.litestream_env(), timeout=settings.MOUNT_TIMEOUT_SECONDS)
+    except runner.CommandError as error:
+        _remove_db(output)
+        raise MountFailed(f"Restoring {p.bucket}'s metadata from S3 failed: {error}") from error
+
+
 def metadata_restore(p: system.Paths) -> bool:
     """Restore the metadata database from its replica; False when there is no replica."""
-    marker = durable_marker_read(p.bucket)
-    point = system.restore_point(datetime.now(UTC), marker)
+    if prefix_empty(p.bucket, f"{system.REPLICA_PATH}/"):
+        return False
+    point = system.restore_point(datetime.now(UTC), durable_marker_read(p.bucket))
     staging = p.meta_db.with_name(f"{p.meta_db.name}.restoring")
     _remove_db(staging)
-    litestream = runner.tool("litestream")
-    try:
-        runner.run(system.litestream_restore_argv(litestream, p, timestamp=point, output=staging),
-                   env=system.litestream_env(), timeout=settings.MOUNT_TIMEOUT_SECONDS)
-    except runner.CommandFailed as error:
-        # Nothing in the replica is that old: the volume is younger than the upload delay, so
-        # nothing it holds was uploaded by time alone either; the latest state is the best
-        # there is (its blocks may be missing; `juicefs fsck` lists them).
-        if point is None or "timestamp" not in str(error).lower() \
-                and "no matching" not in str(error).lower():
-            raise MountFailed(f"Restoring {p.bucket}'s metadata failed: {error}") from error
-        logger.warning("no replica state before %s for %s; restoring the latest", point, p.bucket)
-        _remove_db(staging)
-        runner.run(system.litestream_restore_argv(litestream, p, timestamp=None, output=staging),
-                   env=system.litestream_env(), timeout=settings.MOUNT_TIMEOUT_SECONDS)
+    _restore(p, point, staging)
+    if not staging.exists() and point is not None:
+        # Nothing in the replica is that old: the volume is younger than the upload delay and
+        # was never synced with zero RPO. The latest state is the best there is; blocks it
+        # names that never left the lost machine read as EIO (`juicefs fsck` lists them).
+        logger.warning("no metadata of %s as old as %s; restoring the latest", p.bucket, point)
+        _restore(p, None, staging)
     if not staging.exists():
-        return False
+        raise MountFailed(f"Litestream found no usable backup of {p.bucket}'s metadata; see "
+                          f"{system.REPLICA_PATH} in the bucket.")
     chunk_counter_advance(staging)
     _remove_db(p.meta_db)
     staging.rename(p.meta_db)
