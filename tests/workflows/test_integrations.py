@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,12 @@ from workflows.models import Branch, Integration, Version, WorkflowRun
 
 @pytest.fixture
 def branch(settings, tmp_path: Path) -> Branch:  # type: ignore[no-untyped-def]
+    """A branch in local workspace mode (the mounted path runs in test_engine_providers.py)."""
+    settings.WORKSPACE_MODE = "local"
     settings.WORKSPACE_BASE = tmp_path / "workspaces"
     project = services.project_create(name="p")
-    return services.branch_create(project=project, name="main", bucket="integration-test")
+    return services.branch_create(project=project, name="main",
+                                  bucket=f"integration-{secrets.token_hex(4)}")
 
 
 def workspace_of(branch: Branch) -> Path:
