@@ -247,7 +247,10 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s socket timeout by default, exactly channels-redis's
+                # 5 s blocking BZPOPMIN: idle consumers then die of "Timeout reading". Wait longer.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30,
+                           "socket_connect_timeout": 10}],
                 "prefix": env.str("CHANNEL_LAYER_PREFIX", default="asgi"),
                 "capacity": 5000,
                 "expiry": 60,
