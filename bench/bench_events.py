@@ -32,7 +32,10 @@ from tests import services  # noqa: E402
 
 services.ensure()
 
+import django  # noqa: E402
 import psycopg  # noqa: E402
+
+django.setup()
 
 from tests.conftest import AgentProcess  # noqa: E402
 from tests.workflows.conftest import (  # noqa: E402

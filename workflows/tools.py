@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from asgiref.sync import async_to_sync
 from django.conf import settings
 
 from weldr_agent import runner
@@ -250,15 +251,36 @@ def grep(context: ToolContext, args: dict[str, Any]) -> str:
 # --- commands, packages, previews, integrations -------------------------------------------
 
 
+def _sandboxed(context: ToolContext, command: str, timeout: int) -> dict[str, Any] | None:
+    """Run through the exec sandbox (previews/exec.py) when the app has it; None otherwise."""
+    try:
+        from previews import exec as sandbox_exec
+        from previews import exec_spec
+    except ImportError:
+        return None
+    spec = sandbox_exec.CommandSpec(
+        bucket=context.bucket, workspace=context.workspace,
+        argv=exec_spec.command_argv(command), cwd="", env=exec_spec.command_env({}),
+        timeout=timeout, stdin=None)
+
+    async def collect() -> Any:
+        execution = await sandbox_exec.exec_start(spec=spec)
+        return await sandbox_exec.exec_collect(execution=execution)
+
+    collected = async_to_sync(collect)()
+    return {"exit_code": collected.exit.get("exit_code"),
+            "stdout": bytes(collected.stdout).decode("utf-8", "replace"),
+            "stderr": bytes(collected.stderr).decode("utf-8", "replace"),
+            "timed_out": bool(collected.exit.get("timed_out"))}
+
+
 def command_run(context: ToolContext, command: str, timeout: int) -> dict[str, Any]:
     """Run a shell command in the workspace: the exec sandbox when present, else unprivileged."""
-    try:
-        from previews.exec import exec_run
-    except ImportError:
-        exec_run = None
-    if exec_run is not None:
-        return dict(exec_run(bucket=context.bucket, command=command, timeout=timeout))
-    # Until the exec sandbox is merged: an unprivileged user, a clean environment, a timeout.
+    outcome = _sandboxed(context, command, timeout)
+    if outcome is not None:
+        return outcome
+    # Until the exec sandbox is merged: the sandbox uid, no new privileges, a clean
+    # environment and a timeout — unprivileged, but not isolated.
     try:
         argv = system.unprivileged_argv(command, uid=settings.SANDBOX_UID,
                                         gid=settings.SANDBOX_UID)
