@@ -59,17 +59,23 @@ class AgentStopping(Exception):
 stopping = threading.Event()
 
 
-def provider_resolve(model: str) -> tuple[Provider, str]:
-    """The adapter and bare model name for "provider/model"."""
+def provider_resolve(model: str) -> tuple[Provider, str, int]:
+    """The adapter, the bare model name, and how often the engine retries transient errors.
+
+    The registry's adapters retry transient errors themselves (providers/retry.py), so the
+    engine does not retry them again; adapters plugged in by WORKFLOW_EXTRA_PROVIDERS get the
+    engine's retries (WORKFLOW_PROVIDER_RETRIES).
+    """
     prefix, _, name = model.partition("/")
     extra = settings.WORKFLOW_EXTRA_PROVIDERS.get(prefix)
     if extra:
-        return import_string(extra)(), name
+        return import_string(extra)(), name, settings.WORKFLOW_PROVIDER_RETRIES
     try:
         from workflows.providers.registry import get_provider
     except ImportError:
         raise UnknownModel(f"No provider adapters are installed for {model!r}.") from None
-    return get_provider(model)
+    provider, name = get_provider(model)
+    return provider, name, 0
 
 
 @dataclass
@@ -90,6 +96,7 @@ class RunState:
     run: WorkflowRun
     provider: Provider
     model: str
+    retries: int = 0
     step: Step | None = None
     tool_calls: int = 0
     texts: list[str] = field(default_factory=list)
@@ -123,7 +130,7 @@ class RunState:
                 break
             except ProviderError as error:
                 attempt += 1
-                if not error.transient or attempt > settings.WORKFLOW_PROVIDER_RETRIES:
+                if not error.transient or attempt > self.retries:
                     raise
                 pause = settings.WORKFLOW_RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)
                 logger.warning("run %s: transient provider error (%s); retry %d in %.1fs",
@@ -238,8 +245,8 @@ def run_execute(run_id: str) -> None:
     try:
         event_publish(branch=run.branch_id, type="run.started", run=run,
                       data={"run_id": run.id, "model": run.model})
-        provider, model = provider_resolve(run.model)
-        state = RunState(run=run, provider=provider, model=model)
+        provider, model, retries = provider_resolve(run.model)
+        state = RunState(run=run, provider=provider, model=model, retries=retries)
         workspace = branch_workspace(run.branch)
         gitrepo.repo_ensure(workspace)
         context = ToolContext(

@@ -108,14 +108,14 @@ def branch_get(*, project_id: str, branch_id: str) -> Branch:
 
 
 def branch_workspace(branch: Branch) -> Path:
-    """The branch's workspace directory: its bucket mounted (when the mounts app exists)."""
-    try:
-        from mounts.services import mount_ensure, workspace_path
-    except ImportError:
-        # Before the mounts app lands: a plain directory where the mount would be.
+    """The branch's workspace directory: its bucket mounted (WORKSPACE_MODE=mount), or a local
+    directory (WORKSPACE_MODE=local, the design's branch-directory path)."""
+    if settings.WORKSPACE_MODE == "local":
         path = settings.WORKSPACE_BASE / branch.bucket
         path.mkdir(parents=True, exist_ok=True)
         return path
+    from mounts.services import mount_ensure, workspace_path
+
     mount_ensure(bucket=branch.bucket)
     return Path(workspace_path(branch.bucket))
 

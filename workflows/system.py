@@ -7,8 +7,10 @@ from pathlib import Path
 
 GIT_AUTHOR_NAME = "Weldr Agent"
 GIT_AUTHOR_EMAIL = "agent@weldr.local"
-# Our own housekeeping never belongs in a version (npm caches, the agent's scratch files).
-GIT_EXCLUDES = ("node_modules/", ".weldr/", ".npm/")
+# Our own housekeeping never belongs in a version (npm caches, the agent's scratch files), nor do
+# JuiceFS's virtual files at the root of a mount (its trash, stats and access log).
+GIT_EXCLUDES = ("node_modules/", ".weldr/", ".npm/", "/.trash/", "/.stats", "/.config",
+                "/.accesslog")
 
 
 def git_argv(workspace: Path, *args: str) -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from asgiref.sync import async_to_sync
+from django.conf import settings
 
 from weldr_agent import runner
 from weldr_agent.errors import APIError
@@ -28,9 +30,11 @@ logger = logging.getLogger("weldr.workflows.tools")
 MAX_RESULT_CHARS = 20_000
 MAX_READ_BYTES = 512 * 1024
 MAX_LIST_ENTRIES = 500
+JUICEFS_VIRTUAL = {".stats", ".config", ".accesslog"}
 COMMAND_TIMEOUT_DEFAULT = 120
 COMMAND_TIMEOUT_MAX = 900
-SKIPPED_DIRS = {".git", "node_modules"}
+# Not the project's: git's database, dependencies, JuiceFS's trash at the root of a mount.
+SKIPPED_DIRS = {".git", "node_modules", ".trash"}
 
 
 class ToolError(Exception):
@@ -121,7 +125,7 @@ def list_directory(context: ToolContext, args: dict[str, Any]) -> str:
         raise ToolError(f"{args.get('path')!r} is not a directory.")
     lines = []
     for entry in sorted(directory.iterdir(), key=lambda p: p.name)[:MAX_LIST_ENTRIES]:
-        if entry.name == ".git":
+        if entry.name in SKIPPED_DIRS or entry.name in JUICEFS_VIRTUAL:
             continue
         kind = "dir" if entry.is_dir() and not entry.is_symlink() else "file"
         lines.append(f"{entry.name}/" if kind == "dir" else entry.name)
@@ -139,10 +143,21 @@ def read_file(context: ToolContext, args: dict[str, Any]) -> str:
     return cap(text)
 
 
+def _owned_like_root(context: ToolContext, paths: list[Path]) -> None:
+    """New files belong to the workspace root's owner (the sandbox user), not to the agent."""
+    if os.geteuid() != 0:
+        return
+    owner = context.workspace.stat()
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+
+
 def _write(context: ToolContext, path: Path, content: str) -> None:
     change = "modified" if path.exists() else "created"
+    missing = [p for p in reversed(path.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content, encoding="utf-8")
+    _owned_like_root(context, [*missing, path])
     relative = _relative(context, path)
     context.changed.append(relative)
     context.on_file_changed(relative, change)
@@ -193,7 +208,9 @@ def _walk(root: Path) -> list[Path]:
     files: list[Path] = []
     for directory, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
-        files.extend(Path(directory) / name for name in sorted(filenames))
+        # .accesslog blocks on read: JuiceFS's virtual files are never the project's.
+        files.extend(Path(directory) / name for name in sorted(filenames)
+                     if name not in JUICEFS_VIRTUAL)
     return files
 
 
@@ -234,17 +251,40 @@ def grep(context: ToolContext, args: dict[str, Any]) -> str:
 # --- commands, packages, previews, integrations -------------------------------------------
 
 
+def _sandboxed(context: ToolContext, command: str, timeout: int) -> dict[str, Any] | None:
+    """Run through the exec sandbox (previews/exec.py) when the app has it; None otherwise."""
+    try:
+        from previews import exec as sandbox_exec
+        from previews import exec_spec
+    except ImportError:
+        return None
+    spec = sandbox_exec.CommandSpec(
+        bucket=context.bucket, workspace=context.workspace,
+        argv=exec_spec.command_argv(command), cwd="", env=exec_spec.command_env({}),
+        timeout=timeout, stdin=None)
+
+    async def collect() -> Any:
+        execution = await sandbox_exec.exec_start(spec=spec)
+        return await sandbox_exec.exec_collect(execution=execution)
+
+    collected = async_to_sync(collect)()
+    return {"exit_code": collected.exit.get("exit_code"),
+            "stdout": bytes(collected.stdout).decode("utf-8", "replace"),
+            "stderr": bytes(collected.stderr).decode("utf-8", "replace"),
+            "timed_out": bool(collected.exit.get("timed_out"))}
+
+
 def command_run(context: ToolContext, command: str, timeout: int) -> dict[str, Any]:
     """Run a shell command in the workspace: the exec sandbox when present, else unprivileged."""
+    outcome = _sandboxed(context, command, timeout)
+    if outcome is not None:
+        return outcome
+    # Until the exec sandbox is merged: the sandbox uid, no new privileges, a clean
+    # environment and a timeout — unprivileged, but not isolated.
     try:
-        from previews.exec import exec_run
-    except ImportError:
-        exec_run = None
-    if exec_run is not None:
-        return dict(exec_run(bucket=context.bucket, command=command, timeout=timeout))
-    # Until the exec sandbox is merged: an unprivileged user, a clean environment, a timeout.
-    try:
-        result = runner.run(system.unprivileged_argv(command), timeout=timeout, check=False,
+        argv = system.unprivileged_argv(command, uid=settings.SANDBOX_UID,
+                                        gid=settings.SANDBOX_UID)
+        result = runner.run(argv, timeout=timeout, check=False,
                             cwd=context.workspace, env=runner.clean_env({"HOME": "/tmp"}))
     except runner.CommandTimeout as error:
         return {"exit_code": None, "stdout": "", "stderr": error.stderr_tail, "timed_out": True}

@@ -143,6 +143,8 @@ def agent_env(base: dict[str, str], *, tmp: Path, database: str, scripts: Path,
         "WELDR_SCRIPTED_DIR": str(scripts),
         "WORKSPACE_BASE": str(workspaces),
         "SSE_KEEPALIVE_SECONDS": "1",
+        # Engine tests use local workspaces; test_engine_providers.py mounts real buckets.
+        "WORKSPACE_MODE": "local",
         "WORKFLOW_RETRY_BACKOFF_SECONDS": "0.05",
         "WELDR_ENV_VOL": str(tmp / "env"),
         "WELDR_RUNTIME_DIR": str(tmp / "run"),
@@ -152,16 +154,17 @@ def agent_env(base: dict[str, str], *, tmp: Path, database: str, scripts: Path,
 
 @pytest.fixture
 def agent_factory(tmp_path: Path, shared_database: str, scripts: Path,
-                  workspaces: Path) -> Iterator[Callable[[], Agent]]:
+                  workspaces: Path) -> Iterator[Callable[..., Agent]]:
     """Start agents sharing one PostgreSQL database, Redis and S3 (each with its own state)."""
     started: list[Agent] = []
 
-    def make() -> Agent:
+    def make(**overrides: str) -> Agent:
         home = tmp_path / f"agent{len(started)}"
         home.mkdir()
         env = agent_env(dict(os.environ), tmp=home, database=shared_database, scripts=scripts,
                         workspaces=workspaces)
         env["DJANGO_SETTINGS_MODULE"] = "weldr_agent.settings"
+        env.update(overrides)
         agent = Agent(AgentProcess(env, free_port(), home / "agent.log"))
         started.append(agent)
         agent.start()

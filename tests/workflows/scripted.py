@@ -10,7 +10,8 @@ ScriptedProvider"; the model "scripted/NAME" plays $WELDR_SCRIPTED_DIR/NAME.json
                 "error": {"message": "...", "transient": false},   # after streaming the text
                 "fail_first": 2,          # raise a transient error on the first 2 attempts
                 "wait_for": "/path",      # block until this file exists
-                "sleep": 1.5}]}
+                "sleep": 1.5,
+                "stream": {"count": 500, "rate": 100}}]}  # deltas carrying time.time()
 
 Every request it receives is appended to NAME.requests.jsonl, so a test can check what the
 model was told (tool results, errors).
@@ -68,6 +69,8 @@ class ScriptedProvider:
                     raise ProviderError("timed out (scripted)", transient=True)
                 time.sleep(0.05)
         time.sleep(spec.get("sleep", 0))
+        if "stream" in spec:  # benchmark deltas: each carries its creation time
+            _paced(on_text, spec["stream"]["count"], spec["stream"]["rate"])
         text = spec.get("text", "")
         for start in range(0, len(text), CHUNK):
             on_text(text[start:start + CHUNK])
@@ -82,6 +85,15 @@ class ScriptedProvider:
         self.turn += 1
         return Turn(text=text, tool_calls=calls, stop_reason="tool_use" if calls else "end_turn",
                     usage=Usage(input_tokens=100, output_tokens=len(text)))
+
+
+def _paced(on_text: Callable[[str], None], count: int, rate: float) -> None:
+    start = time.monotonic()
+    for n in range(count):
+        pause = start + n / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        on_text(repr(time.time()))
 
 
 def _plain(message: Message) -> dict[str, Any]:

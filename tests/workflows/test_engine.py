@@ -52,9 +52,13 @@ CHANGE = [
 ]
 
 
+# Not the project's files: git's, and JuiceFS's virtual ones (.accesslog blocks on read).
+NOT_PROJECT = {".git", ".trash", ".stats", ".config", ".accesslog"}
+
+
 def tree(workspace: Path) -> dict[str, str]:
     return {str(p.relative_to(workspace)): p.read_text() for p in sorted(workspace.rglob("*"))
-            if p.is_file() and ".git" not in p.relative_to(workspace).parts}
+            if not NOT_PROJECT & set(p.relative_to(workspace).parts) and p.is_file()}
 
 
 def git_log(workspace: Path) -> list[str]:

@@ -99,8 +99,8 @@ def test_results_are_size_capped(context: ToolContext) -> None:
     assert "truncated" in result.content
 
 
-def test_run_command_reports_exit_code_and_output(tmp_path: Path) -> None:
-    # The stand-in runner executes as `nobody`: use a workspace it can enter.
+def test_run_command_reports_exit_code_and_output(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
+    # Without the exec sandbox, commands run as the sandbox user: a workspace it can enter.
     workspace = Path("/tmp") / f"wf-tools-{os.getpid()}"
     workspace.mkdir(mode=0o755, exist_ok=True)
     try:
@@ -109,7 +109,8 @@ def test_run_command_reports_exit_code_and_output(tmp_path: Path) -> None:
         ok = call(context, "run_command", command="cat hello.txt; id -u")
         failing = call(context, "run_command", command="exit 3")
         slow = call(context, "run_command", command="sleep 5", timeout=1)
-        assert "exit code 0" in ok.content and "hi" in ok.content and "65534" in ok.content
+        assert "exit code 0" in ok.content and "hi" in ok.content
+        assert str(settings.SANDBOX_UID) in ok.content
         assert "exit code 3" in failing.content
         assert "timed out" in slow.content
     finally:

@@ -114,7 +114,8 @@ class _Undo:
     def restore(self) -> None:
         for path, before in self.saved.items():
             if before is None:
-                path.unlink(missing_ok=True)
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
             else:
                 path.write_bytes(before)
         for directory in reversed(self.created_dirs):
