@@ -118,8 +118,9 @@ class Sandbox:
                                  timeout=SANDBOX_READY_TIMEOUT, interval=0.005):
             runner.stop(process)
             raise SandboxFailed(f"The sandbox did not start in time: {self._log_tail()}")
-        if process.returncode != 0 or not runner.wait_until(self.accepting, timeout=SANDBOX_READY_TIMEOUT,
-                                              interval=0.005):
+        ready = process.returncode == 0 and runner.wait_until(
+            self.accepting, timeout=SANDBOX_READY_TIMEOUT, interval=0.005)
+        if not ready:
             tail = self._log_tail()
             self.remove()
             raise SandboxFailed(f"The command sandbox for {self.bucket!r} failed to start: {tail}")

@@ -20,3 +20,6 @@ class Preview(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bucket}:{self.port}"
+
+
+from previews.models_exec import ExecCommand  # noqa: E402,F401  (background commands)

@@ -13,16 +13,19 @@ Protocol on the connection (newline-delimited JSON):
   agent -> daemon  {"op": "kill"}          (optional; closing the connection also kills)
   daemon -> agent  {"event": "exit", "exit_code": N, "timed_out": bool}
 
-Every command gets its own session and, where the kernel allows unprivileged user namespaces,
-its own user+PID namespace: the command is PID 1 of that namespace, so killing it kills every
-process it started, including ones that called setsid() or ignore SIGTERM.
+The daemon enters a user namespace of its own (mapping only its uid) at start; every command is
+then cloned as PID 1 of a new PID (and mount) namespace, so killing it kills every process it
+started, including ones that called setsid() or ignore SIGTERM. Where the kernel refuses user
+namespaces, commands get their own session and the process group is killed instead.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
+import platform
 import selectors
 import signal
 import socket
@@ -33,6 +36,7 @@ import time
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNS = 0x00020000
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 FDS_PER_REQUEST = 3
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -47,8 +51,8 @@ class Command:
         self.conn = conn
         self.buffer = b""
         self.fds: list[int] = []
-        self.pid = 0  # our direct child (the namespace's parent, or the command itself)
-        self.target = 0  # the process whose death ends the command (PID 1 of its namespace)
+        self.pid = 0
+        self.nested = False
         self.deadline = float("inf")
         self.timed_out = False
 
@@ -59,25 +63,43 @@ class Command:
             pass
 
     def kill(self) -> None:
-        for pid, group in ((self.target, False), (self.pid, True)):
-            if pid <= 0:
-                continue
-            try:
-                (os.killpg if group else os.kill)(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        if self.pid <= 0:
+            return
+        try:
+            # PID 1 of its namespace: its death takes every process of the namespace with it.
+            # Without namespaces, the process group (a child that called setsid() escapes).
+            (os.kill if self.nested else os.killpg)(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
-def _enter_namespaces() -> bool:
-    """Unshare user, PID and mount namespaces mapping our own uid/gid; False when refused."""
+def enter_user_namespace() -> bool:
+    """Become owner of a user namespace that maps only our own uid/gid (no new privilege on
+    the host); in it we may create a PID and mount namespace per command. False if refused."""
     uid, gid = os.getuid(), os.getgid()
-    if _libc.unshare(CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS) != 0:
+    if _libc.unshare(CLONE_NEWUSER) != 0:
         return False
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
                        ("gid_map", f"{gid} {gid} 1")):
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
     return True
+
+
+def clone_command() -> int:
+    """fork(), but the child is PID 1 of a new PID namespace with its own mount namespace.
+
+    A raw clone(2) without CLONE_VM behaves like fork() (the daemon is single-threaded, so no
+    at-fork handler is missing). Killing PID 1 of a namespace kills everything in it.
+    """
+    number = SYS_CLONE.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, "clone is not wired for this architecture")
+    pid = _libc.syscall(number, CLONE_NEWPID | CLONE_NEWNS | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return pid
 
 
 def _exec(request: dict, fds: list[int]) -> None:
@@ -102,33 +124,15 @@ def _exec(request: dict, fds: list[int]) -> None:
         os._exit(126)
 
 
-def _child(request: dict, fds: list[int], report: int) -> None:
-    """Between fork and exec: new session, namespaces, then the command as PID 1."""
+def _child(request: dict, fds: list[int], nested: bool) -> None:
+    """Between fork and exec: a /proc of its own (nested) or a new session, then exec."""
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setsid()
-        nested = _enter_namespaces()
-        if not nested:
-            os.write(report, struct.pack("i", os.getpid()))
-            os.close(report)
-            _exec(request, fds)
-        pid = os.fork()
-        if pid == 0:
-            os.close(report)
+        if nested:
             # A /proc of the new PID namespace, so that ps and /proc/self agree with getpid().
             _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-            _exec(request, fds)
-        # The parent of the namespace only waits: it holds no stdio, and reports the command's
-        # end as an exit status (signals as 128+N, the shell's convention).
-        os.write(report, struct.pack("i", pid))
-        os.close(report)
-        for fd in fds:
-            os.close(fd)
-        _, status = os.waitpid(pid, 0)
-        os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status)
-                 else 128 + os.WTERMSIG(status))
+        os.setsid()
+        _exec(request, fds)
     except BaseException as error:  # noqa: BLE001 - a forked child must never return
         try:
             os.write(2, f"sandboxd: {error}\n".encode())
@@ -138,6 +142,7 @@ def _child(request: dict, fds: list[int], report: int) -> None:
 
 class Daemon:
     def __init__(self, path: str) -> None:
+        self.nested = enter_user_namespace()
         self.selector = selectors.DefaultSelector()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if os.path.exists(path):
@@ -213,23 +218,18 @@ class Daemon:
         self._spawn(command, request)
 
     def _spawn(self, command: Command, request: dict) -> None:
-        report_r, report_w = os.pipe()
-        pid = os.fork()
+        pid = clone_command() if self.nested else os.fork()
         if pid == 0:
-            os.close(report_r)
-            _child(request, command.fds, report_w)
-        os.close(report_w)
+            _child(request, command.fds, self.nested)
         for fd in command.fds:
             os.close(fd)
         command.fds = []
-        raw = os.read(report_r, 4)
-        os.close(report_r)
         command.pid = pid
-        command.target = struct.unpack("i", raw)[0] if len(raw) == 4 else pid
+        command.nested = self.nested
         if request.get("timeout"):
             command.deadline = time.monotonic() + float(request["timeout"])
         self.by_pid[pid] = command
-        command.send({"event": "start", "pid": command.target})
+        command.send({"event": "start", "pid": pid})
 
     def _reap(self) -> None:
         try:

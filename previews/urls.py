@@ -1,3 +1,9 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from previews.views_exec import ExecDetailView, ExecLogsView, ExecView
+
+urlpatterns: list = [
+    path("exec", ExecView.as_view(), name="exec"),
+    path("exec/<str:exec_id>", ExecDetailView.as_view(), name="exec-detail"),
+    path("exec/<str:exec_id>/logs", ExecLogsView.as_view(), name="exec-logs"),
+]
