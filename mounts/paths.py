@@ -114,7 +114,7 @@ def workspace(bucket: str) -> Path:
         from mounts.services import workspace_path
     except ImportError:  # FIXME(merge): the mounts branch provides workspace_path
         directory = settings.WORKSPACE_BASE / bucket
-        if not directory.is_dir():  # noqa: B904 - not an error chain
-            raise ConflictError(f"Bucket {bucket!r} is not mounted.", code="not_mounted")
+        if not directory.is_dir():
+            raise ConflictError(f"Bucket {bucket!r} is not mounted.", code="not_mounted") from None
         return directory
     return workspace_path(bucket)

@@ -10,6 +10,7 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from django.core.validators import ProhibitNullCharactersValidator
 
 from previews.models_exec import ExecCommand
 
@@ -39,11 +40,20 @@ class CommandField(serializers.Field):
         return value
 
 
+class PathField(serializers.CharField):
+    """A workspace path: NUL bytes reach the path checks (400 invalid_path), not `invalid`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validators = [v for v in self.validators
+                           if not isinstance(v, ProhibitNullCharactersValidator)]
+
+
 class ExecRequestSerializer(serializers.Serializer):
     bucket = serializers.RegexField(BUCKET_RE, error_messages={
         "invalid": "A bucket name is 3-63 characters of a-z, 0-9, '.' and '-'."})
     command = CommandField()
-    cwd = serializers.CharField(required=False, default="", allow_blank=True, trim_whitespace=False,
+    cwd = PathField(required=False, default="", allow_blank=True, trim_whitespace=False,
                                 help_text="Relative to the workspace root.")
     env = serializers.DictField(child=serializers.CharField(allow_blank=True,
                                                             trim_whitespace=False),
