@@ -105,14 +105,18 @@ async def _run(exec_id: str, execution: Execution, log: Log) -> None:
     info: dict = {}
     try:
         async for event in exec_stream(execution=execution):
-            log.append(event)
             if event.kind == "exit":
                 info = event.info
+            else:
+                log.append(event)
     finally:
-        log.finish()
         registry.executions.pop(exec_id, None)
+        # Recorded before followers see `exit`, so GET /exec/{id} agrees with the stream. Not
+        # thread-sensitive: the request that started this task (and its thread) is long gone.
+        await sync_to_async(_finish, thread_sensitive=False)(exec_id, info, execution.killed)
+        log.append(Event("exit", info=info or {"exit_code": None, "timed_out": False}))
+        log.finish()
         _forget_old()
-        await sync_to_async(_finish)(exec_id, info, execution.killed)
 
 
 def _finish(exec_id: str, info: dict, killed: bool) -> None:

@@ -71,8 +71,9 @@ class AsyncAPIView(APIView):
         response = self.finalize_response(request, response, *args, **kwargs)
         if isinstance(response, Response):
             # Rendered here: Django would otherwise render it with one more thread hop.
-            rendered = HttpResponse(response.rendered_content, status=response.status_code,
-                                    content_type=response["Content-Type"])
+            rendered = HttpResponse(response.rendered_content, status=response.status_code)
+            if "Content-Type" not in response:  # 204
+                del rendered["Content-Type"]
             for name, value in response.items():
                 rendered[name] = value
             response = rendered
