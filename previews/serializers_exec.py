@@ -7,10 +7,10 @@ import binascii
 import re
 from typing import Any
 
+from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
-from django.core.validators import ProhibitNullCharactersValidator
 
 from previews.models_exec import ExecCommand
 

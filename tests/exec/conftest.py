@@ -30,6 +30,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
         "WELDR_INSTANCE_ID": secrets.token_hex(3),
         "EXEC_MAX_CONCURRENT": "3",
         "EXEC_OUTPUT_MAX_BYTES": str(64 * 1024),
+        "FILE_UPLOAD_MAX_BYTES": str(1024 * 1024),
     })
     process = AgentProcess(env, free_port(), root / "agent.log")
     process.start()
