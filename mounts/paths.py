@@ -14,9 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from django.conf import settings
-
-from weldr_agent.errors import APIError, ConflictError, NotFoundError
+from weldr_agent.errors import APIError, NotFoundError
 
 SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -110,11 +108,6 @@ def directory_beneath(root: Path, path: str) -> str:
 
 def workspace(bucket: str) -> Path:
     """The bucket's mounted workspace; 409 not_mounted when it is not mounted."""
-    try:
-        from mounts.services import workspace_path
-    except ImportError:  # FIXME(merge): the mounts branch provides workspace_path
-        directory = settings.WORKSPACE_BASE / bucket
-        if not directory.is_dir():
-            raise ConflictError(f"Bucket {bucket!r} is not mounted.", code="not_mounted") from None
-        return directory
+    from mounts.services import workspace_path
+
     return workspace_path(bucket)

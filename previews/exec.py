@@ -290,6 +290,7 @@ class Execution:
         ]
 
     async def _pump(self, kind: str, fd: int) -> None:
+        self._pipes.remove(fd)  # from here on the pipe transport owns (and closes) the fd
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=READ_CHUNK * 4)
         transport, _ = await loop.connect_read_pipe(
@@ -297,23 +298,22 @@ class Execution:
         try:
             while data := await reader.read(READ_CHUNK):
                 await self._queue.put(Event(kind, data))
+            await self._queue.put(Event(f"{kind}_eof"))
         finally:
             transport.close()
-            await self._queue.put(Event(f"{kind}_eof"))
 
     async def _feed(self, fd: int, data: bytes) -> None:
+        self._pipes.remove(fd)
+        if not data:
+            os.close(fd)
+            return
         loop = asyncio.get_running_loop()
-        try:
-            if data:
-                transport, protocol = await loop.connect_write_pipe(
-                    asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
-                transport.write(data)
-                transport.write_eof() if transport.can_write_eof() else None
-                transport.close()
-            else:
-                os.close(fd)
-        except OSError:
-            pass  # the command exited without reading its stdin
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol,
+                                                     os.fdopen(fd, "wb", buffering=0))
+        # Written in the background by the transport; a command that never reads its stdin
+        # (or exits first) just makes the transport drop the rest when it closes.
+        transport.write(data)
+        transport.close()
 
     async def _await_exit(self, reader: asyncio.StreamReader) -> None:
         try:

@@ -40,11 +40,14 @@ def shutdown(deadline: float) -> None:
     ExecCommand.objects.mark_killed()
 
 
-def unmount_guard(bucket: str) -> None:
+def unmount_guard(bucket: str, force: bool) -> None:
     """Before a bucket is unmounted: its commands die and its sandbox lets go of the mount."""
     exec_bucket_cleanup(bucket)
     ExecCommand.objects.filter(bucket=bucket).mark_killed()
 
 
 def register() -> None:
+    from mounts.services import register_unmount_guard
+
     lifecycle.register("exec", order=60, startup=startup, shutdown=shutdown)
+    register_unmount_guard(unmount_guard)

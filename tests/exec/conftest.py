@@ -13,8 +13,6 @@ import pytest
 from tests.conftest import AgentProcess
 from tests.services import free_port
 
-SANDBOX_UID = 1000
-
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
@@ -52,16 +50,29 @@ def http(agent: AgentProcess, token: str) -> Iterator[httpx.Client]:
         yield client
 
 
+def mount(http: httpx.Client, name: str) -> Path:
+    """Mount a real bucket (JuiceFS over the test S3 server) through the API."""
+    response = http.post("/mounts", json={"bucket": name}, timeout=180)
+    assert response.status_code in (200, 201), response.text
+    return Path(response.json()["path"])
+
+
+def unmount(http: httpx.Client, name: str) -> None:
+    response = http.post("/mounts/unmount", json={"bucket": name, "force": True}, timeout=180)
+    assert response.status_code in (200, 404), response.text
+
+
 @pytest.fixture(scope="module")
-def bucket(agent: AgentProcess) -> str:
-    """A workspace for a bucket, as the agent sees a mounted one."""
+def bucket(http: httpx.Client) -> Iterator[str]:
+    """A really mounted bucket, for the whole module."""
     name = f"exec-{secrets.token_hex(3)}"
-    workspace = Path(agent.env["WORKSPACE_BASE"]) / name
-    workspace.mkdir(parents=True)
-    os.chown(workspace, SANDBOX_UID, SANDBOX_UID)
-    return name
+    mount(http, name)
+    try:
+        yield name
+    finally:
+        unmount(http, name)
 
 
 @pytest.fixture(scope="module")
-def workspace(agent: AgentProcess, bucket: str) -> Path:
-    return Path(agent.env["WORKSPACE_BASE"]) / bucket
+def workspace(http: httpx.Client, bucket: str) -> Path:
+    return Path(http.get(f"/mounts/{bucket}").json()["path"])

@@ -11,14 +11,22 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    """Everything under `root` (and its parent's other entries): to prove nothing changed."""
-    state: dict[str, bytes | str] = {}
+JUICEFS_VIRTUAL = {".accesslog", ".stats", ".config", ".trash", ".control"}
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Metadata of everything under the workspace's parent: to prove nothing changed.
+
+    Only lstat, never reads: JuiceFS's virtual `.accesslog` would block a reader forever.
+    """
+    state: dict[str, tuple] = {}
     for base, dirs, names in os.walk(root.parent):
+        dirs[:] = [name for name in dirs if name not in JUICEFS_VIRTUAL]
         for name in dirs + names:
-            full = Path(base) / name
-            state[str(full)] = (os.readlink(full) if full.is_symlink()
-                                else full.read_bytes() if full.is_file() else "dir")
+            if name in JUICEFS_VIRTUAL:
+                continue
+            info = os.lstat(Path(base) / name)
+            state[str(Path(base) / name)] = (info.st_mode, info.st_size, info.st_mtime_ns)
     return state
 
 
