@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -418,12 +418,25 @@ def runtime() -> tuple[str, Path]:
     return runner.tool(name), oci.runtime_root(name)
 
 
+class Launcher(Protocol):
+    def __call__(self, *, binary: str, root: Path, bundle: Path, pid_file: Path,
+                 name: str) -> list[str]: ...
+
+
+def run_argv(*, binary: str, root: Path, bundle: Path, pid_file: Path, name: str) -> list[str]:
+    """`runc run -d`: start the container detached; its init is re-parented to us."""
+    return [binary, "--root", str(root), "run", "-d", "--pid-file", str(pid_file),
+            "--bundle", str(bundle), name]
+
+
 class Sandbox:
     """One container: `start()` it, `wait()` for it or `stop()` it; `destroy()` cleans up."""
 
     def __init__(self, spec: Spec, *, log_path: Path,
-                 on_exit: Callable[[Sandbox, int], None] | None = None) -> None:
+                 on_exit: Callable[[Sandbox, int], None] | None = None,
+                 launcher: Launcher | None = None) -> None:
         self.spec = spec
+        self.launcher = launcher or run_argv
         self.log_path = log_path
         self.on_exit = on_exit
         self.bundle = settings.RUNTIME_DIR / "bundles" / spec.name
@@ -445,16 +458,17 @@ class Sandbox:
         (self.bundle / "config.json").write_text(json.dumps(config))
         pid_file = self.bundle / "pid"
         # `run -d` hands its own stdio to the container: a log file, never a pipe (SANDBOX.md).
-        process = runner.spawn([binary, "--root", root, "run", "-d", "--pid-file", pid_file,
-                                "--bundle", self.bundle, self.name], log_path=self.log_path,
-                               env=runner.clean_env())
-        try:
-            code = process.wait(timeout=timeout)
-        except Exception:
+        argv = self.launcher(binary=binary, root=root, bundle=self.bundle, pid_file=pid_file,
+                             name=self.name)
+        process = runner.spawn(argv, log_path=self.log_path, env=runner.clean_env())
+        if not runner.wait_until(lambda: process.poll() is not None, timeout=timeout,
+                                 interval=0.002):
             runner.kill_group(process.pid)
             process.wait()
             self.destroy()
-            raise SandboxError([binary, "run"], f"{binary} run timed out after {timeout:g}s.")
+            raise SandboxError([binary, "run"],
+                               f"{binary} run timed out after {timeout:g}s.")
+        code = process.returncode
         if code != 0 or not pid_file.exists():
             tail = _log_tail(self.log_path)
             self.destroy()
