@@ -209,11 +209,12 @@ def _on_exit(box: sandbox.Sandbox, code: int) -> None:
         live = next((v for v in _live.values() if v.box is box), None)
     try:
         if live is not None and not live.stopping:
+            # Everything is released before the status says the app ended.
+            _teardown(live)
             status = Preview.Status.EXITED if code == 0 else Preview.Status.FAILED
             Preview.objects.filter(bucket=live.bucket, container=box.name).exclude(
                 status=Preview.Status.STOPPED).update(status=status, exit_code=code,
                                                       ended_at=timezone.now())
-            _teardown(live)
         elif live is not None:
             Preview.objects.filter(bucket=live.bucket, container=box.name).update(exit_code=code)
     finally:

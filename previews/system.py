@@ -85,20 +85,24 @@ def run_script(command: str) -> str:
     """run.sh: pid 1 of the sandbox. It runs `command` with the container's own shell.
 
     pid 1 of a pid namespace gets no SIGTERM unless it handles it, and most apps do not: the
-    wrapper forwards TERM/INT to the app and exits with the app's status.
+    wrapper passes TERM/INT on to every other process of the sandbox, and after a stop waits
+    for all of them (when pid 1 exits the kernel kills the rest, which would turn "ignores
+    SIGTERM" into "killed at once"). It exits with the command's status.
     """
     return (
         "#!/bin/sh\n"
-        "# Written by Weldr Agent: runs the preview's command inside its sandbox.\n"
+        "# Written by Weldr Agent: pid 1 of the preview's sandbox; runs its command.\n"
+        "stopping=0\n"
+        "trap 'stopping=1; kill -TERM -1 2>/dev/null' TERM INT\n"
         f"/bin/sh -c {shlex.quote(command)} &\n"
         "child=$!\n"
-        "trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT\n"
         "wait \"$child\"\n"
         "status=$?\n"
         "while kill -0 \"$child\" 2>/dev/null; do\n"
         "  wait \"$child\"\n"
         "  status=$?\n"
         "done\n"
+        "while [ \"$stopping\" = 1 ] && kill -0 -1 2>/dev/null; do sleep 0.1; done\n"
         "exit \"$status\"\n"
     )
 
