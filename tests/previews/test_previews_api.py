@@ -132,8 +132,9 @@ def test_app_that_ignores_sigterm_is_killed_after_the_grace_period(
         'process.on("SIGTERM", () => console.log("ignoring SIGTERM"));\n'
         'require("http").createServer((q, s) => s.end("ok"))'
         '.listen(Number(process.env.PORT), process.env.HOST);\n')
-    port = api.post("/previews/start", {"bucket": workspace.name,
-                                        "command": "node stubborn.js"}, format="json").json()["port"]
+    started = api.post("/previews/start", {"bucket": workspace.name,
+                                           "command": "node stubborn.js"}, format="json")
+    port = started.json()["port"]
     http_get(f"http://127.0.0.1:{port}/")
 
     stopped = api.post("/previews/stop", {"bucket": workspace.name}, format="json").json()
