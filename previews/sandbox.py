@@ -502,6 +502,8 @@ class Sandbox:
         return self.pid is not None and not self._exited.is_set()
 
     def wait(self, timeout: float | None = None) -> int | None:
+        if self.pid is None:
+            return self.exit_code
         self._exited.wait(timeout)
         return self.exit_code
 

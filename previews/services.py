@@ -49,6 +49,7 @@ class Live:
     ns: sandbox.Netns
     stopping: bool = False
     torn_down: bool = False
+    launched: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -158,17 +159,35 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
             "container": box.name, "pid": None, "exit_code": None,
             "started_at": timezone.now(), "ended_at": None,
         })
-        with _live_lock:
-            _live[bucket] = live
-        box.start()
     except Exception:
         _teardown(live)
-        Preview.objects.filter(bucket=bucket).update(
-            status=Preview.Status.FAILED, ended_at=timezone.now())
         raise
-    Preview.objects.filter(bucket=bucket, container=box.name).update(pid=box.pid)
-    threading.Thread(target=_watch, args=(live,), name=f"preview-{bucket}", daemon=True).start()
+    with _live_lock:
+        _live[bucket] = live
+    # The container starts off the request thread: under ASGI every sync view shares one
+    # thread, and twenty `runc run`s in a row would serialise twenty starts.
+    threading.Thread(target=_launch, args=(live,), name=f"preview-{bucket}", daemon=True).start()
     return Preview.objects.get(bucket=bucket)
+
+
+def _launch(live: Live) -> None:
+    """Start the container, then watch it; a container that cannot start is `failed`."""
+    try:
+        try:
+            live.box.start()
+        except Exception as error:
+            logger.error("preview %s could not start: %s", live.bucket, error)
+            _teardown(live)
+            Preview.objects.filter(bucket=live.bucket, container=live.box.name).update(
+                status=Preview.Status.FAILED, ended_at=timezone.now())
+            return
+        finally:
+            live.launched.set()
+        Preview.objects.filter(bucket=live.bucket, container=live.box.name).update(
+            pid=live.box.pid)
+        _watch(live)
+    finally:
+        connections.close_all()
 
 
 def _port_answers(host: str, port: int) -> bool:
@@ -198,8 +217,6 @@ def _watch(live: Live) -> None:
             live.box.wait(HOUSEKEEPING_SECONDS)
     except Exception:
         logger.exception("watcher of preview %s failed", live.bucket)
-    finally:
-        connections.close_all()
 
 
 def _on_exit(box: sandbox.Sandbox, code: int) -> None:
@@ -244,6 +261,8 @@ def _stop_live(live: Live, *, status: str = Preview.Status.STOPPED,
                grace: float | None = None) -> None:
     grace = settings.PREVIEW_STOP_GRACE_SECONDS if grace is None else grace
     live.stopping = True
+    # A stop right after a start: let `runc run` finish, then stop what it started.
+    live.launched.wait(120)
     binary, root = sandbox.runtime()
     argv = system.stop_app_argv(binary=binary, root=root, name=live.box.name, grace=int(grace))
     try:
