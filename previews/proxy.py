@@ -14,6 +14,7 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from django.conf import settings
@@ -42,10 +43,18 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
+Target = Callable[[], "tuple[str, int] | None"]
+
+
 async def _splice(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
-                  host: str, port: int) -> None:
+                  target: Target) -> None:
+    address = target()
+    if address is None:
+        # The app's sandbox is not there yet: the client sees a closed connection.
+        client_writer.close()
+        return
     try:
-        upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
+        upstream_reader, upstream_writer = await asyncio.open_connection(*address)
     except OSError:
         # The app does not listen yet (or any more): the client sees a closed connection.
         client_writer.close()
@@ -83,11 +92,11 @@ class Proxy:
         future: Future = asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())
         return future.result(timeout=30)
 
-    def open(self, port: int, *, target_host: str, target_port: int) -> None:
-        """Listen on `port`; raise PortBusy when the host already uses it."""
+    def open(self, port: int, *, target: Target) -> None:
+        """Listen on `port`, forwarding to `target()`; raise PortBusy when the port is taken."""
         async def start() -> None:
             server = await asyncio.start_server(
-                lambda r, w: _splice(r, w, target_host, target_port),
+                lambda r, w: _splice(r, w, target),
                 host=settings.PREVIEW_BIND_ADDRESS, port=port, reuse_address=True,
             )
             self._servers[port] = server

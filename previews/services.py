@@ -46,11 +46,15 @@ class Live:
     bucket: str
     port: int
     box: sandbox.Sandbox
-    ns: sandbox.Netns
+    ns: sandbox.Netns | None = None
     stopping: bool = False
     torn_down: bool = False
     launched: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def target(self) -> tuple[str, int] | None:
+        """Where the proxy sends this port's connections (None until the netns is there)."""
+        return (self.ns.ip, self.port) if self.ns is not None else None
 
 
 _live: dict[str, Live] = {}
@@ -84,19 +88,25 @@ def port_lease_release(*, bucket: str, port: int) -> None:
     PortLease.objects.filter(bucket=bucket, port=port).delete()
 
 
-def _lease_and_listen(*, bucket: str, port: int | None, ns: sandbox.Netns) -> int:
+def _lease_and_listen(*, bucket: str, port: int | None, live_of) -> int:  # type: ignore[no-untyped-def]
     """A leased port the proxy listens on; a port something else holds is skipped."""
     skip: set[int] = set()
     while True:
         lease = port_lease_acquire(bucket=bucket, port=port, skip=skip)
         try:
-            proxy.open(lease.port, target_host=ns.ip, target_port=lease.port)
+            proxy.open(lease.port, target=lambda p=lease.port: live_of(p))
             return lease.port
         except PortBusy:
             port_lease_release(bucket=bucket, port=lease.port)
             if port is not None:
                 raise PortInUse(f"Port {port} is used by another program on this host.") from None
             skip.add(lease.port)
+
+
+def _target(bucket: str, port: int) -> tuple[str, int] | None:
+    with _live_lock:
+        live = _live.get(bucket)
+    return live.target() if live is not None and live.port == port else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,16 +152,14 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
     """Lease a port, start the app's container and return its Preview (`starting`)."""
     workspace = workspaces.workspace_path(bucket)
     command = command or _start_command(workspace)
-    ns = sandbox.pool.acquire()
-    try:
-        port = _lease_and_listen(bucket=bucket, port=port, ns=ns)
-    except Exception:
-        sandbox.pool.release(ns)
-        raise
-    box = sandbox.Sandbox(_spec(bucket=bucket, workspace=workspace, port=port, env=env, ns=ns),
+    port = _lease_and_listen(bucket=bucket, port=port,
+                             live_of=lambda p: _target(bucket, p))
+    # The full spec needs the netns, which `_launch` takes from the pool.
+    box = sandbox.Sandbox(sandbox.Spec(name=system.container_name(bucket), workspace=workspace,
+                                       args=[]),
                           log_path=system.log_path(bucket), on_exit=_on_exit,
                           launcher=system.start_app_argv)
-    live = Live(bucket=bucket, port=port, box=box, ns=ns)
+    live = Live(bucket=bucket, port=port, box=box)
     try:
         _prepare_files(bucket=bucket, command=command, workspace=workspace)
         Preview.objects.update_or_create(bucket=bucket, defaults={
@@ -164,16 +172,20 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
         raise
     with _live_lock:
         _live[bucket] = live
-    # The container starts off the request thread: under ASGI every sync view shares one
-    # thread, and twenty `runc run`s in a row would serialise twenty starts.
-    threading.Thread(target=_launch, args=(live,), name=f"preview-{bucket}", daemon=True).start()
+    # The netns and container are made off the request thread: under ASGI every sync view
+    # shares one thread, and twenty `runc run`s in a row would serialise twenty starts.
+    threading.Thread(target=_launch, args=(live, workspace, env), name=f"preview-{bucket}",
+                     daemon=True).start()
     return Preview.objects.get(bucket=bucket)
 
 
-def _launch(live: Live) -> None:
+def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
     """Start the container, then watch it; a container that cannot start is `failed`."""
     try:
         try:
+            live.ns = sandbox.pool.acquire()
+            live.box.spec = _spec(bucket=live.bucket, workspace=workspace, port=live.port,
+                                  env=env, ns=live.ns)
             live.box.start()
         except Exception as error:
             logger.error("preview %s could not start: %s", live.bucket, error)
@@ -202,6 +214,7 @@ def _watch(live: Live) -> None:
     """`starting` -> `running` once the port answers; then keep the log under its cap."""
     try:
         deadline = time.monotonic() + settings.PREVIEW_READY_TIMEOUT_SECONDS
+        assert live.ns is not None
         while live.box.running and not _port_answers(live.ns.ip, live.port):
             if time.monotonic() > deadline:
                 logger.warning("preview %s did not answer on %s in time", live.bucket, live.port)
@@ -246,7 +259,8 @@ def _teardown(live: Live) -> None:
         live.torn_down = True
     proxy.close(live.port)
     live.box.destroy()
-    sandbox.pool.release(live.ns)
+    if live.ns is not None:
+        sandbox.pool.release(live.ns)
     port_lease_release(bucket=live.bucket, port=live.port)
     with _live_lock:
         if _live.get(live.bucket) is live:
