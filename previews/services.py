@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -65,22 +66,36 @@ _live_lock = threading.Lock()
 # Port leases: the database decides, never a look-then-write
 # ---------------------------------------------------------------------------------------------
 
-def port_lease_acquire(*, bucket: str, port: int | None, skip: set[int]) -> PortLease:
-    """Lease `port`, or the first free port of 3000-3019; one lease per bucket."""
-    wanted = [port] if port is not None else [
-        p for p in range(settings.PREVIEW_PORT_MIN, settings.PREVIEW_PORT_MAX + 1)
-        if p not in skip
-    ]
-    for candidate in wanted:
-        try:
-            with transaction.atomic(using="default"):
-                return PortLease.objects.create(port=candidate, bucket=bucket)
-        except IntegrityError:
-            # Which constraint failed decides the error; the insert itself was the check.
-            if PortLease.objects.filter(bucket=bucket).exists():
-                raise PreviewExists() from None
+def _candidates(port: int | None, skip: set[int]) -> list[int]:
+    """Ports to try: the lowest free one first, then the other free ones in random order.
+
+    The lease insert decides; the order only keeps twenty racing starts from all trying the
+    same port (each loser costs a write transaction).
+    """
     if port is not None:
-        raise PortInUse()
+        return [port]
+    taken = set(PortLease.objects.values_list("port", flat=True)) | skip
+    free = [p for p in range(settings.PREVIEW_PORT_MIN, settings.PREVIEW_PORT_MAX + 1)
+            if p not in taken]
+    rest = free[1:]
+    random.shuffle(rest)
+    return free[:1] + rest
+
+
+def port_lease_acquire(*, bucket: str, port: int | None, skip: set[int]) -> PortLease:
+    """Lease `port`, or a free port of 3000-3019; one lease per bucket."""
+    for _ in range(3):
+        for candidate in _candidates(port, skip):
+            try:
+                with transaction.atomic(using="default"):
+                    return PortLease.objects.create(port=candidate, bucket=bucket)
+            except IntegrityError:
+                # Which constraint failed decides the error; the insert itself was the check.
+                if PortLease.objects.filter(bucket=bucket).exists():
+                    raise PreviewExists() from None
+        if port is not None:
+            raise PortInUse()
+    # Three rounds over every port that looked free, all taken by the time we tried.
     raise NoFreePort()
 
 
@@ -220,7 +235,9 @@ def _watch(live: Live) -> None:
                 logger.warning("preview %s did not answer on %s in time", live.bucket, live.port)
                 _stop_live(live, status=Preview.Status.FAILED)
                 return
-            time.sleep(READY_POLL_SECONDS)
+            # Fast at first (start-up latency), gentler for slow starters (CPU).
+            waited = time.monotonic() - (deadline - settings.PREVIEW_READY_TIMEOUT_SECONDS)
+            time.sleep(READY_POLL_SECONDS if waited < 2 else READY_POLL_SECONDS * 10)
         if live.box.running:
             Preview.objects.filter(bucket=live.bucket, container=live.box.name,
                                    status=Preview.Status.STARTING).update(
