@@ -6,8 +6,8 @@ services.ensure()
 
 from weldr_agent.settings import *  # noqa: E402,F403
 
-# The state database as a file in tests too: Django's default in-memory test database uses a
-# shared cache, where concurrent writers (threads racing for a port) fail with "table is
-# locked" instead of waiting like they do on the real file.
+# A file, not SQLite's shared-cache memory database, for the state test database: threads that
+# race for a mount slot must wait on SQLite's lock (busy timeout), which a memory database with
+# shared cache answers with "database table is locked" instead.
 WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)  # noqa: F405
 DATABASES["default"]["TEST"] = {"NAME": str(WELDR_ENV_VOL / "test-state.sqlite3")}  # noqa: F405
