@@ -122,9 +122,8 @@ class Agent:
             f"for b in {buckets!r}:\n"
             "    p = settings.WORKSPACE_BASE / b; p.mkdir(parents=True, exist_ok=True)\n"
             "    (p / 'server.js').write_text(" + repr(SERVER_JS) + ")\n"
-            "    fields = {f.name for f in Mount._meta.fields}\n"
-            "    extra = {'path': str(p)} if 'path' in fields else {}\n"
-            "    Mount.objects.update_or_create(bucket=b, defaults={'status': 'mounted', **extra})\n"
+            "    Mount.objects.update_or_create(bucket=b, defaults={\n"
+            "        'status': 'mounted', 'cache_size_mb': 100, 'buffer_size_mb': 100})\n"
         )
         self.manage("shell", "-c", code)
 

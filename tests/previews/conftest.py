@@ -59,12 +59,16 @@ def previews(ports_lock: None) -> Iterator[None]:
 
 
 def make_workspace(bucket: str) -> Path:
-    """A bucket marked mounted with an empty workspace (a plain directory)."""
+    """A bucket marked mounted with an empty workspace (a plain directory, not JuiceFS).
+
+    Most tests exercise the sandbox, not the mount; test_real_mount.py uses a real one.
+    """
     from mounts.models import Mount
 
     path = settings.WORKSPACE_BASE / bucket
     path.mkdir(parents=True, exist_ok=True)
-    Mount.objects.update_or_create(bucket=bucket, defaults={"status": Mount.Status.MOUNTED})
+    Mount.objects.update_or_create(bucket=bucket, defaults={
+        "status": Mount.Status.MOUNTED, "cache_size_mb": 100, "buffer_size_mb": 100})
     return path
 
 
