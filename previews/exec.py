@@ -28,6 +28,7 @@ from typing import Any
 from django.conf import settings
 
 from previews import exec_spec
+from previews import sandbox as preview_sandbox
 from previews.oci import detector, rootfs_skeleton, runtime_root
 from weldr_agent import runner
 from weldr_agent.errors import APIError, ServiceUnavailable, SystemCommandError
@@ -87,6 +88,7 @@ class Sandbox:
         self.bundle = exec_base() / self.name
         self.control_dir = self.bundle / "ctl"
         self.runtime: str | None = None
+        self.netns: preview_sandbox.Netns | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -100,6 +102,7 @@ class Sandbox:
                                      code="oci_unavailable")
         self.runtime = runner.tool(name)
         self.remove()
+        self.netns = preview_sandbox.pool.acquire()
         rootfs, daemon = _shared_files()
         self.control_dir.mkdir(parents=True, exist_ok=True)
         os.chown(self.control_dir, settings.SANDBOX_UID, settings.SANDBOX_UID)
@@ -108,6 +111,7 @@ class Sandbox:
             rootfs=rootfs, workspace=self.workspace, control_dir=self.control_dir, daemon=daemon,
             uid=settings.SANDBOX_UID, memory_mb=settings.SANDBOX_MEMORY_MB,
             cpus=settings.SANDBOX_CPUS, pids=settings.SANDBOX_PIDS, hostname="sandbox",
+            netns=self.netns.path,
         )
         (self.bundle / "config.json").write_text(json.dumps(spec))
         argv = exec_spec.runtime_argv(self.runtime, root=runtime_root(name), verb="run",
@@ -141,15 +145,36 @@ class Sandbox:
         if self.runtime is None:
             return
         name = Path(self.runtime).name
-        argv = exec_spec.runtime_argv(self.runtime, root=runtime_root(name), verb="delete",
+        root = runtime_root(name)
+        state = runner.run(exec_spec.runtime_argv(self.runtime, root=root, verb="state",
+                                                  name=self.name), timeout=30, check=False)
+        argv = exec_spec.runtime_argv(self.runtime, root=root, verb="delete",
                                       name=self.name, extra=("--force",))
         runner.run(argv, timeout=30, check=False)
+        _reap(state.stdout)
+        if self.netns is not None:
+            preview_sandbox.pool.release(self.netns)
+            self.netns = None
 
     def _log_tail(self) -> str:
         try:
             return (self.bundle / "runtime.log").read_text(errors="replace")[-1000:].strip()
         except OSError:
             return "no runtime log"
+
+
+def _reap(state: str) -> None:
+    """The container's init is our child when the agent is a subreaper (previews make it one):
+    collect its exit so it does not linger as a zombie."""
+    try:
+        pid = int(json.loads(state)["pid"])
+    except (ValueError, KeyError, TypeError):
+        return
+    if pid > 0 and runner.wait_until(lambda: not runner.pid_alive(pid), timeout=5):
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not ours: reparented elsewhere (the agent is not a subreaper)
 
 
 def exec_base() -> Path:

@@ -32,9 +32,10 @@ def _bind(source: Path | str, destination: str, *, writable: bool) -> dict[str, 
 
 
 def sandbox_spec(*, rootfs: Path, workspace: Path, control_dir: Path, daemon: Path, uid: int,
-                 memory_mb: int, cpus: float, pids: int, hostname: str) -> dict[str, Any]:
+                 memory_mb: int, cpus: float, pids: int, hostname: str,
+                 netns: Path | None = None) -> dict[str, Any]:
     """The exec sandbox: host system dirs read-only, the workspace read-write, a private /tmp,
-    fresh namespaces (including an empty network namespace), a non-root uid without
+    fresh namespaces (the network one from the preview sandbox's pool), a non-root uid without
     capabilities, and memory/CPU/pids limits. Its one process is the command daemon."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc",
@@ -73,7 +74,12 @@ def sandbox_spec(*, rootfs: Path, workspace: Path, control_dir: Path, daemon: Pa
         "hostname": hostname,
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts", "network")],
+            "namespaces": [
+                *({"type": t} for t in ("pid", "mount", "ipc", "uts")),
+                # The preview sandbox's pooled netns (veth + firewall: no agent, no host, no
+                # other sandbox; outbound only with SANDBOX_OUTBOUND), or a fresh empty one.
+                {"type": "network", **({"path": str(netns)} if netns else {})},
+            ],
             "resources": {
                 "memory": {"limit": memory_mb * 1024 * 1024},
                 "pids": {"limit": pids},
