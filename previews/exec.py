@@ -276,6 +276,9 @@ class Execution:
         self.killed = False
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=64)
         self._control: socket.socket | None = None
+        # Once wrapped, the stream transport owns the control socket: close it through it
+        # (closing the socket under it would leave a stale fd registered with the loop).
+        self._writer: asyncio.StreamWriter | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pipes: list[int] = []
 
@@ -300,7 +303,10 @@ class Execution:
                 os.close(fd)
         control.setblocking(False)
         reader, self._writer = await asyncio.open_unix_connection(sock=control)
-        line = await reader.readline()
+        try:
+            line = await asyncio.wait_for(reader.readline(), SANDBOX_READY_TIMEOUT)
+        except TimeoutError:
+            line = b'{"event": "error", "detail": "the sandbox did not answer"}'
         message = json.loads(line) if line else {"event": "error", "detail": "sandbox closed"}
         if message.get("event") != "start":
             self.close()
@@ -387,19 +393,18 @@ class Execution:
     def kill(self) -> None:
         """Ask the daemon to kill the command's whole process tree."""
         self.killed = True
-        if self._control is not None and self.exit is None:
-            try:
-                self._control.send(b'{"op": "kill"}\n')
-            except OSError:
-                pass
+        if self._writer is not None and self.exit is None:
+            self._writer.write(b'{"op": "kill"}\n')
 
     def close(self) -> None:
         """Release everything; closing the control socket also kills a command still running."""
         for task in self._tasks:
             task.cancel()
-        if self._control is not None:
+        if self._writer is not None:
+            self._writer.transport.abort()
+        elif self._control is not None:
             self._control.close()
-            self._control = None
+        self._writer, self._control = None, None
         for fd in self._pipes:
             try:
                 os.close(fd)
