@@ -109,21 +109,10 @@ async def _sse(events: AsyncIterator[Event], first_id: int) -> AsyncIterator[byt
 
 
 class ExecView(AsyncAPIView):
-    @extend_schema(
-        summary="Run a command in the bucket's sandbox",
-        description=(
-            "Runs `command` in the bucket's sandbox (the preview's isolation: read-only system, "
-            "the workspace read-write, private /tmp, no network to the host, non-root, limits). "
-            "JSON: waits and returns the result, stdout and stderr capped at "
-            "EXEC_OUTPUT_MAX_BYTES each. `Accept: text/event-stream`: events `start` {pid}, "
-            "`stdout`/`stderr` {data, data_base64 when not UTF-8}, `exit` {exit_code, "
-            "timed_out, duration_ms} as they happen; hanging up kills the command. "
-            "`background: true`: 202 at once; see /exec/{id}."),
-        request=ExecRequestSerializer,
-        responses={200: ExecResultSerializer, 202: ExecStartedSerializer, **ERRORS},
-    )
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
+        if request.method != "POST":
+            return
         serializer = ExecRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -136,6 +125,21 @@ class ExecView(AsyncAPIView):
             env=exec_spec.command_env(data["env"]), timeout=data["timeout"],
             stdin=data.get("stdin"))
 
+    @extend_schema(
+        summary="Run a command in the bucket's sandbox",
+        description=(
+            "Runs `command` in the bucket's sandbox (the preview's isolation: read-only system, "
+            "the workspace read-write, private /tmp, no network to the host, non-root, limits). "
+            "JSON: waits and returns the result, stdout and stderr capped at "
+            "EXEC_OUTPUT_MAX_BYTES each. `Accept: text/event-stream`: events `start` {pid}, "
+            "`stdout`/`stderr` {data, data_base64 when not UTF-8}, `exit` {exit_code, "
+            "timed_out, duration_ms} as they happen; hanging up kills the command. "
+            "`background: true`: 202 at once; see /exec/{id}."),
+        request=ExecRequestSerializer,
+        responses={(200, "application/json"): ExecResultSerializer,
+                   (200, "text/event-stream"): EventStream,
+                   (202, "application/json"): ExecStartedSerializer, **ERRORS},
+    )
     async def post(self, request: Request) -> HttpResponse:
         data, spec = self.data, self.spec
         execution = await exec_start(spec=spec)
