@@ -1,0 +1,526 @@
+"""Command execution inside a bucket's long-lived sandbox (POST /exec and background commands).
+
+One runc container per bucket is started on the first command and kept while the bucket is
+mounted. Its only process is previews/sandboxd.py, which forks each command on request; the agent
+passes the command's pipes over a unix socket (SCM_RIGHTS), so output streams from the command
+straight into this process's event loop. A command costs a connect and two forks instead of a
+`runc run` (~50 ms here, SANDBOX.md).
+
+Everything async here runs on the server's event loop; sandbox start/stop are blocking runtime
+calls and run in a worker thread (or directly, from the unmount guard and shutdown hook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from previews import exec_spec
+from previews import sandbox as preview_sandbox
+from previews.oci import detector, rootfs_skeleton, runtime_root
+from weldr_agent import runner
+from weldr_agent.errors import APIError, ServiceUnavailable, SystemCommandError
+
+logger = logging.getLogger("weldr.exec")
+
+DAEMON_SOURCE = Path(__file__).with_name("sandboxd.py")
+READ_CHUNK = 64 * 1024
+SANDBOX_READY_TIMEOUT = 20.0
+# After the exit status arrives, output still buffered in the pipes is drained for this long.
+DRAIN_GRACE = 2.0
+# The daemon enforces the timeout; the agent gives up on a silent daemon this much later.
+BACKSTOP_SECONDS = 15.0
+
+
+class TooManyCommands(APIError):
+    status_code = 429
+    default_code = "too_many_commands"
+    default_detail = "Too many commands are running on this bucket; retry when one finishes."
+
+
+class SandboxFailed(SystemCommandError):
+    default_code = "sandbox_failed"
+
+
+@dataclass
+class Event:
+    """`start` {"pid"}, `stdout`/`stderr` (bytes), `exit` {"exit_code", "timed_out", ...}."""
+
+    kind: str
+    data: bytes = b""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    bucket: str
+    workspace: Path
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    timeout: float
+    stdin: bytes | None
+
+
+# --------------------------------------------------------------------------------------------
+# The per-bucket sandbox
+# --------------------------------------------------------------------------------------------
+
+
+class Sandbox:
+    """The bucket's exec container and the daemon's socket inside it."""
+
+    def __init__(self, bucket: str, workspace: Path) -> None:
+        self.bucket, self.workspace = bucket, workspace
+        self.name = exec_spec.container_name(instance_id=settings.INSTANCE_ID, bucket=bucket)
+        self.bundle = exec_base() / self.name
+        self.control_dir = self.bundle / "ctl"
+        self.runtime: str | None = None
+        self.netns: preview_sandbox.Netns | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.control_dir / exec_spec.SOCKET_NAME
+
+    def start(self) -> None:
+        """Create and start the container, then wait until the daemon accepts connections."""
+        name = detector.detect()
+        if name is None:
+            raise ServiceUnavailable(f"No OCI runtime works here: {detector.error}",
+                                     code="oci_unavailable")
+        self.runtime = runner.tool(name)
+        self.remove()
+        self.netns = preview_sandbox.pool.acquire()
+        rootfs, daemon = _shared_files()
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(self.control_dir, settings.SANDBOX_UID, settings.SANDBOX_UID)
+        _workspace_owner(self.workspace)
+        spec = exec_spec.sandbox_spec(
+            rootfs=rootfs, workspace=self.workspace, control_dir=self.control_dir, daemon=daemon,
+            uid=settings.SANDBOX_UID, memory_mb=settings.SANDBOX_MEMORY_MB,
+            cpus=settings.SANDBOX_CPUS, pids=settings.SANDBOX_PIDS, hostname="sandbox",
+            netns=self.netns.path,
+        )
+        (self.bundle / "config.json").write_text(json.dumps(spec))
+        argv = exec_spec.runtime_argv(self.runtime, root=runtime_root(name), verb="run",
+                                      name=self.name, bundle=self.bundle, extra=("-d",))
+        # runc hands its stdio to the container: a log file, never a pipe (SANDBOX.md traps).
+        process = runner.spawn(argv, log_path=self.bundle / "runtime.log")
+        if not runner.wait_until(lambda: process.poll() is not None,
+                                 timeout=SANDBOX_READY_TIMEOUT, interval=0.005):
+            runner.stop(process)
+            raise SandboxFailed(f"The sandbox did not start in time: {self._log_tail()}")
+        ready = process.returncode == 0 and runner.wait_until(
+            self.accepting, timeout=SANDBOX_READY_TIMEOUT, interval=0.005)
+        if not ready:
+            tail = self._log_tail()
+            self.remove()
+            raise SandboxFailed(f"The command sandbox for {self.bucket!r} failed to start: {tail}")
+        logger.info("exec sandbox %s started", self.name)
+
+    def accepting(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connect_unix(probe, self.socket_path)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def remove(self) -> None:
+        """Kill every process of the sandbox and delete the container (idempotent)."""
+        if self.runtime is None:
+            return
+        name = Path(self.runtime).name
+        root = runtime_root(name)
+        state = runner.run(exec_spec.runtime_argv(self.runtime, root=root, verb="state",
+                                                  name=self.name), timeout=30, check=False)
+        argv = exec_spec.runtime_argv(self.runtime, root=root, verb="delete",
+                                      name=self.name, extra=("--force",))
+        runner.run(argv, timeout=30, check=False)
+        _reap(state.stdout)
+        if self.netns is not None:
+            preview_sandbox.pool.release(self.netns)
+            self.netns = None
+
+    def _log_tail(self) -> str:
+        try:
+            return (self.bundle / "runtime.log").read_text(errors="replace")[-1000:].strip()
+        except OSError:
+            return "no runtime log"
+
+
+def _reap(state: str) -> None:
+    """The container's init is our child when the agent is a subreaper (previews make it one):
+    collect its exit so it does not linger as a zombie."""
+    try:
+        pid = int(json.loads(state)["pid"])
+    except (ValueError, KeyError, TypeError):
+        return
+    if pid > 0 and runner.wait_until(lambda: not runner.pid_alive(pid), timeout=5):
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass  # not ours: reparented elsewhere (the agent is not a subreaper)
+
+
+def exec_base() -> Path:
+    return settings.RUNTIME_DIR / "exec"
+
+
+def _shared_files() -> tuple[Path, Path]:
+    """The read-only rootfs skeleton and a world-readable copy of the daemon, shared by all."""
+    base = exec_base()
+    rootfs = base / "rootfs"
+    rootfs_skeleton(rootfs)
+    for mountpoint in exec_spec.rootfs_mountpoints(rootfs):
+        mountpoint.mkdir(parents=True, exist_ok=True)
+    (rootfs / "opt" / "weldr" / "sandboxd.py").touch()
+    daemon = base / "sandboxd.py"
+    shutil.copyfile(DAEMON_SOURCE, daemon)
+    daemon.chmod(0o644)
+    return rootfs, daemon
+
+
+def _workspace_owner(workspace: Path) -> None:
+    """The sandbox's non-root uid must be able to write the workspace root."""
+    if workspace.stat().st_uid != settings.SANDBOX_UID:
+        os.chown(workspace, settings.SANDBOX_UID, settings.SANDBOX_UID)
+
+
+def connect_unix(sock: socket.socket, path: Path) -> None:
+    """Connect through /proc/self/fd so that long runtime paths fit sun_path (108 bytes)."""
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.connect(f"/proc/self/fd/{fd}/{path.name}")
+    finally:
+        os.close(fd)
+
+
+class Sandboxes:
+    """The running sandboxes by bucket; shared by the event loop and the unmount guard."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_bucket: dict[str, Sandbox] = {}
+        self._starting: dict[str, asyncio.Lock] = {}
+
+    async def get(self, bucket: str, workspace: Path) -> Sandbox:
+        with self._lock:
+            sandbox = self._by_bucket.get(bucket)
+        if sandbox is not None and sandbox.workspace == workspace:
+            return sandbox
+        lock = self._starting.setdefault(bucket, asyncio.Lock())
+        async with lock:
+            with self._lock:
+                sandbox = self._by_bucket.get(bucket)
+            if sandbox is not None and sandbox.workspace == workspace:
+                return sandbox
+            sandbox = Sandbox(bucket, workspace)
+            await asyncio.to_thread(sandbox.start)
+            with self._lock:
+                self._by_bucket[bucket] = sandbox
+            return sandbox
+
+    def forget(self, bucket: str, sandbox: Sandbox) -> None:
+        with self._lock:
+            if self._by_bucket.get(bucket) is sandbox:
+                del self._by_bucket[bucket]
+
+    def remove(self, bucket: str) -> bool:
+        """Stop the bucket's sandbox (every command in it dies); True when there was one."""
+        with self._lock:
+            sandbox = self._by_bucket.pop(bucket, None)
+        if sandbox is None:
+            return False
+        sandbox.remove()
+        shutil.rmtree(sandbox.bundle, ignore_errors=True)
+        return True
+
+    def remove_all(self) -> None:
+        with self._lock:
+            buckets = list(self._by_bucket)
+        for bucket in buckets:
+            self.remove(bucket)
+
+
+sandboxes = Sandboxes()
+
+
+# --------------------------------------------------------------------------------------------
+# One running command
+# --------------------------------------------------------------------------------------------
+
+
+class Execution:
+    """A command started in a sandbox; `events()` yields its start, output and exit."""
+
+    def __init__(self, spec: CommandSpec) -> None:
+        self.spec = spec
+        self.pid: int | None = None
+        self.started = time.monotonic()
+        self.exit: dict[str, Any] | None = None
+        self.killed = False
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=64)
+        self._control: socket.socket | None = None
+        # Once wrapped, the stream transport owns the control socket: close it through it
+        # (closing the socket under it would leave a stale fd registered with the loop).
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pipes: list[int] = []
+
+    async def start(self, sandbox: Sandbox) -> None:
+        """Connect to the daemon, hand over the pipes, and wait for the command's pid."""
+        loop = asyncio.get_running_loop()
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+        stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        self._pipes = [stdin_w, stdout_r, stderr_r]
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._control = control
+        try:
+            connect_unix(control, sandbox.socket_path)
+            request = {"argv": self.spec.argv, "cwd": _inside(self.spec.cwd),
+                       "env": self.spec.env, "timeout": self.spec.timeout}
+            payload = json.dumps(request).encode() + b"\n"
+            control.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         _fd_array(stdin_r, stdout_w, stderr_w))])
+        finally:
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.close(fd)
+        control.setblocking(False)
+        reader, self._writer = await asyncio.open_unix_connection(sock=control)
+        try:
+            line = await asyncio.wait_for(reader.readline(), SANDBOX_READY_TIMEOUT)
+        except TimeoutError:
+            line = b'{"event": "error", "detail": "the sandbox did not answer"}'
+        message = json.loads(line) if line else {"event": "error", "detail": "sandbox closed"}
+        if message.get("event") != "start":
+            self.close()
+            raise SandboxFailed(f"The command could not start: {message.get('detail')}")
+        self.pid = message["pid"]
+        self.started = time.monotonic()
+        self._tasks = [
+            loop.create_task(self._pump("stdout", stdout_r)),
+            loop.create_task(self._pump("stderr", stderr_r)),
+            loop.create_task(self._feed(stdin_w, self.spec.stdin or b"")),
+            loop.create_task(self._await_exit(reader)),
+        ]
+
+    async def _pump(self, kind: str, fd: int) -> None:
+        self._pipes.remove(fd)  # from here on the pipe transport owns (and closes) the fd
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK * 4)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+        try:
+            while data := await reader.read(READ_CHUNK):
+                await self._queue.put(Event(kind, data))
+            await self._queue.put(Event(f"{kind}_eof"))
+        finally:
+            transport.close()
+
+    async def _feed(self, fd: int, data: bytes) -> None:
+        self._pipes.remove(fd)
+        if not data:
+            os.close(fd)
+            return
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol,
+                                                     os.fdopen(fd, "wb", buffering=0))
+        # Written in the background by the transport; a command that never reads its stdin
+        # (or exits first) just makes the transport drop the rest when it closes.
+        transport.write(data)
+        transport.close()
+
+    async def _await_exit(self, reader: asyncio.StreamReader) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(),
+                                          self.spec.timeout + BACKSTOP_SECONDS)
+        except TimeoutError:
+            line = b""
+        message = json.loads(line) if line else {}
+        if message.get("event") != "exit":
+            # The daemon died (or stopped answering): the sandbox is gone with the command.
+            message = {"exit_code": None, "timed_out": False}
+        await self._queue.put(Event("exit", info={
+            "exit_code": message.get("exit_code"),
+            "timed_out": bool(message.get("timed_out")),
+        }))
+
+    async def events(self) -> AsyncIterator[Event]:
+        """start, then stdout/stderr chunks as they come, then exit (always last)."""
+        yield Event("start", info={"pid": self.pid})
+        open_streams = {"stdout", "stderr"}
+        exit_event: Event | None = None
+        drain_deadline = 0.0
+        while open_streams or exit_event is None:
+            if exit_event is not None:
+                remaining = drain_deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    event = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                event = await self._queue.get()
+            if event.kind.endswith("_eof"):
+                open_streams.discard(event.kind[:-4])
+            elif event.kind == "exit":
+                exit_event = event
+                drain_deadline = time.monotonic() + DRAIN_GRACE
+            else:
+                yield event
+        info = dict(exit_event.info) if exit_event else {"exit_code": None, "timed_out": False}
+        info["duration_ms"] = round((time.monotonic() - self.started) * 1000, 3)
+        self.exit = info
+        yield Event("exit", info=info)
+
+    def kill(self) -> None:
+        """Ask the daemon to kill the command's whole process tree."""
+        self.killed = True
+        if self._writer is not None and self.exit is None:
+            self._writer.write(b'{"op": "kill"}\n')
+
+    def close(self) -> None:
+        """Release everything; closing the control socket also kills a command still running."""
+        for task in self._tasks:
+            task.cancel()
+        if self._writer is not None:
+            self._writer.transport.abort()
+        elif self._control is not None:
+            self._control.close()
+        self._writer, self._control = None, None
+        for fd in self._pipes:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # already owned and closed by a pipe transport
+        self._pipes = []
+
+
+def _fd_array(*fds: int) -> bytes:
+    import array
+
+    return array.array("i", fds).tobytes()
+
+
+def _inside(cwd: str) -> str:
+    return f"{exec_spec.WORKSPACE}/{cwd}" if cwd else exec_spec.WORKSPACE
+
+
+# --------------------------------------------------------------------------------------------
+# The services the views call
+# --------------------------------------------------------------------------------------------
+
+
+class Running:
+    """Commands running now, by bucket: the per-bucket limit is counted here.
+
+    Running commands are state of this process (they die with it), and the check and the
+    insert happen without an `await` between them on the one event loop, so they cannot race.
+    """
+
+    def __init__(self) -> None:
+        self.by_bucket: dict[str, set[Execution]] = {}
+
+    def add(self, execution: Execution) -> None:
+        current = self.by_bucket.setdefault(execution.spec.bucket, set())
+        if len(current) >= settings.EXEC_MAX_CONCURRENT:
+            raise TooManyCommands(
+                f"{len(current)} commands are already running on {execution.spec.bucket!r} "
+                f"(EXEC_MAX_CONCURRENT={settings.EXEC_MAX_CONCURRENT}).")
+        current.add(execution)
+
+    def discard(self, execution: Execution) -> None:
+        self.by_bucket.get(execution.spec.bucket, set()).discard(execution)
+
+
+running = Running()
+
+
+async def exec_start(*, spec: CommandSpec) -> Execution:
+    """Start a command in the bucket's sandbox (starting the sandbox first if needed)."""
+    execution = Execution(spec)
+    running.add(execution)
+    try:
+        sandbox = await sandboxes.get(spec.bucket, spec.workspace)
+        try:
+            await execution.start(sandbox)
+        except (ConnectionError, FileNotFoundError):
+            # The sandbox died (out of memory, killed by hand): start a new one, once.
+            sandboxes.forget(spec.bucket, sandbox)
+            execution.close()
+            execution = _replace(execution)
+            sandbox = await sandboxes.get(spec.bucket, spec.workspace)
+            await execution.start(sandbox)
+    except BaseException:
+        running.discard(execution)
+        execution.close()
+        raise
+    return execution
+
+
+def _replace(old: Execution) -> Execution:
+    running.discard(old)
+    new = Execution(old.spec)
+    running.add(new)
+    return new
+
+
+async def exec_stream(*, execution: Execution) -> AsyncIterator[Event]:
+    """The command's events; leaving early (a client gone) kills the command."""
+    try:
+        async for event in execution.events():
+            yield event
+    finally:
+        running.discard(execution)
+        execution.close()
+
+
+@dataclass
+class Collected:
+    """Output gathered for the JSON answer, each stream capped at EXEC_OUTPUT_MAX_BYTES."""
+
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+    exit: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, event: Event) -> None:
+        buffer = self.stdout if event.kind == "stdout" else self.stderr
+        room = settings.EXEC_OUTPUT_MAX_BYTES - len(buffer)
+        if len(event.data) > room:
+            self.truncated = True
+        buffer += event.data[: max(room, 0)]
+
+
+async def exec_collect(*, execution: Execution) -> Collected:
+    """Run to the end, keeping at most EXEC_OUTPUT_MAX_BYTES of each stream."""
+    collected = Collected()
+    async for event in exec_stream(execution=execution):
+        if event.kind in ("stdout", "stderr"):
+            collected.add(event)
+        elif event.kind == "exit":
+            collected.exit = event.info
+    return collected
+
+
+def exec_bucket_cleanup(bucket: str) -> None:
+    """Kill every command of the bucket and stop its sandbox (before its unmount)."""
+    if sandboxes.remove(bucket):
+        logger.info("exec sandbox of %s removed", bucket)

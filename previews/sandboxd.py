@@ -1,0 +1,278 @@
+"""The in-sandbox command daemon: runs inside a bucket's exec container and forks commands.
+
+It is started once per bucket (`runc run -d`, as the sandbox's non-root uid) with the host's
+read-only /usr/bin/python3 and the standard library only; it must not import the project. The
+agent connects to its unix socket once per command and sends one JSON line together with three
+file descriptors (SCM_RIGHTS): the read end of the command's stdin pipe and the write ends of its
+stdout and stderr pipes. Output therefore flows from the command straight to the agent; this
+process never copies it.
+
+Protocol on the connection (newline-delimited JSON):
+  agent -> daemon  {"argv": [...], "cwd": "/workspace/x", "env": {...}, "timeout": 60.0}
+  daemon -> agent  {"event": "start", "pid": N} | {"event": "error", "detail": "..."}
+  agent -> daemon  {"op": "kill"}          (optional; closing the connection also kills)
+  daemon -> agent  {"event": "exit", "exit_code": N, "timed_out": bool}
+
+The daemon enters a user namespace of its own (mapping only its uid) at start; every command is
+then cloned as PID 1 of a new PID (and mount) namespace, so killing it kills every process it
+started, including ones that called setsid() or ignore SIGTERM. Where the kernel refuses user
+namespaces, commands get their own session and the process group is killed instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import platform
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNS = 0x00020000
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+FDS_PER_REQUEST = 3
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Command:
+    """One request: its connection, the process that represents it, and its deadline."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.buffer = b""
+        self.fds: list[int] = []
+        self.pid = 0
+        self.nested = False
+        self.deadline = float("inf")
+        self.timed_out = False
+
+    def send(self, message: dict) -> None:
+        try:
+            self.conn.sendall(json.dumps(message).encode() + b"\n")
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        if self.pid <= 0:
+            return
+        try:
+            # PID 1 of its namespace: its death takes every process of the namespace with it.
+            # Without namespaces, the process group (a child that called setsid() escapes).
+            (os.kill if self.nested else os.killpg)(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def enter_user_namespace() -> bool:
+    """Become owner of a user namespace that maps only our own uid/gid (no new privilege on
+    the host); in it we may create a PID and mount namespace per command. False if refused."""
+    uid, gid = os.getuid(), os.getgid()
+    if _libc.unshare(CLONE_NEWUSER) != 0:
+        return False
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
+    return True
+
+
+def clone_command() -> int:
+    """fork(), but the child is PID 1 of a new PID namespace with its own mount namespace.
+
+    A raw clone(2) without CLONE_VM behaves like fork() (the daemon is single-threaded, so no
+    at-fork handler is missing). Killing PID 1 of a namespace kills everything in it.
+    """
+    number = SYS_CLONE.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, "clone is not wired for this architecture")
+    pid = _libc.syscall(number, CLONE_NEWPID | CLONE_NEWNS | signal.SIGCHLD, 0, 0, 0, 0)
+    if pid < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return pid
+
+
+def _exec(request: dict, fds: list[int]) -> None:
+    """In the final child: wire stdio, reset signals, chdir and exec; never returns."""
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    argv = request["argv"]
+    try:
+        os.chdir(request["cwd"])
+        os.execvpe(argv[0], argv, request["env"])
+    except FileNotFoundError:
+        os.write(2, f"{argv[0]}: command not found\n".encode())
+        os._exit(127)
+    except OSError as error:
+        os.write(2, f"{argv[0]}: {error.strerror}\n".encode())
+        os._exit(126)
+
+
+def _child(request: dict, fds: list[int], nested: bool) -> None:
+    """Between fork and exec: a /proc of its own (nested) or a new session, then exec."""
+    try:
+        signal.set_wakeup_fd(-1)
+        if nested:
+            # A /proc of the new PID namespace, so that ps and /proc/self agree with getpid().
+            _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+        os.setsid()
+        _exec(request, fds)
+    except BaseException as error:  # noqa: BLE001 - a forked child must never return
+        try:
+            os.write(2, f"sandboxd: {error}\n".encode())
+        finally:
+            os._exit(126)
+
+
+class Daemon:
+    def __init__(self, path: str) -> None:
+        self.nested = enter_user_namespace()
+        self.selector = selectors.DefaultSelector()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if os.path.exists(path):
+            os.unlink(path)
+        self.listener.bind(path)
+        self.listener.listen(128)
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        self.by_pid: dict[int, Command] = {}
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.wake = wake_r
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._terminate)
+        self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+
+    def _terminate(self, *_: object) -> None:
+        for command in list(self.by_pid.values()):
+            command.kill()
+        sys.exit(0)
+
+    def serve(self) -> None:
+        while True:
+            now = time.monotonic()
+            soonest = min((c.deadline for c in self.by_pid.values()), default=float("inf"))
+            timeout = None if soonest == float("inf") else max(0.0, soonest - now)
+            for key, _ in self.selector.select(timeout):
+                if key.data is None:
+                    self._accept()
+                elif key.data == "wake":
+                    self._reap()
+                else:
+                    self._readable(key.data)
+            self._expire()
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        self.selector.register(conn, selectors.EVENT_READ, Command(conn))
+
+    def _readable(self, command: Command) -> None:
+        try:
+            data, ancdata, _, _ = command.conn.recvmsg(
+                65536, socket.CMSG_SPACE(FDS_PER_REQUEST * 4))
+        except OSError:
+            data, ancdata = b"", []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                command.fds.extend(struct.unpack(f"{len(payload) // 4}i",
+                                                 payload[: len(payload) // 4 * 4]))
+        if command.pid:
+            # After the start: any line is a kill request, and so is a closed connection.
+            if not data or b"kill" in data:
+                command.kill()
+            if not data:
+                self.selector.unregister(command.conn)
+            return
+        if not data:
+            self._drop(command)
+            return
+        command.buffer += data
+        if b"\n" not in command.buffer:
+            if len(command.buffer) > MAX_REQUEST_BYTES:
+                self._fail(command, "request too large")
+            return
+        line = command.buffer.split(b"\n", 1)[0]
+        try:
+            request = json.loads(line)
+        except ValueError:
+            self._fail(command, "request is not JSON")
+            return
+        if len(command.fds) != FDS_PER_REQUEST:
+            self._fail(command, "request must carry stdin, stdout and stderr descriptors")
+            return
+        self._spawn(command, request)
+
+    def _spawn(self, command: Command, request: dict) -> None:
+        pid = clone_command() if self.nested else os.fork()
+        if pid == 0:
+            _child(request, command.fds, self.nested)
+        for fd in command.fds:
+            os.close(fd)
+        command.fds = []
+        command.pid = pid
+        command.nested = self.nested
+        if request.get("timeout"):
+            command.deadline = time.monotonic() + float(request["timeout"])
+        self.by_pid[pid] = command
+        command.send({"event": "start", "pid": pid})
+
+    def _reap(self) -> None:
+        try:
+            while os.read(self.wake, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            command = self.by_pid.pop(pid, None)
+            if command is None:
+                continue  # an orphan reparented to us (we are the container's PID 1)
+            code = (os.waitstatus_to_exitcode(status) if os.WIFEXITED(status)
+                    else 128 + os.WTERMSIG(status))
+            command.send({"event": "exit", "exit_code": code, "timed_out": command.timed_out})
+            self._drop(command)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for command in list(self.by_pid.values()):
+            if command.deadline <= now and not command.timed_out:
+                command.timed_out = True
+                command.kill()
+
+    def _fail(self, command: Command, detail: str) -> None:
+        command.send({"event": "error", "detail": detail})
+        self._drop(command)
+
+    def _drop(self, command: Command) -> None:
+        for fd in command.fds:
+            os.close(fd)
+        command.fds = []
+        try:
+            self.selector.unregister(command.conn)
+        except (KeyError, ValueError):
+            pass
+        command.conn.close()
+
+
+if __name__ == "__main__":
+    Daemon(sys.argv[1]).serve()

@@ -1,0 +1,234 @@
+"""POST /exec against a real agent process and real sandboxes (runc)."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import subprocess  # noqa: F401  (never used: commands run through the API)
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.exec.helpers import processes_with, sse_events
+from weldr_agent import runner
+
+pytestmark = pytest.mark.slow
+
+
+def run(http: httpx.Client, bucket: str, command, **extra) -> dict:  # type: ignore[no-untyped-def]
+    response = http.post("/exec", json={"bucket": bucket, "command": command, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_exit_code_and_separate_streams(http: httpx.Client, bucket: str) -> None:
+    result = run(http, bucket, "echo out; echo err >&2; exit 7")
+
+    assert result["exit_code"] == 7
+    assert result["stdout"] == "out\n"
+    assert result["stderr"] == "err\n"
+    assert result["timed_out"] is False and result["truncated"] is False
+    assert result["duration_ms"] > 0
+
+
+def test_argv_list_runs_without_a_shell(http: httpx.Client, bucket: str) -> None:
+    result = run(http, bucket, ["printf", "%s|", "a b", "$HOME"])
+
+    assert result["stdout"] == "a b|$HOME|"
+
+
+def test_stdin_text_and_binary(http: httpx.Client, bucket: str) -> None:
+    assert run(http, bucket, "cat", stdin="hello\nworld\n")["stdout"] == "hello\nworld\n"
+    raw = bytes(range(256))
+
+    result = run(http, bucket, "cat", stdin_base64=base64.b64encode(raw).decode())
+
+    assert base64.b64decode(result["stdout_base64"]) == raw
+
+
+def test_env_is_clean_and_explicit(http: httpx.Client, bucket: str) -> None:
+    result = run(http, bucket, "echo $GREETING; env", env={"GREETING": "hi there"})
+
+    assert result["stdout"].startswith("hi there\n")
+    # Nothing of the agent's own environment reaches a command.
+    for secret in ("S3_SECRET_ACCESS_KEY", "DATABASE_URL", "AWS_", "WELDR_", "DJANGO_"):
+        assert secret not in result["stdout"]
+
+
+def test_cwd_is_relative_to_the_workspace(http: httpx.Client, bucket: str,
+                                          workspace: Path) -> None:
+    run(http, bucket, "mkdir -p sub/dir")
+
+    result = run(http, bucket, "pwd; ls -ld .", cwd="sub/dir")
+
+    assert result["stdout"].splitlines()[0] == "/workspace/sub/dir"
+    assert (workspace / "sub" / "dir").is_dir()
+
+
+@pytest.mark.parametrize("cwd", ["..", "../..", "/etc", "sub/../../x", "missing-dir", "a\x00b"])
+def test_cwd_outside_or_missing_is_refused(http: httpx.Client, bucket: str, cwd: str) -> None:
+    response = http.post("/exec", json={"bucket": bucket, "command": "pwd", "cwd": cwd})
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_path"
+
+
+def test_runs_as_the_sandbox_user_with_a_read_only_system(http: httpx.Client, bucket: str,
+                                                          workspace: Path) -> None:
+    result = run(http, bucket, "id -u; touch /usr/x || echo ro; echo data > made-here")
+
+    assert result["stdout"].splitlines() == ["1000", "ro"]
+    assert (workspace / "made-here").read_text() == "data\n"
+    assert (workspace / "made-here").stat().st_uid == 1000
+
+
+def test_timeout_kills_the_whole_tree(http: httpx.Client, bucket: str) -> None:
+    # given a command whose children ignore SIGTERM, one of them in a session of its own
+    command = ("trap '' TERM; (trap '' TERM; exec sleep 31.71) & "
+               "setsid sh -c \"trap '' TERM; sleep 31.72\" & sleep 31.73")
+
+    result = run(http, bucket, command, timeout=1)
+
+    assert result["timed_out"] is True
+    assert result["exit_code"] == 137
+    assert result["duration_ms"] < 30_000
+    for marker in ("sleep 31.71", "sleep 31.72", "sleep 31.73"):
+        assert runner.wait_until(lambda m=marker: not processes_with(m), timeout=10), marker
+
+
+def test_output_is_capped_and_flagged(http: httpx.Client, bucket: str) -> None:
+    # EXEC_OUTPUT_MAX_BYTES is 64 KiB for this agent.
+    result = run(http, bucket, "head -c 1000000 /dev/zero | tr '\\0' x; echo tail >&2")
+
+    assert result["truncated"] is True
+    assert result["stdout"] == "x" * 65536
+    assert result["stderr"] == "tail\n"
+    assert result["exit_code"] == 0
+
+
+def test_non_utf8_output_survives(http: httpx.Client, bucket: str) -> None:
+    result = run(http, bucket, "printf 'ok\\377\\376end'")
+
+    assert base64.b64decode(result["stdout_base64"]) == b"ok\xff\xfeend"
+    assert result["stdout"] == "ok\ufffd\ufffdend"
+    assert "stdout_base64" not in run(http, bucket, "printf 'h\\303\\251'")  # valid UTF-8 (é)
+
+
+def test_stream_delivers_output_as_it_happens(http: httpx.Client, bucket: str,
+                                              workspace: Path) -> None:
+    body = {"bucket": bucket, "command": "echo a; sleep 2; touch b-printed; echo b"}
+    (workspace / "b-printed").unlink(missing_ok=True)
+    with http.stream("POST", "/exec", json=body,
+                     headers={"Accept": "text/event-stream"}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response)
+        assert next(events)[0] == "start"
+        kind, data = next(events)
+        # then `a` arrives while the command is still sleeping, before `b` is printed
+        assert (kind, data) == ("stdout", {"data": "a\n"})
+        assert not (workspace / "b-printed").exists()
+        rest = list(events)
+    assert ("stdout", {"data": "b\n"}) in rest
+    assert rest[-1][0] == "exit" and rest[-1][1]["exit_code"] == 0
+
+
+def test_stream_waits_for_the_client_not_for_a_clock(http: httpx.Client, bucket: str,
+                                                     workspace: Path) -> None:
+    # The command prints `b` only after the test has seen `a`: without streaming it would
+    # time out instead.
+    body = {"bucket": bucket, "timeout": 60,
+            "command": "echo a; while [ ! -e go ]; do sleep 0.05; done; echo b"}
+    (workspace / "go").unlink(missing_ok=True)
+    with http.stream("POST", "/exec", json=body,
+                     headers={"Accept": "text/event-stream"}) as response:
+        events = sse_events(response)
+        assert next(events)[0] == "start"
+        assert next(events) == ("stdout", {"data": "a\n"})
+        (workspace / "go").touch()
+        rest = list(events)
+    (workspace / "go").unlink()
+    assert rest[0] == ("stdout", {"data": "b\n"})
+    assert rest[-1][1]["timed_out"] is False
+
+
+def test_stream_carries_stderr_and_non_utf8(http: httpx.Client, bucket: str) -> None:
+    body = {"bucket": bucket, "command": "echo e >&2; printf '\\377'; exit 3"}
+    with http.stream("POST", "/exec", json=body,
+                     headers={"Accept": "text/event-stream"}) as response:
+        events = list(sse_events(response))
+
+    assert ("stderr", {"data": "e\n"}) in events
+    binary = [data for kind, data in events if kind == "stdout"]
+    assert base64.b64decode(binary[0]["data_base64"]) == b"\xff"
+    assert events[-1][0] == "exit" and events[-1][1]["exit_code"] == 3
+
+
+def test_client_hanging_up_ends_the_command(http: httpx.Client, bucket: str) -> None:
+    body = {"bucket": bucket, "command": "echo started; exec sleep 33.31"}
+    with http.stream("POST", "/exec", json=body,
+                     headers={"Accept": "text/event-stream"}) as response:
+        events = sse_events(response)
+        next(events)
+        assert next(events)[1] == {"data": "started\n"}
+        assert processes_with("sleep 33.31")
+    # the connection is closed here
+
+    assert runner.wait_until(lambda: not processes_with("sleep 33.31"), timeout=15)
+
+
+def host_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+        return probe.getsockname()[0]
+
+
+def test_commands_cannot_reach_the_agent_or_the_host(http: httpx.Client, bucket: str,
+                                                     agent) -> None:  # type: ignore[no-untyped-def]
+    # The sandbox's default gateway is the host end of its veth: refused like the rest.
+    script = (
+        "import socket, struct, sys\n"
+        "hosts = sys.argv[2:]\n"
+        "for line in open('/proc/net/route').read().splitlines()[1:]:\n"
+        "    fields = line.split()\n"
+        "    if fields[1] == '00000000':\n"
+        "        hosts.append(socket.inet_ntoa(struct.pack('<L', int(fields[2], 16))))\n"
+        "for host in hosts:\n"
+        "    try:\n"
+        "        socket.create_connection((host, int(sys.argv[1])), timeout=3).close()\n"
+        "        print(host, 'reached')\n"
+        "    except OSError as error:\n"
+        "        print(host, 'refused', error.errno)\n"
+    )
+    result = run(http, bucket, ["python3", "-c", script, str(agent.port), "127.0.0.1",
+                                host_address()], timeout=30)
+
+    lines = result["stdout"].splitlines()
+    assert len(lines) == 3, result  # loopback, the host's address, the gateway
+    assert all("refused" in line for line in lines), lines
+
+
+def test_bad_input_is_a_4xx_in_the_error_shape(http: httpx.Client, bucket: str) -> None:
+    cases = [
+        ({"bucket": bucket}, 400, "invalid"),
+        ({"bucket": bucket, "command": ""}, 400, "invalid"),
+        ({"bucket": bucket, "command": []}, 400, "invalid"),
+        ({"bucket": bucket, "command": "true", "timeout": 3601}, 400, "invalid"),
+        ({"bucket": bucket, "command": "true", "timeout": 0}, 400, "invalid"),
+        ({"bucket": bucket, "command": "true", "env": {"A=B": "x"}}, 400, "invalid"),
+        ({"bucket": bucket, "command": "true", "stdin_base64": "%%%"}, 400, "invalid"),
+        ({"bucket": "Not_A_Bucket", "command": "true"}, 400, "invalid"),
+        ({"bucket": "not-mounted-here", "command": "true"}, 409, "not_mounted"),
+    ]
+    for body, status, code in cases:
+        response = http.post("/exec", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["code"] == code
+        assert response.json()["detail"]
+
+
+def test_needs_authentication(agent, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    response = httpx.post(f"{agent.url}/exec", json={"bucket": bucket, "command": "true"})
+
+    assert response.status_code == 401
+    assert response.json()["code"] == "not_authenticated"
