@@ -337,8 +337,8 @@ class NetnsPool:
         firewall_up()
         threading.Thread(target=self._fill, name="netns-pool", daemon=True).start()
 
-    def reset(self) -> None:
-        """Delete every namespace of this instance (start-up, shutdown)."""
+    def reset(self, *, everything: bool = False) -> None:
+        """Delete this instance's namespaces not in use (all of them with `everything`)."""
         listed = runner.run([runner.tool("ip"), "netns", "list"], timeout=30).stdout
         prefix = f"weldr-{settings.INSTANCE_ID}-"
         for line in listed.splitlines():
@@ -346,7 +346,7 @@ class NetnsPool:
             if name.startswith(prefix) and name[len(prefix):].isdigit():
                 slot = int(name[len(prefix):])
                 with self._lock:
-                    if slot in self._used:
+                    if slot in self._used and not everything:
                         continue
                 _netns_delete(netns_for(slot))
 
@@ -411,6 +411,8 @@ class NetnsPool:
             ready, self._ready = self._ready, []
         for ns in ready:
             _netns_delete(ns)
+        # Namespaces still being recycled by daemon threads would outlive the process.
+        self.reset(everything=True)
         firewall_down()
 
 
