@@ -171,8 +171,12 @@ def test_app_log_is_capped_and_rotated(api: APIClient, previews: None, workspace
     rotated = log.with_name("app.log.1")
     assert runner.wait_until(rotated.exists, timeout=60)
     assert rotated.stat().st_size > 4096
-    tail = api.get(f"/previews/{workspace.name}/logs?tail=3").content.decode()
-    assert len(tail.splitlines()) == 3 and tail.startswith("line ")
+    # Right after a rotation the new file may hold fewer than 3 lines: ask until it has them.
+    def tail() -> list[str]:
+        return api.get(f"/previews/{workspace.name}/logs?tail=3").content.decode().splitlines()
+
+    assert runner.wait_until(lambda: len(tail()) == 3, timeout=30)
+    assert all(line.startswith("line ") for line in tail())
 
 
 # ---------------------------------------------------------------------------------------------
