@@ -318,6 +318,7 @@ class NetnsPool:
         self._ready: list[Netns] = []
         self._used: set[int] = set()
         self._started = False
+        self._closed = False
 
     def _free_slot(self) -> int:
         for slot in range(LINKS_PER_INSTANCE):
@@ -336,8 +337,8 @@ class NetnsPool:
         firewall_up()
         threading.Thread(target=self._fill, name="netns-pool", daemon=True).start()
 
-    def reset(self) -> None:
-        """Delete every namespace of this instance (start-up, shutdown)."""
+    def reset(self, *, everything: bool = False) -> None:
+        """Delete this instance's namespaces not in use (all of them with `everything`)."""
         listed = runner.run([runner.tool("ip"), "netns", "list"], timeout=30).stdout
         prefix = f"weldr-{settings.INSTANCE_ID}-"
         for line in listed.splitlines():
@@ -345,15 +346,17 @@ class NetnsPool:
             if name.startswith(prefix) and name[len(prefix):].isdigit():
                 slot = int(name[len(prefix):])
                 with self._lock:
-                    if slot in self._used:
+                    if slot in self._used and not everything:
                         continue
                 _netns_delete(netns_for(slot))
 
     def _fill(self) -> None:
         while True:
             with self._lock:
-                while len(self._ready) >= self.size:
+                while len(self._ready) >= self.size and not self._closed:
                     self._lock.wait()
+                if self._closed:
+                    return
                 slot = self._free_slot()
             ns = netns_for(slot)
             try:
@@ -365,8 +368,14 @@ class NetnsPool:
                 time.sleep(1.0)
                 continue
             with self._lock:
-                self._ready.append(ns)
-                self._lock.notify_all()
+                closed = self._closed
+                if not closed:
+                    self._ready.append(ns)
+                    self._lock.notify_all()
+            if closed:
+                # Shut down while this one was being made: it must not outlive the pool.
+                _netns_delete(ns)
+                return
 
     def acquire(self) -> Netns:
         """A ready namespace: from the pool when there is one, else made now."""
@@ -397,9 +406,13 @@ class NetnsPool:
 
     def shutdown(self) -> None:
         with self._lock:
+            self._closed = True
+            self._lock.notify_all()
             ready, self._ready = self._ready, []
         for ns in ready:
             _netns_delete(ns)
+        # Namespaces still being recycled by daemon threads would outlive the process.
+        self.reset(everything=True)
         firewall_down()
 
 

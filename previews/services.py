@@ -226,25 +226,31 @@ def _port_answers(host: str, port: int) -> bool:
 
 
 def _watch(live: Live) -> None:
-    """`starting` -> `running` once the port answers; then keep the log under its cap."""
+    """`starting` -> `running` once the port answers; all along, keep the log under its cap."""
+    assert live.ns is not None
+    started = time.monotonic()
+    ready, rotated_at = False, started
     try:
-        deadline = time.monotonic() + settings.PREVIEW_READY_TIMEOUT_SECONDS
-        assert live.ns is not None
-        while live.box.running and not _port_answers(live.ns.ip, live.port):
-            if time.monotonic() > deadline:
+        while live.box.running:
+            now = time.monotonic()
+            if now - rotated_at >= HOUSEKEEPING_SECONDS:
+                log_rotate(system.log_path(live.bucket), max_bytes=settings.PREVIEW_LOG_MAX_BYTES)
+                rotated_at = now
+            if ready:
+                live.box.wait(HOUSEKEEPING_SECONDS)
+                continue
+            if _port_answers(live.ns.ip, live.port):
+                ready = True
+                Preview.objects.filter(bucket=live.bucket, container=live.box.name,
+                                       status=Preview.Status.STARTING).update(
+                    status=Preview.Status.RUNNING)
+            elif now - started > settings.PREVIEW_READY_TIMEOUT_SECONDS:
                 logger.warning("preview %s did not answer on %s in time", live.bucket, live.port)
                 _stop_live(live, status=Preview.Status.FAILED)
                 return
-            # Fast at first (start-up latency), gentler for slow starters (CPU).
-            waited = time.monotonic() - (deadline - settings.PREVIEW_READY_TIMEOUT_SECONDS)
-            time.sleep(READY_POLL_SECONDS if waited < 2 else READY_POLL_SECONDS * 10)
-        if live.box.running:
-            Preview.objects.filter(bucket=live.bucket, container=live.box.name,
-                                   status=Preview.Status.STARTING).update(
-                status=Preview.Status.RUNNING)
-        while live.box.running:
-            log_rotate(system.log_path(live.bucket), max_bytes=settings.PREVIEW_LOG_MAX_BYTES)
-            live.box.wait(HOUSEKEEPING_SECONDS)
+            else:
+                # Fast at first (start-up latency), gentler for slow starters (CPU).
+                live.box.wait(READY_POLL_SECONDS if now - started < 2 else READY_POLL_SECONDS * 10)
     except Exception:
         logger.exception("watcher of preview %s failed", live.bucket)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
+from rest_framework import renderers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -58,7 +60,27 @@ class PreviewStopView(APIView):
         return Response(PreviewSerializer(preview, context={"request": request}).data)
 
 
+class _TextRenderer(renderers.BaseRenderer):
+    """Lets a client ask for text; an error body still comes out as the usual JSON."""
+
+    charset = "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):  # type: ignore[no-untyped-def]
+        return data if isinstance(data, (str, bytes)) else json.dumps(data)
+
+
+class PlainTextRenderer(_TextRenderer):
+    media_type = "text/plain"
+    format = "txt"
+
+
+class EventStreamRenderer(_TextRenderer):
+    media_type = "text/event-stream"
+    format = "sse"
+
+
 class PreviewLogsView(APIView):
+    renderer_classes = [renderers.JSONRenderer, PlainTextRenderer, EventStreamRenderer]
     @extend_schema(
         parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
         responses={(200, "text/plain"): OpenApiTypes.STR,

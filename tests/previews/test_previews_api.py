@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from previews.models import PortLease, Preview
 from tests.previews.conftest import http_get, make_workspace, wait_status, write_node_app
+from weldr_agent import runner
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)
 
@@ -155,6 +156,27 @@ def test_app_that_handles_sigterm_exits_cleanly_on_stop(api: APIClient, previews
 
     # node's default SIGTERM action: killed by the signal (128 + 15), not SIGKILL (137).
     assert stopped["exit_code"] == 143
+
+
+def test_app_log_is_capped_and_rotated(api: APIClient, previews: None, workspace: Path,
+                                       settings) -> None:  # type: ignore[no-untyped-def]
+    settings.PREVIEW_LOG_MAX_BYTES = 4096
+    (workspace / "chatty.js").write_text(
+        "let n = 0; setInterval(() => console.log(`line ${n++} ` + 'x'.repeat(100)), 2);\n")
+
+    api.post("/previews/start", {"bucket": workspace.name, "command": "node chatty.js"},
+             format="json")
+
+    log = settings.WELDR_ENV_VOL / "apps" / workspace.name / "app.log"
+    rotated = log.with_name("app.log.1")
+    assert runner.wait_until(rotated.exists, timeout=60)
+    assert rotated.stat().st_size > 4096
+    # Right after a rotation the new file may hold fewer than 3 lines: ask until it has them.
+    def tail() -> list[str]:
+        return api.get(f"/previews/{workspace.name}/logs?tail=3").content.decode().splitlines()
+
+    assert runner.wait_until(lambda: len(tail()) == 3, timeout=30)
+    assert all(line.startswith("line ") for line in tail())
 
 
 # ---------------------------------------------------------------------------------------------
