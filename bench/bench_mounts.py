@@ -70,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-mounts-"))
-    key, secret = "weldrbenchaccess" + secrets.token_hex(4), "weldrbenchsecret" + secrets.token_hex(12)
+    key = "weldrbenchaccess" + secrets.token_hex(4)
+    secret = "weldrbenchsecret" + secrets.token_hex(12)
     os.environ.update({
         "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
         "WELDR_ENV_VOL": str(tmp / "vol"), "WORKSPACE_BASE": str(tmp / "ws"),
@@ -136,8 +137,6 @@ def main() -> None:
             p = system.paths(each)
             juicefs = steps.daemons(p, system.JUICEFS)
             litestream = steps.daemons(p, system.LITESTREAM)
-            now = sum(rss_mb(pid) for pid in juicefs + litestream)
-            peak = sum(rss_mb(pid, "VmHWM") for pid in juicefs + litestream)
             print(f"  mount {index}: buffer {mount.buffer_size_mb} MB, cache "
                   f"{mount.cache_size_mb} MB; juicefs {sum(rss_mb(x) for x in juicefs):6.1f} "
                   f"(peak {sum(rss_mb(x, 'VmHWM') for x in juicefs):6.1f}), litestream "
