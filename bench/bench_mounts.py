@@ -32,8 +32,14 @@ def free_port() -> int:
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS/VmHWM from status, or Pss (shared pages split between sharers) from smaps_rollup.
+
+    Pss is the honest per-process figure: the juicefs binary's pages are shared by the
+    watchdog, the server and every other mount.
+    """
+    source = f"/proc/{pid}/smaps_rollup" if field == "Pss" else f"/proc/{pid}/status"
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(source).read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
@@ -139,19 +145,24 @@ def main() -> None:
             litestream = steps.daemons(p, system.LITESTREAM)
             print(f"  mount {index}: buffer {mount.buffer_size_mb} MB, cache "
                   f"{mount.cache_size_mb} MB; juicefs {sum(rss_mb(x) for x in juicefs):6.1f} "
+                  f"[{' + '.join(f'{rss_mb(x):.0f}' for x in juicefs)}] "
                   f"(peak {sum(rss_mb(x, 'VmHWM') for x in juicefs):6.1f}), litestream "
                   f"{sum(rss_mb(x) for x in litestream):5.1f} (peak "
                   f"{sum(rss_mb(x, 'VmHWM') for x in litestream):5.1f})")
+        pss_total = 0.0
         for each in names:
             p = system.paths(each)
             pids = steps.daemons(p)
             total += sum(rss_mb(pid) for pid in pids)
             peak_total += sum(rss_mb(pid, "VmHWM") for pid in pids)
+            pss_total += sum(rss_mb(pid, "Pss") for pid in pids)
         agent = rss_mb(os.getpid())
-        print(f"  all {args.mounts} mounts now: {total:7.1f} MB (sum of peaks {peak_total:7.1f})")
+        agent_pss = rss_mb(os.getpid(), "Pss")
+        print(f"  all {args.mounts} mounts now: RSS {total:7.1f} MB (sum of peaks "
+              f"{peak_total:7.1f}); PSS {pss_total:7.1f} MB (shared binary pages counted once)")
         print(f"  this process (Django + the mounts code, an agent stand-in): {agent:6.1f} MB")
-        print(f"  mounts + agent: {total + agent:7.1f} MB now, {peak_total + agent:7.1f} MB at "
-              f"peaks, of a 1024 MB machine")
+        print(f"  mounts + agent: RSS {total + agent:7.1f} MB now, {peak_total + agent:7.1f} MB "
+              f"at peaks; PSS {pss_total + agent_pss:7.1f} MB; of a 1024 MB machine")
     finally:
         for each in made:
             try:
