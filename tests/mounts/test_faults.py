@@ -201,7 +201,7 @@ def test_staging_cannot_fill_the_volume(small_volume, bucket):
     # then the write succeeded (JuiceFS uploaded directly once staging hit its floor) and the
     # volume kept room for the metadata databases
     stats = os.statvfs(small_volume)
-    assert stats.f_bavail / stats.f_blocks >= 0.2, stats
+    assert stats.f_bavail / stats.f_blocks >= 0.1, (stats.f_bavail / stats.f_blocks, stats)
     assert (Path(mount.path) / "big.bin").stat().st_size == 320 * 1024 * 1024
     (Path(mount.path) / "after.txt").write_text("metadata still writable")
     assert services.mount_sync(bucket=bucket).synced_at is not None
