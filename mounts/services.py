@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from django.conf import settings
@@ -225,10 +225,12 @@ def mount_remove_all(*, deadline: float) -> None:
 
     if not buckets:
         return
-    with ThreadPoolExecutor(max_workers=len(buckets)) as pool:
-        futures = [pool.submit(remove, bucket) for bucket in buckets]
-        for future in futures:
-            future.result(timeout=max(deadline - time.monotonic(), 1))
+    pool = ThreadPoolExecutor(max_workers=len(buckets))
+    futures = [pool.submit(remove, bucket) for bucket in buckets]
+    _done, pending = wait(futures, timeout=max(deadline - time.monotonic(), 1))
+    if pending:
+        logger.error("%d unmount(s) did not finish before the shutdown deadline", len(pending))
+    pool.shutdown(wait=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ _children: dict[int, runner.Popen[bytes]] = {}
 _AUTH_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
                 "InvalidToken", "ExpiredToken"}
 LOG_TAIL = 1500
+STAGED_UPLOAD_THREADS = 10  # boto3 keeps 10 connections per client
+# Staged block keys this process has put into S3, per cache folder (see staged_upload).
+_uploaded: dict[str, set[str]] = {}
 
 
 def log_tail(path: Path, size: int = LOG_TAIL) -> str:
@@ -388,10 +391,13 @@ def staged_upload(p: system.Paths) -> int:
     delay, STORAGE.md 6), so we put them ourselves under the keys JuiceFS would use. Blocks
     are immutable, so JuiceFS uploading the same block later writes the same bytes.
     """
+    # A block's key names its content (id, index, size): once put, it never needs putting
+    # again, though JuiceFS keeps it staged until its own upload delay is over.
+    done = _uploaded.setdefault(str(p.cache_dir), set())
     blocks = []
     for staged in p.cache_dir.glob("*/rawstaging/**/*"):
         key = system.staged_block_key(p.cache_dir, staged)
-        if key is not None and staged.is_file():
+        if key is not None and key not in done and staged.is_file():
             blocks.append((staged, key))
     client = s3.client()
 
@@ -402,10 +408,12 @@ def staged_upload(p: system.Paths) -> int:
         except FileNotFoundError:
             return 0  # JuiceFS uploaded it (or the file was deleted) meanwhile
         client.put_object(Bucket=p.bucket, Key=key, Body=data)
+        done.add(key)
         return 1
 
     try:
-        with ThreadPoolExecutor(max_workers=max(settings.MAX_UPLOADS, 4)) as pool:
+        # Small blocks: the time is in round trips, so many in flight.
+        with ThreadPoolExecutor(max_workers=STAGED_UPLOAD_THREADS) as pool:
             return sum(pool.map(put, blocks))
     except (ClientError, BotoCoreError) as error:
         raise SyncFailed(f"Uploading staged blocks of {p.bucket} failed: {error}") from error

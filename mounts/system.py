@@ -12,7 +12,7 @@ import re
 import shlex
 import string
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +294,9 @@ def litestream_restore_argv(litestream: str, p: Paths, *, timestamp: datetime | 
     argv = [litestream, "restore", "-config", str(p.litestream_config), "-no-expand-env",
             "-if-replica-exists", "-integrity-check", "quick", "-o", str(output)]
     if timestamp is not None:
-        argv += ["-timestamp", timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")]
+        # Microseconds kept: truncating to the second would drop the sync that made the
+        # last zero-RPO point (RFC 3339 with a fraction, which Go's parser accepts).
+        argv += ["-timestamp", timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
     return argv + [str(p.meta_db)]
 
 

@@ -18,7 +18,7 @@ from mounts.serializers import (
     UnmountedSerializer,
 )
 
-Error = inline_serializer(name="Error", fields={"detail": serializers.CharField(),
+Error = inline_serializer(name="MountError", fields={"detail": serializers.CharField(),
                                                 "code": serializers.CharField()})
 
 
