@@ -3,3 +3,8 @@ from django.apps import AppConfig
 
 class MountsConfig(AppConfig):
     name = "mounts"
+
+    def ready(self) -> None:
+        from mounts import lifecycle
+
+        lifecycle.register()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
+
+
+class MountQuerySet(models.QuerySet["Mount"]):
+    def live(self) -> MountQuerySet:
+        return self.filter(status=Mount.Status.MOUNTED)
 
 
 class Mount(models.Model):
@@ -12,9 +18,28 @@ class Mount(models.Model):
         UNMOUNTING = "unmounting"
         FAILED = "failed"
 
+    # One row per bucket and one row per slot: the table's size is the slot count (MAX_MOUNTS).
     bucket = models.CharField(max_length=63, unique=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.MOUNTING)
+    cache_size_mb = models.PositiveIntegerField()
+    buffer_size_mb = models.PositiveIntegerField()
+    restored = models.BooleanField(default=False)
+    juicefs_pid = models.PositiveIntegerField(null=True, blank=True)
+    litestream_pid = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+    mounted_at = models.DateTimeField(null=True, blank=True)
+    # The last moment up to which every write was confirmed durable in S3 (zero-RPO sync).
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MountQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["bucket"]
 
     def __str__(self) -> str:
         return self.bucket
+
+    @property
+    def path(self) -> str:
+        return str(settings.WORKSPACE_BASE / self.bucket)

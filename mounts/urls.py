@@ -1,3 +1,10 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from mounts.views import MountViewSet
+
+urlpatterns = [
+    path("mounts", MountViewSet.as_view({"get": "list", "post": "create"}), name="mount-list"),
+    path("mounts/unmount", MountViewSet.as_view({"post": "unmount"}), name="mount-unmount"),
+    path("mounts/<str:bucket>", MountViewSet.as_view({"get": "retrieve"}), name="mount-detail"),
+    path("mounts/<str:bucket>/sync", MountViewSet.as_view({"post": "sync"}), name="mount-sync"),
+]

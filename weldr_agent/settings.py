@@ -314,6 +314,13 @@ LITESTREAM_SYNC_INTERVAL = _duration("LITESTREAM_SYNC_INTERVAL", "10s")
 LITESTREAM_SNAPSHOT_INTERVAL = _duration("LITESTREAM_SNAPSHOT_INTERVAL", "1h")
 LITESTREAM_RETENTION = _duration("LITESTREAM_RETENTION", "4h")
 MOUNT_TIMEOUT_SECONDS = _int("MOUNT_TIMEOUT_SECONDS", 120, low=5, high=3600)
+# Metadata restored after a machine loss is taken from this long before now − UPLOAD_DELAY (or
+# from the last zero-RPO sync, whichever is later), so that every block it names was uploaded.
+RESTORE_MARGIN_SECONDS = _int("RESTORE_MARGIN_SECONDS", 60, low=0, high=86400)
+# Go heap soft limits (STORAGE.md 7): juicefs gets its buffer plus this much, litestream a fixed
+# amount. GOMEMLIMIT makes the Go runtime collect harder instead of growing past it.
+JUICEFS_MEMORY_OVERHEAD_MB = _int("JUICEFS_MEMORY_OVERHEAD_MB", 64, low=16, high=10**5)
+LITESTREAM_MEMORY_LIMIT_MB = _int("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, high=10**5)
 
 # ---------------------------------------------------------------------------------------------
 # Workspaces: a JuiceFS mount per bucket, or a local branch directory synced by rclone

@@ -1,0 +1,64 @@
+"""Typed errors of the mounts app; the one exception handler renders them (weldr_agent.errors)."""
+
+from __future__ import annotations
+
+from rest_framework import status
+
+from weldr_agent.errors import APIError, ConflictError, NotFoundError
+
+
+class InvalidBucket(APIError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid_bucket"
+    default_detail = (
+        "A bucket name is 3-63 characters of a-z, 0-9, '.' and '-', starts and ends with a "
+        "letter or digit, has no '..' and is not an IP address."
+    )
+
+
+class NotMounted(ConflictError):
+    """The bucket has no live workspace (409: the caller asked for something that needs one)."""
+
+    default_code = "not_mounted"
+    default_detail = "The bucket is not mounted; mount it first (POST /mounts)."
+
+
+class MountNotFound(NotFoundError):
+    """The mounts API's own 404 for a bucket it does not know."""
+
+    default_code = "not_mounted"
+    default_detail = "The bucket is not mounted."
+
+
+class MountLimitReached(ConflictError):
+    default_code = "mount_limit"
+    default_detail = "The maximum number of mounts is active; unmount one first."
+
+
+class MountBusy(ConflictError):
+    default_code = "mount_busy"
+    default_detail = "Another operation on this bucket is in progress; try again shortly."
+
+
+class StorageUnavailable(APIError):
+    status_code = status.HTTP_502_BAD_GATEWAY
+    default_code = "storage_unavailable"
+    default_detail = "The S3 endpoint is unreachable or rejected the credentials."
+
+
+class MountFailed(APIError):
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    default_code = "mount_failed"
+    default_detail = "The bucket could not be mounted."
+
+
+class UnmountFailed(APIError):
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    default_code = "unmount_failed"
+    default_detail = "The bucket could not be unmounted cleanly."
+
+
+class SyncFailed(APIError):
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    default_code = "sync_failed"
+    default_detail = "The workspace could not be made durable in S3."

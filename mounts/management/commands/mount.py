@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from mounts.serializers import MountSerializer
+from mounts.services import mount_create, mount_sync
+from weldr_agent.errors import APIError
+
+
+class Command(BaseCommand):
+    help = ("Mount a bucket with JuiceFS + Litestream at WORKSPACE_BASE/BUCKET, exactly as "
+            "POST /mounts does; with --sync, make an existing mount durable in S3 instead.")
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("bucket")
+        parser.add_argument("--sync", action="store_true",
+                            help="upload staged blocks and sync metadata now (zero RPO)")
+
+    def handle(self, *args: Any, bucket: str, sync: bool, **options: Any) -> None:
+        try:
+            mount = mount_sync(bucket=bucket) if sync else mount_create(bucket=bucket)[0]
+        except APIError as error:
+            raise CommandError(f"{error.default_code}: {error.detail}") from error
+        self.stdout.write(json.dumps(MountSerializer(mount).data, default=str))

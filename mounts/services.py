@@ -1,0 +1,296 @@
+"""The verbs of the mounts app: mount, unmount, sync, reconcile — state database plus machine.
+
+Limits are enforced by the state database (a transaction that counts and inserts, SQLite
+IMMEDIATE), operations on one bucket are serialised by a file lock shared with every process
+of this machine (agent, manage.py, scripts), and every failure path tears down what it started
+so that nothing blocks the next attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from mounts import steps, system
+from mounts.errors import (
+    InvalidBucket,
+    MountFailed,
+    MountLimitReached,
+    MountNotFound,
+    NotMounted,
+    StorageUnavailable,
+    UnmountFailed,
+)
+from mounts.models import Mount
+from mounts.validators import validate_bucket_name
+from weldr_agent.routers import STATE_DB
+
+logger = logging.getLogger("weldr.mounts")
+
+UnmountGuard = Callable[[str, bool], None]
+_guards: list[UnmountGuard] = []
+
+
+def register_unmount_guard(fn: UnmountGuard) -> None:
+    """Register fn(bucket, force): raise a ConflictError to refuse, or stop its things on force.
+
+    Previews and exec register theirs in AppConfig.ready(); every unmount calls them all first.
+    """
+    if fn not in _guards:
+        _guards.append(fn)
+
+
+def _lock_timeout() -> float:
+    # Waiting for a mount or an unmount of the same bucket: each takes at most this long.
+    return float(settings.MOUNT_TIMEOUT_SECONDS * 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+def mount_get(*, bucket: str) -> Mount:
+    bucket = validate_bucket_name(bucket)
+    mount = Mount.objects.filter(bucket=bucket).first()
+    if mount is None:
+        raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
+    return mount
+
+
+def workspace_path(bucket: str) -> Path:
+    """The live workspace of a mounted bucket; NotMounted (409) when there is none."""
+    bucket = validate_bucket_name(bucket)
+    mount = Mount.objects.filter(bucket=bucket, status=Mount.Status.MOUNTED).first()
+    if mount is None:
+        raise NotMounted(f"Bucket {bucket!r} is not mounted; mount it first (POST /mounts).")
+    return Path(mount.path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mount
+# ---------------------------------------------------------------------------------------------
+
+
+def _slot_take(bucket: str) -> Mount:
+    """Insert the bucket's row if a slot is free: one transaction counts and inserts."""
+    with transaction.atomic(using=STATE_DB):
+        active = Mount.objects.count()
+        if active >= settings.MAX_MOUNTS:
+            raise MountLimitReached(
+                f"{active} of {settings.MAX_MOUNTS} mounts are active; unmount one first."
+            )
+        budget = system.budget(active + 1)
+        return Mount.objects.create(bucket=bucket, status=Mount.Status.MOUNTING,
+                                    cache_size_mb=budget.cache_size_mb,
+                                    buffer_size_mb=budget.buffer_size_mb)
+
+
+def _machine_mount(mount: Mount) -> None:
+    """Run the mount procedure for a row in MOUNTING; on failure leave nothing running."""
+    p = system.paths(mount.bucket)
+    budget = system.Budget(mount.cache_size_mb, mount.buffer_size_mb)
+    try:
+        steps.ensure_bucket(mount.bucket)
+        origin = steps.metadata_prepare(p)
+        mount.litestream_pid = steps.litestream_start(p)
+        mount.save(update_fields=["litestream_pid"])
+        mount.juicefs_pid = steps.juicefs_start(p, budget)
+        if origin == "formatted":
+            steps.workspace_prepare(p.mount_point)
+    except BaseException:
+        steps.teardown(p, juicefs_pid=mount.juicefs_pid, litestream_pid=mount.litestream_pid,
+                       grace=10)
+        raise
+    mount.restored = origin == "restored"
+    mount.status = Mount.Status.MOUNTED
+    mount.mounted_at = timezone.now()
+    mount.error = ""
+    mount.save()
+
+
+def _healthy(mount: Mount) -> bool:
+    p = system.paths(mount.bucket)
+    return (mount.status == Mount.Status.MOUNTED and steps.answers(p.mount_point)
+            and steps.owns(mount.litestream_pid, str(p.litestream_config)))
+
+
+def mount_create(*, bucket: str) -> tuple[Mount, bool]:
+    """Mount a bucket at WORKSPACE_BASE/{bucket}; (mount, True) when mounted now."""
+    bucket = validate_bucket_name(bucket)
+    p = system.paths(bucket)
+    with steps.bucket_lock(p, timeout=_lock_timeout()):
+        mount = Mount.objects.filter(bucket=bucket).first()
+        if mount is not None and _healthy(mount):
+            return mount, False
+        if mount is not None:
+            # Failed, dead or left half-done by a crash: clear it and mount again.
+            steps.teardown(p, juicefs_pid=mount.juicefs_pid, litestream_pid=mount.litestream_pid)
+            mount.delete()
+        mount = _slot_take(bucket)
+        try:
+            _machine_mount(mount)
+        except BaseException:
+            mount.delete()
+            raise
+    logger.info("mounted %s at %s (restored=%s)", bucket, mount.path, mount.restored)
+    return mount, True
+
+
+def mount_ensure(*, bucket: str) -> Mount:
+    """The bucket's mount, mounting it first when needed (workflows call this)."""
+    mount, _created = mount_create(bucket=bucket)
+    return mount
+
+
+# ---------------------------------------------------------------------------------------------
+# Durability
+# ---------------------------------------------------------------------------------------------
+
+
+def mount_sync(*, bucket: str) -> Mount:
+    """Make every write so far durable in S3 — staged blocks and metadata — then return."""
+    bucket = validate_bucket_name(bucket)
+    p = system.paths(bucket)
+    with steps.bucket_lock(p, timeout=_lock_timeout()):
+        mount = Mount.objects.filter(bucket=bucket, status=Mount.Status.MOUNTED).first()
+        if mount is None:
+            raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
+        mount.synced_at = steps.durable(p, mount.litestream_pid)
+        mount.save(update_fields=["synced_at"])
+    return mount
+
+
+# ---------------------------------------------------------------------------------------------
+# Unmount
+# ---------------------------------------------------------------------------------------------
+
+
+def _machine_unmount(mount: Mount, *, force: bool) -> None:
+    p = system.paths(mount.bucket)
+    alive = steps.answers(p.mount_point)
+    litestream_alive = steps.owns(mount.litestream_pid, str(p.litestream_config))
+    if alive and litestream_alive:
+        steps.durable(p, mount.litestream_pid)
+    steps.umount(p.mount_point, lazy=not alive)
+    steps.pid_stop(mount.juicefs_pid, str(p.mount_point), grace=30)
+    if litestream_alive:
+        # JuiceFS closes its session on unmount: that last transaction must reach S3 too.
+        steps.litestream_sync(p, mount.litestream_pid)
+    steps.teardown(p, juicefs_pid=mount.juicefs_pid, litestream_pid=mount.litestream_pid)
+
+
+def mount_remove(*, bucket: str, force: bool = False) -> None:
+    """Unmount a bucket: guards, flush, final Litestream sync, stop, umount, free the slot."""
+    bucket = validate_bucket_name(bucket)
+    p = system.paths(bucket)
+    with steps.bucket_lock(p, timeout=_lock_timeout()):
+        mount = Mount.objects.filter(bucket=bucket).first()
+        if mount is None:
+            raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
+        for guard in list(_guards):
+            guard(bucket, force)
+        mount.status = Mount.Status.UNMOUNTING
+        mount.save(update_fields=["status"])
+        try:
+            _machine_unmount(mount, force=force)
+        except Exception as error:
+            # Whatever failed, the machine is torn down; the row says what went wrong.
+            steps.teardown(p, juicefs_pid=mount.juicefs_pid,
+                           litestream_pid=mount.litestream_pid)
+            mount.delete()
+            raise UnmountFailed(f"Unmounted {bucket}, but not cleanly: {error}") from error
+        mount.delete()
+    logger.info("unmounted %s", bucket)
+
+
+def mount_remove_all(*, deadline: float) -> None:
+    """Unmount everything in parallel (shutdown), each with its final sync, before `deadline`."""
+    buckets = list(Mount.objects.values_list("bucket", flat=True))
+
+    def remove(bucket: str) -> None:
+        try:
+            mount_remove(bucket=bucket, force=True)
+        except Exception:
+            logger.exception("unmount of %s at shutdown failed", bucket)
+        finally:
+            close_old_connections()
+
+    if not buckets:
+        return
+    with ThreadPoolExecutor(max_workers=len(buckets)) as pool:
+        futures = [pool.submit(remove, bucket) for bucket in buckets]
+        for future in futures:
+            future.result(timeout=max(deadline - time.monotonic(), 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconcile
+# ---------------------------------------------------------------------------------------------
+
+
+def _reconcile_one(mount: Mount) -> str:
+    p = system.paths(mount.bucket)
+    if _healthy(mount):
+        return "ok"
+    if mount.status == Mount.Status.MOUNTED and steps.answers(p.mount_point):
+        # JuiceFS serves, Litestream died: restart it on the same database.
+        steps.pid_stop(mount.litestream_pid, str(p.litestream_config), grace=10)
+        mount.litestream_pid = steps.litestream_start(p)
+        mount.save(update_fields=["litestream_pid"])
+        return "litestream restarted"
+    steps.teardown(p, juicefs_pid=mount.juicefs_pid, litestream_pid=mount.litestream_pid)
+    mount.status, mount.juicefs_pid, mount.litestream_pid = Mount.Status.MOUNTING, None, None
+    mount.save()
+    try:
+        _machine_mount(mount)
+    except (MountFailed, StorageUnavailable, OSError) as error:
+        mount.status, mount.error = Mount.Status.FAILED, str(error)
+        mount.juicefs_pid = mount.litestream_pid = None
+        mount.save()
+        return "failed"
+    return "remounted"
+
+
+def mount_reconcile() -> dict[str, str]:
+    """Compare the state database with the machine; remount or mark failed what died."""
+    outcome = {}
+    for mount in Mount.objects.all():
+        p = system.paths(mount.bucket)
+        lock = steps.try_bucket_lock(p)
+        if lock is None:
+            outcome[mount.bucket] = "busy"
+            continue
+        try:
+            mount.refresh_from_db()
+            outcome[mount.bucket] = _reconcile_one(mount)
+        except Mount.DoesNotExist:
+            outcome[mount.bucket] = "gone"
+        finally:
+            lock.__exit__(None, None, None)
+    _stale_clean(set(outcome))
+    return outcome
+
+
+def _stale_clean(known: set[str]) -> None:
+    """Stop daemons and detach mounts of this machine's buckets that no row accounts for."""
+    base = str(settings.WORKSPACE_BASE) + "/"
+    candidates = {point[len(base):] for point in steps.mount_table() if point.startswith(base)}
+    candidates |= {config.name[len("litestream-"):-len(".yml")]
+                   for config in settings.WELDR_ENV_VOL.glob("litestream-*.yml")}
+    for bucket in sorted(candidates - known):
+        try:
+            validate_bucket_name(bucket)
+        except InvalidBucket:
+            continue
+        p = system.paths(bucket)
+        if steps.is_mounted(p.mount_point) or steps.orphans(p):
+            logger.warning("cleaning up stale daemons and mount of %s", bucket)
+            steps.teardown(p, juicefs_pid=None, litestream_pid=None)

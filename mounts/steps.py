@@ -1,0 +1,452 @@
+"""The steps of mounting and unmounting, run on the machine through weldr_agent.runner.
+
+Each function does one step and raises a typed error (mounts.errors) when it fails; the order
+of the steps and the state database belong to mounts/services.py. Argv, environments and
+configs come from mounts/system.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+
+from mounts import system
+from mounts.errors import MountBusy, MountFailed, StorageUnavailable, SyncFailed
+from weldr_agent import runner, s3
+
+logger = logging.getLogger("weldr.mounts")
+
+# Popen objects of the daemons this process started, so that their exit is reaped (a zombie
+# would look alive to a pid check). Daemons started by another process are tracked by pid.
+_children: dict[int, runner.Popen[bytes]] = {}
+_AUTH_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
+                "InvalidToken", "ExpiredToken"}
+LOG_TAIL = 1500
+
+
+def log_tail(path: Path, size: int = LOG_TAIL) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - size, 0))
+            return handle.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Locking: one operation per bucket at a time, across processes (agent, manage.py, scripts)
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bucket_lock(p: system.Paths, *, timeout: float) -> Iterator[None]:
+    p.lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(p.lock, "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise MountBusy() from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def try_bucket_lock(p: system.Paths) -> contextlib.AbstractContextManager[None] | None:
+    """The bucket's lock when it is free right now, else None (an operation is in flight)."""
+    try:
+        lock = bucket_lock(p, timeout=0)
+        lock.__enter__()
+    except MountBusy:
+        return None
+    return lock
+
+
+# ---------------------------------------------------------------------------------------------
+# S3
+# ---------------------------------------------------------------------------------------------
+
+
+def _storage_error(error: Exception, bucket: str) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"S3 at {settings.S3_ENDPOINT} refused or did not answer for bucket {bucket!r}: {error}"
+    )
+
+
+def ensure_bucket(bucket: str) -> None:
+    """Create the bucket when it does not exist; StorageUnavailable when S3 says no."""
+    client = s3.client()
+    try:
+        client.head_bucket(Bucket=bucket)
+        return
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code not in {"404", "NoSuchBucket", "NotFound"}:
+            raise _storage_error(error, bucket) from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket) from error
+    try:
+        client.create_bucket(Bucket=bucket)
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            raise _storage_error(error, bucket) from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket) from error
+
+
+def prefix_empty(bucket: str, prefix: str) -> bool:
+    try:
+        listed = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket) from error
+    return not listed.get("KeyCount") and not listed.get("Contents")
+
+
+def durable_marker_read(bucket: str) -> datetime | None:
+    try:
+        body = s3.client().get_object(Bucket=bucket, Key=system.DURABLE_MARKER_KEY)["Body"]
+        return datetime.fromisoformat(body.read().decode().strip())
+    except ClientError as error:
+        if str(error.response.get("Error", {}).get("Code", "")) in {"NoSuchKey", "404"}:
+            return None
+        raise _storage_error(error, bucket) from error
+    except ValueError:
+        return None
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket) from error
+
+
+def durable_marker_write(bucket: str, when: datetime) -> None:
+    s3.client().put_object(Bucket=bucket, Key=system.DURABLE_MARKER_KEY,
+                           Body=when.isoformat().encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata: reuse, restore or format
+# ---------------------------------------------------------------------------------------------
+
+
+def litestream_config_write(p: system.Paths) -> None:
+    p.litestream_config.parent.mkdir(parents=True, exist_ok=True)
+    p.litestream_config.write_text(system.litestream_config(p))
+
+
+def chunk_counter_advance(db: Path) -> None:
+    """Move JuiceFS's block-ID counter past anything the lost metadata may have issued."""
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE jfs_counter SET value = value + ? WHERE name = 'nextChunk'",
+            (system.CHUNK_COUNTER_ADVANCE,),
+        )
+
+
+def _remove_db(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+def _restore(p: system.Paths, point: datetime | None, output: Path) -> None:
+    try:
+        runner.run(system.litestream_restore_argv(runner.tool("litestream"), p, timestamp=point,
+                                                  output=output),
+                   env=system.litestream_env(), timeout=settings.MOUNT_TIMEOUT_SECONDS)
+    except runner.CommandError as error:
+        _remove_db(output)
+        raise MountFailed(f"Restoring {p.bucket}'s metadata from S3 failed: {error}") from error
+
+
+def metadata_restore(p: system.Paths) -> bool:
+    """Restore the metadata database from its replica; False when there is no replica."""
+    if prefix_empty(p.bucket, f"{system.REPLICA_PATH}/"):
+        return False
+    point = system.restore_point(datetime.now(UTC), durable_marker_read(p.bucket))
+    staging = p.meta_db.with_name(f"{p.meta_db.name}.restoring")
+    _remove_db(staging)
+    _restore(p, point, staging)
+    if not staging.exists() and point is not None:
+        # Nothing in the replica is that old: the volume is younger than the upload delay and
+        # was never synced with zero RPO. The latest state is the best there is; blocks it
+        # names that never left the lost machine read as EIO (`juicefs fsck` lists them).
+        logger.warning("no metadata of %s as old as %s; restoring the latest", p.bucket, point)
+        _restore(p, None, staging)
+    if not staging.exists():
+        raise MountFailed(f"Litestream found no usable backup of {p.bucket}'s metadata; see "
+                          f"{system.REPLICA_PATH} in the bucket.")
+    chunk_counter_advance(staging)
+    _remove_db(p.meta_db)
+    staging.rename(p.meta_db)
+    _remove_db(staging)
+    return True
+
+
+def metadata_prepare(p: system.Paths) -> str:
+    """Put a metadata database in place: "local" (reused), "restored" (from S3) or "formatted"."""
+    p.meta_db.parent.mkdir(parents=True, exist_ok=True)
+    litestream_config_write(p)
+    if p.meta_db.exists():
+        # Same machine (a crash or a clean unmount): the local database is the newest state, and
+        # the staged blocks in the same cache folder are uploaded on mount (STORAGE.md 1).
+        return "local"
+    if metadata_restore(p):
+        return "restored"
+    if not prefix_empty(p.bucket, f"{system.VOLUME_NAME}/"):
+        raise MountFailed(
+            f"Bucket {p.bucket!r} holds a JuiceFS volume but its metadata replica "
+            f"({system.REPLICA_PATH}) is missing; refusing to format over it."
+        )
+    juicefs = runner.tool("juicefs")
+    try:
+        runner.run(system.juicefs_format_argv(juicefs, p), env=system.juicefs_env(),
+                   timeout=settings.MOUNT_TIMEOUT_SECONDS)
+    except runner.CommandError as error:
+        _remove_db(p.meta_db)
+        raise MountFailed(f"Formatting {p.bucket} failed: {error}") from error
+    return "formatted"
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return [part.decode("utf-8", "replace") for part in handle.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def owns(pid: int | None, marker: str) -> bool:
+    """True when `pid` is alive and is our daemon (its argv holds `marker`, a path of ours).
+
+    The check guards against signalling a recycled pid that now belongs to someone else.
+    """
+    if not pid:
+        return False
+    _reap(pid)
+    return runner.pid_alive(pid) and marker in _cmdline(pid)
+
+
+def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+
+
+def orphans(p: system.Paths) -> list[int]:
+    """Pids of this bucket's daemons, found by their exact argv (a crash lost their pids)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        argv = _cmdline(int(entry.name))
+        if len(argv) > 2 and (
+            (argv[1] == "mount" and str(p.mount_point) in argv and p.meta_url in argv)
+            or (argv[1] == "replicate" and str(p.litestream_config) in argv)
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def pid_stop(pid: int | None, marker: str, *, grace: float, sig: int = signal.SIGTERM) -> None:
+    """Stop one of our daemons: `sig` to its process group, then SIGKILL after `grace`."""
+    if not owns(pid, marker):
+        return
+    assert pid is not None
+    runner.kill_group(pid, sig)
+    if not runner.wait_until(lambda: not owns(pid, marker), timeout=grace, interval=0.1):
+        logger.warning("pid %s did not stop within %ss; killing it", pid, grace)
+        runner.kill_group(pid, signal.SIGKILL)
+        runner.wait_until(lambda: not owns(pid, marker), timeout=10, interval=0.1)
+
+
+def litestream_start(p: system.Paths) -> int:
+    p.litestream_socket.parent.mkdir(parents=True, exist_ok=True)
+    p.litestream_socket.unlink(missing_ok=True)
+    process = runner.spawn(system.litestream_replicate_argv(runner.tool("litestream"), p),
+                           log_path=p.litestream_log, env=system.litestream_env())
+    _children[process.pid] = process
+    # Ready when its control socket listens (it then has opened the database).
+    ready = runner.wait_until(
+        lambda: p.litestream_socket.exists() or process.poll() is not None,
+        timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=0.05,
+    )
+    if not ready or process.poll() is not None:
+        runner.stop(process, grace=5)
+        raise MountFailed(f"Litestream did not start for {p.bucket}: {log_tail(p.litestream_log)}")
+    return process.pid
+
+
+def litestream_sync(p: system.Paths, pid: int | None, *, timeout: int = 60) -> int:
+    """Force a sync and wait until the replica holds the local database's last transaction."""
+    if not owns(pid, str(p.litestream_config)):
+        raise SyncFailed(f"Litestream is not running for {p.bucket}; see {p.litestream_log}.")
+    try:
+        result = runner.run(system.litestream_sync_argv(runner.tool("litestream"), p,
+                                                        timeout=timeout),
+                            env=system.litestream_env(), timeout=timeout + 10)
+        status = json.loads(result.stdout)
+    except (runner.CommandError, ValueError) as error:
+        raise SyncFailed(f"Litestream could not sync {p.bucket}'s metadata: {error}") from error
+    txid, replica = int(str(status.get("txid", "0")), 16), \
+        int(str(status.get("replica_txid", "0")), 16)
+    if replica < txid:
+        raise SyncFailed(f"Litestream's replica of {p.bucket} is behind ({status}).")
+    return replica
+
+
+def mount_table() -> dict[str, str]:
+    """Mount points and their filesystem types, from /proc/self/mountinfo."""
+    table = {}
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            if " - " not in line or len(fields) < 5:
+                continue
+            point = fields[4].encode().decode("unicode_escape")
+            table[point] = line.split(" - ", 1)[1].split()[0]
+    return table
+
+
+def is_mounted(mount_point: Path) -> bool:
+    return mount_table().get(str(mount_point), "").startswith("fuse.juicefs")
+
+
+def answers(mount_point: Path) -> bool:
+    """True when the JuiceFS mount serves requests (a dead FUSE mount gives ENOTCONN)."""
+    try:
+        return is_mounted(mount_point) and os.stat(mount_point).st_ino == system.ROOT_INODE
+    except OSError:
+        return False
+
+
+def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
+    p.mount_point.mkdir(parents=True, exist_ok=True)
+    p.cache_dir.mkdir(parents=True, exist_ok=True)
+    stats = os.statvfs(p.cache_dir)
+    ratio = system.free_space_ratio(stats.f_blocks * stats.f_frsize)
+    argv = system.juicefs_mount_argv(runner.tool("juicefs"), p, budget, free_ratio=ratio)
+    process = runner.spawn(argv, log_path=p.juicefs_log,
+                           env=system.juicefs_env(budget.buffer_size_mb))
+    _children[process.pid] = process
+    ready = runner.wait_until(lambda: answers(p.mount_point) or process.poll() is not None,
+                              timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=0.1)
+    if not ready or process.poll() is not None:
+        runner.stop(process, grace=5)
+        umount(p.mount_point, lazy=True)
+        raise MountFailed(f"JuiceFS did not mount {p.bucket}: {log_tail(p.juicefs_log)}")
+    return process.pid
+
+
+def workspace_prepare(mount_point: Path) -> None:
+    """A fresh volume's root belongs to the sandbox user, who runs previews and commands."""
+    os.chown(mount_point, settings.SANDBOX_UID, settings.SANDBOX_UID)
+    os.chmod(mount_point, 0o755)
+
+
+# ---------------------------------------------------------------------------------------------
+# Durability and unmount
+# ---------------------------------------------------------------------------------------------
+
+
+def staged_upload(p: system.Paths) -> int:
+    """Upload every block still staged for this mount; the number uploaded.
+
+    JuiceFS has no command to upload staged blocks now (`umount --flush` waits out the upload
+    delay, STORAGE.md 6), so we put them ourselves under the keys JuiceFS would use. Blocks
+    are immutable, so JuiceFS uploading the same block later writes the same bytes.
+    """
+    blocks = []
+    for staged in p.cache_dir.glob("*/rawstaging/**/*"):
+        key = system.staged_block_key(p.cache_dir, staged)
+        if key is not None and staged.is_file():
+            blocks.append((staged, key))
+    client = s3.client()
+
+    def put(item: tuple[Path, str]) -> int:
+        staged, key = item
+        try:
+            data = staged.read_bytes()
+        except FileNotFoundError:
+            return 0  # JuiceFS uploaded it (or the file was deleted) meanwhile
+        client.put_object(Bucket=p.bucket, Key=key, Body=data)
+        return 1
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(settings.MAX_UPLOADS, 4)) as pool:
+            return sum(pool.map(put, blocks))
+    except (ClientError, BotoCoreError) as error:
+        raise SyncFailed(f"Uploading staged blocks of {p.bucket} failed: {error}") from error
+
+
+def filesystem_sync(mount_point: Path) -> None:
+    """Push the kernel's and JuiceFS's buffers for this mount into its staging folder."""
+    runner.run(["sync", "-f", str(mount_point)], timeout=120)
+
+
+def durable(p: system.Paths, litestream_pid: int | None) -> datetime:
+    """Make every write so far durable in S3 (zero RPO); return the moment that holds up to.
+
+    Order matters: a metadata transaction names blocks that were staged before it committed,
+    so after the forced Litestream sync a second pass over the staging folder finds every
+    block the replicated metadata can name.
+    """
+    if is_mounted(p.mount_point):
+        filesystem_sync(p.mount_point)
+    staged_upload(p)
+    litestream_sync(p, litestream_pid)
+    point = datetime.now(UTC)
+    staged_upload(p)
+    try:
+        durable_marker_write(p.bucket, point)
+    except (ClientError, BotoCoreError) as error:
+        raise SyncFailed(f"Writing {p.bucket}'s durability marker failed: {error}") from error
+    return point
+
+
+def umount(mount_point: Path, *, lazy: bool = False) -> None:
+    """Unmount if mounted; a busy or dead (ENOTCONN) mount falls back to a lazy unmount."""
+    if str(mount_point) not in mount_table():
+        return
+    try:
+        runner.run(system.umount_argv(mount_point, lazy=lazy), timeout=60)
+    except runner.CommandError:
+        if lazy:
+            raise
+        logger.warning("umount %s failed; detaching it lazily", mount_point)
+        runner.run(system.umount_argv(mount_point, lazy=True), timeout=60)
+
+
+def teardown(p: system.Paths, *, juicefs_pid: int | None, litestream_pid: int | None,
+             grace: float = 30) -> None:
+    """Stop whatever runs for this bucket, without questions: the failure and crash path."""
+    umount(p.mount_point, lazy=not answers(p.mount_point))
+    pid_stop(juicefs_pid, str(p.mount_point), grace=grace)
+    pid_stop(litestream_pid, str(p.litestream_config), grace=grace)
+    for pid in orphans(p):
+        logger.warning("stopping orphaned daemon %s of %s", pid, p.bucket)
+        pid_stop(pid, str(p.mount_point) if str(p.mount_point) in _cmdline(pid)
+                 else str(p.litestream_config), grace=grace)
+    umount(p.mount_point, lazy=True)
+    p.litestream_socket.unlink(missing_ok=True)

@@ -1,0 +1,303 @@
+"""Pure builders for the mount path: paths, budgets, argv, environments and configs.
+
+Nothing here runs a command or touches the disk (apart from reading the Litestream template):
+`mounts/steps.py` runs what these functions describe, and tests/mounts/test_system.py checks
+them without running anything. The JuiceFS options live in `juicefs_mount_argv` — the one
+place to change when tuning (the `perf` branch measures them).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import string
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+# Data lives under <bucket>/<VOLUME_NAME>/ (JuiceFS's prefix); the Litestream replica and the
+# durability marker live beside it, outside that prefix, because `juicefs format` refuses a
+# non-empty prefix — the guard against formatting over a volume whose replica vanished
+# (STORAGE.md 9).
+VOLUME_NAME = "workspace"
+REPLICA_PATH = "weldr-meta/litestream"
+DURABLE_MARKER_KEY = "weldr-meta/durable-at"
+# After a metadata restore the block-ID counter jumps this far ahead: object keys derive from
+# it and an older counter would reissue IDs whose objects exist already (STORAGE.md 3). Ten
+# million is more chunks than a 2-core machine can create in the restore window.
+CHUNK_COUNTER_ADVANCE = 10_000_000
+# A JuiceFS root directory is inode 1: the mount answers when stat() says so.
+ROOT_INODE = 1
+TEMPLATE = Path(__file__).resolve().parent.parent / "scripts" / "litestream-template.yml"
+_STAGED_BLOCK = re.compile(r"^\d+_\d+_\d+$")
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h)?$")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one bucket's files live (SEED.md, Directory Structure)."""
+
+    bucket: str
+    meta_db: Path
+    cache_dir: Path
+    juicefs_log: Path
+    litestream_config: Path
+    litestream_log: Path
+    litestream_socket: Path
+    lock: Path
+    mount_point: Path
+
+    @property
+    def meta_url(self) -> str:
+        return meta_url(self.meta_db)
+
+
+def paths(bucket: str) -> Paths:
+    vol = settings.WELDR_ENV_VOL
+    run = settings.RUNTIME_DIR / "mounts"
+    return Paths(
+        bucket=bucket,
+        meta_db=vol / "meta" / f"{bucket}.db",
+        cache_dir=vol / "cache" / bucket,
+        juicefs_log=vol / f"juicefs-{bucket}.log",
+        litestream_config=vol / f"litestream-{bucket}.yml",
+        litestream_log=vol / f"litestream-{bucket}.log",
+        # Control socket and lock are runtime objects: tmpfs, gone after a reboot.
+        litestream_socket=run / f"litestream-{bucket}.sock",
+        lock=run / f"{bucket}.lock",
+        mount_point=settings.WORKSPACE_BASE / bucket,
+    )
+
+
+def meta_url(db: Path) -> str:
+    # WAL journal, NORMAL sync and a 64 MB page cache (SEED.md, SQLite optimisations).
+    return f"sqlite3://{db}?_journal=WAL&_sync=NORMAL&_cache_size=-65536"
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds in a duration like 500ms, 30s, 5m, 1h or a bare number of seconds."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {value!r}")
+    number, unit = int(match.group(1)), match.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    cache_size_mb: int
+    buffer_size_mb: int
+
+
+def budget(active: int) -> Budget:
+    """Cache and buffer for a mount when `active` mounts (this one included) share the machine.
+
+    Cache: the total minus the metadata and overhead reserves, split evenly. Buffer: a pool split
+    evenly and clamped to [BUFFER_MIN_MB, BUFFER_MAX_MB]. CACHE_SIZE_MB / BUFFER_SIZE_MB override.
+    """
+    active = max(active, 1)
+    if settings.CACHE_SIZE_MB is not None:
+        cache = settings.CACHE_SIZE_MB
+    else:
+        spare = settings.CACHE_TOTAL_MB - settings.CACHE_RESERVED_META_MB \
+            - settings.CACHE_RESERVED_OVERHEAD_MB
+        cache = max(spare // active, 64)
+    if settings.BUFFER_SIZE_MB is not None:
+        buffer = settings.BUFFER_SIZE_MB
+    else:
+        buffer = min(max(settings.BUFFER_POOL_MB // active, settings.BUFFER_MIN_MB),
+                     settings.BUFFER_MAX_MB)
+    return Budget(cache_size_mb=cache, buffer_size_mb=buffer)
+
+
+def free_space_ratio(volume_bytes: int) -> float:
+    """The free-space ratio for a mount's cache on a volume of `volume_bytes`.
+
+    Staging is bounded only by free space, down to free-space-ratio / 2 (STORAGE.md 5). So the
+    ratio is raised until half of it covers the metadata reserve: however much one mount
+    stages, that much stays free for every bucket's metadata database and the other mounts'
+    small writes. FREE_SPACE_RATIO is the floor.
+    """
+    if volume_bytes <= 0:
+        return settings.FREE_SPACE_RATIO
+    reserve = settings.CACHE_RESERVED_META_MB * 1024 * 1024
+    needed = min(2 * reserve / volume_bytes, 0.5)
+    return round(max(settings.FREE_SPACE_RATIO, needed), 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# S3
+# ---------------------------------------------------------------------------------------------
+
+
+def bucket_url(bucket: str) -> str:
+    # Path-style: works with Tigris, MinIO and `rclone serve s3` alike.
+    return f"{settings.S3_ENDPOINT}/{bucket}"
+
+
+def juicefs_env(buffer_size_mb: int | None = None) -> dict[str, str]:
+    """Environment for juicefs: explicit keys (ACCESS_KEY/SECRET_KEY), nothing inherited."""
+    from weldr_agent import s3
+
+    env = s3.tool_env()
+    env["ACCESS_KEY"] = settings.S3_ACCESS_KEY_ID
+    env["SECRET_KEY"] = settings.S3_SECRET_ACCESS_KEY
+    if buffer_size_mb is not None:
+        env["GOMEMLIMIT"] = f"{buffer_size_mb + settings.JUICEFS_MEMORY_OVERHEAD_MB}MiB"
+    return env
+
+
+def litestream_env() -> dict[str, str]:
+    from weldr_agent import s3
+
+    env = s3.tool_env()  # keys explicit, and no AWS_CA_BUNDLE (Litestream 0.5.17 refuses it)
+    env["GOMEMLIMIT"] = f"{settings.LITESTREAM_MEMORY_LIMIT_MB}MiB"
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# JuiceFS
+# ---------------------------------------------------------------------------------------------
+
+
+def juicefs_format_argv(juicefs: str, p: Paths) -> list[str]:
+    # --no-update: never change an existing volume's settings. `format` itself refuses a
+    # non-empty prefix, the last guard against formatting over lost metadata.
+    return [
+        juicefs, "format", "--storage", "s3", "--bucket", bucket_url(p.bucket),
+        "--trash-days", str(settings.TRASH_DAYS), "--no-update", p.meta_url, VOLUME_NAME,
+    ]
+
+
+def verify_cache_value(value: str) -> str:
+    """JuiceFS's checksum level for VERIFY_CACHE (design names sha256/md5/off)."""
+    return {"off": "none", "none": "none", "sha256": "full", "md5": "full"}.get(value, value)
+
+
+def juicefs_mount_argv(juicefs: str, p: Paths, b: Budget, *, free_ratio: float) -> list[str]:
+    """`juicefs mount` in the foreground (we own its pid and its log) with the design's options.
+
+    Every value comes from settings (the design's environment overrides); FS_MOUNT_OPTIONS is
+    appended last so an operator's option wins.
+    """
+    argv = [
+        juicefs, "mount", p.meta_url, str(p.mount_point),
+        "--no-usage-report", "--no-syslog",
+        # The endpoint is given at every mount so a changed S3_ENDPOINT is honoured.
+        "--storage", "s3", "--bucket", bucket_url(p.bucket),
+        "--cache-dir", str(p.cache_dir),
+        "--cache-size", str(b.cache_size_mb),
+        "--free-space-ratio", str(free_ratio),
+        "--buffer-size", str(b.buffer_size_mb),
+        "--attr-cache", str(settings.ATTR_CACHE_TTL),
+        "--entry-cache", str(settings.ENTRY_CACHE_TTL),
+        "--dir-entry-cache", str(settings.DIR_ENTRY_CACHE_TTL),
+        "--open-cache", str(settings.OPEN_CACHE_TTL),
+        "--max-readahead", str(settings.MAX_READAHEAD_MB),
+        "--prefetch", str(settings.PREFETCH),
+        "--verify-cache-checksum", verify_cache_value(settings.VERIFY_CACHE),
+        "--max-uploads", str(settings.MAX_UPLOADS),
+        # Litestream already ships the metadata continuously; the hourly full dump JuiceFS
+        # does by default costs memory and CPU for nothing (STORAGE.md 7).
+        "--backup-meta", "0",
+        # A private metrics port per mount: the default 9567 would collide between mounts.
+        "--metrics", "127.0.0.1:0",
+    ]
+    if settings.WRITEBACK_ENABLED:
+        argv += ["--writeback", "--upload-delay", settings.UPLOAD_DELAY]
+    argv += shlex.split(settings.FS_MOUNT_OPTIONS)
+    return argv
+
+
+def umount_argv(mount_point: Path, *, lazy: bool = False) -> list[str]:
+    # A lazy umount detaches even a dead FUSE mount (ENOTCONN) or a busy one.
+    return ["umount", *(["-l"] if lazy else []), str(mount_point)]
+
+
+def staged_block_key(cache_dir: Path, staged: Path) -> str | None:
+    """The object key of a staged block file, or None when it is not one.
+
+    Staged blocks live at <cache-dir>/<uuid>/rawstaging/<key> where <key> is the block's key
+    relative to the volume prefix (chunks/0/0/123_0_4096); with compression off the file is
+    the object byte for byte.
+    """
+    try:
+        relative = staged.relative_to(cache_dir)
+    except ValueError:
+        return None
+    parts = relative.parts
+    if len(parts) < 4 or parts[1] != "rawstaging" or not _STAGED_BLOCK.match(parts[-1]):
+        return None
+    return f"{VOLUME_NAME}/" + "/".join(parts[2:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Litestream
+# ---------------------------------------------------------------------------------------------
+
+
+def litestream_values(p: Paths) -> dict[str, Any]:
+    return {
+        "LITESTREAM_SOCKET": str(p.litestream_socket),
+        "META_DB": str(p.meta_db),
+        "BUCKET": p.bucket,
+        "REPLICA_PATH": REPLICA_PATH,
+        "S3_ENDPOINT": settings.S3_ENDPOINT,
+        "S3_REGION": settings.S3_REGION,
+        "SYNC_INTERVAL": settings.LITESTREAM_SYNC_INTERVAL,
+        "SNAPSHOT_INTERVAL": settings.LITESTREAM_SNAPSHOT_INTERVAL,
+        "RETENTION": settings.LITESTREAM_RETENTION,
+    }
+
+
+def litestream_config(p: Paths, template: str | None = None) -> str:
+    """The per-bucket config rendered from scripts/litestream-template.yml.
+
+    Every value is validated before it gets here (bucket name, durations, an http(s) endpoint),
+    so plain substitution cannot produce YAML that means something else.
+    """
+    text = template if template is not None else TEMPLATE.read_text()
+    return string.Template(text).substitute(litestream_values(p))
+
+
+def litestream_replicate_argv(litestream: str, p: Paths) -> list[str]:
+    # -no-expand-env: the rendered file is literal; nothing from the environment leaks in.
+    return [litestream, "replicate", "-config", str(p.litestream_config), "-no-expand-env"]
+
+
+def litestream_sync_argv(litestream: str, p: Paths, *, timeout: int) -> list[str]:
+    return [litestream, "sync", "-wait", "-timeout", str(timeout), "-json",
+            "-socket", str(p.litestream_socket), str(p.meta_db)]
+
+
+def litestream_restore_argv(litestream: str, p: Paths, *, timestamp: datetime | None,
+                            output: Path) -> list[str]:
+    argv = [litestream, "restore", "-config", str(p.litestream_config), "-no-expand-env",
+            "-if-replica-exists", "-integrity-check", "quick", "-o", str(output)]
+    if timestamp is not None:
+        argv += ["-timestamp", timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    return argv + [str(p.meta_db)]
+
+
+def restore_point(now: datetime, durable_at: datetime | None) -> datetime | None:
+    """The newest metadata state whose blocks are all in S3 (STORAGE.md 1–2).
+
+    Without writeback a block is uploaded before close() returns: the latest state is
+    consistent (None). With writeback, a state older than the upload delay plus a margin is;
+    a later zero-RPO sync (`durable_at`) proves a newer one.
+    """
+    if not settings.WRITEBACK_ENABLED:
+        return None
+    lag = duration_seconds(settings.UPLOAD_DELAY) + settings.RESTORE_MARGIN_SECONDS
+    point = now - timedelta(seconds=lag)
+    if durable_at is not None and durable_at > point:
+        point = durable_at
+    return point

@@ -1,0 +1,85 @@
+"""Thin views over mounts.services: fetch, validate, call one service, serialize."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from mounts import services
+from mounts.models import Mount
+from mounts.serializers import (
+    MountCreateSerializer,
+    MountListSerializer,
+    MountRemoveSerializer,
+    MountSerializer,
+    UnmountedSerializer,
+)
+
+Error = inline_serializer(name="Error", fields={"detail": serializers.CharField(),
+                                                "code": serializers.CharField()})
+
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(response=Error, description=description)
+
+
+class MountViewSet(viewsets.ViewSet):
+    lookup_field = "bucket"
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(summary="List mounts", responses={200: MountListSerializer})
+    def list(self, request: Request) -> Response:
+        mounts = Mount.objects.all()
+        return Response({"mounts": MountSerializer(mounts, many=True).data})
+
+    @extend_schema(summary="One mount", responses={
+        200: MountSerializer, 400: _error("invalid_bucket"), 404: _error("not_mounted")})
+    def retrieve(self, request: Request, bucket: str) -> Response:
+        return Response(MountSerializer(services.mount_get(bucket=bucket)).data)
+
+    @extend_schema(
+        summary="Mount a bucket at WORKSPACE_BASE/{bucket}",
+        description="Creates the bucket when missing, restores its metadata from S3 when the "
+                    "local copy is gone, and returns once the workspace answers.",
+        request=MountCreateSerializer,
+        responses={201: MountSerializer, 200: MountSerializer, 400: _error("invalid_bucket"),
+                   409: _error("mount_limit | mount_busy"), 500: _error("mount_failed"),
+                   502: _error("storage_unavailable")},
+    )
+    def create(self, request: Request) -> Response:
+        data = MountCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        mount, created = services.mount_create(bucket=data.validated_data["bucket"])
+        return Response(MountSerializer(mount).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Unmount a bucket",
+        description="Flushes every write to S3 (staged blocks and a confirmed final Litestream "
+                    "sync) before unmounting. With `force`, a running preview is stopped first.",
+        request=MountRemoveSerializer,
+        responses={200: UnmountedSerializer, 400: _error("invalid_bucket"),
+                   404: _error("not_mounted"), 409: _error("preview_running"),
+                   500: _error("unmount_failed")},
+    )
+    @action(detail=False, methods=["post"])
+    def unmount(self, request: Request) -> Response:
+        data = MountRemoveSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.mount_remove(**data.validated_data)
+        return Response({"bucket": data.validated_data["bucket"], "status": "unmounted"})
+
+    @extend_schema(
+        summary="Make every write durable in S3 now (zero RPO)",
+        description="Uploads every staged block, forces a Litestream sync and waits until the "
+                    "replica confirms it; returns when both are durable. `synced_at` is the "
+                    "moment a restore after machine loss will reach at least.",
+        request=None,
+        responses={200: MountSerializer, 404: _error("not_mounted"), 500: _error("sync_failed")},
+    )
+    @action(detail=True, methods=["post"])
+    def sync(self, request: Request, bucket: str) -> Response:
+        return Response(MountSerializer(services.mount_sync(bucket=bucket)).data)

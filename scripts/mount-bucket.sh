@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Mount an S3 bucket as a JuiceFS workspace with Litestream-replicated metadata.
+set -euo pipefail
+
+usage() {
+  cat <<'HELP'
+Usage: mount-bucket.sh [--sync] BUCKET
+
+Mounts BUCKET at $WORKSPACE_BASE/BUCKET exactly as `POST /mounts` does (the same code:
+`manage.py mount`), and prints the mount as JSON:
+  - creates the bucket when it is missing (S3_ENDPOINT, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY);
+  - restores the JuiceFS metadata from its Litestream replica when the local copy is gone,
+    to a point whose blocks are all in S3, and advances the block-ID counter;
+  - formats a new volume only when there is neither a replica nor data;
+  - starts one litestream process and one juicefs process for the bucket.
+
+Files: $WELDR_ENV_VOL/meta/BUCKET.db, cache/BUCKET/, juicefs-BUCKET.log,
+litestream-BUCKET.yml, litestream-BUCKET.log.
+
+  --sync      do not mount: make an existing mount durable in S3 now (uploads staged blocks,
+              forces and confirms a Litestream sync)
+  -h, --help  show this help
+
+Environment: WELDR_HOME (the agent's directory; default: this script's repository, else /app),
+WELDR_PYTHON (default: $WELDR_HOME/.venv/bin/python), and every variable of the agent's settings.
+Exit status: 0 on success, 2 for a bad argument, 1 when mounting failed (one line on stderr).
+HELP
+}
+
+die() { printf 'mount-bucket.sh: %s\n' "$1" >&2; exit "${2:-1}"; }
+
+sync_only=()
+bucket=""
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    --sync) sync_only=(--sync) ;;
+    -*) die "unknown option: $arg (see --help)" 2 ;;
+    *) [[ -z "$bucket" ]] || die "one bucket at a time (see --help)" 2; bucket="$arg" ;;
+  esac
+done
+[[ -n "$bucket" ]] || die "missing BUCKET (see --help)" 2
+# S3's rules; the name ends up in paths and argv, so nothing else gets through.
+if [[ ! "$bucket" =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ || "$bucket" == *..* \
+      || "$bucket" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+  die "invalid bucket name: $bucket" 2
+fi
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+default_home=/app
+[[ -f "$here/../manage.py" ]] && default_home="$(cd "$here/.." && pwd)"
+home="${WELDR_HOME:-$default_home}"
+python="${WELDR_PYTHON:-$home/.venv/bin/python}"
+[[ -x "$python" ]] || die "no Python at $python (set WELDR_PYTHON)"
+
+export LOG_LEVEL="${LOG_LEVEL:-WARNING}"
+if ! output="$("$python" "$home/manage.py" mount "${sync_only[@]}" "$bucket" 2>&1)"; then
+  die "$(printf '%s\n' "$output" | grep -E 'CommandError|Error' | tail -n 1)"
+fi
+printf '%s\n' "$output" | tail -n 1
