@@ -283,7 +283,8 @@ def litestream_restore_argv(litestream: str, p: Paths, *, timestamp: datetime | 
     argv = [litestream, "restore", "-config", str(p.litestream_config), "-no-expand-env",
             "-if-replica-exists", "-integrity-check", "quick", "-o", str(output)]
     if timestamp is not None:
-        argv += ["-timestamp", timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")]
+        # Sub-second: truncating to the second could restore to before writes made durable.
+        argv += ["-timestamp", timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
     return argv + [str(p.meta_db)]
 
 
