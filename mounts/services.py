@@ -130,7 +130,7 @@ def _healthy(mount: Mount) -> bool:
     if local.enabled():
         return mount.status == Mount.Status.MOUNTED and local.branch_healthy(mount.bucket)
     return (mount.status == Mount.Status.MOUNTED and steps.answers(p.mount_point)
-            and steps.owns(mount.litestream_pid, str(p.litestream_config)))
+            and steps.owns(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM)))
 
 
 def mount_create(*, bucket: str) -> tuple[Mount, bool]:
@@ -194,11 +194,11 @@ def _machine_unmount(mount: Mount, *, force: bool) -> None:
         return
     p = system.paths(mount.bucket)
     alive = steps.answers(p.mount_point)
-    litestream_alive = steps.owns(mount.litestream_pid, str(p.litestream_config))
+    litestream_alive = steps.owns(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM))
     if alive and litestream_alive:
         steps.durable(p, mount.litestream_pid)
     steps.umount(p.mount_point, lazy=not alive)
-    steps.pid_stop(mount.juicefs_pid, str(p.mount_point), grace=30)
+    steps.pid_stop(mount.juicefs_pid, system.daemon_tag(p, system.JUICEFS), grace=30)
     if litestream_alive:
         # JuiceFS closes its session on unmount: that last transaction must reach S3 too.
         steps.litestream_sync(p, mount.litestream_pid)
@@ -260,7 +260,8 @@ def _reconcile_one(mount: Mount) -> str:
         return "ok"
     if mount.status == Mount.Status.MOUNTED and steps.answers(p.mount_point):
         # JuiceFS serves, Litestream died: restart it on the same database.
-        steps.pid_stop(mount.litestream_pid, str(p.litestream_config), grace=10)
+        steps.pid_stop(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM),
+                       grace=10)
         mount.litestream_pid = steps.litestream_start(p)
         mount.save(update_fields=["litestream_pid"])
         return "litestream restarted"
@@ -309,6 +310,6 @@ def _stale_clean(known: set[str]) -> None:
         except InvalidBucket:
             continue
         p = system.paths(bucket)
-        if steps.is_mounted(p.mount_point) or steps.orphans(p):
+        if steps.is_mounted(p.mount_point) or steps.daemons(p):
             logger.warning("cleaning up stale daemons and mount of %s", bucket)
             steps.teardown(p, juicefs_pid=None, litestream_pid=None)

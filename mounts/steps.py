@@ -229,23 +229,28 @@ def metadata_prepare(p: system.Paths) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> list[str]:
+def _tag(pid: int) -> str | None:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return [part.decode("utf-8", "replace") for part in handle.read().split(b"\0") if part]
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read().split(b"\0")
     except OSError:
-        return []
+        return None
+    prefix = f"{system.TAG_VARIABLE}=".encode()
+    for item in environ:
+        if item.startswith(prefix):
+            return item[len(prefix):].decode("utf-8", "replace")
+    return None
 
 
-def owns(pid: int | None, marker: str) -> bool:
-    """True when `pid` is alive and is our daemon (its argv holds `marker`, a path of ours).
+def owns(pid: int | None, tag: str) -> bool:
+    """True when `pid` is alive and is the daemon tagged `tag` (system.daemon_tag).
 
     The check guards against signalling a recycled pid that now belongs to someone else.
     """
     if not pid:
         return False
     _reap(pid)
-    return runner.pid_alive(pid) and marker in _cmdline(pid)
+    return runner.pid_alive(pid) and _tag(pid) == tag
 
 
 def _reap(pid: int) -> None:
@@ -254,38 +259,38 @@ def _reap(pid: int) -> None:
         _children.pop(pid, None)
 
 
-def orphans(p: system.Paths) -> list[int]:
-    """Pids of this bucket's daemons, found by their exact argv (a crash lost their pids)."""
+def daemons(p: system.Paths, kind: str | None = None) -> list[int]:
+    """Pids of this bucket's daemons (of one kind), found by their tag: works after a crash
+    lost their pids, and finds a JuiceFS server its watchdog restarted."""
+    kinds = [kind] if kind else [system.JUICEFS, system.LITESTREAM]
+    tags = {system.daemon_tag(p, k) for k in kinds}
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        argv = _cmdline(int(entry.name))
-        if len(argv) > 2 and (
-            (argv[1] == "mount" and str(p.mount_point) in argv and p.meta_url in argv)
-            or (argv[1] == "replicate" and str(p.litestream_config) in argv)
-        ):
+        if entry.name.isdigit() and int(entry.name) != os.getpid() \
+                and _tag(int(entry.name)) in tags and runner.pid_alive(int(entry.name)):
             found.append(int(entry.name))
-    return found
+    return sorted(found)
 
 
-def pid_stop(pid: int | None, marker: str, *, grace: float, sig: int = signal.SIGTERM) -> None:
+def pid_stop(pid: int | None, tag: str, *, grace: float, sig: int = signal.SIGTERM) -> None:
     """Stop one of our daemons: `sig` to its process group, then SIGKILL after `grace`."""
-    if not owns(pid, marker):
+    if not owns(pid, tag):
         return
     assert pid is not None
     runner.kill_group(pid, sig)
-    if not runner.wait_until(lambda: not owns(pid, marker), timeout=grace, interval=0.1):
+    if not runner.wait_until(lambda: not owns(pid, tag), timeout=grace, interval=0.1):
         logger.warning("pid %s did not stop within %ss; killing it", pid, grace)
         runner.kill_group(pid, signal.SIGKILL)
-        runner.wait_until(lambda: not owns(pid, marker), timeout=10, interval=0.1)
+        runner.wait_until(lambda: not owns(pid, tag), timeout=10, interval=0.1)
 
 
 def litestream_start(p: system.Paths) -> int:
     p.litestream_socket.parent.mkdir(parents=True, exist_ok=True)
     p.litestream_socket.unlink(missing_ok=True)
+    env = system.litestream_env()
+    env[system.TAG_VARIABLE] = system.daemon_tag(p, system.LITESTREAM)
     process = runner.spawn(system.litestream_replicate_argv(runner.tool("litestream"), p),
-                           log_path=p.litestream_log, env=system.litestream_env())
+                           log_path=p.litestream_log, env=env)
     _children[process.pid] = process
     # Ready when its control socket listens (it then has opened the database).
     ready = runner.wait_until(
@@ -300,7 +305,7 @@ def litestream_start(p: system.Paths) -> int:
 
 def litestream_sync(p: system.Paths, pid: int | None, *, timeout: int = 60) -> int:
     """Force a sync and wait until the replica holds the local database's last transaction."""
-    if not owns(pid, str(p.litestream_config)):
+    if not owns(pid, system.daemon_tag(p, system.LITESTREAM)):
         raise SyncFailed(f"Litestream is not running for {p.bucket}; see {p.litestream_log}.")
     try:
         result = runner.run(system.litestream_sync_argv(runner.tool("litestream"), p,
@@ -336,7 +341,12 @@ def is_mounted(mount_point: Path) -> bool:
 def answers(mount_point: Path) -> bool:
     """True when the JuiceFS mount serves requests (a dead FUSE mount gives ENOTCONN)."""
     try:
-        return is_mounted(mount_point) and os.stat(mount_point).st_ino == system.ROOT_INODE
+        if not is_mounted(mount_point) or os.stat(mount_point).st_ino != system.ROOT_INODE:
+            return False
+        # stat() alone can be answered from the kernel's attribute cache (300 s) after the
+        # daemon died; opening the directory always reaches the daemon.
+        os.listdir(mount_point)
+        return True
     except OSError:
         return False
 
@@ -347,8 +357,9 @@ def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
     stats = os.statvfs(p.cache_dir)
     ratio = system.free_space_ratio(stats.f_blocks * stats.f_frsize)
     argv = system.juicefs_mount_argv(runner.tool("juicefs"), p, budget, free_ratio=ratio)
-    process = runner.spawn(argv, log_path=p.juicefs_log,
-                           env=system.juicefs_env(budget.buffer_size_mb))
+    env = system.juicefs_env(budget.buffer_size_mb)
+    env[system.TAG_VARIABLE] = system.daemon_tag(p, system.JUICEFS)
+    process = runner.spawn(argv, log_path=p.juicefs_log, env=env)
     _children[process.pid] = process
     ready = runner.wait_until(lambda: answers(p.mount_point) or process.poll() is not None,
                               timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=0.1)
@@ -442,11 +453,12 @@ def teardown(p: system.Paths, *, juicefs_pid: int | None, litestream_pid: int | 
              grace: float = 30) -> None:
     """Stop whatever runs for this bucket, without questions: the failure and crash path."""
     umount(p.mount_point, lazy=not answers(p.mount_point))
-    pid_stop(juicefs_pid, str(p.mount_point), grace=grace)
-    pid_stop(litestream_pid, str(p.litestream_config), grace=grace)
-    for pid in orphans(p):
-        logger.warning("stopping orphaned daemon %s of %s", pid, p.bucket)
-        pid_stop(pid, str(p.mount_point) if str(p.mount_point) in _cmdline(pid)
-                 else str(p.litestream_config), grace=grace)
+    pid_stop(juicefs_pid, system.daemon_tag(p, system.JUICEFS), grace=grace)
+    pid_stop(litestream_pid, system.daemon_tag(p, system.LITESTREAM), grace=grace)
+    # Daemons whose pids were lost (a crash) or that a watchdog restarted.
+    for kind in (system.JUICEFS, system.LITESTREAM):
+        for pid in daemons(p, kind):
+            logger.warning("stopping leftover %s %s of %s", kind, pid, p.bucket)
+            pid_stop(pid, system.daemon_tag(p, kind), grace=grace)
     umount(p.mount_point, lazy=True)
     p.litestream_socket.unlink(missing_ok=True)

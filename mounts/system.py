@@ -143,6 +143,17 @@ def bucket_url(bucket: str) -> str:
     return f"{settings.S3_ENDPOINT}/{bucket}"
 
 
+# Every daemon of a mount carries this variable, "<kind>:<mount point>": /proc/<pid>/environ
+# identifies it for certain (JuiceFS rewrites and truncates its argv in /proc/<pid>/cmdline).
+TAG_VARIABLE = "WELDR_MOUNT_DAEMON"
+JUICEFS = "juicefs"
+LITESTREAM = "litestream"
+
+
+def daemon_tag(p: Paths, kind: str) -> str:
+    return f"{kind}:{p.mount_point}"
+
+
 def juicefs_env(buffer_size_mb: int | None = None) -> dict[str, str]:
     """Environment for juicefs: explicit keys (ACCESS_KEY/SECRET_KEY), nothing inherited."""
     from weldr_agent import s3

@@ -5,3 +5,9 @@ from tests import services
 services.ensure()
 
 from weldr_agent.settings import *  # noqa: E402,F403
+
+# A file, not SQLite's shared-cache memory database, for the state test database: threads that
+# race for a mount slot must wait on SQLite's lock (busy timeout), which a memory database with
+# shared cache answers with "database table is locked" instead.
+WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)  # noqa: F405
+DATABASES["default"]["TEST"] = {"NAME": str(WELDR_ENV_VOL / "test-state.sqlite3")}  # noqa: F405

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from mounts.management import state_db_ready
 from mounts.serializers import MountSerializer
 from mounts.services import mount_create, mount_sync
 from weldr_agent.errors import APIError
@@ -20,6 +21,7 @@ class Command(BaseCommand):
                             help="upload staged blocks and sync metadata now (zero RPO)")
 
     def handle(self, *args: Any, bucket: str, sync: bool, **options: Any) -> None:
+        state_db_ready()
         try:
             mount = mount_sync(bucket=bucket) if sync else mount_create(bucket=bucket)[0]
         except APIError as error:

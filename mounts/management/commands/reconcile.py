@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from mounts.management import state_db_ready
 from mounts.services import mount_reconcile
 
 
@@ -13,4 +14,5 @@ class Command(BaseCommand):
             "remount or mark failed what died, clean up what is stale. Prints the outcome.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        state_db_ready()
         self.stdout.write(json.dumps(mount_reconcile(), sort_keys=True))

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from mounts.management import state_db_ready
 from mounts.services import mount_remove
 from weldr_agent.errors import APIError
 
@@ -19,6 +20,7 @@ class Command(BaseCommand):
                             help="stop a preview running on the bucket instead of refusing")
 
     def handle(self, *args: Any, bucket: str, force: bool, **options: Any) -> None:
+        state_db_ready()
         try:
             mount_remove(bucket=bucket, force=force)
         except APIError as error:

@@ -1,0 +1,115 @@
+"""Mount and unmount through the HTTP API, on real FUSE mounts over the test S3 server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from mounts import services, steps, system
+from mounts.models import Mount
+from tests.mounts.conftest import machine_clean
+from weldr_agent import runner
+from weldr_agent.errors import ConflictError
+
+
+def test_mount_then_unmount_through_the_api(api, bucket):
+    # when
+    response = api.post("/mounts", {"bucket": bucket}, format="json")
+    # then
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["bucket"] == bucket
+    assert body["path"] == str(settings.WORKSPACE_BASE / bucket)
+    assert body["status"] == "mounted" and body["restored"] is False
+    assert body["cache_size_mb"] > 0 and body["buffer_size_mb"] > 0 and body["mounted_at"]
+    workspace = Path(body["path"])
+    assert steps.is_mounted(workspace)
+    (workspace / "hello.txt").write_text("hi")
+
+    again = api.post("/mounts", {"bucket": bucket}, format="json")
+    assert again.status_code == 200 and again.json()["bucket"] == bucket
+    assert [m["bucket"] for m in api.get("/mounts").json()["mounts"]] == [bucket]
+    assert api.get(f"/mounts/{bucket}").json()["path"] == str(workspace)
+    assert services.workspace_path(bucket) == workspace
+
+    # when
+    gone = api.post("/mounts/unmount", {"bucket": bucket}, format="json")
+    # then
+    assert gone.status_code == 200, gone.json()
+    assert gone.json() == {"bucket": bucket, "status": "unmounted"}
+    assert machine_clean(bucket)
+    assert api.get(f"/mounts/{bucket}").status_code == 404
+    assert api.get(f"/mounts/{bucket}").json()["code"] == "not_mounted"
+    assert api.post("/mounts/unmount", {"bucket": bucket}, format="json").status_code == 404
+    with pytest.raises(ConflictError) as raised:
+        services.workspace_path(bucket)
+    assert raised.value.status_code == 409 and raised.value.default_code == "not_mounted"
+
+
+def test_the_sandbox_user_can_write_in_a_new_workspace(api, bucket):
+    workspace = Path(api.post("/mounts", {"bucket": bucket}, format="json").json()["path"])
+    assert workspace.stat().st_uid == settings.SANDBOX_UID
+    uid = str(settings.SANDBOX_UID)
+    runner.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sh", "-c",
+                "mkdir -p node_modules/x && echo ok > node_modules/x/index.js"],
+               cwd=workspace, timeout=30)
+    written = workspace / "node_modules" / "x" / "index.js"
+    assert written.read_text() == "ok\n"
+    assert written.stat().st_uid == settings.SANDBOX_UID
+
+
+def test_unmount_guards_refuse_unless_forced(api, bucket):
+    calls = []
+
+    class PreviewRunning(ConflictError):
+        default_code = "preview_running"
+
+    def guard(name: str, force: bool) -> None:
+        calls.append((name, force))
+        if not force:
+            raise PreviewRunning("A preview runs on this bucket; stop it or use force.")
+
+    api.post("/mounts", {"bucket": bucket}, format="json")
+    services.register_unmount_guard(guard)
+    try:
+        refused = api.post("/mounts/unmount", {"bucket": bucket}, format="json")
+        assert refused.status_code == 409 and refused.json()["code"] == "preview_running"
+        assert steps.answers(system.paths(bucket).mount_point)
+        forced = api.post("/mounts/unmount", {"bucket": bucket, "force": True}, format="json")
+        assert forced.status_code == 200
+    finally:
+        services._guards.remove(guard)
+    assert calls == [(bucket, False), (bucket, True)]
+    assert machine_clean(bucket)
+
+
+def test_mount_ensure_and_sync_endpoint(api, bucket):
+    mount = services.mount_ensure(bucket=bucket)
+    assert services.mount_ensure(bucket=bucket).pk == mount.pk
+    (Path(mount.path) / "a.txt").write_bytes(b"x" * 100_000)
+    response = api.post(f"/mounts/{bucket}/sync")
+    assert response.status_code == 200, response.json()
+    assert response.json()["synced_at"]
+    # the block is in S3 now, not only in the local staging folder
+    from weldr_agent import s3
+
+    listed = s3.client().list_objects_v2(Bucket=bucket, Prefix=f"{system.VOLUME_NAME}/chunks/")
+    assert listed.get("KeyCount", 0) >= 1
+
+
+def test_mount_files_live_where_the_design_says(api, bucket):
+    api.post("/mounts", {"bucket": bucket}, format="json")
+    vol = settings.WELDR_ENV_VOL
+    for path in (vol / "meta" / f"{bucket}.db", vol / "cache" / bucket,
+                 vol / f"juicefs-{bucket}.log", vol / f"litestream-{bucket}.yml",
+                 vol / f"litestream-{bucket}.log"):
+        assert path.exists(), path
+    mount = Mount.objects.get(bucket=bucket)
+    p = system.paths(bucket)
+    assert steps.owns(mount.juicefs_pid, system.daemon_tag(p, system.JUICEFS))
+    assert steps.owns(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM))
+    # one litestream and one juicefs (a watchdog and its server) for this bucket
+    assert steps.daemons(p, system.LITESTREAM) == [mount.litestream_pid]
+    assert steps.daemons(p, system.JUICEFS)[0] == mount.juicefs_pid

@@ -1,0 +1,176 @@
+"""Bad input and faults: nothing runs for a bad name; S3 errors leave nothing behind; killed
+daemons are recovered by reconcile; a dead mount unmounts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from django.db import connections
+from rest_framework.test import APIClient
+
+from mounts import services, steps, system
+from mounts.models import Mount
+from tests.mounts.conftest import machine_clean
+from tests.mounts.test_system import BAD_NAMES
+from tests.services import free_port
+from weldr_agent import runner
+
+
+@pytest.mark.parametrize("name", [n for n in BAD_NAMES if n] + [" abc", "abc "])
+def test_bad_names_are_400_and_nothing_runs(api, settings, monkeypatch, name):
+    def tripwire(*args, **kwargs):
+        raise AssertionError(f"a command ran for a bad bucket name: {args}")
+
+    monkeypatch.setattr(runner, "run", tripwire)
+    monkeypatch.setattr(runner, "spawn", tripwire)
+    for response in (api.post("/mounts", {"bucket": name}, format="json"),
+                     api.post("/mounts/unmount", {"bucket": name}, format="json")):
+        assert response.status_code == 400, (name, response.json())
+        assert response.json()["code"] == "invalid_bucket"
+    assert not Mount.objects.exists()
+    assert not settings.WORKSPACE_BASE.exists() or not any(settings.WORKSPACE_BASE.iterdir())
+
+
+def test_wrong_keys_are_502_and_nothing_is_half_mounted(api, settings, bucket):
+    settings.S3_SECRET_ACCESS_KEY = "weldr-wrong-secret-key-0123456789abcdef"
+    response = api.post("/mounts", {"bucket": bucket}, format="json")
+    assert response.status_code == 502, response.json()
+    assert response.json()["code"] == "storage_unavailable"
+    assert not Mount.objects.exists()
+    assert machine_clean(bucket)
+
+
+def test_s3_down_is_502_and_nothing_is_half_mounted(api, settings, bucket):
+    settings.S3_ENDPOINT = f"http://127.0.0.1:{free_port()}"
+    response = api.post("/mounts", {"bucket": bucket}, format="json")
+    assert response.status_code == 502, response.json()
+    assert response.json()["code"] == "storage_unavailable"
+    assert "127.0.0.1" in response.json()["detail"]
+    assert not Mount.objects.exists()
+    assert machine_clean(bucket)
+
+
+def _kill_juicefs(bucket: str) -> None:
+    """SIGKILL every juicefs process of this mount (watchdog and server): the FUSE mount dies."""
+    p = system.paths(bucket)
+    # The watchdog (the lower pid) first: killed after its server, it would start a new one.
+    for pid in steps.daemons(p, system.JUICEFS):
+        os.kill(pid, signal.SIGKILL)
+    # the processes are gone once the kernel has aborted their FUSE connection
+    assert runner.wait_until(lambda: not steps.answers(p.mount_point), timeout=30)
+
+
+def test_juicefs_killed_is_remounted_by_reconcile_with_its_files(bucket):
+    mount, _ = services.mount_create(bucket=bucket)
+    workspace = Path(mount.path)
+    (workspace / "kept.txt").write_text("still here")
+    runner.run(["sync", "-f", str(workspace)], timeout=30)
+    # when
+    _kill_juicefs(bucket)
+    assert not steps.answers(workspace)
+    outcome = services.mount_reconcile()
+    # then
+    assert outcome[bucket] == "remounted"
+    mount.refresh_from_db()
+    assert mount.status == Mount.Status.MOUNTED
+    assert (workspace / "kept.txt").read_text() == "still here"
+    p = system.paths(bucket)
+    # exactly one litestream and one juicefs tree for the bucket: no orphans
+    assert steps.daemons(p, system.LITESTREAM) == [mount.litestream_pid]
+    assert steps.daemons(p, system.JUICEFS)[0] == mount.juicefs_pid
+
+
+def test_litestream_killed_is_restarted_by_reconcile(bucket):
+    mount, _ = services.mount_create(bucket=bucket)
+    old = mount.litestream_pid
+    runner.kill_group(old, signal.SIGKILL)
+    tag = system.daemon_tag(system.paths(bucket), system.LITESTREAM)
+    assert runner.wait_until(lambda: not steps.owns(old, tag), timeout=10)
+    assert services.mount_reconcile()[bucket] == "litestream restarted"
+    mount.refresh_from_db()
+    assert mount.litestream_pid != old
+    # replication works again: a zero-RPO sync goes through
+    (Path(mount.path) / "f.txt").write_text("x")
+    assert services.mount_sync(bucket=bucket).synced_at is not None
+
+
+def test_unmount_of_a_dead_mount_works(api, bucket):
+    mount, _ = services.mount_create(bucket=bucket)
+    _kill_juicefs(bucket)
+    # a dead FUSE mount answers ENOTCONN
+    with pytest.raises(OSError):
+        (Path(mount.path) / "x").stat()
+    response = api.post("/mounts/unmount", {"bucket": bucket}, format="json")
+    assert response.status_code == 200, response.json()
+    assert machine_clean(bucket)
+    assert not Mount.objects.filter(bucket=bucket).exists()
+
+
+def test_reconcile_marks_failed_what_cannot_come_back(settings, bucket):
+    mount, _ = services.mount_create(bucket=bucket)
+    _kill_juicefs(bucket)
+    settings.S3_ENDPOINT = f"http://127.0.0.1:{free_port()}"
+    assert services.mount_reconcile()[bucket] == "failed"
+    mount.refresh_from_db()
+    assert mount.status == Mount.Status.FAILED and "S3" in mount.error
+    assert machine_clean(bucket)
+    # a failed mount does not block: mounting it again (S3 back) works
+    settings.S3_ENDPOINT = os.environ["S3_ENDPOINT"]
+    again, created = services.mount_create(bucket=bucket)
+    assert created and again.status == Mount.Status.MOUNTED
+
+
+def test_a_crash_half_way_does_not_block_the_next_mount(bucket):
+    # given: a mount that died after starting Litestream, before JuiceFS (no pids recorded)
+    p = system.paths(bucket)
+    steps.ensure_bucket(bucket)
+    assert steps.metadata_prepare(p) == "formatted"
+    steps.litestream_start(p)
+    Mount.objects.create(bucket=bucket, status=Mount.Status.MOUNTING, cache_size_mb=100,
+                         buffer_size_mb=100)
+    # when
+    mount, created = services.mount_create(bucket=bucket)
+    # then: the orphan was stopped and exactly one litestream runs
+    assert created and mount.status == Mount.Status.MOUNTED
+    assert steps.daemons(p, system.LITESTREAM) == [mount.litestream_pid]
+
+
+def test_reconcile_stops_daemons_no_row_accounts_for(bucket):
+    mount, _ = services.mount_create(bucket=bucket)
+    Mount.objects.filter(pk=mount.pk).delete()  # the state database lost the row
+    services.mount_reconcile()
+    assert machine_clean(bucket)
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_two_requests_racing_for_the_last_slot_one_wins(settings, agent_token, buckets):
+    settings.MAX_MOUNTS = 1
+    names = [buckets(), buckets()]
+    barrier = threading.Barrier(2)
+    results: dict[str, tuple[int, dict]] = {}
+
+    def attempt(name: str) -> None:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {agent_token}")
+        barrier.wait()
+        try:
+            response = client.post("/mounts", {"bucket": name}, format="json")
+            results[name] = (response.status_code, response.json())
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=attempt, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    codes = sorted(code for code, _ in results.values())
+    assert codes == [201, 409], results
+    loser = next(name for name, (code, _) in results.items() if code == 409)
+    assert results[loser][1]["code"] == "mount_limit"
+    assert machine_clean(loser)
+    assert Mount.objects.count() == 1

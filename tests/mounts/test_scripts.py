@@ -1,0 +1,71 @@
+"""scripts/mount-bucket.sh and scripts/unmount-bucket.sh, run for real as an operator would."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mounts import steps, system
+from tests.mounts.conftest import bucket_name
+from weldr_agent import runner
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = [REPO / "scripts" / "mount-bucket.sh", REPO / "scripts" / "unmount-bucket.sh"]
+
+
+@pytest.fixture
+def script_env(tmp_path: Path) -> dict[str, str]:
+    """The agent's environment for a hand-run script: its own volume, the test S3 server."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
+        "WELDR_ENV_VOL": str(tmp_path / "vol"),
+        "WORKSPACE_BASE": str(tmp_path / "ws"),
+        "WELDR_RUNTIME_DIR": str(Path(os.environ["WELDR_RUNTIME_DIR"]) / tmp_path.name[-12:]),
+    })
+    return env
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.name)
+def test_scripts_explain_themselves(script):
+    result = runner.run([script, "--help"], timeout=10)
+    assert result.stdout.startswith(f"Usage: {script.name}")
+    assert "BUCKET" in result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda s: s.name)
+@pytest.mark.parametrize("args", [[], ["Bad;name"], ["../x"], ["a", "b"], ["--nope", "abc"]])
+def test_scripts_refuse_bad_arguments_with_one_line(script, args, script_env):
+    result = runner.run([script, *args], timeout=10, check=False, env=script_env)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(f"{script.name}: ")
+
+
+def test_mount_and_unmount_scripts_for_real(script_env):
+    bucket = bucket_name()
+    workspace = Path(script_env["WORKSPACE_BASE"]) / bucket
+    mount_sh, unmount_sh = SCRIPTS
+    try:
+        mounted = runner.run([mount_sh, bucket], timeout=180, env=script_env)
+        body = json.loads(mounted.stdout.strip().splitlines()[-1])
+        assert body["status"] == "mounted" and body["path"] == str(workspace)
+        (workspace / "by-hand.txt").write_text("operator")
+        synced = runner.run([mount_sh, "--sync", bucket], timeout=180, env=script_env)
+        assert json.loads(synced.stdout.strip().splitlines()[-1])["synced_at"]
+        assert steps.is_mounted(workspace)
+
+        gone = runner.run([unmount_sh, bucket], timeout=180, env=script_env)
+        assert json.loads(gone.stdout) == {"bucket": bucket, "status": "unmounted"}
+        assert not steps.is_mounted(workspace)
+        again = runner.run([unmount_sh, bucket], timeout=60, env=script_env, check=False)
+        assert again.returncode == 1
+        assert again.stderr.strip().splitlines() == [
+            f"unmount-bucket.sh: CommandError: not_mounted: Bucket '{bucket}' is not mounted."]
+    finally:
+        runner.run([unmount_sh, "--force", bucket], timeout=180, env=script_env, check=False)
+        if steps.is_mounted(workspace):
+            runner.run(system.umount_argv(workspace, lazy=True), timeout=30, check=False)

@@ -1,0 +1,184 @@
+"""Pure builders and validators: checked without running anything."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mounts import system
+from mounts.errors import InvalidBucket
+from mounts.validators import validate_bucket_name
+
+BAD_NAMES = [
+    "a/b", "../etc", "..", "a..b", "with space", "semi;colon", "pipe|x", "dollar$x", "back`tick",
+    "amp&x", "quote'x", "star*", "UpperCase", "ab", "a" * 64, "192.168.1.10", "-leading",
+    "trailing-", ".dot", "dot.", "under_score", "", "new\nline", "tab\tx", "a.-b", "a-.b",
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_bucket_names_are_refused(name):
+    with pytest.raises(InvalidBucket):
+        validate_bucket_name(name)
+
+
+@pytest.mark.parametrize("name", ["abc", "my-bucket", "my.bucket.01", "a" * 63, "1-2-3",
+                                  "192.168.1"])
+def test_good_bucket_names_pass(name):
+    assert validate_bucket_name(name) == name
+
+
+def test_paths_follow_the_design_layout(settings, tmp_path):
+    settings.WELDR_ENV_VOL = tmp_path / "vol"
+    settings.WORKSPACE_BASE = tmp_path / "ws"
+    p = system.paths("proj-1")
+    vol = tmp_path / "vol"
+    assert p.meta_db == vol / "meta" / "proj-1.db"
+    assert p.cache_dir == vol / "cache" / "proj-1"
+    assert p.juicefs_log == vol / "juicefs-proj-1.log"
+    assert p.litestream_config == vol / "litestream-proj-1.yml"
+    assert p.litestream_log == vol / "litestream-proj-1.log"
+    assert p.mount_point == tmp_path / "ws" / "proj-1"
+    assert p.meta_url.startswith(f"sqlite3://{vol}/meta/proj-1.db?")
+    assert "_journal=WAL" in p.meta_url
+
+
+def test_budget_reserves_then_splits_the_cache_and_clamps_the_buffer(settings):
+    settings.CACHE_SIZE_MB = None
+    settings.BUFFER_SIZE_MB = None
+    settings.CACHE_TOTAL_MB, settings.CACHE_RESERVED_META_MB = 4096, 1024
+    settings.CACHE_RESERVED_OVERHEAD_MB = 500
+    settings.BUFFER_POOL_MB, settings.BUFFER_MIN_MB, settings.BUFFER_MAX_MB = 400, 100, 256
+    assert system.budget(1) == system.Budget(cache_size_mb=2572, buffer_size_mb=256)
+    assert system.budget(2) == system.Budget(cache_size_mb=1286, buffer_size_mb=200)
+    assert system.budget(5) == system.Budget(cache_size_mb=514, buffer_size_mb=100)
+
+
+def test_budget_overrides_win(settings):
+    settings.CACHE_SIZE_MB, settings.BUFFER_SIZE_MB = 51200, 4096
+    assert system.budget(5) == system.Budget(cache_size_mb=51200, buffer_size_mb=4096)
+
+
+def test_free_space_ratio_keeps_the_metadata_reserve_free(settings):
+    settings.FREE_SPACE_RATIO = 0.01
+    settings.CACHE_RESERVED_META_MB = 1024
+    gib = 1024**3
+    # 20 GB volume: staging stops while 1 GB (ratio/2) is still free
+    assert system.free_space_ratio(20 * gib) == 0.1
+    # a huge volume keeps the configured floor
+    assert system.free_space_ratio(10_000 * gib) == 0.01
+    # a tiny volume is capped: the cache must still be usable
+    assert system.free_space_ratio(1 * gib) == 0.5
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_mount_argv_has_the_design_options_and_honours_overrides(settings, tmp_path):
+    settings.WELDR_ENV_VOL, settings.WORKSPACE_BASE = tmp_path / "v", tmp_path / "w"
+    settings.ATTR_CACHE_TTL, settings.ENTRY_CACHE_TTL = 3, 4
+    settings.DIR_ENTRY_CACHE_TTL, settings.OPEN_CACHE_TTL = 5, 10
+    settings.MAX_READAHEAD_MB, settings.PREFETCH, settings.VERIFY_CACHE = 64, 2, "sha256"
+    settings.WRITEBACK_ENABLED, settings.UPLOAD_DELAY, settings.MAX_UPLOADS = True, "1m", 20
+    settings.FS_MOUNT_OPTIONS = "--enable-xattr --max-deletes 2"
+    p = system.paths("b-1")
+    argv = system.juicefs_mount_argv("juicefs", p, system.Budget(500, 128), free_ratio=0.2)
+    assert argv[:4] == ["juicefs", "mount", p.meta_url, str(p.mount_point)]
+    expected = {
+        "--cache-size": "500", "--buffer-size": "128", "--free-space-ratio": "0.2",
+        "--attr-cache": "3", "--entry-cache": "4", "--dir-entry-cache": "5",
+        "--open-cache": "10", "--max-readahead": "64", "--prefetch": "2",
+        "--verify-cache-checksum": "full", "--upload-delay": "1m", "--max-uploads": "20",
+        "--cache-dir": str(p.cache_dir), "--backup-meta": "0",
+    }
+    for flag, value in expected.items():
+        assert _flag(argv, flag) == value, flag
+    assert "--writeback" in argv and "--no-usage-report" in argv
+    assert argv[-3:] == ["--enable-xattr", "--max-deletes", "2"]
+    # secrets never travel in argv
+    assert settings.S3_SECRET_ACCESS_KEY not in " ".join(argv)
+
+
+def test_writeback_off_drops_writeback_and_upload_delay(settings):
+    settings.WRITEBACK_ENABLED = False
+    argv = system.juicefs_mount_argv("juicefs", system.paths("b-1"), system.Budget(1, 1),
+                                     free_ratio=0.1)
+    assert "--writeback" not in argv and "--upload-delay" not in argv
+
+
+def test_format_argv_uses_trash_days_and_never_updates(settings):
+    settings.TRASH_DAYS = 7
+    argv = system.juicefs_format_argv("juicefs", system.paths("b-1"))
+    assert _flag(argv, "--trash-days") == "7"
+    assert "--no-update" in argv and "--enable-acl" not in argv
+    assert argv[-1] == system.VOLUME_NAME
+    assert _flag(argv, "--bucket") == f"{settings.S3_ENDPOINT}/b-1"
+
+
+def test_tool_envs_carry_keys_but_no_ca_bundle(settings, monkeypatch):
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    jenv, lenv = system.juicefs_env(100), system.litestream_env()
+    assert jenv["ACCESS_KEY"] == settings.S3_ACCESS_KEY_ID
+    assert jenv["SECRET_KEY"] == settings.S3_SECRET_ACCESS_KEY
+    assert lenv["AWS_SECRET_ACCESS_KEY"] == settings.S3_SECRET_ACCESS_KEY
+    assert "AWS_CA_BUNDLE" not in jenv and "AWS_CA_BUNDLE" not in lenv
+    assert jenv["GOMEMLIMIT"] == f"{100 + settings.JUICEFS_MEMORY_OVERHEAD_MB}MiB"
+
+
+def test_litestream_config_renders_the_design_schedule(settings, tmp_path):
+    settings.WELDR_ENV_VOL = tmp_path
+    settings.LITESTREAM_SYNC_INTERVAL = "10s"
+    settings.LITESTREAM_SNAPSHOT_INTERVAL, settings.LITESTREAM_RETENTION = "1h", "4h"
+    p = system.paths("b-1")
+    config = yaml.safe_load(system.litestream_config(p))
+    (db,) = config["dbs"]
+    assert db["path"] == str(p.meta_db)
+    replica = db["replica"]
+    assert replica["bucket"] == "b-1" and replica["sync-interval"] == "10s"
+    # the replica lives outside JuiceFS's data prefix
+    assert not replica["path"].startswith(system.VOLUME_NAME + "/")
+    assert replica["endpoint"] == settings.S3_ENDPOINT
+    assert config["snapshot"] == {"interval": "1h", "retention": "4h"}
+    assert config["socket"]["path"] == str(p.litestream_socket)
+    assert "secret" not in system.litestream_config(p).lower().replace("secret_", "")
+
+
+def test_restore_point_is_upload_delay_and_margin_back_unless_synced_later(settings):
+    settings.WRITEBACK_ENABLED, settings.UPLOAD_DELAY = True, "5m"
+    settings.RESTORE_MARGIN_SECONDS = 60
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert system.restore_point(now, None) == now - timedelta(minutes=6)
+    synced = now - timedelta(seconds=30)
+    assert system.restore_point(now, synced) == synced
+    assert system.restore_point(now, now - timedelta(hours=1)) == now - timedelta(minutes=6)
+    settings.WRITEBACK_ENABLED = False
+    assert system.restore_point(now, None) is None
+
+
+@pytest.mark.parametrize("value,seconds", [("500ms", 0.5), ("30s", 30), ("5m", 300),
+                                           ("1h", 3600), ("7", 7)])
+def test_duration_seconds(value, seconds):
+    assert system.duration_seconds(value) == seconds
+
+
+def test_staged_block_key_maps_the_staging_folder_to_object_keys(tmp_path):
+    cache = tmp_path / "cache"
+    staged = cache / "uuid-1" / "rawstaging" / "chunks" / "0" / "0" / "12_0_4096"
+    assert system.staged_block_key(cache, staged) == "workspace/chunks/0/0/12_0_4096"
+    assert system.staged_block_key(cache, cache / "uuid-1" / "raw" / "chunks" / "0" / "0" /
+                                   "12_0_4096") is None
+    assert system.staged_block_key(cache, staged.with_name("12_0_4096.tmp")) is None
+    assert system.staged_block_key(cache, Path("/elsewhere/x")) is None
+
+
+def test_restore_argv_is_integrity_checked_and_timestamped(settings, tmp_path):
+    p = system.paths("b-1")
+    when = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
+    argv = system.litestream_restore_argv("litestream", p, timestamp=when, output=tmp_path / "o")
+    assert _flag(argv, "-timestamp") == "2026-01-01T12:00:05Z"
+    assert _flag(argv, "-integrity-check") == "quick"
+    assert _flag(argv, "-o") == str(tmp_path / "o")
