@@ -177,8 +177,9 @@ def test_staged_block_key_maps_the_staging_folder_to_object_keys(tmp_path):
 
 def test_restore_argv_is_integrity_checked_and_timestamped(settings, tmp_path):
     p = system.paths("b-1")
-    when = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
+    when = datetime(2026, 1, 1, 12, 0, 5, 250000, tzinfo=UTC)
     argv = system.litestream_restore_argv("litestream", p, timestamp=when, output=tmp_path / "o")
-    assert _flag(argv, "-timestamp") == "2026-01-01T12:00:05Z"
+    # Sub-second precision: writes made durable at 12:00:05.1 must not be cut off.
+    assert _flag(argv, "-timestamp") == "2026-01-01T12:00:05.250000Z"
     assert _flag(argv, "-integrity-check") == "quick"
     assert _flag(argv, "-o") == str(tmp_path / "o")
