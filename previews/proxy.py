@@ -1,0 +1,125 @@
+"""The host side of a preview: a TCP proxy from the leased host port to the app's netns.
+
+Apps listen inside their own network namespace; the agent listens on the leased port on every
+host address (PREVIEW_BIND_ADDRESS) and splices each connection to `<sandbox ip>:<port>`. Chosen
+over DNAT because it needs no machine-wide sysctl (ip_forward, route_localnet for 127.0.0.1)
+and no per-port NAT rules, and it dies with the agent (docs/previews.md has the figures).
+
+One asyncio loop in a daemon thread serves every port, independent of the server's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from django.conf import settings
+
+logger = logging.getLogger("weldr.proxy")
+
+CHUNK = 64 * 1024
+
+
+class PortBusy(OSError):
+    """Something else on the host already listens on the port."""
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+        except OSError:
+            writer.close()
+
+
+Target = Callable[[], "tuple[str, int] | None"]
+
+
+async def _splice(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+                  target: Target) -> None:
+    address = target()
+    if address is None:
+        # The app's sandbox is not there yet: the client sees a closed connection.
+        client_writer.close()
+        return
+    try:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*address)
+    except OSError:
+        # The app does not listen yet (or any more): the client sees a closed connection.
+        client_writer.close()
+        return
+    for writer in (client_writer, upstream_writer):
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        await asyncio.gather(_pipe(client_reader, upstream_writer),
+                             _pipe(upstream_reader, client_writer))
+    finally:
+        client_writer.close()
+        upstream_writer.close()
+
+
+class Proxy:
+    """Listeners by host port; `open()` and `close()` are thread-safe and synchronous."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: dict[int, asyncio.base_events.Server] = {}
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="preview-proxy",
+                                 daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def _call(self, coroutine) -> object:  # type: ignore[no-untyped-def]
+        future: Future = asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())
+        return future.result(timeout=30)
+
+    def open(self, port: int, *, target: Target) -> None:
+        """Listen on `port`, forwarding to `target()`; raise PortBusy when the port is taken."""
+        async def start() -> None:
+            server = await asyncio.start_server(
+                lambda r, w: _splice(r, w, target),
+                host=settings.PREVIEW_BIND_ADDRESS, port=port, reuse_address=True,
+            )
+            self._servers[port] = server
+
+        try:
+            self._call(start())
+        except OSError as error:
+            raise PortBusy(error.errno, f"port {port} is in use on this host") from error
+
+    def close(self, port: int) -> None:
+        """Stop listening on `port` (idempotent); open connections are cut."""
+        async def stop() -> None:
+            server = self._servers.pop(port, None)
+            if server is not None:
+                server.close()
+                if hasattr(server, "close_clients"):
+                    server.close_clients()
+
+        if self._loop is not None:
+            self._call(stop())
+
+    def ports(self) -> list[int]:
+        return sorted(self._servers)
+
+
+proxy = Proxy()

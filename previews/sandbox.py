@@ -1,0 +1,572 @@
+"""The sandbox: one OCI container (runc/crun) in a private network namespace, reusable.
+
+Previews use it for apps, the exec app for agent commands. What a sandbox is (SANDBOX.md):
+
+- root filesystem: the host's /usr /bin /lib /lib64 /etc read-only (merged-/usr links stay links),
+  the workspace read-write at its own path (the working directory), a private /tmp;
+- own pid, mount, ipc, uts and network namespaces; a non-root user (settings.SANDBOX_UID);
+  noNewPrivileges; every capability dropped; memory/CPU/pids limits (cgroups);
+- a private netns with a veth link, taken from a pool made off the critical path; an iptables
+  chain per instance drops everything a sandbox sends to the host but replies;
+- a clean environment (never the agent's), logs to a file (never a pipe: `runc run -d` hands
+  its stdio to the container), the agent as child subreaper so that container exits are seen.
+
+`bundle_config()` is a pure function; `Sandbox.start()` is the only place that starts one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from previews import oci
+from weldr_agent import runner
+
+logger = logging.getLogger("weldr.sandbox")
+
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A /22 per agent instance inside 10.64.0.0/10: 256 /30 links, chosen by the instance id so two
+# agents (or two test runs) on one machine do not collide.
+LINK_BLOCKS = ipaddress.ip_network("10.64.0.0/10")
+LINKS_PER_INSTANCE = 256
+POOL_SIZE = 2
+PR_SET_CHILD_SUBREAPER = 36
+CFS_PERIOD_US = 100_000
+
+
+class SandboxError(runner.CommandError):
+    """A sandbox could not be made or started; the detail carries the runtime's log tail."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The OCI bundle (pure)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spec:
+    """What one sandbox runs and sees; `args` run as pid 1 in the workspace."""
+
+    name: str
+    workspace: Path
+    args: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    netns: Path | None = None
+    hostname: str = "sandbox"
+    # (host path, path inside, read-only) for extra files such as a run script.
+    binds: Sequence[tuple[Path, str, bool]] = ()
+    memory_mb: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    uid: int | None = None
+
+
+def sandbox_env(extra: Mapping[str, str] | None = None) -> list[str]:
+    """The container's whole environment: a few basics and `extra`, nothing of the agent's.
+
+    An inherited NODE_EXTRA_CA_CERTS alone doubles Node's start-up (SANDBOX.md).
+    """
+    env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+    env.update(extra or {})
+    return [f"{key}={value}" for key, value in env.items()]
+
+
+def _bind(source: str | Path, destination: str, *, readonly: bool) -> dict[str, Any]:
+    options = ["rbind", "nosuid", "nodev", "ro" if readonly else "rw"]
+    return {"destination": destination, "type": "bind", "source": str(source), "options": options}
+
+
+def system_mounts() -> list[dict[str, Any]]:
+    """/proc, /dev, a private /tmp and the host's system directories read-only."""
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        # runc gives a tmpfs its mount point's mode: the skeleton's tmp is 1777 (rootfs_skeleton).
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", "size=262144k"]},
+    ]
+    for directory in oci.HOST_SYSTEM_DIRS:
+        host = Path(directory)
+        if host.is_dir() and not host.is_symlink():
+            mounts.append(_bind(host, directory, readonly=True))
+    return mounts
+
+
+def resources(*, memory_mb: int, cpus: float, pids: int) -> dict[str, Any]:
+    limit = memory_mb * 1024 * 1024
+    return {
+        # swap = memory: the app cannot escape its limit into swap.
+        "memory": {"limit": limit, "swap": limit},
+        "cpu": {"quota": int(cpus * CFS_PERIOD_US), "period": CFS_PERIOD_US},
+        "pids": {"limit": pids},
+    }
+
+
+def bundle_config(spec: Spec, *, rootfs: Path) -> dict[str, Any]:
+    """The OCI config.json of a sandbox (pure: no I/O beyond looking at the host's /)."""
+    uid = spec.uid if spec.uid is not None else settings.SANDBOX_UID
+    mounts = system_mounts()
+    # After /tmp, so that a workspace under /tmp (tests) is mounted on top of the private tmpfs.
+    mounts.append(_bind(spec.workspace, str(spec.workspace), readonly=False))
+    mounts += [_bind(src, dst, readonly=ro) for src, dst, ro in spec.binds]
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "mount", "ipc", "uts")]
+    namespaces.append({"type": "network", **({"path": str(spec.netns)} if spec.netns else {})})
+    no_caps: dict[str, list[str]] = {k: [] for k in
+                                     ("bounding", "effective", "inheritable", "permitted",
+                                      "ambient")}
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": uid},
+            "args": list(spec.args),
+            "env": sandbox_env(spec.env),
+            "cwd": str(spec.cwd or spec.workspace),
+            "noNewPrivileges": True,
+            "capabilities": no_caps,
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": f"/weldr-{settings.INSTANCE_ID}/{spec.name}",
+            "resources": resources(
+                memory_mb=spec.memory_mb or settings.SANDBOX_MEMORY_MB,
+                cpus=spec.cpus or settings.SANDBOX_CPUS,
+                pids=spec.pids or settings.SANDBOX_PIDS,
+            ),
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
+                            "/proc/scsi", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
+                              "/proc/sysrq-trigger"],
+        },
+    }
+
+
+def sandbox_rootfs() -> Path:
+    """The shared, empty root of every sandbox of this instance (mount points only)."""
+    rootfs = settings.RUNTIME_DIR / "rootfs"
+    if not (rootfs / "tmp").is_dir():
+        oci.rootfs_skeleton(rootfs)
+    # The private /tmp tmpfs takes this directory's mode (SANDBOX.md's 1777 trap).
+    (rootfs / "tmp").chmod(0o1777)
+    return rootfs
+
+
+# ---------------------------------------------------------------------------------------------
+# Subreaper: detached container inits are reparented to us, so that we can wait for them
+# ---------------------------------------------------------------------------------------------
+
+_subreaper_lock = threading.Lock()
+_subreaper = False
+
+
+def ensure_subreaper() -> None:
+    global _subreaper
+    with _subreaper_lock:
+        if _subreaper:
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+        _subreaper = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Network namespaces with a veth link, pooled
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Netns:
+    """A network namespace `name` linked to the host by veth `host_if` <-> `inner_if`."""
+
+    slot: int
+    name: str
+    host_if: str
+    inner_if: str
+    host_ip: str
+    ip: str
+
+    @property
+    def path(self) -> Path:
+        return Path("/run/netns") / self.name
+
+
+def _instance_block() -> ipaddress.IPv4Network:
+    blocks = 2 ** (22 - LINK_BLOCKS.prefixlen)
+    index = int(hashlib.sha256(settings.INSTANCE_ID.encode()).hexdigest(), 16) % blocks
+    return list(LINK_BLOCKS.subnets(new_prefix=22))[index]
+
+
+def netns_for(slot: int) -> Netns:
+    """Names and addresses of link `slot` (pure); names fit IFNAMSIZ (15)."""
+    base = _instance_block().network_address + 4 * slot
+    prefix = f"w{settings.INSTANCE_ID}"
+    return Netns(slot=slot, name=f"weldr-{settings.INSTANCE_ID}-{slot}",
+                 host_if=f"{prefix}h{slot}", inner_if=f"{prefix}c{slot}",
+                 host_ip=str(base + 1), ip=str(base + 2))
+
+
+def netns_create_batches(ns: Netns) -> tuple[str, str]:
+    """`ip -batch` input for the host side and for the namespace side (pure)."""
+    host = (f"netns add {ns.name}\n"
+            f"link add {ns.host_if} type veth peer name {ns.inner_if} netns {ns.name}\n"
+            f"addr add {ns.host_ip}/30 dev {ns.host_if}\n"
+            f"link set {ns.host_if} up\n")
+    inner = (f"addr add {ns.ip}/30 dev {ns.inner_if}\n"
+             f"link set {ns.inner_if} up\n"
+             "link set lo up\n"
+             f"route add default via {ns.host_ip}\n")
+    return host, inner
+
+
+def firewall_chain() -> str:
+    return f"WELDR-{settings.INSTANCE_ID}"
+
+
+def firewall_rules() -> list[list[str]]:
+    """iptables argv (without the binary) that fence this instance's sandboxes (pure).
+
+    A sandbox may answer connections the host opened to it (the preview proxy) and nothing
+    else: not the agent's API, not another sandbox, not any other host port.
+    """
+    chain, ifs = firewall_chain(), f"w{settings.INSTANCE_ID}+"
+    rules = [
+        ["-N", chain],
+        ["-A", chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+        ["-A", chain, "-j", "DROP"],
+        ["-I", "INPUT", "-i", ifs, "-j", chain],
+        ["-I", "FORWARD", "-i", ifs, "-o", "w+", "-j", "DROP"],
+    ]
+    if settings.SANDBOX_OUTBOUND:
+        block = str(_instance_block())
+        rules += [["-t", "nat", "-A", "POSTROUTING", "-s", block, "!", "-o", "w+",
+                   "-j", "MASQUERADE"]]
+    return rules
+
+
+def firewall_teardown_rules() -> list[list[str]]:
+    chain, ifs = firewall_chain(), f"w{settings.INSTANCE_ID}+"
+    rules = [["-D", "INPUT", "-i", ifs, "-j", chain],
+             ["-D", "FORWARD", "-i", ifs, "-o", "w+", "-j", "DROP"],
+             ["-F", chain], ["-X", chain]]
+    if settings.SANDBOX_OUTBOUND:
+        rules.append(["-t", "nat", "-D", "POSTROUTING", "-s", str(_instance_block()),
+                      "!", "-o", "w+", "-j", "MASQUERADE"])
+    return rules
+
+
+def _iptables(rules: list[list[str]], *, check: bool) -> None:
+    binary = runner.tool("iptables")
+    for rule in rules:
+        runner.run([binary, "-w", "10", *rule], timeout=30, check=check)
+
+
+def firewall_up() -> None:
+    """(Re)install this instance's fence; idempotent."""
+    _iptables(firewall_teardown_rules(), check=False)
+    _iptables(firewall_rules(), check=True)
+    if settings.SANDBOX_OUTBOUND:
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+
+
+def firewall_down() -> None:
+    _iptables(firewall_teardown_rules(), check=False)
+
+
+def _netns_create(ns: Netns) -> None:
+    ip = runner.tool("ip")
+    _netns_delete(ns)
+    host, inner = netns_create_batches(ns)
+    runner.run([ip, "-batch", "-"], input=host, timeout=30)
+    runner.run([ip, "-n", ns.name, "-batch", "-"], input=inner, timeout=30)
+
+
+def _netns_delete(ns: Netns) -> None:
+    ip = runner.tool("ip")
+    # The host end first and explicitly: namespace deletion frees it asynchronously (SANDBOX.md).
+    runner.run([ip, "link", "del", ns.host_if], timeout=30, check=False)
+    runner.run([ip, "netns", "del", ns.name], timeout=30, check=False)
+
+
+class NetnsPool:
+    """Namespaces made ahead of time by a background thread; returned ones are reused."""
+
+    def __init__(self, size: int = POOL_SIZE) -> None:
+        self.size = size
+        self._lock = threading.Condition()
+        self._ready: list[Netns] = []
+        self._used: set[int] = set()
+        self._started = False
+
+    def _free_slot(self) -> int:
+        for slot in range(LINKS_PER_INSTANCE):
+            if slot not in self._used:
+                self._used.add(slot)
+                return slot
+        raise SandboxError([], "No free network namespace slot left for sandboxes.")
+
+    def start(self) -> None:
+        """Clear what a previous agent left, fence the instance, start filling the pool."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.reset()
+        firewall_up()
+        threading.Thread(target=self._fill, name="netns-pool", daemon=True).start()
+
+    def reset(self) -> None:
+        """Delete every namespace of this instance (start-up, shutdown)."""
+        listed = runner.run([runner.tool("ip"), "netns", "list"], timeout=30).stdout
+        prefix = f"weldr-{settings.INSTANCE_ID}-"
+        for line in listed.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(prefix) and name[len(prefix):].isdigit():
+                slot = int(name[len(prefix):])
+                with self._lock:
+                    if slot in self._used:
+                        continue
+                _netns_delete(netns_for(slot))
+
+    def _fill(self) -> None:
+        while True:
+            with self._lock:
+                while len(self._ready) >= self.size:
+                    self._lock.wait()
+                slot = self._free_slot()
+            ns = netns_for(slot)
+            try:
+                _netns_create(ns)
+            except runner.CommandError:
+                logger.exception("could not make network namespace %s", ns.name)
+                with self._lock:
+                    self._used.discard(slot)
+                time.sleep(1.0)
+                continue
+            with self._lock:
+                self._ready.append(ns)
+                self._lock.notify_all()
+
+    def acquire(self) -> Netns:
+        """A ready namespace: from the pool when there is one, else made now."""
+        self.start()
+        with self._lock:
+            if self._ready:
+                ns = self._ready.pop()
+                self._lock.notify_all()
+                return ns
+            slot = self._free_slot()
+        ns = netns_for(slot)
+        try:
+            _netns_create(ns)
+        except Exception:
+            with self._lock:
+                self._used.discard(slot)
+            raise
+        return ns
+
+    def release(self, ns: Netns) -> None:
+        """Give a namespace back; it is deleted and made afresh off the critical path."""
+        def recycle() -> None:
+            _netns_delete(ns)
+            with self._lock:
+                self._used.discard(ns.slot)
+                self._lock.notify_all()
+        threading.Thread(target=recycle, name=f"netns-del-{ns.slot}", daemon=True).start()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for ns in ready:
+            _netns_delete(ns)
+        firewall_down()
+
+
+pool = NetnsPool()
+
+
+# ---------------------------------------------------------------------------------------------
+# A running sandbox
+# ---------------------------------------------------------------------------------------------
+
+def runtime() -> tuple[str, Path]:
+    """The runtime's binary and its state directory (under RUNTIME_DIR, a tmpfs in production)."""
+    name = oci.detector.detect()
+    if name is None:
+        raise SandboxError([], f"No OCI runtime can start a container here: {oci.detector.error}")
+    return runner.tool(name), oci.runtime_root(name)
+
+
+class Launcher(Protocol):
+    def __call__(self, *, binary: str, root: Path, bundle: Path, pid_file: Path,
+                 name: str) -> list[str]: ...
+
+
+def run_argv(*, binary: str, root: Path, bundle: Path, pid_file: Path, name: str) -> list[str]:
+    """`runc run -d`: start the container detached; its init is re-parented to us."""
+    return [binary, "--root", str(root), "run", "-d", "--pid-file", str(pid_file),
+            "--bundle", str(bundle), name]
+
+
+class Sandbox:
+    """One container: `start()` it, `wait()` for it or `stop()` it; `destroy()` cleans up."""
+
+    def __init__(self, spec: Spec, *, log_path: Path,
+                 on_exit: Callable[[Sandbox, int], None] | None = None,
+                 launcher: Launcher | None = None) -> None:
+        self.spec = spec
+        self.launcher = launcher or run_argv
+        self.log_path = log_path
+        self.on_exit = on_exit
+        self.bundle = settings.RUNTIME_DIR / "bundles" / spec.name
+        self.pid: int | None = None
+        self.exit_code: int | None = None
+        self._exited = threading.Event()
+        self._runtime: tuple[str, Path] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def start(self, *, timeout: float = 60.0) -> int:
+        """Create and start the container; its init's pid. Logs go to `log_path`."""
+        ensure_subreaper()
+        binary, root = self._runtime = runtime()
+        self.bundle.mkdir(parents=True, exist_ok=True)
+        config = bundle_config(self.spec, rootfs=sandbox_rootfs())
+        (self.bundle / "config.json").write_text(json.dumps(config))
+        pid_file = self.bundle / "pid"
+        # `run -d` hands its own stdio to the container: a log file, never a pipe (SANDBOX.md).
+        argv = self.launcher(binary=binary, root=root, bundle=self.bundle, pid_file=pid_file,
+                             name=self.name)
+        process = runner.spawn(argv, log_path=self.log_path, env=runner.clean_env())
+        if not runner.wait_until(lambda: process.poll() is not None, timeout=timeout,
+                                 interval=0.002):
+            runner.kill_group(process.pid)
+            process.wait()
+            self.destroy()
+            raise SandboxError([binary, "run"],
+                               f"{binary} run timed out after {timeout:g}s.")
+        code = process.returncode
+        if code != 0 or not pid_file.exists():
+            tail = _log_tail(self.log_path)
+            self.destroy()
+            raise SandboxError([binary, "run"], f"The container did not start: {tail}",
+                               returncode=code, stderr_tail=tail)
+        self.pid = int(pid_file.read_text().strip())
+        threading.Thread(target=self._reap, name=f"reap-{self.name}", daemon=True).start()
+        return self.pid
+
+    def _reap(self) -> None:
+        assert self.pid is not None
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            # Killed by a signal: report it the shell's way (128 + signal number).
+            self.exit_code = 128 - code if code < 0 else code
+        except ChildProcessError:
+            # Not our child (a subreaper further up took it): poll until it is gone.
+            while runner.pid_alive(self.pid):
+                time.sleep(0.1)
+            self.exit_code = -1
+        self._exited.set()
+        if self.on_exit is not None:
+            try:
+                self.on_exit(self, self.exit_code)
+            except Exception:
+                logger.exception("on_exit of sandbox %s failed", self.name)
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None and not self._exited.is_set()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.pid is None:
+            return self.exit_code
+        self._exited.wait(timeout)
+        return self.exit_code
+
+    def signal(self, sig: int) -> None:
+        if self.running:
+            assert self.pid is not None
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, *, grace: float) -> int | None:
+        """SIGTERM, `grace` seconds, SIGKILL; then `destroy()`. Idempotent."""
+        if self.running:
+            self.signal(signal.SIGTERM)
+            if self.wait(grace) is None and self.running:
+                # pid 1 gone takes the whole pid namespace with it.
+                self.signal(signal.SIGKILL)
+                self.wait(30)
+        self.destroy()
+        return self.exit_code
+
+    def destroy(self) -> None:
+        """Remove the container's state, cgroup and bundle (idempotent, never raises)."""
+        if self._runtime is None:
+            try:
+                self._runtime = runtime()
+            except SandboxError:
+                self._runtime = None
+        if self._runtime is not None:
+            binary, root = self._runtime
+            try:
+                runner.run([binary, "--root", root, "delete", "--force", self.name], timeout=30,
+                           check=False)
+            except runner.CommandError:
+                logger.exception("could not delete container %s", self.name)
+        shutil.rmtree(self.bundle, ignore_errors=True)
+
+
+def _log_tail(path: Path, size: int = 2000) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - size))
+            return log.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def container_prefix() -> str:
+    return f"weldr-{settings.INSTANCE_ID}-"
+
+
+def containers() -> list[str]:
+    """Names of this instance's containers the runtime knows (for reconciliation)."""
+    binary, root = runtime()
+    if not root.exists():
+        return []
+    listed = runner.run([binary, "--root", root, "list", "-q"], timeout=30, check=False).stdout
+    # RUNTIME_DIR may be shared by several agents: only names carrying our instance id.
+    return [name for name in listed.split() if name.startswith(container_prefix())]
+
+
+def container_delete(name: str) -> None:
+    binary, root = runtime()
+    runner.run([binary, "--root", root, "delete", "--force", name], timeout=30, check=False)

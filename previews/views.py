@@ -1,0 +1,78 @@
+"""Thin views of the previews API (API.md "Previews")."""
+
+from __future__ import annotations
+
+from django.http import HttpResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from previews import logs, services, system
+from previews.serializers import (
+    LogQuerySerializer,
+    PreviewListSerializer,
+    PreviewSerializer,
+    PreviewStartSerializer,
+    PreviewStopSerializer,
+)
+
+ERRORS = {code: OpenApiResponse(description="`{detail, code}`") for code in (400, 404, 409, 503)}
+
+
+class PreviewListView(APIView):
+    @extend_schema(responses={200: PreviewListSerializer})
+    def get(self, request: Request) -> Response:
+        previews = services.preview_list()
+        return Response({"previews": PreviewSerializer(previews, many=True,
+                                                       context={"request": request}).data})
+
+
+class PreviewDetailView(APIView):
+    @extend_schema(responses={200: PreviewSerializer, 404: ERRORS[404]})
+    def get(self, request: Request, bucket: str) -> Response:
+        preview = services.preview_get(bucket=bucket)
+        return Response(PreviewSerializer(preview, context={"request": request}).data)
+
+
+class PreviewStartView(APIView):
+    @extend_schema(request=PreviewStartSerializer,
+                   responses={201: PreviewSerializer, **ERRORS})
+    def post(self, request: Request) -> Response:
+        serializer = PreviewStartSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        preview = services.preview_start(**serializer.validated_data)
+        return Response(PreviewSerializer(preview, context={"request": request}).data,
+                        status=status.HTTP_201_CREATED)
+
+
+class PreviewStopView(APIView):
+    @extend_schema(request=PreviewStopSerializer,
+                   responses={200: PreviewSerializer, 404: ERRORS[404]})
+    def post(self, request: Request) -> Response:
+        serializer = PreviewStopSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        preview = services.preview_stop(**serializer.validated_data)
+        return Response(PreviewSerializer(preview, context={"request": request}).data)
+
+
+class PreviewLogsView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
+        responses={(200, "text/plain"): OpenApiTypes.STR,
+                   (200, "text/event-stream"): OpenApiTypes.STR, 404: ERRORS[404]},
+    )
+    def get(self, request: Request, bucket: str) -> HttpResponse:
+        query = LogQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        text = services.log_tail(bucket=bucket, lines=query.validated_data["tail"])
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            return HttpResponse(text, content_type="text/plain; charset=utf-8")
+        stream = logs.follow(system.log_path(bucket), initial=text,
+                             still_active=lambda: services.preview_active(bucket))
+        response = StreamingHttpResponse(stream, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
