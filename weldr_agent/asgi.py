@@ -10,8 +10,9 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 django_application = get_asgi_application()
 
 from weldr_agent.routing import websocket_urlpatterns  # noqa: E402
+from weldr_agent.ws_auth import WebsocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter({
     "http": django_application,
-    "websocket": URLRouter(websocket_urlpatterns),
+    "websocket": WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
 })

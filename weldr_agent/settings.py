@@ -372,6 +372,22 @@ DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="anthropic/claude-sonnet-4-5")
 WORKFLOW_STEP_TIMEOUT_SECONDS = _int("WORKFLOW_STEP_TIMEOUT_SECONDS", 900, low=5, high=86400)
 WORKFLOW_MAX_TOOL_CALLS = _int("WORKFLOW_MAX_TOOL_CALLS", 200, low=1, high=10000)
 SSE_KEEPALIVE_SECONDS = _float("SSE_KEEPALIVE_SECONDS", 15.0, low=0.1, high=600)
+# Provider calls: our own retries (the SDKs' are off), bounded attempts, exponential backoff.
+LLM_MAX_ATTEMPTS = _int("LLM_MAX_ATTEMPTS", 4, low=1, high=20)
+LLM_RETRY_BASE_SECONDS = _float("LLM_RETRY_BASE_SECONDS", 1.0, low=0.0, high=600)
+LLM_RETRY_MAX_SECONDS = _float("LLM_RETRY_MAX_SECONDS", 30.0, low=0.0, high=3600)
+LLM_MAX_OUTPUT_TOKENS = _int("LLM_MAX_OUTPUT_TOKENS", 8192, low=1, high=10**6)
+WORKFLOW_WORKERS = _int("WORKFLOW_WORKERS", 4, low=1, high=64)
+WORKFLOW_PROVIDER_RETRIES = _int("WORKFLOW_PROVIDER_RETRIES", 3, low=0, high=20)
+WORKFLOW_RETRY_BACKOFF_SECONDS = _float("WORKFLOW_RETRY_BACKOFF_SECONDS", 1.0, low=0, high=600)
+# Extra provider adapters, "prefix=dotted.path.Class,…": a model "prefix/name" uses that class
+# (how a new provider is plugged in without touching the registry; the tests plug a scripted one).
+WORKFLOW_EXTRA_PROVIDERS: dict[str, str] = {}
+for _item in filter(None, env.str("WORKFLOW_EXTRA_PROVIDERS", default="").split(",")):
+    _prefix, _eq, _path = _item.strip().partition("=")
+    if not _eq or not re.match(r"^[a-z0-9-]+$", _prefix) or not re.match(r"^[\w.]+$", _path):
+        raise ImproperlyConfigured("WORKFLOW_EXTRA_PROVIDERS must look like prefix=module.Class,…")
+    WORKFLOW_EXTRA_PROVIDERS[_prefix] = _path
 
 # ---------------------------------------------------------------------------------------------
 # Shutdown

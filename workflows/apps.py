@@ -3,3 +3,17 @@ from django.apps import AppConfig
 
 class WorkflowsConfig(AppConfig):
     name = "workflows"
+
+    def ready(self) -> None:
+        from weldr_agent import lifecycle
+        from workflows import worker
+
+        # After mounts and previews (lower orders): a run may need both.
+        lifecycle.register("workflows", order=50, startup=worker_start_hook,
+                           shutdown=worker.worker_stop)
+
+
+def worker_start_hook() -> None:
+    from workflows import worker
+
+    worker.worker_start()

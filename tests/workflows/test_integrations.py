@@ -1,0 +1,151 @@
+"""Integrations: the registry, installs that write files, merge package.json, write secrets to
+.env, record a status and a revertible version; idempotent; a failed install changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from workflows import gitrepo, services
+from workflows.models import Branch, Integration, Version, WorkflowRun
+
+
+@pytest.fixture
+def branch(settings, tmp_path: Path) -> Branch:  # type: ignore[no-untyped-def]
+    settings.WORKSPACE_BASE = tmp_path / "workspaces"
+    project = services.project_create(name="p")
+    return services.branch_create(project=project, name="main", bucket="integration-test")
+
+
+def workspace_of(branch: Branch) -> Path:
+    return services.branch_workspace(branch)
+
+
+def install(api: APIClient, branch: Branch, *items: dict) -> dict:  # type: ignore[type-arg]
+    reply = api.post("/install-integrations", {
+        "project_id": branch.project_id, "branch_id": branch.id, "integrations": list(items)},
+        format="json")
+    assert reply.status_code == 200, reply.json()
+    return reply.json()
+
+
+def snapshot(workspace: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(workspace)): p.read_bytes() for p in workspace.rglob("*")
+            if p.is_file() and ".git" not in p.relative_to(workspace).parts}
+
+
+def test_registry_lists_frontend_database_and_auth(api: APIClient) -> None:
+    reply = api.get("/integrations")
+    assert reply.status_code == 200
+    found = {i["key"]: i for i in reply.json()["integrations"]}
+    assert {"frontend", "database", "auth"} <= set(found)
+    assert found["frontend"]["category"] == "frontend"
+    assert found["auth"]["requires"] == ["database"]
+    assert "BETTER_AUTH_SECRET" in found["auth"]["env"]
+
+
+def test_install_writes_files_merges_package_json_and_commits_a_version(
+        api: APIClient, branch: Branch) -> None:
+    # given an app with its own package.json
+    workspace = workspace_of(branch)
+    (workspace / "package.json").write_text(json.dumps(
+        {"name": "mine", "dependencies": {"react": "18.3.1"}, "scripts": {"dev": "my-dev"}}))
+
+    # when the three integrations are installed
+    body = install(api, branch, {"key": "frontend"},
+                   {"key": "database", "options": {"database_url": "postgres://db/app"}},
+                   {"key": "auth"})
+
+    # then each is installed, with its files, merged dependencies and env vars
+    assert [(i["key"], i["status"]) for i in body["installed_integrations"]] == \
+        [("frontend", "installed"), ("database", "installed"), ("auth", "installed")]
+    package = json.loads((workspace / "package.json").read_text())
+    assert package["name"] == "mine"
+    assert package["dependencies"]["react"] == "18.3.1"  # the app's own pin wins
+    assert {"react-dom", "pg", "better-auth"} <= set(package["dependencies"])
+    assert package["devDependencies"]["vite"]
+    assert package["scripts"]["dev"] == "my-dev" and package["scripts"]["build"] == "vite build"
+    for path in ("index.html", "src/main.jsx", "src/App.jsx", "vite.config.js",
+                 "src/server/db.js", "src/server/auth.js"):
+        assert (workspace / path).is_file(), path
+    env = dict(line.split("=", 1) for line in (workspace / ".env").read_text().splitlines())
+    assert env["DATABASE_URL"] == "postgres://db/app"
+    assert len(env["BETTER_AUTH_SECRET"]) >= 32
+    # and every install is a version, the last one at HEAD
+    versions = list(Version.objects.filter(branch=branch).order_by("number"))
+    assert [v.number for v in versions] == [1, 2, 3]
+    assert versions[-1].commit_hash == gitrepo.head(workspace)
+    assert gitrepo.changed_paths(workspace) == []
+
+
+def test_install_is_idempotent_and_keeps_secrets(api: APIClient, branch: Branch) -> None:
+    install(api, branch, {"key": "database"}, {"key": "auth"})
+    workspace = workspace_of(branch)
+    before = snapshot(workspace)
+
+    again = install(api, branch, {"key": "database"}, {"key": "auth"})
+
+    assert [i["status"] for i in again["installed_integrations"]] == ["installed", "installed"]
+    assert snapshot(workspace) == before
+    assert Version.objects.filter(branch=branch).count() == 2
+    assert Integration.objects.filter(branch=branch).count() == 2
+
+
+def test_failed_install_leaves_the_workspace_as_it_was(api: APIClient, branch: Branch) -> None:
+    # given a workspace where src/ is a file: index.html gets written, src/main.jsx cannot
+    workspace = workspace_of(branch)
+    gitrepo.repo_ensure(workspace)
+    (workspace / "src").write_text("not a directory")
+    (workspace / "package.json").write_text('{"name": "mine"}')
+    before = snapshot(workspace)
+
+    reply = api.post("/install-integrations", {
+        "project_id": branch.project_id, "branch_id": branch.id,
+        "integrations": [{"key": "frontend"}]}, format="json")
+
+    assert reply.status_code == 500 and reply.json()["code"] == "integration_failed"
+    assert snapshot(workspace) == before
+    assert not (workspace / "index.html").exists()
+    assert Integration.objects.get(branch=branch, key="frontend").status == "failed"
+    assert not Version.objects.filter(branch=branch).exists()
+
+
+def test_an_install_can_be_reverted(api: APIClient, branch: Branch) -> None:
+    install(api, branch, {"key": "frontend"})
+    workspace = workspace_of(branch)
+    (workspace / "notes.txt").write_text("mine")
+    first = services.version_record(branch=branch, description="notes",
+                                    commit_hash=gitrepo.commit_all(workspace, "notes") or "")
+    install(api, branch, {"key": "database"})
+    assert (workspace / "src/server/db.js").exists()
+
+    reply = api.post("/revert", {"project_id": branch.project_id, "branch_id": branch.id,
+                                 "version_id": first.id}, format="json")
+
+    assert reply.status_code == 200, reply.json()
+    assert not (workspace / "src/server/db.js").exists()
+    assert not (workspace / ".env").exists()
+    assert "pg" not in json.loads((workspace / "package.json").read_text())["dependencies"]
+    assert (workspace / "notes.txt").read_text() == "mine"
+
+
+def test_install_errors(api: APIClient, branch: Branch) -> None:
+    def post(items: list) -> dict:  # type: ignore[type-arg]
+        return api.post("/install-integrations", {
+            "project_id": branch.project_id, "branch_id": branch.id, "integrations": items},
+            format="json")
+
+    unknown = post([{"key": "blockchain"}])
+    bad_options = post([{"key": "database", "options": {"database_url": "mysql://x"}}])
+    missing_dependency = post([{"key": "auth"}])
+    assert unknown.status_code == 400 and unknown.json()["code"] == "unknown_integration"
+    assert bad_options.status_code == 400 and bad_options.json()["code"] == "invalid_options"
+    assert missing_dependency.status_code == 400
+    assert "database" in missing_dependency.json()["detail"]
+
+    WorkflowRun.objects.create(branch=branch, model="x", status="running")
+    busy = post([{"key": "frontend"}])
+    assert busy.status_code == 409 and busy.json()["code"] == "run_active"

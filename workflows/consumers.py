@@ -1,0 +1,90 @@
+"""WS /ws/events/{project_id}/{branch_id}: the branch's events as {"id", "type", "data"}.
+
+The client resumes with `?last_event_id=N` on connect or by sending {"last_event_id": N}.
+Authentication happens in weldr_agent.ws_auth; without a principal the socket closes with 4401.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from workflows.events import branch_group
+from workflows.models import Branch
+from workflows.streams import EventCursor, last_seq
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+@database_sync_to_async
+def _branch_allowed(principal: Any, project_id: str, branch_id: str) -> int | None:
+    """None when the principal may read this branch, else the close code."""
+    branch = Branch.objects.filter(id=branch_id, project_id=project_id) \
+        .select_related("project").first()
+    if branch is None:
+        return CLOSE_NOT_FOUND
+    user_id = getattr(principal, "user_id", None)
+    if user_id and branch.project.owner_id != user_id:
+        return CLOSE_FORBIDDEN
+    if user_id and settings.PROJECT_ID and settings.PROJECT_ID != project_id:
+        return CLOSE_FORBIDDEN
+    return None
+
+
+def _query_last_id(scope: dict[str, Any]) -> int | None:
+    values = parse_qs(scope.get("query_string", b"").decode()).get("last_event_id")
+    return int(values[0]) if values and values[0].isdigit() else None
+
+
+class EventConsumer(AsyncJsonWebsocketConsumer):
+    cursor: EventCursor | None = None
+    group: str | None = None
+
+    async def connect(self) -> None:
+        principal = self.scope.get("principal")
+        kwargs = self.scope["url_route"]["kwargs"]
+        refused = CLOSE_UNAUTHENTICATED if principal is None else \
+            await _branch_allowed(principal, kwargs["project_id"], kwargs["branch_id"])
+        if refused is not None:
+            # A close code can only be sent on an open socket: accept, then close.
+            await self.accept()
+            await self.close(code=refused)
+            return
+        branch_id = kwargs["branch_id"]
+        self.group = branch_group(branch_id)
+        # Join the group and fix the cursor before accepting: once the client sees the socket
+        # open, every later event reaches it.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        last_id = _query_last_id(self.scope)
+        self.cursor = EventCursor(branch_id,
+                                  await last_seq(branch_id) if last_id is None else last_id)
+        await self.accept()
+        await self._send_all(await self.cursor.catch_up())
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if self.cursor is None or not isinstance(content, dict):
+            return
+        last_id = content.get("last_event_id")
+        if isinstance(last_id, int) and last_id >= 0:
+            self.cursor.last_id = last_id
+            await self._send_all(await self.cursor.catch_up())
+        else:
+            await self.send_json({"error": "send {\"last_event_id\": <integer>} to resume"})
+
+    async def workflow_event(self, message: dict[str, Any]) -> None:
+        if self.cursor is not None:
+            await self._send_all(await self.cursor.on_live(message["event"]))
+
+    async def disconnect(self, code: int) -> None:
+        if self.group is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def _send_all(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            await self.send_json(event)

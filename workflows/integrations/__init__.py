@@ -1,0 +1,1 @@
+"""Integrations that can be installed into a project's app (registry.py, services.py)."""

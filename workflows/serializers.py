@@ -1,0 +1,96 @@
+"""Input and output shapes of the workflows API (API.md: Projects, workflows, events)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from workflows.models import Branch, Integration, Project, Version, WorkflowRun
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "owner_id", "created_at"]
+        read_only_fields = ["id", "created_at"]
+        extra_kwargs = {"owner_id": {"required": False}}
+
+
+class BranchSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Branch
+        fields = ["id", "project_id", "name", "bucket", "created_at"]
+        read_only_fields = ["id", "project_id", "created_at"]
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Version
+        fields = ["id", "number", "commit_hash", "description", "run_id", "created_at"]
+
+
+class RunSerializer(serializers.ModelSerializer):
+    project_id = serializers.CharField(source="branch.project_id")
+    versions = VersionSerializer(many=True)
+
+    class Meta:
+        model = WorkflowRun
+        fields = ["id", "project_id", "branch_id", "status", "current_step", "model", "error",
+                  "input_tokens", "output_tokens", "tool_calls", "created_at", "started_at",
+                  "finished_at", "versions"]
+
+
+class TextPartSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["text"])
+    text = serializers.CharField(allow_blank=False, trim_whitespace=False)
+
+
+class TriggerMessageSerializer(serializers.Serializer):
+    content = TextPartSerializer(many=True, allow_empty=False)
+
+
+class BranchRefSerializer(serializers.Serializer):
+    project_id = serializers.CharField(max_length=64)
+    branch_id = serializers.CharField(max_length=64)
+
+
+class TriggerSerializer(BranchRefSerializer):
+    message = TriggerMessageSerializer()
+    model = serializers.RegexField(r"^[a-z0-9-]+/\S+$", required=False, max_length=200,
+                                   help_text='"anthropic/…", "openai/…" or "google/…".')
+
+
+class TriggerResponseSerializer(serializers.Serializer):
+    run_id = serializers.CharField()
+    status = serializers.CharField()
+
+
+class RevertSerializer(BranchRefSerializer):
+    version_id = serializers.CharField(max_length=64)
+
+
+class RevertResponseSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    commit_hash = serializers.CharField()
+    version = VersionSerializer()
+
+
+class IntegrationItemSerializer(serializers.Serializer):
+    key = serializers.CharField(max_length=64)
+    options = serializers.DictField(required=False, default=dict)
+
+
+class InstallSerializer(BranchRefSerializer):
+    integrations = IntegrationItemSerializer(many=True, allow_empty=False)
+    trigger_workflow = serializers.BooleanField(required=False, default=False)
+
+
+class InstalledSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Integration
+        fields = ["id", "key", "category", "status", "options"]
+
+
+class InstallResponseSerializer(serializers.Serializer):
+    success = serializers.BooleanField()
+    installed_integrations = InstalledSerializer(many=True)
+    run_id = serializers.CharField(required=False)

@@ -1,0 +1,140 @@
+"""Thin views: fetch, validate, call one service, serialize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from workflows import serializers as s
+from workflows import services
+from workflows.integrations import services as integrations
+from workflows.models import Project
+from workflows.sse import event_stream
+
+BRANCH_QUERY = [OpenApiParameter("project_id", str, required=True),
+                OpenApiParameter("branch_id", str, required=True)]
+
+
+class ProjectListView(APIView):
+    @extend_schema(responses=s.ProjectSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        projects = Project.objects.all()
+        user_id = getattr(request.user, "user_id", None)
+        if user_id:  # a platform user sees their own projects
+            projects = projects.filter(owner_id=user_id)
+        return Response({"projects": s.ProjectSerializer(projects, many=True).data})
+
+    @extend_schema(request=s.ProjectSerializer, responses={201: s.ProjectSerializer})
+    def post(self, request: Request) -> Response:
+        data = s.ProjectSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        owner = getattr(request.user, "user_id", None) or data.validated_data.get("owner_id", "")
+        project = services.project_create(name=data.validated_data["name"], owner_id=owner)
+        return Response(s.ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
+
+
+class BranchListView(APIView):
+    @extend_schema(responses=s.BranchSerializer(many=True))
+    def get(self, request: Request, project_id: str) -> Response:
+        project = services.project_get(project_id=project_id)
+        return Response({"branches": s.BranchSerializer(project.branches.all(), many=True).data})
+
+    @extend_schema(request=s.BranchSerializer, responses={201: s.BranchSerializer})
+    def post(self, request: Request, project_id: str) -> Response:
+        project = services.project_get(project_id=project_id)
+        data = s.BranchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        branch = services.branch_create(project=project, **data.validated_data)
+        return Response(s.BranchSerializer(branch).data, status=status.HTTP_201_CREATED)
+
+
+class TriggerView(APIView):
+    @extend_schema(request=s.TriggerSerializer, responses={202: s.TriggerResponseSerializer})
+    def post(self, request: Request) -> Response:
+        data = s.TriggerSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        branch = services.branch_get(project_id=data.validated_data["project_id"],
+                                     branch_id=data.validated_data["branch_id"])
+        text = "\n".join(p["text"] for p in data.validated_data["message"]["content"])
+        run = services.run_trigger(branch=branch, text=text,
+                                   model=data.validated_data.get("model"))
+        return Response({"run_id": run.id, "status": run.status},
+                        status=status.HTTP_202_ACCEPTED)
+
+
+class RunListView(APIView):
+    @extend_schema(parameters=[OpenApiParameter("project_id", str),
+                               OpenApiParameter("branch_id", str)],
+                   responses=s.RunSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        runs = services.runs_list(project_id=request.query_params.get("project_id"),
+                                  branch_id=request.query_params.get("branch_id"))
+        return Response({"runs": s.RunSerializer(runs[:200], many=True).data})
+
+
+class RunDetailView(APIView):
+    @extend_schema(responses=s.RunSerializer)
+    def get(self, request: Request, run_id: str) -> Response:
+        return Response(s.RunSerializer(services.run_get(run_id=run_id)).data)
+
+
+class RevertView(APIView):
+    @extend_schema(request=s.RevertSerializer, responses=s.RevertResponseSerializer)
+    def post(self, request: Request) -> Response:
+        data = s.RevertSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        branch = services.branch_get(project_id=data.validated_data["project_id"],
+                                     branch_id=data.validated_data["branch_id"])
+        version = services.branch_revert(branch=branch,
+                                         version_id=data.validated_data["version_id"])
+        return Response({"success": True, "commit_hash": version.commit_hash,
+                         "version": s.VersionSerializer(version).data})
+
+
+class IntegrationListView(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request) -> Response:
+        return Response({"integrations": integrations.integrations_describe()})
+
+
+class InstallIntegrationsView(APIView):
+    @extend_schema(request=s.InstallSerializer, responses=s.InstallResponseSerializer)
+    def post(self, request: Request) -> Response:
+        data = s.InstallSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        branch = services.branch_get(project_id=data.validated_data["project_id"],
+                                     branch_id=data.validated_data["branch_id"])
+        rows = integrations.integrations_install(branch=branch,
+                                                 items=data.validated_data["integrations"])
+        installed = s.InstalledSerializer(rows, many=True).data
+        body: dict[str, Any] = {"success": True, "installed_integrations": installed}
+        if data.validated_data["trigger_workflow"]:
+            keys = ", ".join(row.key for row in rows)
+            run = services.run_trigger(branch=branch, text=(
+                f"The integrations {keys} were just installed. Wire them into the app."))
+            body["run_id"] = run.id
+        return Response(body)
+
+
+class EventStreamView(APIView):
+    """Server-sent events of a branch; resume with Last-Event-ID or ?last_event_id=."""
+
+    @extend_schema(parameters=[*BRANCH_QUERY, OpenApiParameter("last_event_id", int)],
+                   responses={(200, "text/event-stream"): OpenApiTypes.STR})
+    def get(self, request: Request) -> StreamingHttpResponse:
+        branch = services.branch_get(project_id=request.query_params.get("project_id", ""),
+                                     branch_id=request.query_params.get("branch_id", ""))
+        last_id = services.last_event_id_parse(
+            request.headers.get("Last-Event-ID") or request.query_params.get("last_event_id"))
+        response = StreamingHttpResponse(event_stream(branch_id=branch.id, last_id=last_id),
+                                         content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
