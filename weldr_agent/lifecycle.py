@@ -8,6 +8,7 @@ middleware answers new requests 503 `shutting_down`. The ordering contract: docs
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -101,17 +102,22 @@ def shutdown(timeout: float) -> bool:
     return clean
 
 
-def close_connections() -> None:
-    """Close the database connections and the Redis channel layer's pools (the last step)."""
-    from asgiref.sync import async_to_sync
+def close_channel_layer(loop: asyncio.AbstractEventLoop, timeout: float = 5) -> None:
+    """Close the Redis channel layer's connections on `loop`, the server's event loop that
+    opened them (they cannot be closed from another loop)."""
     from channels.layers import get_channel_layer
+
+    close = getattr(get_channel_layer(), "close_pools", None)
+    if close is None or loop.is_closed() or not loop.is_running():
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout)
+    except Exception as error:  # the process exits next: the sockets close with it
+        logger.warning("closing the Redis channel layer: %s", error)
+
+
+def close_connections() -> None:
+    """Close every database connection of this thread (the last step of a shutdown)."""
     from django.db import connections
 
-    layer = get_channel_layer()
-    close = getattr(layer, "close_pools", None)
-    if close is not None:
-        try:
-            async_to_sync(close)()
-        except Exception:
-            logger.exception("closing the Redis channel layer failed")
     connections.close_all()

@@ -59,6 +59,10 @@ class GracefulStop:
         try:
             self.clean = lifecycle.shutdown(max(self.timeout - CLOSE_RESERVE_SECONDS, 1.0))
         finally:
+            # Redis connections belong to the server's event loop: close them while it runs.
+            loop = getattr(reactor, "_asyncioEventloop", None)
+            if loop is not None:
+                lifecycle.close_channel_layer(loop)
             reactor.callFromThread(_reactor_stop)
 
     def finish(self) -> bool:
@@ -140,12 +144,13 @@ class Command(BaseCommand):
     def _banner(self, host: str, port: int) -> None:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         base = f"http://{shown}:{port}"
+        supervised = " (local, supervised)" if settings.S3_LOCAL else ""
         lines = [
             f"Weldr Agent {settings.VERSION} ({settings.NODE_ENV})",
             f"  API      {base}/",
             f"  Docs     {base}/docs",
             f"  Health   {base}/health",
-            f"  S3       {settings.S3_ENDPOINT}{' (local, supervised)' if settings.S3_LOCAL else ''}",
+            f"  S3       {settings.S3_ENDPOINT}{supervised}",
             f"  Data     {settings.WELDR_ENV_VOL}",
             f"  Mode     {settings.WORKSPACE_MODE} workspaces",
             "  Token    .venv/bin/python manage.py create_api_token --name me",
