@@ -57,9 +57,12 @@ log "sync $BRANCH_DIR -> $REMOTE/tree (generation $next, attempt $attempt)"
   || die "rclone sync to $REMOTE/tree failed; S3 still holds generation $generation (see log)"
 
 # The manifest is what S3 now holds (not the local tree, which may have changed meanwhile).
-"$RCLONE" md5sum --fast-list "$REMOTE/tree" | LC_ALL=C sort -k2 >"$TMP/manifest"
+# One listing gives md5, size and path ("md5  size  path"); the manifest is "md5  path".
+"$RCLONE" lsf -R --files-only --fast-list --hash MD5 --format hsp --separator '  ' \
+  -- "$REMOTE/tree" >"$TMP/listing"
+sed -E 's/^([0-9a-f]*)  [0-9]+  /\1  /' "$TMP/listing" | LC_ALL=C sort -k2 >"$TMP/manifest"
 files="$(wc -l <"$TMP/manifest")"
-bytes="$("$RCLONE" size --fast-list --json "$REMOTE/tree" | sed -n 's/.*"bytes":\([0-9]*\).*/\1/p')"
+bytes="$(awk -F'  ' '{ total += $2 } END { printf "%d", total }' "$TMP/listing")"
 tree_md5="$(md5sum <"$TMP/manifest" | cut -d' ' -f1)"
 "$RCLONE" copyto "$TMP/manifest" "$REMOTE/manifest-$next.md5"
 printf 'generation=%s\nfiles=%s\nbytes=%s\ntree_md5=%s\ncompleted_at=%s\n' \
