@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.local.conftest import s3_keys
+from tests.previews.conftest import PORTS_LOCK, http_get, write_node_app
 from weldr_agent import runner
 
 
@@ -70,12 +71,20 @@ def wipe_machine(tmp_path: Path) -> None:
 
 def test_sigterm_in_local_mode_backs_up_and_a_fresh_machine_restores(agent_process, tmp_path,
                                                                     bucket):
-    # given a mounted (local) workspace with work in it
+    # given a mounted (local) workspace with work in it and a preview running from it
     client = start(agent_process, tmp_path, "local")
     path = Path(client.mount(bucket)["path"])
     (path / "app").mkdir()
     (path / "app" / "index.js").write_text("console.log('v1')\n")
     (path / "notes with spaces.md").write_text("keep me")
+    write_node_app(path, label="branch")
+    ports = open(PORTS_LOCK, "a")  # noqa: SIM115 (host ports 3000-3019 are machine-global)
+    fcntl.flock(ports, fcntl.LOCK_EX)
+    preview = client.http.post("/previews/start", json={"bucket": bucket,
+                                                         "command": "node server.js"})
+    assert preview.status_code == 201, preview.text
+    port = preview.json()["port"]
+    assert http_get(f"http://127.0.0.1:{port}/")[1] == f"hello from branch on {port}\n"
     # and the branch's sync lock held, so that the final backup waits for us
     holder = open(path / ".weldr-sync.lock", "a")  # noqa: SIM115
     fcntl.flock(holder, fcntl.LOCK_EX)
@@ -96,6 +105,10 @@ def test_sigterm_in_local_mode_backs_up_and_a_fresh_machine_restores(agent_proce
     agent_process.process = None
     assert f"branches/{bucket}/tree/app/index.js" in s3_keys(bucket)
     assert processes_mentioning(str(tmp_path)) == []
+    # and the preview is gone
+    with pytest.raises(AssertionError):
+        http_get(f"http://127.0.0.1:{port}/", timeout=1)
+    ports.close()
     # when the machine starts fresh, with nothing but S3
     wipe_machine(tmp_path)
     client = start(agent_process, tmp_path, "local")
