@@ -5,6 +5,7 @@ class MountsConfig(AppConfig):
     name = "mounts"
 
     def ready(self) -> None:
-        from mounts import lifecycle
+        from mounts import lifecycle, local
 
         lifecycle.register()
+        local.register()

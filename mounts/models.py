@@ -42,4 +42,8 @@ class Mount(models.Model):
 
     @property
     def path(self) -> str:
+        if settings.WORKSPACE_MODE == "local":
+            from mounts.local import branch_dir
+
+            return str(branch_dir(self.bucket))
         return str(settings.WORKSPACE_BASE / self.bucket)

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from mounts import steps, system
+from mounts import local, steps, system
 from mounts.errors import (
     InvalidBucket,
     MountFailed,
@@ -71,6 +71,8 @@ def workspace_path(bucket: str) -> Path:
     mount = Mount.objects.filter(bucket=bucket, status=Mount.Status.MOUNTED).first()
     if mount is None:
         raise NotMounted(f"Bucket {bucket!r} is not mounted; mount it first (POST /mounts).")
+    if local.enabled():
+        return local.workspace_path(bucket)
     return Path(mount.path)
 
 
@@ -97,6 +99,13 @@ def _machine_mount(mount: Mount) -> None:
     """Run the mount procedure for a row in MOUNTING; on failure leave nothing running."""
     p = system.paths(mount.bucket)
     budget = system.Budget(mount.cache_size_mb, mount.buffer_size_mb)
+    if local.enabled():
+        # Local mode: "mounted" means the branch directory is restored, present and pinned.
+        steps.ensure_bucket(mount.bucket)
+        mount.restored = local.branch_open(mount.bucket)
+        mount.status, mount.mounted_at, mount.error = Mount.Status.MOUNTED, timezone.now(), ""
+        mount.save()
+        return
     try:
         steps.ensure_bucket(mount.bucket)
         origin = steps.metadata_prepare(p)
@@ -118,6 +127,8 @@ def _machine_mount(mount: Mount) -> None:
 
 def _healthy(mount: Mount) -> bool:
     p = system.paths(mount.bucket)
+    if local.enabled():
+        return mount.status == Mount.Status.MOUNTED and local.branch_healthy(mount.bucket)
     return (mount.status == Mount.Status.MOUNTED and steps.answers(p.mount_point)
             and steps.owns(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM)))
 
@@ -163,7 +174,11 @@ def mount_sync(*, bucket: str) -> Mount:
         mount = Mount.objects.filter(bucket=bucket, status=Mount.Status.MOUNTED).first()
         if mount is None:
             raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
-        mount.synced_at = steps.durable(p, mount.litestream_pid)
+        if local.enabled():
+            local.workspace_sync(bucket)
+            mount.synced_at = timezone.now()
+        else:
+            mount.synced_at = steps.durable(p, mount.litestream_pid)
         mount.save(update_fields=["synced_at"])
     return mount
 
@@ -174,6 +189,9 @@ def mount_sync(*, bucket: str) -> Mount:
 
 
 def _machine_unmount(mount: Mount, *, force: bool) -> None:
+    if local.enabled():
+        local.branch_close(mount.bucket)
+        return
     p = system.paths(mount.bucket)
     alive = steps.answers(p.mount_point)
     litestream_alive = steps.owns(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM))

@@ -1,24 +1,28 @@
-"""Request-body cap, enforced before any view reads the body.
+"""Middleware of the agent: the request-body cap and the refusal of new work during shutdown.
 
-Django checks DATA_UPLOAD_MAX_MEMORY_SIZE (MAX_REQUEST_BODY_BYTES) only when something reads
-`request.body` (DRF's JSON parser does; a view reading `request.stream` does not), and then the
-error surfaces from deep inside the view. This answers 413 `payload_too_large` from the
-Content-Length alone, before any view, authentication or parsing runs.
+RequestBodyLimitMiddleware: Django checks DATA_UPLOAD_MAX_MEMORY_SIZE (MAX_REQUEST_BODY_BYTES)
+only when something reads `request.body` (DRF's JSON parser does; a view reading
+`request.stream` does not), and then the error surfaces from deep inside the view. This answers
+413 `payload_too_large` from the Content-Length alone, before any view, authentication or
+parsing runs. A view that accepts larger bodies (file uploads) declares `max_body_bytes = N` on
+its class and reads `request.stream`. A chunked body without Content-Length is 411
+`length_required`: DRF would read it as empty.
 
-A view that accepts larger bodies (file uploads) declares `max_body_bytes = N` on its class and
-reads `request.stream` (JSON bodies stay capped by Django's own check at the global limit).
-A chunked body without Content-Length is 411 `length_required`: DRF would read it as empty.
+ShutdownMiddleware: once shutdown has begun, new requests get 503 `shutting_down`, so that load
+balancers and clients move on while the running work finishes (docs/shutdown.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 
+from weldr_agent import lifecycle
 from weldr_agent.errors import json_error
 
 
@@ -48,3 +52,33 @@ class RequestBodyLimitMiddleware(MiddlewareMixin):
                 "payload_too_large", 413,
             )
         return None
+
+
+def _refusal() -> JsonResponse:
+    response = json_error("The agent is shutting down; retry on the next machine.",
+                          "shutting_down", 503)
+    response["Retry-After"] = "5"
+    response["Connection"] = "close"
+    return response
+
+
+class ShutdownMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        if lifecycle.shutting_down():
+            return _refusal()
+        return self.get_response(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        if lifecycle.shutting_down():
+            return _refusal()
+        return await self.get_response(request)

@@ -152,6 +152,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",
+    # After CORS, so that a browser can read the 503 shutting_down answer.
+    "weldr_agent.middleware.ShutdownMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -335,6 +337,15 @@ LITESTREAM_MEMORY_LIMIT_MB = _int("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, high=
 
 WORKSPACE_MODE = _choice("WORKSPACE_MODE", env.str("WORKSPACE_MODE", default="mount"),
                          ("mount", "local"))
+# Local mode (docs/local-mode.md): branch directories on the local disk, synced to S3 by rclone.
+BRANCHES_DIR = Path(
+    env.str("WELDR_BRANCHES_DIR", default=str(WELDR_ENV_VOL / "branches"))
+).absolute()
+# Below this much free space on BRANCHES_DIR's disk, least recently used branch directories go.
+BRANCH_MIN_FREE_MB = _int("WELDR_BRANCH_MIN_FREE_MB", 2048, low=0, high=10**8)
+# Background backup of changed branch directories; each version is also synced at once.
+BRANCH_SYNC_INTERVAL_SECONDS = _int("WELDR_BRANCH_SYNC_INTERVAL_SECONDS", 60, low=1, high=86400)
+BRANCH_SYNC_TIMEOUT_SECONDS = _int("WELDR_BRANCH_SYNC_TIMEOUT_SECONDS", 1800, low=10, high=86400)
 
 # ---------------------------------------------------------------------------------------------
 # Previews and commands (the sandbox)

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
+import time
 from typing import Any
 
 from django.conf import settings
@@ -12,11 +16,82 @@ from weldr_agent.s3 import LocalS3Server
 
 logger = logging.getLogger("weldr.serve")
 
+# Kept from SHUTDOWN_TIMEOUT_SECONDS for what follows the hooks: closing connections, stopping
+# the supervised local S3 server and the process exit.
+CLOSE_RESERVE_SECONDS = 3.0
+
+
+class GracefulStop:
+    """SIGTERM/SIGINT handling: the first signal starts the shutdown, a second exits at once.
+
+    The first signal marks the agent as shutting down (new requests get 503 `shutting_down`
+    while the HTTP server still answers), runs the shutdown hooks in a thread, then stops the
+    reactor. See docs/shutdown.md.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.clean = True
+        self.thread: threading.Thread | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.deadline is not None:
+            os.write(2, f"second signal {signal.Signals(signum).name}: exiting now\n".encode())
+            os._exit(128 + signum)
+        logger.info("%s: shutting down (deadline %ss)", signal.Signals(signum).name,
+                    self.timeout)
+        self.begin()
+
+    def begin(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
+        lifecycle.begin_shutdown()
+        self.thread = threading.Thread(target=self._run, name="shutdown", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from twisted.internet import reactor
+
+        try:
+            self.clean = lifecycle.shutdown(max(self.timeout - CLOSE_RESERVE_SECONDS, 1.0))
+        finally:
+            # Redis connections belong to the server's event loop: close them while it runs.
+            loop = getattr(reactor, "_asyncioEventloop", None)
+            if loop is not None:
+                lifecycle.close_channel_layer(loop)
+            reactor.callFromThread(_reactor_stop)
+
+    def finish(self) -> bool:
+        """After the server stopped: make sure the hooks ran (or run them now); True if clean."""
+        if self.deadline is None:
+            # The server stopped without a signal (an error): shut down all the same.
+            self.deadline = time.monotonic() + self.timeout
+            return lifecycle.shutdown(max(self.timeout - CLOSE_RESERVE_SECONDS, 1.0))
+        assert self.thread is not None
+        self.thread.join(max(self.deadline - time.monotonic(), 0))
+        return self.clean and not self.thread.is_alive()
+
+
+def _reactor_stop() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.error import ReactorNotRunning
+
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
 
 class Command(BaseCommand):
     help = (
         "Run the agent: migrate both databases, start the local S3 server when S3_ENDPOINT is "
-        "unset, reconcile the machine, then serve HTTP and websockets with daphne on PORT."
+        "unset, reconcile the machine, then serve HTTP and websockets with daphne on PORT. "
+        "SIGTERM/SIGINT shut it down gracefully within SHUTDOWN_TIMEOUT_SECONDS (exit 0); a "
+        "second signal exits at once."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -39,36 +114,45 @@ class Command(BaseCommand):
                                      key_id=settings.S3_ACCESS_KEY_ID,
                                      secret=settings.S3_SECRET_ACCESS_KEY)
             local_s3.start()
+        stop = GracefulStop(settings.SHUTDOWN_TIMEOUT_SECONDS)
+        clean = False
         try:
             lifecycle.startup()
             from weldr_agent.asgi import application
 
             self._banner(host, port)
-            Server(
+            server = Server(
                 application=application,
                 endpoints=build_endpoint_description_strings(host=host, port=port),
-                signal_handlers=True,
+                signal_handlers=False,
                 http_timeout=None,
                 websocket_handshake_timeout=10,
                 application_close_timeout=10,
                 verbosity=0,
-            ).run()
+            )
+            stop.install()
+            server.run()
         finally:
-            clean = lifecycle.shutdown(settings.SHUTDOWN_TIMEOUT_SECONDS)
+            clean = stop.finish()
+            lifecycle.close_connections()
             if local_s3 is not None:
                 local_s3.stop()
             logger.info("agent stopped%s", "" if clean else " (with errors; see above)")
+        if not clean:
+            raise SystemExit(1)
 
     def _banner(self, host: str, port: int) -> None:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         base = f"http://{shown}:{port}"
+        supervised = " (local, supervised)" if settings.S3_LOCAL else ""
         lines = [
             f"Weldr Agent {settings.VERSION} ({settings.NODE_ENV})",
             f"  API      {base}/",
             f"  Docs     {base}/docs",
             f"  Health   {base}/health",
-            f"  S3       {settings.S3_ENDPOINT}{' (local, supervised)' if settings.S3_LOCAL else ''}",
+            f"  S3       {settings.S3_ENDPOINT}{supervised}",
             f"  Data     {settings.WELDR_ENV_VOL}",
+            f"  Mode     {settings.WORKSPACE_MODE} workspaces",
             "  Token    .venv/bin/python manage.py create_api_token --name me",
         ]
         self.stdout.write("\n".join(lines))

@@ -1,0 +1,124 @@
+# shellcheck shell=bash
+# Shared by the branch-directory scripts (create-branch-dir, sync-from-s3, sync-to-s3,
+# cleanup-lru): configuration, argument validation, locks and rclone set-up.
+# Layout and protocol: docs/local-mode.md.
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+WELDR_ENV_VOL="${WELDR_ENV_VOL:-/dev/weldr_env_vol}"
+BRANCHES_DIR="${WELDR_BRANCHES_DIR:-$WELDR_ENV_VOL/branches}"
+WELDR_LOG_FILE="${WELDR_LOG_FILE:-$WELDR_ENV_VOL/branches.log}"
+# Markers inside a branch directory; never synced (rclone filter "/.weldr-*").
+INUSE_FILE=".weldr-inuse"        # flock: shared by every user of the directory, exclusive by LRU
+LASTUSED_FILE=".weldr-lastused"  # its mtime is the last use (LRU order)
+SYNCED_FILE=".weldr-synced"      # its mtime is the last complete sync; ctime-newer files = dirty
+RESTORING_FILE=".weldr-restoring"  # present while a restore is incomplete
+SYNCLOCK_FILE=".weldr-sync.lock"   # flock: one sync at a time per directory
+LOCK_TIMEOUT="${WELDR_BRANCH_LOCK_TIMEOUT:-600}"
+
+ID_PATTERN='^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$'
+
+# valid_id LABEL VALUE: a branch or project id is one safe path component.
+valid_id() {
+  [[ "$2" =~ $ID_PATTERN ]] \
+    || die "$1 must be 1-128 characters of A-Z a-z 0-9 . _ - starting with a letter or digit; got $(printf '%q' "$2")" 2
+}
+
+# valid_bucket VALUE: S3's bucket naming rules (3-63 of a-z 0-9 . -, no "..", not an IP).
+valid_bucket() {
+  if [[ ! "$1" =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ || "$1" == *..* \
+        || "$1" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+    die "bucket must be a valid S3 bucket name (3-63 of a-z 0-9 . -); got $(printf '%q' "$1")" 2
+  fi
+}
+
+# parse_branch_args "$@": <branch_id> <project_id> [--bucket NAME]; calls usage() for --help.
+parse_branch_args() {
+  BRANCH_ID="" PROJECT_ID="" BUCKET="${WELDR_BRANCH_BUCKET:-}"
+  local positional=()
+  while (($#)); do
+    case "$1" in
+      -h|--help) usage; exit 0 ;;
+      --bucket) (($# >= 2)) || die "--bucket needs a value" 2; BUCKET="$2"; shift 2 ;;
+      --bucket=*) BUCKET="${1#--bucket=}"; shift ;;
+      --) shift; positional+=("$@"); break ;;
+      -*) die "unknown option $(printf '%q' "$1") (see --help)" 2 ;;
+      *) positional+=("$1"); shift ;;
+    esac
+  done
+  ((${#positional[@]} == 2)) || die "expected <branch_id> <project_id> (see --help)" 2
+  BRANCH_ID="${positional[0]}" PROJECT_ID="${positional[1]}"
+  valid_id branch_id "$BRANCH_ID"
+  valid_id project_id "$PROJECT_ID"
+  # Default: the branch's own bucket is named like the branch (the service passes --bucket).
+  BUCKET="${BUCKET:-$BRANCH_ID}"
+  valid_bucket "$BUCKET"
+  BRANCH_DIR="$BRANCHES_DIR/$PROJECT_ID/$BRANCH_ID"
+}
+
+# rclone_init: the venv's rclone, configured only by environment with explicit keys.
+rclone_init() {
+  local here
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  RCLONE="${WELDR_RCLONE:-}"
+  if [[ -z "$RCLONE" ]]; then
+    if [[ -x "$here/.venv/bin/rclone" ]]; then RCLONE="$here/.venv/bin/rclone"
+    else RCLONE="$(command -v rclone)" || die "rclone is not installed (run scripts/setup.sh)"
+    fi
+  fi
+  [[ -n "${S3_ENDPOINT:-}" ]] || die "S3_ENDPOINT is not set"
+  [[ -n "${S3_ACCESS_KEY_ID:-}" && -n "${S3_SECRET_ACCESS_KEY:-}" ]] \
+    || die "S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY must be set"
+  # No config file; never the AWS credential chain or the instance metadata service.
+  export RCLONE_CONFIG=/dev/null
+  export RCLONE_CONFIG_WELDRS3_TYPE=s3
+  export RCLONE_CONFIG_WELDRS3_PROVIDER=Other
+  export RCLONE_CONFIG_WELDRS3_ENV_AUTH=false
+  export RCLONE_CONFIG_WELDRS3_ENDPOINT="$S3_ENDPOINT"
+  export RCLONE_CONFIG_WELDRS3_ACCESS_KEY_ID="$S3_ACCESS_KEY_ID"
+  export RCLONE_CONFIG_WELDRS3_SECRET_ACCESS_KEY="$S3_SECRET_ACCESS_KEY"
+  export RCLONE_CONFIG_WELDRS3_REGION="${S3_REGION:-auto}"
+  export RCLONE_CONFIG_WELDRS3_FORCE_PATH_STYLE=true
+  export AWS_EC2_METADATA_DISABLED=true
+  # Fail in about a minute when S3 is unreachable instead of backing off for many minutes.
+  export RCLONE_RETRIES="${WELDR_RCLONE_RETRIES:-3}"
+  export RCLONE_LOW_LEVEL_RETRIES="${WELDR_RCLONE_LOW_LEVEL_RETRIES:-3}"
+  export RCLONE_CONTIMEOUT="${RCLONE_CONTIMEOUT:-15s}"
+  export RCLONE_TIMEOUT="${RCLONE_TIMEOUT:-5m}"
+  unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE
+  REMOTE="weldrs3:$BUCKET/branches/$BRANCH_ID"
+  RCLONE_FLAGS=(--links --metadata --checksum --fast-list --exclude "/.weldr-*"
+                --transfers "${WELDR_RCLONE_TRANSFERS:-8}" --log-level NOTICE)
+  if [[ -n "${WELDR_LOG_FILE:-}" && -w "$(dirname "$WELDR_LOG_FILE")" ]]; then
+    RCLONE_FLAGS+=(--log-file "$WELDR_LOG_FILE")
+  fi
+}
+
+# read_complete FILE: fetch $REMOTE/COMPLETE into FILE (empty when nothing was ever backed up).
+# `rclone cat` exits 0 with no output for a missing object and 3 for a missing bucket; any
+# other failure (S3 unreachable, bad keys) must not be mistaken for "nothing in S3".
+read_complete() {
+  local code=0
+  "$RCLONE" cat --retries 1 -- "$REMOTE/COMPLETE" >"$1" 2>"$1.err" || code=$?
+  if ((code == 3)); then : >"$1"; elif ((code != 0)); then
+    die "cannot read $REMOTE/COMPLETE: $(tail -n 1 "$1.err")"
+  fi
+}
+
+# lock_fd FILE MODE(-s|-x) [-n]: open FILE on a new fd, flock it, print the fd.
+# Callers keep the fd open for as long as they hold the lock (closing releases it).
+lock_shared() {  # lock_shared FILE -> sets LOCK_FD
+  exec {LOCK_FD}>>"$1"
+  flock -s -w "$LOCK_TIMEOUT" "$LOCK_FD" || die "timed out waiting for the lock $1"
+}
+
+# is_dirty DIR: true when something under DIR changed (ctime) after the last complete sync.
+is_dirty() {
+  [[ -e "$1/$SYNCED_FILE" ]] || return 0
+  [[ -n "$(find "$1" -cnewer "$1/$SYNCED_FILE" ! -name '.weldr-*' -print -quit)" ]]
+}
+
+free_mb() {  # free_mb DIR: available megabytes on DIR's filesystem
+  df -Pk -- "$1" | awk 'NR == 2 { print int($4 / 1024) }'
+}
