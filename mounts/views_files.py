@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
@@ -12,15 +12,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mounts import files, paths
+from weldr_agent.serializers import error_responses
 
 PATH_PARAM = OpenApiParameter("path", str, required=False,
                               description="Relative to the workspace root (default: the root).")
-ERRORS = {code: OpenApiResponse(description=text) for code, text in {
-    400: "invalid_path (outside the workspace: `..`, absolute, NUL, a symlink out) / "
+ERRORS = error_responses(
+    400, 404, 409, 413,
+    e400="invalid_path (outside the workspace: `..`, absolute, NUL, a symlink out) / "
          "not_a_file / not_a_directory",
-    404: "not_found", 409: "not_mounted / directory_not_empty",
-    413: "payload_too_large (FILE_UPLOAD_MAX_BYTES)",
-}.items()}
+    e404="not_found", e409="not_mounted / directory_not_empty",
+    e413="payload_too_large (FILE_UPLOAD_MAX_BYTES)",
+)
 
 
 class EntrySerializer(serializers.Serializer):

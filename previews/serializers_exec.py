@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema_field
 from rest_framework import serializers
 
 from previews.models_exec import ExecCommand
@@ -115,6 +115,10 @@ class ExecCommandSerializer(serializers.ModelSerializer):
                   "finished_at", "duration_ms"]
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class EventStream(serializers.Serializer):
-    """text/event-stream: events start {pid}, stdout {data, data_base64?}, stderr, exit."""
+# The SSE body of /exec and /exec/{id}/logs, as a string schema: drf-spectacular renders an
+# empty serializer as "no body", which breaks a response with two media types.
+EventStream = OpenApiResponse(
+    OpenApiTypes.STR,
+    description="text/event-stream: events start {pid}, stdout {data, data_base64?}, stderr, "
+                "exit {exit_code, timed_out, duration_ms}.",
+)

@@ -6,7 +6,7 @@ import json
 
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import renderers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,12 +20,13 @@ from previews.serializers import (
     PreviewStartSerializer,
     PreviewStopSerializer,
 )
+from weldr_agent.serializers import error_responses
 
-ERRORS = {code: OpenApiResponse(description="`{detail, code}`") for code in (400, 404, 409, 503)}
+ERRORS = error_responses(400, 404, 409, 503)
 
 
 class PreviewListView(APIView):
-    @extend_schema(responses={200: PreviewListSerializer})
+    @extend_schema(operation_id="previews_list", responses={200: PreviewListSerializer})
     def get(self, request: Request) -> Response:
         previews = services.preview_list()
         return Response({"previews": PreviewSerializer(previews, many=True,

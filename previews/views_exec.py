@@ -12,7 +12,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -29,12 +29,14 @@ from previews.serializers_exec import (
     ExecResultSerializer,
     ExecStartedSerializer,
 )
+from weldr_agent.serializers import error_responses
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-ERRORS = {code: OpenApiResponse(description=text) for code, text in {
-    400: "invalid / invalid_path", 404: "no_exec", 409: "not_mounted",
-    429: "too_many_commands (EXEC_MAX_CONCURRENT running on this bucket)",
-}.items()}
+ERRORS = error_responses(
+    400, 404, 409, 429,
+    e400="invalid / invalid_path", e404="no_exec", e409="not_mounted",
+    e429="too_many_commands (EXEC_MAX_CONCURRENT running on this bucket)",
+)
 
 
 class EventStreamRenderer(BaseRenderer):

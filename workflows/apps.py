@@ -9,7 +9,7 @@ class WorkflowsConfig(AppConfig):
         from workflows import worker
 
         # After mounts and previews (lower orders): a run may need both.
-        lifecycle.register("workflows", order=50, startup=worker_start_hook,
+        lifecycle.register("workflows", order=70, startup=worker_start_hook,
                            shutdown=worker.worker_stop)
 
 
