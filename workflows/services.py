@@ -108,12 +108,8 @@ def branch_get(*, project_id: str, branch_id: str) -> Branch:
 
 
 def branch_workspace(branch: Branch) -> Path:
-    """The branch's workspace directory: its bucket mounted (WORKSPACE_MODE=mount), or a local
-    directory (WORKSPACE_MODE=local, the design's branch-directory path)."""
-    if settings.WORKSPACE_MODE == "local":
-        path = settings.WORKSPACE_BASE / branch.bucket
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    """The branch's workspace directory: its bucket mounted (WORKSPACE_MODE=mount), or its
+    branch directory restored from S3 (WORKSPACE_MODE=local); the mounts app decides."""
     from mounts.services import mount_ensure, workspace_path
 
     mount_ensure(bucket=branch.bucket)

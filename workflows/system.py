@@ -9,8 +9,10 @@ GIT_AUTHOR_NAME = "Weldr Agent"
 GIT_AUTHOR_EMAIL = "agent@weldr.local"
 # Our own housekeeping never belongs in a version (npm caches, the agent's scratch files), nor do
 # JuiceFS's virtual files at the root of a mount (its trash, stats and access log).
+# The agent's own files at a workspace root: JuiceFS's virtual files and trash, and the
+# markers of a local branch directory (scripts/branch-common.sh), never the project's.
 GIT_EXCLUDES = ("node_modules/", ".weldr/", ".npm/", "/.trash/", "/.stats", "/.config",
-                "/.accesslog")
+                "/.accesslog", "/.weldr-*")
 
 
 def git_argv(workspace: Path, *args: str) -> list[str]:

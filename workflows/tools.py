@@ -204,13 +204,19 @@ def delete_file(context: ToolContext, args: dict[str, Any]) -> str:
     return f"Deleted {args['path']}."
 
 
+def is_agent_marker(directory: Path, name: str, root: Path) -> bool:
+    """A local branch directory's marker files (`.weldr-*` at its root) are the agent's."""
+    return directory == root and name.startswith(".weldr-")
+
+
 def _walk(root: Path) -> list[Path]:
     files: list[Path] = []
     for directory, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
         # .accesslog blocks on read: JuiceFS's virtual files are never the project's.
         files.extend(Path(directory) / name for name in sorted(filenames)
-                     if name not in JUICEFS_VIRTUAL)
+                     if name not in JUICEFS_VIRTUAL and not is_agent_marker(Path(directory),
+                                                                            name, root))
     return files
 
 

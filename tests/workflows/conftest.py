@@ -115,6 +115,13 @@ class Agent:
         assert branch.status_code == 201, branch.text
         return project["id"], branch.json()["id"]
 
+    def workspace(self, bucket: str) -> Path:
+        """Where the agent keeps the bucket's workspace (a mount, or a local branch directory)."""
+        assert self.http is not None
+        reply = self.http.get(f"/mounts/{bucket}")
+        assert reply.status_code == 200, reply.text
+        return Path(reply.json()["path"])
+
     def trigger(self, project_id: str, branch_id: str, model: str,
                 text: str = "Build it") -> httpx.Response:
         assert self.http is not None

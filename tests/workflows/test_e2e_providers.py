@@ -74,7 +74,6 @@ def test_run_end_to_end_through_the_sdk(llm_server: LLMServer, llm_agent: Agent,
     agent = llm_agent
     project_id, branch_id = agent.project_branch()
     bucket = agent.http.get(f"/projects/{project_id}/branches").json()["branches"][0]["bucket"]
-    workspace = workspaces / bucket
     sse = SSEClient(agent, project_id, branch_id, last_event_id=0)
     ws = WSClient(agent, project_id, branch_id, resume=0)
     connected(sse, ws)
@@ -84,6 +83,7 @@ def test_run_end_to_end_through_the_sdk(llm_server: LLMServer, llm_agent: Agent,
     reply = agent.trigger(project_id, branch_id, MODELS[provider])
     assert reply.status_code == 202, reply.text
     run = agent.run_wait(reply.json()["run_id"])
+    workspace = agent.workspace(bucket)
 
     # then one version holds exactly the files written
     assert run["status"] == "completed", run["error"]

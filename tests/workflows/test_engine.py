@@ -58,7 +58,8 @@ NOT_PROJECT = {".git", ".trash", ".stats", ".config", ".accesslog"}
 
 def tree(workspace: Path) -> dict[str, str]:
     return {str(p.relative_to(workspace)): p.read_text() for p in sorted(workspace.rglob("*"))
-            if not NOT_PROJECT & set(p.relative_to(workspace).parts) and p.is_file()}
+            if not NOT_PROJECT & set(p.relative_to(workspace).parts) and p.is_file()
+            and not (p.parent == workspace and p.name.startswith(".weldr-"))}
 
 
 def git_log(workspace: Path) -> list[str]:
@@ -76,7 +77,6 @@ def test_run_end_to_end_events_version_and_revert(agent: Agent, scripts: Path,
     # given a project whose branch has a bucket, and two clients listening
     project_id, branch_id = agent.project_branch()
     bucket = agent.http.get(f"/projects/{project_id}/branches").json()["branches"][0]["bucket"]
-    workspace = workspaces / bucket
     sse = SSEClient(agent, project_id, branch_id, last_event_id=0)
     ws = WSClient(agent, project_id, branch_id, resume=0)
     connected(sse, ws)
@@ -86,6 +86,7 @@ def test_run_end_to_end_events_version_and_revert(agent: Agent, scripts: Path,
     assert reply.status_code == 202, reply.text
     assert reply.json()["status"] == "queued"
     run = agent.run_wait(reply.json()["run_id"])
+    workspace = agent.workspace(bucket)
 
     # then the run completed with one version, holding exactly the files written
     assert run["status"] == "completed", run["error"]
