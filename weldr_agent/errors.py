@@ -87,7 +87,8 @@ def _flatten(errors: Any) -> dict[str, list[str]]:
             else:
                 flat[str(field)] = [str(m) for m in (value if isinstance(value, list) else [value])]
         return flat
-    return {"non_field_errors": [str(m) for m in (errors if isinstance(errors, list) else [errors])]}
+    messages = errors if isinstance(errors, list) else [errors]
+    return {"non_field_errors": [str(m) for m in messages]}
 
 
 def error_body(detail: str, code: str, **extra: Any) -> dict[str, Any]:
