@@ -62,3 +62,10 @@ class SyncFailed(APIError):
     status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
     default_code = "sync_failed"
     default_detail = "The workspace could not be made durable in S3."
+
+
+class VolumeGone(ConflictError):
+    """This machine holds a bucket's metadata but the bucket's data is gone (bucket deleted)."""
+
+    default_code = "volume_gone"
+    default_detail = "The bucket's JuiceFS data is gone; its local metadata was set aside."

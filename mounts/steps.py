@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
 from mounts import system
-from mounts.errors import MountBusy, MountFailed, StorageUnavailable, SyncFailed
+from mounts.errors import MountBusy, MountFailed, StorageUnavailable, SyncFailed, VolumeGone
 from weldr_agent import runner, s3
 
 logger = logging.getLogger("weldr.mounts")
@@ -125,6 +125,20 @@ def prefix_empty(bucket: str, prefix: str) -> bool:
     return not listed.get("KeyCount") and not listed.get("Contents")
 
 
+def volume_present(bucket: str) -> bool:
+    """The bucket still holds the JuiceFS volume: `juicefs format` writes this object."""
+    try:
+        s3.client().head_object(Bucket=bucket, Key=system.VOLUME_UUID_KEY)
+        return True
+    except ClientError as error:
+        if str(error.response.get("Error", {}).get("Code", "")) in {"NoSuchKey", "404",
+                                                                     "NotFound"}:
+            return False
+        raise _storage_error(error, bucket) from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket) from error
+
+
 def durable_marker_read(bucket: str) -> datetime | None:
     try:
         body = s3.client().get_object(Bucket=bucket, Key=system.DURABLE_MARKER_KEY)["Body"]
@@ -209,7 +223,21 @@ def metadata_prepare(p: system.Paths) -> str:
     if p.meta_db.exists():
         # Same machine (a crash or a clean unmount): the local database is the newest state, and
         # the staged blocks in the same cache folder are uploaded on mount (STORAGE.md 1).
-        return "local"
+        if volume_present(p.bucket):
+            return "local"
+        # The bucket was deleted (or emptied) under us: this metadata names blocks that no
+        # longer exist, so mounting it would show files whose reads fail. Keep it for forensics
+        # but out of the way, so that the next mount starts an empty volume.
+        aside = p.meta_db.with_name(f"{p.meta_db.name}.orphaned-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{p.meta_db}{suffix}")
+            if source.exists():
+                source.rename(f"{aside}{suffix}")
+        raise VolumeGone(
+            f"Bucket {p.bucket!r} no longer holds its JuiceFS volume (the bucket was deleted or "
+            f"emptied); its files are gone. This machine's metadata was set aside as {aside}; "
+            "mounting again starts an empty workspace."
+        )
     if metadata_restore(p):
         return "restored"
     if not prefix_empty(p.bucket, f"{system.VOLUME_NAME}/"):

@@ -25,6 +25,8 @@ from django.conf import settings
 VOLUME_NAME = "workspace"
 REPLICA_PATH = "weldr-meta/litestream"
 DURABLE_MARKER_KEY = "weldr-meta/durable-at"
+# `juicefs format` writes this object; its absence means the volume is gone.
+VOLUME_UUID_KEY = f"{VOLUME_NAME}/juicefs_uuid"
 # After a metadata restore the block-ID counter jumps this far ahead: object keys derive from
 # it and an older counter would reissue IDs whose objects exist already (STORAGE.md 3). Ten
 # million is more chunks than a 2-core machine can create in the restore window.

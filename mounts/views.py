@@ -46,7 +46,8 @@ class MountViewSet(viewsets.ViewSet):
                     "local copy is gone, and returns once the workspace answers.",
         request=MountCreateSerializer,
         responses={201: MountSerializer, 200: MountSerializer, 400: _error("invalid_bucket"),
-                   409: _error("mount_limit | mount_busy"), 500: _error("mount_failed"),
+                   409: _error("mount_limit | mount_busy | volume_gone"),
+                   500: _error("mount_failed"),
                    502: _error("storage_unavailable")},
     )
     def create(self, request: Request) -> Response:
