@@ -8,6 +8,7 @@ place to change when tuning (the `perf` branch measures them).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import string
@@ -57,6 +58,18 @@ class Paths:
         return meta_url(self.meta_db)
 
 
+# A unix socket's path must fit sun_path (108 bytes with its NUL).
+UNIX_SOCKET_PATH_MAX = 107
+
+
+def socket_path(directory: Path, name: str) -> Path:
+    """`directory/name`, or a short per-agent path under /run when that would not fit."""
+    preferred = directory / name
+    if len(os.fsencode(str(preferred))) <= UNIX_SOCKET_PATH_MAX:
+        return preferred
+    return Path("/run/weldr-sockets") / f"{settings.INSTANCE_ID}-{name}"
+
+
 def paths(bucket: str) -> Paths:
     vol = settings.WELDR_ENV_VOL
     run = settings.RUNTIME_DIR / "mounts"
@@ -68,7 +81,7 @@ def paths(bucket: str) -> Paths:
         litestream_config=vol / f"litestream-{bucket}.yml",
         litestream_log=vol / f"litestream-{bucket}.log",
         # Control socket and lock are runtime objects: tmpfs, gone after a reboot.
-        litestream_socket=run / f"litestream-{bucket}.sock",
+        litestream_socket=socket_path(run, f"litestream-{bucket}.sock"),
         lock=run / f"{bucket}.lock",
         mount_point=settings.WORKSPACE_BASE / bucket,
     )

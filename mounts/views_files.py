@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -64,6 +65,9 @@ class FilesView(APIView):
 
 
 class FileContentView(APIView):
+    # Uploads stream through request.stream, capped by FILE_UPLOAD_MAX_BYTES rather than the
+    # JSON body cap (weldr_agent.middleware), chunked or not.
+    max_body_bytes = staticmethod(lambda: settings.FILE_UPLOAD_MAX_BYTES)
     parser_classes = [RawBodyParser]
 
     @extend_schema(summary="Read a file (its bytes)", parameters=[PATH_PARAM],

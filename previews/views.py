@@ -82,10 +82,12 @@ class EventStreamRenderer(_TextRenderer):
 
 class PreviewLogsView(APIView):
     renderer_classes = [renderers.JSONRenderer, PlainTextRenderer, EventStreamRenderer]
+
     @extend_schema(
         parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
         responses={(200, "text/plain"): OpenApiTypes.STR,
-                   (200, "text/event-stream"): OpenApiTypes.STR, 404: ERRORS[404]},
+                   (200, "text/event-stream"): OpenApiTypes.STR,
+                   400: ERRORS[400], 404: ERRORS[404]},
     )
     def get(self, request: Request, bucket: str) -> HttpResponse:
         query = LogQuerySerializer(data=request.query_params)

@@ -26,18 +26,28 @@ from weldr_agent import lifecycle
 from weldr_agent.errors import json_error
 
 
-def body_limit(view_func: Callable[..., Any]) -> int:
+def _declared_limit(view_func: Callable[..., Any]) -> int | None:
+    """The view's own body cap: `max_body_bytes`, an int or a callable read per request (so it
+    may follow a setting)."""
     view_class = getattr(view_func, "cls", None) or getattr(view_func, "view_class", None)
     limit = getattr(view_class, "max_body_bytes", None) or getattr(view_func, "max_body_bytes",
                                                                    None)
-    return int(limit or settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+    return limit() if callable(limit) else limit
+
+
+def body_limit(view_func: Callable[..., Any]) -> int:
+    return int(_declared_limit(view_func) or settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
 
 
 class RequestBodyLimitMiddleware(MiddlewareMixin):
     def process_view(self, request: HttpRequest, view_func: Callable[..., Any],
                      view_args: Any, view_kwargs: Any) -> HttpResponse | None:
         raw_length = request.META.get("CONTENT_LENGTH")
-        if not raw_length and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        streaming = _declared_limit(view_func) is not None
+        # A view that declares max_body_bytes reads request.stream and enforces its cap itself,
+        # so a chunked upload is its to refuse (413) as it reads.
+        if not raw_length and not streaming \
+                and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
             # DRF reads a body only up to Content-Length: a chunked body would be read as empty.
             return json_error("Send the body with a Content-Length header; chunked request "
                               "bodies are not accepted.", "length_required", 411)

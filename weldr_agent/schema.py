@@ -13,12 +13,25 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+from drf_spectacular.plumbing import is_list_serializer
 from rest_framework.permissions import AllowAny
 
 from weldr_agent.serializers import error_responses
 
 
 class AutoSchema(SpectacularAutoSchema):
+    def _is_list_view(self, serializer: Any = None) -> bool:
+        # Our views are APIViews that wrap collections in an object ({"mounts": [...]}): a
+        # response is a bare array only when it is declared as one (many=True).
+        return is_list_serializer(serializer)
+
+    def get_operation_id(self) -> str:
+        # A collection's GET is a list even when its body is an object (see _is_list_view).
+        operation_id = super().get_operation_id()
+        if self.method == "GET" and "{" not in self.path and operation_id.endswith("_retrieve"):
+            return operation_id.removesuffix("_retrieve") + "_list"
+        return operation_id
+
     def _plumbing_errors(self) -> list[int]:
         codes = []
         if self.method in ("POST", "PUT", "PATCH"):

@@ -6,12 +6,13 @@ from typing import Any
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from weldr_agent.serializers import error_responses
 from workflows import serializers as s
 from workflows import services
 from workflows.integrations import services as integrations
@@ -23,7 +24,8 @@ BRANCH_QUERY = [OpenApiParameter("project_id", str, required=True),
 
 
 class ProjectListView(APIView):
-    @extend_schema(responses=s.ProjectSerializer(many=True))
+    @extend_schema(responses=inline_serializer(
+        "ProjectList", {"projects": s.ProjectSerializer(many=True)}))
     def get(self, request: Request) -> Response:
         projects = Project.objects.all()
         user_id = getattr(request.user, "user_id", None)
@@ -41,7 +43,8 @@ class ProjectListView(APIView):
 
 
 class BranchListView(APIView):
-    @extend_schema(responses=s.BranchSerializer(many=True))
+    @extend_schema(responses={200: inline_serializer(
+        "BranchList", {"branches": s.BranchSerializer(many=True)}), **error_responses(404)})
     def get(self, request: Request, project_id: str) -> Response:
         project = services.project_get(project_id=project_id)
         return Response({"branches": s.BranchSerializer(project.branches.all(), many=True).data})
@@ -56,7 +59,8 @@ class BranchListView(APIView):
 
 
 class TriggerView(APIView):
-    @extend_schema(request=s.TriggerSerializer, responses={202: s.TriggerResponseSerializer})
+    @extend_schema(request=s.TriggerSerializer, responses={
+        202: s.TriggerResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
         data = s.TriggerSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -72,7 +76,8 @@ class TriggerView(APIView):
 class RunListView(APIView):
     @extend_schema(parameters=[OpenApiParameter("project_id", str),
                                OpenApiParameter("branch_id", str)],
-                   responses=s.RunSerializer(many=True))
+                   responses={200: inline_serializer(
+                       "RunList", {"runs": s.RunSerializer(many=True)}), **error_responses(404)})
     def get(self, request: Request) -> Response:
         runs = services.runs_list(project_id=request.query_params.get("project_id"),
                                   branch_id=request.query_params.get("branch_id"))
@@ -86,7 +91,8 @@ class RunDetailView(APIView):
 
 
 class RevertView(APIView):
-    @extend_schema(request=s.RevertSerializer, responses=s.RevertResponseSerializer)
+    @extend_schema(request=s.RevertSerializer, responses={
+        200: s.RevertResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
         data = s.RevertSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -105,7 +111,8 @@ class IntegrationListView(APIView):
 
 
 class InstallIntegrationsView(APIView):
-    @extend_schema(request=s.InstallSerializer, responses=s.InstallResponseSerializer)
+    @extend_schema(request=s.InstallSerializer, responses={
+        200: s.InstallResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
         data = s.InstallSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -127,7 +134,8 @@ class EventStreamView(APIView):
     """Server-sent events of a branch; resume with Last-Event-ID or ?last_event_id=."""
 
     @extend_schema(parameters=[*BRANCH_QUERY, OpenApiParameter("last_event_id", int)],
-                   responses={(200, "text/event-stream"): OpenApiTypes.STR})
+                   responses={(200, "text/event-stream"): OpenApiTypes.STR,
+                              **error_responses(400, 404)})
     def get(self, request: Request) -> StreamingHttpResponse:
         branch = services.branch_get(project_id=request.query_params.get("project_id", ""),
                                      branch_id=request.query_params.get("branch_id", ""))
