@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -29,6 +28,7 @@ from previews.serializers_exec import (
     ExecResultSerializer,
     ExecStartedSerializer,
 )
+from weldr_agent.asyncdb import db_sync_to_async
 from weldr_agent.serializers import error_responses
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -60,9 +60,9 @@ class AsyncAPIView(APIView):
         self.request = request
         self.headers = self.default_response_headers
         try:
-            # One trip to the sync thread for authentication, permissions and `initial`'s
+            # One trip to a database thread for authentication, permissions and `initial`'s
             # extra work (database reads); everything else stays on the event loop.
-            await sync_to_async(self.initial)(request, *args, **kwargs)
+            await db_sync_to_async(self.initial)(request, *args, **kwargs)
             handler = getattr(self, request.method.lower(), self.http_method_not_allowed)
             response = await handler(request, *args, **kwargs)
         except Exception as exc:
@@ -164,7 +164,7 @@ class ExecDetailView(AsyncAPIView):
     @extend_schema(summary="A background command's status",
                    responses={200: ExecCommandSerializer, **ERRORS})
     async def get(self, request: Request, exec_id: str) -> Response:
-        row = await sync_to_async(exec_background.exec_get)(exec_id=exec_id)
+        row = await db_sync_to_async(exec_background.exec_get)(exec_id=exec_id)
         return Response(ExecCommandSerializer(row).data)
 
     @extend_schema(summary="Kill a background command (its whole process tree)",
@@ -181,7 +181,7 @@ class ExecLogsView(AsyncAPIView):
                      "`Last-Event-ID`. Each stream is kept up to EXEC_OUTPUT_MAX_BYTES."),
         responses={(200, "text/event-stream"): EventStream, **ERRORS})
     async def get(self, request: Request, exec_id: str) -> HttpResponse:
-        row = await sync_to_async(exec_background.exec_get)(exec_id=exec_id)
+        row = await db_sync_to_async(exec_background.exec_get)(exec_id=exec_id)
         log = exec_background.exec_log(exec_id=exec_id)
         start = _last_event_id(request) + 1
         if log is None:

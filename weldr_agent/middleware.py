@@ -10,6 +10,10 @@ its class and reads `request.stream`. A chunked body without Content-Length is 4
 
 ShutdownMiddleware: once shutdown has begun, new requests get 503 `shutting_down`, so that load
 balancers and clients move on while the running work finishes (docs/shutdown.md).
+
+StaticFilesMiddleware: WhiteNoise, able to sit in an async chain. Every middleware here must be
+async-capable: a single sync-only one makes Django run the whole chain in the worker thread,
+which costs the async views (exec, events) two thread hops per request (docs/exec.md).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from weldr_agent import lifecycle
 from weldr_agent.errors import json_error
@@ -91,4 +96,30 @@ class ShutdownMiddleware:
     async def _acall(self, request: HttpRequest) -> HttpResponse:
         if lifecycle.shutting_down():
             return _refusal()
+        return await self.get_response(request)
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise's static files (admin, /docs), async-capable: a request that is not for a
+    static file goes on without leaving the event loop."""
+
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        super().__init__(get_response)
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        return super().__call__(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        if self.autorefresh:  # DEBUG: looks on disk
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
         return await self.get_response(request)
