@@ -5,7 +5,9 @@
 Starts the test services (S3 server), a real agent (`manage.py serve`) with its own data
 directories, mounts a bucket through the API, then measures in one run, interleaved:
 
-1. round trip of POST /exec {"command": ["true"]} (keep-alive HTTP client), p50 / p99;
+1. round trip of POST /exec {"command": ["true"]} over a keep-alive connection, p50 / p99, with
+   two clients: the standard library's http.client (the lightest; what the API itself costs)
+   and httpx (what a typical Python SDK adds: ~5 ms of its own CPU per request here);
 2. `runc run` of the exec sandbox's own OCI config with /bin/true as its process (what a
    fresh sandbox per command would cost at the least), p50 / p99;
 3. a bare fork/exec of /bin/true (os.posix_spawn + waitpid), p50 / p99;
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import secrets
 import shutil
 import sys
 import tempfile
 import time
+from http.client import HTTPConnection
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +40,8 @@ import django  # noqa: E402
 django.setup()
 
 import httpx  # noqa: E402
+
+logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request is client CPU
 
 from previews import exec_spec  # noqa: E402
 from previews.oci import rootfs_skeleton  # noqa: E402
@@ -145,24 +151,43 @@ def main() -> None:
         workspace = Path(mounted.json()["path"])
         runc = RuncTrue(root / "runc", workspace)
 
-        def api_true() -> float:
+        body = json.dumps({"bucket": bucket, "command": ["true"]})
+
+        def httpx_true() -> float:
             start = time.perf_counter()
-            response = http.post("/exec", json={"bucket": bucket, "command": ["true"]})
+            response = http.post("/exec", content=body,
+                                 headers={"Content-Type": "application/json"})
             elapsed = (time.perf_counter() - start) * 1000
             assert response.status_code == 200 and response.json()["exit_code"] == 0
             return elapsed
 
+        host, port = agent.url.removeprefix("http://").split(":")
+        connection = HTTPConnection(host, int(port), timeout=120)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+        def stdlib_true() -> float:
+            start = time.perf_counter()
+            connection.request("POST", "/exec", body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+            elapsed = (time.perf_counter() - start) * 1000
+            assert response.status == 200 and json.loads(payload)["exit_code"] == 0
+            return elapsed
+
         for _ in range(5):  # the first exec starts the bucket's sandbox; keep-alive warms up
-            api_true()
-        api, fresh, bare = [], [], []
+            httpx_true()
+            stdlib_true()
+        api, api_httpx, fresh, bare = [], [], [], []
         every = max(1, args.runs // args.runc_runs)
         for index in range(args.runs):
-            api.append(api_true())
+            api.append(stdlib_true())
+            api_httpx.append(httpx_true())
             bare.append(bare_true())
             if index % every == 0:
                 fresh.append(runc.once())
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        api50, api99 = show("POST /exec true (API round trip)", api)
+        api50, api99 = show("POST /exec true (API, http.client)", api)
+        show("POST /exec true (API, httpx)", api_httpx)
         runc50, runc99 = show("runc run of the same sandbox, /bin/true", fresh)
         bare50, bare99 = show("bare fork/exec /bin/true", bare)
         print(f"ratios at p50: API/runc {api50 / runc50:.2f}, API/bare {api50 / bare50:.1f}, "

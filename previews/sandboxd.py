@@ -17,10 +17,18 @@ The daemon enters a user namespace of its own (mapping only its uid) at start; e
 then cloned as PID 1 of a new PID (and mount) namespace, so killing it kills every process it
 started, including ones that called setsid() or ignore SIGTERM. Where the kernel refuses user
 namespaces, commands get their own session and the process group is killed instead.
+
+The clone, the /proc mount and setsid() are done ahead of time: one "spare" child waits on a
+socketpair for the next request, so a request costs a message and an exec (the clone of this
+Python process is the slowest part of starting a command: ~1-2 ms here). After handing a
+request to the spare, the daemon prepares the next one when a command exits or 50 ms later; if
+none is ready (several requests at once, it died, a clone failed), the request is cloned for
+directly.
 """
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import json
@@ -40,6 +48,9 @@ SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 FDS_PER_REQUEST = 3
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# The next spare is made when a command exits, or this long after a start if none has: not
+# right after the start, where the clone would compete for the CPU with the command starting.
+SPARE_DELAY = 0.05
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -106,9 +117,9 @@ def _exec(request: dict, fds: list[int]) -> None:
     """In the final child: wire stdio, reset signals, chdir and exec; never returns."""
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
-    for fd in fds:
-        if fd > 2:
-            os.close(fd)
+    # Nothing else of the daemon's reaches the command (descriptors received for other
+    # requests are not close-on-exec).
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -124,20 +135,56 @@ def _exec(request: dict, fds: list[int]) -> None:
         os._exit(126)
 
 
+def _prepare(nested: bool) -> None:
+    """In a new child: drop the daemon's signal wiring, a /proc of its own (nested) and a new
+    session — everything of a command's start that does not depend on the request."""
+    signal.set_wakeup_fd(-1)
+    if nested:
+        # A /proc of the new PID namespace, so that ps and /proc/self agree with getpid().
+        _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    os.setsid()
+
+
 def _child(request: dict, fds: list[int], nested: bool) -> None:
-    """Between fork and exec: a /proc of its own (nested) or a new session, then exec."""
+    """Between fork and exec; never returns."""
     try:
-        signal.set_wakeup_fd(-1)
-        if nested:
-            # A /proc of the new PID namespace, so that ps and /proc/self agree with getpid().
-            _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
-        os.setsid()
+        _prepare(nested)
         _exec(request, fds)
     except BaseException as error:  # noqa: BLE001 - a forked child must never return
-        try:
-            os.write(2, f"sandboxd: {error}\n".encode())
-        finally:
-            os._exit(126)
+        _die(error)
+
+
+def _spare(conn: socket.socket, nested: bool) -> None:
+    """A spare child: prepared, then waits for one request (JSON line + 3 fds) and execs it.
+    Exits quietly when the daemon goes away (end of file); never returns."""
+    try:
+        _prepare(nested)
+        buffer, fds = b"", []
+        while b"\n" not in buffer:
+            data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(FDS_PER_REQUEST * 4))
+            if not data:
+                os._exit(0)
+            buffer += data
+            fds += _received_fds(ancdata)
+        conn.close()
+        _exec(json.loads(buffer.split(b"\n", 1)[0]), fds)
+    except BaseException as error:  # noqa: BLE001 - a forked child must never return
+        _die(error)
+
+
+def _die(error: BaseException) -> None:
+    try:
+        os.write(2, f"sandboxd: {error}\n".encode())
+    finally:
+        os._exit(126)
+
+
+def _received_fds(ancdata: list) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4]))
+    return fds
 
 
 class Daemon:
@@ -151,22 +198,64 @@ class Daemon:
         self.listener.listen(128)
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.by_pid: dict[int, Command] = {}
+        self.spare: tuple[int, socket.socket] | None = None
+        self.spare_due = float("inf")  # when to make the next spare if no command exits first
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake = wake_r
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._terminate)
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        self._make_spare()
 
     def _terminate(self, *_: object) -> None:
         for command in list(self.by_pid.values()):
             command.kill()
+        if self.spare is not None:
+            os.kill(self.spare[0], signal.SIGKILL)
         sys.exit(0)
+
+    def _clone(self) -> int:
+        return clone_command() if self.nested else os.fork()
+
+    def _make_spare(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = self._clone()
+        except OSError as error:
+            print(f"sandboxd: no spare child: {error}", file=sys.stderr, flush=True)
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            ours.close()
+            _spare(theirs, self.nested)
+        theirs.close()
+        self.spare = (pid, ours)
+        self.spare_due = float("inf")
+
+    def _hand_to_spare(self, request_line: bytes, fds: list[int]) -> int | None:
+        """Give the request to the spare child; its pid, or None when there is no live spare."""
+        if self.spare is None:
+            return None
+        pid, conn = self.spare
+        self.spare = None
+        try:
+            sent = conn.sendmsg([request_line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                  array.array("i", fds).tobytes())])
+            conn.sendall(request_line[sent:])
+        except OSError:
+            # It died (killed, out of memory): reaped as an unknown pid.
+            os.kill(pid, signal.SIGKILL)
+            return None
+        finally:
+            conn.close()
+        return pid
 
     def serve(self) -> None:
         while True:
             now = time.monotonic()
-            soonest = min((c.deadline for c in self.by_pid.values()), default=float("inf"))
+            soonest = min([c.deadline for c in self.by_pid.values()] + [self.spare_due])
             timeout = None if soonest == float("inf") else max(0.0, soonest - now)
             for key, _ in self.selector.select(timeout):
                 if key.data is None:
@@ -176,6 +265,8 @@ class Daemon:
                 else:
                     self._readable(key.data)
             self._expire()
+            if self.spare is None and time.monotonic() >= self.spare_due:
+                self._make_spare()
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
@@ -187,10 +278,7 @@ class Daemon:
                 65536, socket.CMSG_SPACE(FDS_PER_REQUEST * 4))
         except OSError:
             data, ancdata = b"", []
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                command.fds.extend(struct.unpack(f"{len(payload) // 4}i",
-                                                 payload[: len(payload) // 4 * 4]))
+        command.fds.extend(_received_fds(ancdata))
         if command.pid:
             # After the start: any line is a kill request, and so is a closed connection.
             if not data or b"kill" in data:
@@ -215,12 +303,14 @@ class Daemon:
         if len(command.fds) != FDS_PER_REQUEST:
             self._fail(command, "request must carry stdin, stdout and stderr descriptors")
             return
-        self._spawn(command, request)
+        self._spawn(command, request, line + b"\n")
 
-    def _spawn(self, command: Command, request: dict) -> None:
-        pid = clone_command() if self.nested else os.fork()
-        if pid == 0:
-            _child(request, command.fds, self.nested)
+    def _spawn(self, command: Command, request: dict, line: bytes) -> None:
+        pid = self._hand_to_spare(line, command.fds)
+        if pid is None:
+            pid = self._clone()
+            if pid == 0:
+                _child(request, command.fds, self.nested)
         for fd in command.fds:
             os.close(fd)
         command.fds = []
@@ -230,6 +320,8 @@ class Daemon:
             command.deadline = time.monotonic() + float(request["timeout"])
         self.by_pid[pid] = command
         command.send({"event": "start", "pid": pid})
+        if self.spare is None:
+            self.spare_due = time.monotonic() + SPARE_DELAY
 
     def _reap(self) -> None:
         try:
@@ -246,11 +338,17 @@ class Daemon:
                 return
             command = self.by_pid.pop(pid, None)
             if command is None:
-                continue  # an orphan reparented to us (we are the container's PID 1)
+                # A spare that died, or an orphan reparented to us (the container's PID 1).
+                if self.spare is not None and self.spare[0] == pid:
+                    self.spare[1].close()
+                    self.spare = None
+                continue
             code = (os.waitstatus_to_exitcode(status) if os.WIFEXITED(status)
                     else 128 + os.WTERMSIG(status))
             command.send({"event": "exit", "exit_code": code, "timed_out": command.timed_out})
             self._drop(command)
+            if self.spare is None:
+                self._make_spare()
 
     def _expire(self) -> None:
         now = time.monotonic()

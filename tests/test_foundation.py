@@ -64,3 +64,13 @@ def test_duplicate_token_name_is_refused():
     call_command("create_api_token", "--name", "dup")
     with pytest.raises(CommandError, match="exists already"):
         call_command("create_api_token", "--name", "dup")
+
+
+def test_every_middleware_is_async_capable(settings):
+    # One sync-only middleware makes Django run the whole chain in a worker thread, which puts
+    # two thread hops on every request of the async views (exec); docs/exec.md.
+    from django.utils.module_loading import import_string
+
+    sync_only = [path for path in settings.MIDDLEWARE
+                 if not getattr(import_string(path), "async_capable", False)]
+    assert sync_only == []

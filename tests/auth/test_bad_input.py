@@ -163,3 +163,14 @@ def test_a_chunked_body_without_length_is_411_not_silently_empty(served):
     body = json.loads(response.read())
     connection.close()
     assert (response.status, body["code"]) == (411, "length_required")
+
+
+@pytest.mark.slow
+def test_static_files_and_the_admin_are_served_by_the_async_middleware_chain(served):
+    url, _ = served
+    with httpx.Client(base_url=url, timeout=60) as client:
+        css = client.get("/static/admin/css/base.css")
+        login = client.get("/admin/login/")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert b"body" in css.content
+    assert login.status_code == 200 and "csrftoken" in login.cookies

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import socket
 import subprocess  # noqa: F401  (never used: commands run through the API)
 from pathlib import Path
@@ -232,3 +234,37 @@ def test_needs_authentication(agent, bucket: str) -> None:  # type: ignore[no-un
 
     assert response.status_code == 401
     assert response.json()["code"] == "not_authenticated"
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def test_a_dead_spare_child_does_not_break_the_next_command(http: httpx.Client,
+                                                            bucket: str) -> None:
+    # given the sandbox's daemon, found as the parent of a running command
+    started = http.post("/exec", json={"bucket": bucket, "command": "sleep 40.123",
+                                       "background": True})
+    assert started.status_code == 202, started.text
+    assert runner.wait_until(lambda: processes_with("sleep 40.123"), timeout=10)
+    command = processes_with("sleep 40.123")[0]
+    daemon = int(Path(f"/proc/{command}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "sandboxd.py" in Path(f"/proc/{daemon}/cmdline").read_text()
+
+    def spares() -> list[int]:  # the child cloned ahead for the next request
+        return [pid for pid in _children(daemon) if pid != command
+                and "sandboxd.py" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+    assert runner.wait_until(lambda: len(spares()) == 1, timeout=10)
+    spare = spares()[0]
+    http.delete(f"/exec/{started.json()['id']}")
+
+    # when the spare dies (killed, out of memory) before the next request
+    os.kill(spare, signal.SIGKILL)
+    assert runner.wait_until(lambda: spare not in _children(daemon), timeout=10)
+
+    # then commands still run, each as PID 1 of its own namespace, and a new spare is made
+    for _ in range(3):
+        assert run(http, bucket, "echo $$")["stdout"] == "1\n"
+    assert runner.wait_until(lambda: len(spares()) == 1, timeout=10)
