@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from pathlib import Path
 
 import httpx
@@ -174,3 +175,55 @@ def test_static_files_and_the_admin_are_served_by_the_async_middleware_chain(ser
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert b"body" in css.content
     assert login.status_code == 200 and "csrftoken" in login.cookies
+
+
+@pytest.fixture
+def capped(agent_process):
+    """A real agent accepting bodies of at most 1 MiB anywhere (file uploads), 64 KiB elsewhere."""
+    agent_process.env.update({"MAX_REQUEST_BODY_BYTES": str(64 * 1024),
+                              "FILE_UPLOAD_MAX_BYTES": str(1024 * 1024)})
+    agent_process.start()
+    host, port = agent_process.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _response_of(sock: socket.socket) -> tuple[int, dict]:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        assert chunk, "the agent closed the connection without an answer"
+        head += chunk
+    head, _, body = head.partition(b"\r\n\r\n")
+    headers = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    length = int(headers[b"content-length"])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.slow
+def test_a_huge_declared_body_is_refused_before_it_is_sent(capped):
+    # given a request declaring 10 GB, of which not one byte is sent
+    with socket.create_connection(capped, timeout=60) as sock:
+        sock.sendall(b"POST /mounts HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 10000000000\r\n\r\n")
+        # then the answer comes at once: nothing waits for (or spools) the body
+        status, body = _response_of(sock)
+    assert (status, body["code"]) == (413, "payload_too_large")
+
+
+@pytest.mark.slow
+def test_a_chunked_body_is_cut_off_at_the_largest_cap(capped):
+    # given a chunked body that goes on past 1 MiB
+    with socket.create_connection(capped, timeout=60) as sock:
+        sock.sendall(b"POST /mounts HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json"
+                     b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (64 * 1024, b"x" * 64 * 1024)
+        try:
+            for _ in range(64):  # 4 MiB
+                sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent stopped reading: expected
+        # then it is refused with 413, not read to its end
+        status, body = _response_of(sock)
+    assert (status, body["code"]) == (413, "payload_too_large")

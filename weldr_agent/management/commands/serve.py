@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from weldr_agent import lifecycle
+from weldr_agent import http_server, lifecycle
 from weldr_agent.s3 import LocalS3Server
 
 logger = logging.getLogger("weldr.serve")
@@ -121,6 +121,7 @@ class Command(BaseCommand):
             from weldr_agent.asgi import application
 
             self._banner(host, port)
+            http_server.cap_request_bodies()
             server = Server(
                 application=application,
                 endpoints=build_endpoint_description_strings(host=host, port=port),
