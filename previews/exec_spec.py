@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from previews.oci import HOST_SYSTEM_DIRS
+from previews.oci import HOST_SYSTEM_DIRS, hardening
 
 # Where things live inside the sandbox.
 WORKSPACE = "/workspace"
@@ -85,6 +85,7 @@ def sandbox_spec(*, rootfs: Path, workspace: Path, control_dir: Path, daemon: Pa
                 "pids": {"limit": pids},
                 "cpu": {"period": 100_000, "quota": int(cpus * 100_000)},
             },
+            **hardening(mask_proc=False),
         },
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import secrets
 import shutil
 import tempfile
@@ -23,6 +24,55 @@ from weldr_agent import runner
 logger = logging.getLogger("weldr.oci")
 
 HOST_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc")
+
+# What every sandbox (previews, exec) hides or freezes of the kernel's files (as Docker does).
+MASKED_PATHS = ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
+                "/proc/scsi", "/sys/firmware"]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+# System calls no build, dev server or test needs, refused with EPERM: kernel keyrings, eBPF,
+# perf, kernel modules and kexec, clock and swap administration, raw I/O ports, handle-based
+# opens (a way out of bind mounts), userfaultfd (a kernel-exploit staple). A deny list, not an
+# allow list: the workloads are arbitrary toolchains. unshare/clone with namespace flags and
+# mount stay allowed: the exec daemon gives each command a PID and mount namespace inside its
+# own user namespace.
+DENIED_SYSCALLS = [
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module",
+    "delete_module", "finit_module", "get_kernel_syms", "init_module", "ioperm", "iopl",
+    "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "nfsservctl",
+    "open_by_handle_at", "perf_event_open", "query_module", "quotactl", "reboot",
+    "request_key", "settimeofday", "stime", "swapoff", "swapon", "sysfs", "_sysctl",
+    "uselib", "userfaultfd", "ustat", "vm86", "vm86old",
+]
+SECCOMP_ARCHITECTURES = {
+    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+}
+
+
+def seccomp_profile() -> dict[str, Any]:
+    """The OCI `linux.seccomp` of every sandbox: allow, except DENIED_SYSCALLS (EPERM)."""
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": SECCOMP_ARCHITECTURES.get(platform.machine(), []),
+        "syscalls": [{"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    }
+
+
+def hardening(*, mask_proc: bool = True) -> dict[str, Any]:
+    """The `linux` keys that sandboxes share: the seccomp profile, and masked and read-only
+    kernel files unless `mask_proc` is False.
+
+    The exec sandbox passes False: its daemon mounts a fresh /proc for each command's PID
+    namespace, and the kernel refuses that mount inside a user namespace while any file of the
+    current /proc is covered ("too revealing"), so masks would leave commands seeing every
+    process of the sandbox. A fresh /proc mounted by an unprivileged user is restricted anyway:
+    /proc/sys is read-only to it, kcore and the sysrq trigger are root's, keys are its own.
+    """
+    linux: dict[str, Any] = {"seccomp": seccomp_profile()}
+    if mask_proc:
+        linux.update(maskedPaths=list(MASKED_PATHS), readonlyPaths=list(READONLY_PATHS))
+    return linux
 PROBE_TTL_SECONDS = 300.0
 
 

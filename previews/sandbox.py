@@ -5,7 +5,8 @@ Previews use it for apps, the exec app for agent commands. What a sandbox is (SA
 - root filesystem: the host's /usr /bin /lib /lib64 /etc read-only (merged-/usr links stay links),
   the workspace read-write at its own path (the working directory), a private /tmp;
 - own pid, mount, ipc, uts and network namespaces; a non-root user (settings.SANDBOX_UID);
-  noNewPrivileges; every capability dropped; memory/CPU/pids limits (cgroups);
+  noNewPrivileges; every capability dropped; kernel files masked and a seccomp deny list
+  (`oci.hardening()`); memory/CPU/pids limits (cgroups);
 - a private netns with a veth link, taken from a pool made off the critical path; an iptables
   chain per instance drops everything a sandbox sends to the host but replies;
 - a clean environment (never the agent's), logs to a file (never a pipe: `runc run -d` hands
@@ -155,10 +156,7 @@ def bundle_config(spec: Spec, *, rootfs: Path) -> dict[str, Any]:
                 cpus=spec.cpus or settings.SANDBOX_CPUS,
                 pids=spec.pids or settings.SANDBOX_PIDS,
             ),
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
-                            "/proc/scsi", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
-                              "/proc/sysrq-trigger"],
+            **oci.hardening(),
         },
     }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.exec.helpers import processes_with, sse_events
+from tests.exec.helpers import KEYCTL, processes_with, sse_events
 from weldr_agent import runner
 
 pytestmark = pytest.mark.slow
@@ -83,6 +83,20 @@ def test_runs_as_the_sandbox_user_with_a_read_only_system(http: httpx.Client, bu
     assert result["stdout"].splitlines() == ["1000", "ro"]
     assert (workspace / "made-here").read_text() == "data\n"
     assert (workspace / "made-here").stat().st_uid == 1000
+
+
+def test_kernel_attack_surface_is_reduced(http: httpx.Client, bucket: str) -> None:
+    # keyctl(KEYCTL_GET_KEYRING_ID, session keyring): allowed for any process without seccomp
+    probe = (f"import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+             f"print(libc.syscall({KEYCTL}, 0, -3, 0), ctypes.get_errno())")
+    result = run(http, bucket, ["python3", "-c", probe])
+    assert result["stdout"].split() == ["-1", "1"]  # EPERM from the seccomp profile
+
+    # the command's /proc is its own namespace's (no other process of the sandbox), and the
+    # kernel's knobs are read-only to it
+    proc = run(http, bucket, "ls -d /proc/[0-9]*; echo 1 > /proc/sys/kernel/sysrq || echo ro")
+    lines = proc["stdout"].split()
+    assert lines[0] == "/proc/1" and len(lines) <= 3 and lines[-1] == "ro", proc
 
 
 def test_timeout_kills_the_whole_tree(http: httpx.Client, bucket: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from previews import services
+from tests.exec.helpers import KEYCTL
 from tests.previews.conftest import http_get, make_workspace, wait_status, write_node_app
 from tests.services import free_port
 from weldr_agent import runner
@@ -44,6 +45,9 @@ function attempt(command) {
   }
   results.uid = execSync("id -u").toString().trim();
   results.ps = execSync("ps -e -o pid=,uid=,args=").toString();
+  results.keyctl = execSync("python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); " +
+    `print(l.syscall(${process.env.KEYCTL}, 0, -3, 0), ctypes.get_errno())'`).toString().trim();
+  results.proc_keys = fs.readFileSync("/proc/keys").length;
   for (const path of ["/etc/owned", "/usr/owned", "/owned", "/tmp/owned", "owned",
                       process.env.OUTSIDE + "/owned"]) {
     results.writes[path] = attempt(`touch '${path}'`);
@@ -103,7 +107,8 @@ def test_an_app_reaches_nothing_on_the_host_and_sees_only_itself(
     # when
     started = api.post("/previews/start", {
         "bucket": workspace.name, "command": "node probe.js",
-        "env": {"PROBE_TARGETS": json.dumps(targets), "OUTSIDE": str(outside)},
+        "env": {"PROBE_TARGETS": json.dumps(targets), "OUTSIDE": str(outside),
+                "KEYCTL": str(KEYCTL)},
     }, format="json").json()
     http_get(f"http://127.0.0.1:{started['port']}/", timeout=120)
     results = json.loads((workspace / "results.json").read_text())
@@ -126,6 +131,8 @@ def test_an_app_reaches_nothing_on_the_host_and_sees_only_itself(
     }
     assert (workspace / "owned").exists()
     assert not (outside / "owned").exists()
+    # the kernel's keyrings: the syscall is refused (seccomp), the file masked
+    assert (results["keyctl"], results["proc_keys"]) == ("-1 1", 0)
 
 
 def test_the_sandboxs_own_host_address_is_closed_too(api: APIClient, previews: None,
