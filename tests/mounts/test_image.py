@@ -258,3 +258,14 @@ def test_files_api_and_the_sandbox_user_work_on_an_image_workspace(api, bucket):
                 "mkdir -p node_modules/x && echo ok > node_modules/x/index.js"],
                cwd=workspace, timeout=30)
     assert (workspace / "node_modules/x/index.js").stat().st_uid == settings.SANDBOX_UID
+
+
+def test_the_layout_is_in_the_openapi_schema(anon):
+    document = anon.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    create = schemas["MountCreateRequest"]
+    assert "layout" in create["properties"] and "layout" not in create["required"]
+    assert "layout" in schemas["Mount"]["properties"]
+    assert set(schemas["LayoutEnum"]["enum"]) == {"files", "image"}
+    assert "layout_mismatch" in document["paths"]["/mounts"]["post"]["responses"]["409"][
+        "description"]
