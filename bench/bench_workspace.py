@@ -119,6 +119,12 @@ def daemons_memory(bucket: str) -> str:
     return ", ".join(figures)
 
 
+def system_paths_image(bucket: str) -> Path:
+    from mounts import system
+
+    return system.paths(bucket, system.IMAGE).image
+
+
 def weldr(layout: str, *, direct_io: bool = False) -> Setup:
     """The mounts app's own mount (services.mount_create), as POST /mounts makes it."""
     def setup(stack: lib.Cleanup, s3: lib.LocalS3Server, root: Path) -> Prepared:
@@ -331,6 +337,13 @@ def finish(result: Result, prepared: Prepared, s3: lib.LocalS3Server) -> None:
         from mounts import services
 
         result.note += f"; {daemons_memory(prepared.bucket)} after the runs"
+        image = system_paths_image(prepared.bucket)
+        if image.exists():
+            # The image's pages in the page cache: the second copy of the workspace's data
+            # that a loop device without direct I/O keeps (ext4's own pages are the first).
+            cached = runner.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
+                                 str(image)], timeout=60, check=False).stdout.strip()
+            result.note += f"; image file in page cache {int(cached or 0) / 2**20:.0f} MB"
         with lib.timed() as synced:
             services.mount_sync(bucket=prepared.bucket)
         objects, size_mb = lib.bucket_usage(s3, prepared.bucket)

@@ -28,6 +28,7 @@ from mounts.errors import (
     MountNotFound,
     NotMounted,
     StorageUnavailable,
+    SyncFailed,
     UnmountFailed,
 )
 from mounts.models import Mount
@@ -223,6 +224,11 @@ def mount_sync(*, bucket: str) -> Mount:
             local.workspace_sync(bucket)
             mount.synced_at = timezone.now()
         else:
+            if mount.layout == system.IMAGE and not steps.image_mounted(_paths(mount)):
+                # Its ext4 is gone or read-only after I/O errors: nothing could be synced from
+                # it, and the caller must not believe its last writes are durable.
+                raise SyncFailed(f"The workspace image of {bucket} is not mounted read-write "
+                                 "(see GET /mounts; reconcile remounts it).")
             mount.synced_at = steps.durable(_paths(mount), mount.litestream_pid)
         mount.save(update_fields=["synced_at"])
     return mount

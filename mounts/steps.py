@@ -462,7 +462,10 @@ def staged_upload(p: system.Paths) -> int:
 
 def filesystem_sync(mount_point: Path) -> None:
     """Push the kernel's and JuiceFS's buffers for this mount into its staging folder."""
-    runner.run(["sync", "-f", str(mount_point)], timeout=120)
+    try:
+        runner.run(["sync", "-f", str(mount_point)], timeout=120)
+    except runner.CommandError as error:
+        raise SyncFailed(f"Flushing {mount_point} failed: {error}") from error
 
 
 def durable(p: system.Paths, litestream_pid: int | None) -> datetime:

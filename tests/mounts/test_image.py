@@ -7,6 +7,7 @@ those, also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -206,6 +207,12 @@ def test_juicefs_killed_then_unmount_leaves_nothing(api, bucket):
     p = _image_paths(bucket)
     [device] = steps.loop_devices(p.image)
     _kill_juicefs(bucket)
+    # a sync cannot pretend: 500 sync_failed
+    with contextlib.suppress(OSError):
+        (workspace / "y.txt").write_text("y")  # the ext4 meets the dead image: read-only
+    synced = api.post(f"/mounts/{bucket}/sync")
+    assert synced.status_code == 500, synced.json()
+    assert synced.json()["code"] == "sync_failed"
     assert Mount.objects.get(bucket=bucket).status == Mount.Status.MOUNTED
     assert not services._healthy(Mount.objects.get(bucket=bucket))
     response = api.post("/mounts/unmount", {"bucket": bucket}, format="json")
