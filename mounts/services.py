@@ -102,9 +102,8 @@ def _paths(mount: Mount) -> system.Paths:
     return system.paths(mount.bucket, mount.layout)
 
 
-def _layout_choose(p: system.Paths, origin: str, requested: str | None) -> str:
+def _layout_choose(p: system.Paths, volume: str | None, requested: str | None) -> str:
     """The layout to mount: the volume's own; the request's (or the setting's) for a new one."""
-    volume = None if origin == "formatted" else steps.volume_layout(p.meta_db)
     if volume is None:
         return requested or settings.WORKSPACE_LAYOUT
     if requested and requested != volume:
@@ -127,8 +126,9 @@ def _machine_mount(mount: Mount, requested: str | None = None) -> None:
     try:
         steps.ensure_bucket(mount.bucket)
         origin = steps.metadata_prepare(p)
-        fresh = origin == "formatted" or steps.volume_layout(p.meta_db) is None
-        mount.layout = _layout_choose(p, origin, requested)
+        volume = None if origin == "formatted" else steps.volume_layout(p.meta_db)
+        fresh = volume is None
+        mount.layout = _layout_choose(p, volume, requested)
         p = _paths(mount)
         mount.save(update_fields=["layout"])
         mount.litestream_pid = steps.litestream_start(p)
