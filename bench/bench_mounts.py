@@ -6,7 +6,7 @@ zero-RPO sync time, and the RSS of JuiceFS + Litestream per mount, for one mount
 MAX_MOUNTS mounts at once, next to the agent's own RSS and a 1 GB machine.
 
 Runs against its own `rclone serve s3` on a free loopback port, in a temporary directory.
-Usage: .venv/bin/python bench/bench_mounts.py [--files 10000] [--mounts 5]
+Usage: .venv/bin/python bench/bench_mounts.py [--files 10000] [--mounts 5] [--layout image]
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--mounts", type=int, default=5)
     parser.add_argument("--workload-files", type=int, default=2000,
                         help="files written on each mount before measuring RSS")
+    parser.add_argument("--layout", choices=["files", "image"], default="files",
+                        help="workspace layout of the volumes (WORKSPACE_LAYOUT)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-mounts-"))
@@ -100,6 +102,7 @@ def main() -> None:
     from mounts import services, steps, system
 
     settings.WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)
+    settings.WORKSPACE_LAYOUT = args.layout
     call_command("migrate", database="default", verbosity=0)
     results: dict[str, float] = {}
     made: list[str] = []
@@ -109,7 +112,7 @@ def main() -> None:
         return made[-1]
 
     try:
-        print(f"JuiceFS options: UPLOAD_DELAY={settings.UPLOAD_DELAY} "
+        print(f"Layout {args.layout}; JuiceFS options: UPLOAD_DELAY={settings.UPLOAD_DELAY} "
               f"WRITEBACK={settings.WRITEBACK_ENABLED} S3={server.endpoint} (rclone, loopback)")
         name = bucket()
         mount, _ = timed("cold mount (new bucket)", lambda: services.mount_create(bucket=name),

@@ -42,6 +42,7 @@ class Prepared:
     volume: lib.JuiceFS | None = None
     note: str = ""
     trim: Path | None = None
+    bucket: str = ""  # a mount of the mounts app
 
 
 @dataclass
@@ -70,6 +71,89 @@ def jfs(name: str, *, meta: str = "sqlite", dsn: str = "_journal=WAL",
             # The volume's counters still tell what the image's block I/O costs.
             return Prepared(inner, volume, note, trim=inner)
         return Prepared(mountpoint, volume, note)
+    return setup
+
+
+_agent: dict[str, Path] = {}
+
+
+def _mounts_app(s3: lib.LocalS3Server, base: Path):  # type: ignore[no-untyped-def]
+    """The mounts app in this process (Django set up once, its dirs under `base`), on the
+    benchmark's S3 server, with the production defaults (UPLOAD_DELAY 5m, writeback, …)."""
+    if not _agent:
+        os.environ.update({
+            "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
+            "WELDR_ENV_VOL": str(base / "env"), "WORKSPACE_BASE": str(base / "ws"),
+            "WELDR_RUNTIME_DIR": str(base / "run"), "S3_ENDPOINT": s3.endpoint,
+            "S3_ACCESS_KEY_ID": lib.KEY_ID, "S3_SECRET_ACCESS_KEY": lib.SECRET,
+            "LOG_LEVEL": "WARNING",
+        })
+        os.environ.pop("DATABASE_URL", None)
+        import django
+
+        django.setup()
+        from django.conf import settings
+        from django.core.management import call_command
+
+        settings.WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)
+        call_command("migrate", database="default", verbosity=0)
+        _agent["base"] = base
+    from mounts import services, steps, system
+
+    return services, steps, system
+
+
+def daemons_memory(bucket: str) -> str:
+    """RSS and PSS of this mount's juicefs (watchdog + server) and litestream."""
+    from bench_mounts import rss_mb
+
+    from mounts import steps, system
+
+    p = system.paths(bucket)
+    figures = []
+    for kind in (system.JUICEFS, system.LITESTREAM):
+        pids = steps.daemons(p, kind)
+        rss = sum(rss_mb(pid) for pid in pids)
+        pss = sum(rss_mb(pid, "Pss") for pid in pids)
+        figures.append(f"{kind} RSS {rss:.0f} MB (PSS {pss:.0f})")
+    return ", ".join(figures)
+
+
+def system_paths_image(bucket: str) -> Path:
+    from mounts import system
+
+    return system.paths(bucket, system.IMAGE).image
+
+
+def weldr(layout: str, *, direct_io: bool = False) -> Setup:
+    """The mounts app's own mount (services.mount_create), as POST /mounts makes it."""
+    def setup(stack: lib.Cleanup, s3: lib.LocalS3Server, root: Path) -> Prepared:
+        services, steps, system = _mounts_app(s3, root.parent / "weldr-agent")
+        from django.conf import settings
+
+        settings.WORKSPACE_IMAGE_DIRECT_IO = direct_io
+        bucket = f"bench-{root.name}".lower().replace("_", "-")
+
+        def remove() -> None:
+            try:
+                services.mount_remove(bucket=bucket, force=True)
+            finally:
+                steps.teardown(system.paths(bucket), juicefs_pid=None, litestream_pid=None)
+
+        stack.callback(lib.quietly(remove, f"mount {bucket}"))
+        with lib.timed() as cold:
+            mount, _ = services.mount_create(bucket=bucket, layout=layout)
+        with lib.timed() as unmount:
+            services.mount_remove(bucket=bucket)
+        with lib.timed() as remount:
+            mount, _ = services.mount_create(bucket=bucket, layout=layout)
+        note = (f"mounts app, layout {mount.layout}, loop direct-io {direct_io}: cold mount "
+                f"(create bucket, format, image) {cold[0]:.1f}s, unmount {unmount[0]:.1f}s, "
+                f"remount {remount[0]:.1f}s")
+        workdir = Path(mount.path) / "bench"
+        workdir.mkdir()
+        return Prepared(workdir, note=note, trim=Path(mount.path) if layout == "image" else None,
+                        bucket=bucket)
     return setup
 
 
@@ -125,6 +209,10 @@ TARGETS: dict[str, tuple[str, Setup]] = {
     "jfs-ext4img": ("ext4 image file inside JuiceFS (design options)",
                     jfs("img", dsn=lib.DESIGN_DSN, format_args=tuple(lib.DESIGN_FORMAT),
                         mount_args=tuple(lib.DESIGN_MOUNT), ext4_image=True)),
+    "weldr-image": ("mounts app, layout image (ext4 image in JuiceFS)", weldr("image")),
+    "weldr-image-dio": ("mounts app, layout image, loop --direct-io=on",
+                        weldr("image", direct_io=True)),
+    "weldr-files": ("mounts app, layout files (JuiceFS)", weldr("files")),
     "rclone": ("rclone mount --vfs-cache-mode writes", rclone),
     "s3fs": ("s3fs (Debian)", s3fs),
 }
@@ -245,6 +333,22 @@ def finish(result: Result, prepared: Prepared, s3: lib.LocalS3Server) -> None:
         after = volume.counters()["used_space"] if volume else 0.0
         result.note += (f"; fstrim: {(trim.stdout or trim.stderr).strip()[-80:]}, volume "
                         f"used space {before / 2**20:.0f} -> {after / 2**20:.0f} MB")
+    if prepared.bucket:
+        from mounts import services
+
+        result.note += f"; {daemons_memory(prepared.bucket)} after the runs"
+        image = system_paths_image(prepared.bucket)
+        if image.exists():
+            # The image's pages in the page cache: the second copy of the workspace's data
+            # that a loop device without direct I/O keeps (ext4's own pages are the first).
+            cached = runner.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
+                                 str(image)], timeout=60, check=False).stdout.strip()
+            result.note += f"; image file in page cache {int(cached or 0) / 2**20:.0f} MB"
+        with lib.timed() as synced:
+            services.mount_sync(bucket=prepared.bucket)
+        objects, size_mb = lib.bucket_usage(s3, prepared.bucket)
+        result.note += (f"; zero-RPO sync after the runs {synced[0]:.1f}s; bucket {objects} "
+                        f"objects, {size_mb:.0f} MB")
     if volume is not None:
         objects, size_mb = lib.bucket_usage(s3, f"jfs-{volume.name}")
         c = volume.counters()

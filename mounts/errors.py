@@ -69,3 +69,16 @@ class VolumeGone(ConflictError):
 
     default_code = "volume_gone"
     default_detail = "The bucket's JuiceFS data is gone; its local metadata was set aside."
+
+
+class InvalidLayout(APIError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid_layout"
+    default_detail = "The layout must be `files` or `image`."
+
+
+class LayoutMismatch(ConflictError):
+    """The volume was made with the other workspace layout: a volume keeps its layout."""
+
+    default_code = "layout_mismatch"
+    default_detail = "The bucket's workspace has the other layout."

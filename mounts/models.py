@@ -11,6 +11,11 @@ class MountQuerySet(models.QuerySet["Mount"]):
         return self.filter(status=Mount.Status.MOUNTED)
 
 
+class Layout(models.TextChoices):
+    FILES = "files"
+    IMAGE = "image"
+
+
 class Mount(models.Model):
     class Status(models.TextChoices):
         MOUNTING = "mounting"
@@ -24,6 +29,9 @@ class Mount(models.Model):
     cache_size_mb = models.PositiveIntegerField()
     buffer_size_mb = models.PositiveIntegerField()
     restored = models.BooleanField(default=False)
+    # files: the workspace is the JuiceFS mount; image: an ext4 image inside the volume,
+    # loop-mounted (docs/mounts.md, "Layouts"). The volume's own, found at mount.
+    layout = models.CharField(max_length=8, choices=Layout.choices, default=Layout.FILES)
     juicefs_pid = models.PositiveIntegerField(null=True, blank=True)
     litestream_pid = models.PositiveIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")

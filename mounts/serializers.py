@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from mounts.models import Mount
+from mounts.models import Layout, Mount
 
 
 class MountSerializer(serializers.ModelSerializer[Mount]):
@@ -10,8 +10,8 @@ class MountSerializer(serializers.ModelSerializer[Mount]):
 
     class Meta:
         model = Mount
-        fields = ["bucket", "path", "status", "cache_size_mb", "buffer_size_mb", "mounted_at",
-                  "restored", "synced_at", "error"]
+        fields = ["bucket", "path", "status", "layout", "cache_size_mb", "buffer_size_mb",
+                  "mounted_at", "restored", "synced_at", "error"]
         read_only_fields = fields
 
 
@@ -22,6 +22,12 @@ class MountListSerializer(serializers.Serializer):  # type: ignore[type-arg]
 class MountCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
     # The name's rules are checked by the service (400 invalid_bucket), not here.
     bucket = serializers.CharField(max_length=255, trim_whitespace=False)
+    layout = serializers.ChoiceField(
+        choices=Layout.choices, required=False,
+        help_text="Workspace layout of a NEW volume: `files` (the JuiceFS mount itself) or "
+                  "`image` (an ext4 image inside the volume, loop-mounted: near local-disk "
+                  "speed). Default: WORKSPACE_LAYOUT. An existing volume keeps its own layout; "
+                  "asking for the other one is 409 layout_mismatch.")
 
 
 class MountRemoveSerializer(serializers.Serializer):  # type: ignore[type-arg]

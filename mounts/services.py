@@ -21,11 +21,14 @@ from django.utils import timezone
 from mounts import local, steps, system
 from mounts.errors import (
     InvalidBucket,
+    InvalidLayout,
+    LayoutMismatch,
     MountFailed,
     MountLimitReached,
     MountNotFound,
     NotMounted,
     StorageUnavailable,
+    SyncFailed,
     UnmountFailed,
 )
 from mounts.models import Mount
@@ -95,7 +98,21 @@ def _slot_take(bucket: str) -> Mount:
                                     buffer_size_mb=budget.buffer_size_mb)
 
 
-def _machine_mount(mount: Mount) -> None:
+def _paths(mount: Mount) -> system.Paths:
+    return system.paths(mount.bucket, mount.layout)
+
+
+def _layout_choose(p: system.Paths, volume: str | None, requested: str | None) -> str:
+    """The layout to mount: the volume's own; the request's (or the setting's) for a new one."""
+    if volume is None:
+        return requested or settings.WORKSPACE_LAYOUT
+    if requested and requested != volume:
+        raise LayoutMismatch(f"Bucket {p.bucket!r} holds a workspace with the {volume!r} layout; "
+                             f"it cannot be mounted as {requested!r}.")
+    return volume
+
+
+def _machine_mount(mount: Mount, requested: str | None = None) -> None:
     """Run the mount procedure for a row in MOUNTING; on failure leave nothing running."""
     p = system.paths(mount.bucket)
     budget = system.Budget(mount.cache_size_mb, mount.buffer_size_mb)
@@ -109,10 +126,20 @@ def _machine_mount(mount: Mount) -> None:
     try:
         steps.ensure_bucket(mount.bucket)
         origin = steps.metadata_prepare(p)
+        volume = None if origin == "formatted" else steps.volume_layout(p.meta_db)
+        fresh = volume is None
+        mount.layout = _layout_choose(p, volume, requested)
+        p = _paths(mount)
+        mount.save(update_fields=["layout"])
         mount.litestream_pid = steps.litestream_start(p)
         mount.save(update_fields=["litestream_pid"])
         mount.juicefs_pid = steps.juicefs_start(p, budget)
-        if origin == "formatted":
+        if mount.layout == system.IMAGE:
+            if not p.image.exists():
+                steps.image_create(p)
+                fresh = True
+            steps.image_mount(p)
+        if fresh:
             steps.workspace_prepare(p.mount_point)
     except BaseException:
         steps.teardown(p, juicefs_pid=mount.juicefs_pid, litestream_pid=mount.litestream_pid,
@@ -125,29 +152,48 @@ def _machine_mount(mount: Mount) -> None:
     mount.save()
 
 
+def _serving(mount: Mount) -> bool:
+    """JuiceFS answers and, for the image layout, the workspace is its ext4, read-write."""
+    p = _paths(mount)
+    return steps.answers(p.volume_point) and (mount.layout != system.IMAGE
+                                              or steps.image_mounted(p))
+
+
 def _healthy(mount: Mount) -> bool:
-    p = system.paths(mount.bucket)
+    p = _paths(mount)
     if local.enabled():
         return mount.status == Mount.Status.MOUNTED and local.branch_healthy(mount.bucket)
-    return (mount.status == Mount.Status.MOUNTED and steps.answers(p.mount_point)
+    return (mount.status == Mount.Status.MOUNTED and _serving(mount)
             and steps.owns(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM)))
 
 
-def mount_create(*, bucket: str) -> tuple[Mount, bool]:
-    """Mount a bucket at WORKSPACE_BASE/{bucket}; (mount, True) when mounted now."""
+def mount_create(*, bucket: str, layout: str | None = None) -> tuple[Mount, bool]:
+    """Mount a bucket at WORKSPACE_BASE/{bucket}; (mount, True) when mounted now.
+
+    `layout` (files | image) is for a new volume; an existing volume keeps its own, and asking
+    for the other one is 409 layout_mismatch. None: the volume's own, else WORKSPACE_LAYOUT.
+    """
     bucket = validate_bucket_name(bucket)
+    if layout is not None and layout not in system.LAYOUTS:
+        raise InvalidLayout(f"Unknown layout {layout!r}; one of {', '.join(system.LAYOUTS)}.")
     p = system.paths(bucket)
     with steps.bucket_lock(p, timeout=_lock_timeout()):
         mount = Mount.objects.filter(bucket=bucket).first()
         if mount is not None and _healthy(mount):
+            if layout and not local.enabled() and layout != mount.layout:
+                raise LayoutMismatch(f"Bucket {bucket!r} is mounted with the {mount.layout!r} "
+                                     f"layout, not {layout!r}.")
             return mount, False
         if mount is not None:
             # Failed, dead or left half-done by a crash: clear it and mount again.
             steps.teardown(p, juicefs_pid=mount.juicefs_pid, litestream_pid=mount.litestream_pid)
             mount.delete()
+        elif not local.enabled() and steps.leftovers(p):
+            # No row, yet mounts, daemons or loop devices of this bucket (a lost state row).
+            steps.teardown(p, juicefs_pid=None, litestream_pid=None)
         mount = _slot_take(bucket)
         try:
-            _machine_mount(mount)
+            _machine_mount(mount, layout)
         except BaseException:
             mount.delete()
             raise
@@ -178,7 +224,12 @@ def mount_sync(*, bucket: str) -> Mount:
             local.workspace_sync(bucket)
             mount.synced_at = timezone.now()
         else:
-            mount.synced_at = steps.durable(p, mount.litestream_pid)
+            if mount.layout == system.IMAGE and not steps.image_mounted(_paths(mount)):
+                # Its ext4 is gone or read-only after I/O errors: nothing could be synced from
+                # it, and the caller must not believe its last writes are durable.
+                raise SyncFailed(f"The workspace image of {bucket} is not mounted read-write "
+                                 "(see GET /mounts; reconcile remounts it).")
+            mount.synced_at = steps.durable(_paths(mount), mount.litestream_pid)
         mount.save(update_fields=["synced_at"])
     return mount
 
@@ -192,12 +243,16 @@ def _machine_unmount(mount: Mount, *, force: bool) -> None:
     if local.enabled():
         local.branch_close(mount.bucket)
         return
-    p = system.paths(mount.bucket)
-    alive = steps.answers(p.mount_point)
+    p = _paths(mount)
+    alive = steps.answers(p.volume_point)
     litestream_alive = steps.owns(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM))
+    if mount.layout == system.IMAGE:
+        # The ext4 first (sync, fstrim while JuiceFS can still punch the holes, umount, loop
+        # device freed): its last writes then are ordinary JuiceFS writes, flushed below.
+        steps.image_release(p, trim=alive)
     if alive and litestream_alive:
         steps.durable(p, mount.litestream_pid)
-    steps.umount(p.mount_point, lazy=not alive)
+    steps.umount(p.volume_point, lazy=not alive)
     steps.pid_stop(mount.juicefs_pid, system.daemon_tag(p, system.JUICEFS), grace=30)
     if litestream_alive:
         # JuiceFS closes its session on unmount: that last transaction must reach S3 too.
@@ -257,10 +312,10 @@ def mount_remove_all(*, deadline: float) -> None:
 
 
 def _reconcile_one(mount: Mount) -> str:
-    p = system.paths(mount.bucket)
+    p = _paths(mount)
     if _healthy(mount):
         return "ok"
-    if mount.status == Mount.Status.MOUNTED and steps.answers(p.mount_point):
+    if mount.status == Mount.Status.MOUNTED and _serving(mount):
         # JuiceFS serves, Litestream died: restart it on the same database.
         steps.pid_stop(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM),
                        grace=10)
@@ -271,8 +326,8 @@ def _reconcile_one(mount: Mount) -> str:
     mount.status, mount.juicefs_pid, mount.litestream_pid = Mount.Status.MOUNTING, None, None
     mount.save()
     try:
-        _machine_mount(mount)
-    except (MountFailed, StorageUnavailable, OSError) as error:
+        _machine_mount(mount, mount.layout)
+    except (MountFailed, StorageUnavailable, LayoutMismatch, OSError) as error:
         mount.status, mount.error = Mount.Status.FAILED, str(error)
         mount.juicefs_pid = mount.litestream_pid = None
         mount.save()
@@ -302,8 +357,9 @@ def mount_reconcile() -> dict[str, str]:
 
 def _stale_clean(known: set[str]) -> None:
     """Stop daemons and detach mounts of this machine's buckets that no row accounts for."""
-    base = str(settings.WORKSPACE_BASE) + "/"
-    candidates = {point[len(base):] for point in steps.mount_table() if point.startswith(base)}
+    bases = [str(settings.WORKSPACE_BASE) + "/", str(settings.WELDR_ENV_VOL / "volumes") + "/"]
+    candidates = {point[len(base):] for point in steps.mount_table() for base in bases
+                  if point.startswith(base)}
     candidates |= {config.name[len("litestream-"):-len(".yml")]
                    for config in settings.WELDR_ENV_VOL.glob("litestream-*.yml")}
     for bucket in sorted(candidates - known):
@@ -312,6 +368,6 @@ def _stale_clean(known: set[str]) -> None:
         except InvalidBucket:
             continue
         p = system.paths(bucket)
-        if steps.is_mounted(p.mount_point) or steps.daemons(p):
-            logger.warning("cleaning up stale daemons and mount of %s", bucket)
+        if steps.leftovers(p):
+            logger.warning("cleaning up stale daemons, mounts and loop devices of %s", bucket)
             steps.teardown(p, juicefs_pid=None, litestream_pid=None)

@@ -352,8 +352,9 @@ def litestream_sync(p: system.Paths, pid: int | None, *, timeout: int = 60) -> i
     return replica
 
 
-def mount_table() -> dict[str, str]:
-    """Mount points and their filesystem types, from /proc/self/mountinfo."""
+def _mountinfo() -> dict[str, tuple[str, str, str]]:
+    """Mount point → (filesystem type, source, superblock options), from /proc/self/mountinfo;
+    for a point mounted over, the topmost mount."""
     table = {}
     with open("/proc/self/mountinfo") as handle:
         for line in handle:
@@ -361,8 +362,15 @@ def mount_table() -> dict[str, str]:
             if " - " not in line or len(fields) < 5:
                 continue
             point = fields[4].encode().decode("unicode_escape")
-            table[point] = line.split(" - ", 1)[1].split()[0]
+            tail = line.split(" - ", 1)[1].split()
+            tail += [""] * (3 - len(tail))
+            table[point] = (tail[0], tail[1], tail[2])
     return table
+
+
+def mount_table() -> dict[str, str]:
+    """Mount points and their filesystem types, from /proc/self/mountinfo."""
+    return {point: entry[0] for point, entry in _mountinfo().items()}
 
 
 def is_mounted(mount_point: Path) -> bool:
@@ -383,7 +391,7 @@ def answers(mount_point: Path) -> bool:
 
 
 def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
-    p.mount_point.mkdir(parents=True, exist_ok=True)
+    p.volume_point.mkdir(parents=True, exist_ok=True)
     p.cache_dir.mkdir(parents=True, exist_ok=True)
     stats = os.statvfs(p.cache_dir)
     ratio = system.free_space_ratio(stats.f_blocks * stats.f_frsize)
@@ -392,11 +400,11 @@ def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
     env[system.TAG_VARIABLE] = system.daemon_tag(p, system.JUICEFS)
     process = runner.spawn(argv, log_path=p.juicefs_log, env=env)
     _children[process.pid] = process
-    ready = runner.wait_until(lambda: answers(p.mount_point) or process.poll() is not None,
+    ready = runner.wait_until(lambda: answers(p.volume_point) or process.poll() is not None,
                               timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=0.1)
     if not ready or process.poll() is not None:
         runner.stop(process, grace=5)
-        umount(p.mount_point, lazy=True)
+        umount(p.volume_point, lazy=True)
         raise MountFailed(f"JuiceFS did not mount {p.bucket}: {log_tail(p.juicefs_log)}")
     return process.pid
 
@@ -405,6 +413,11 @@ def workspace_prepare(mount_point: Path) -> None:
     """A fresh volume's root belongs to the sandbox user, who runs previews and commands."""
     os.chown(mount_point, settings.SANDBOX_UID, settings.SANDBOX_UID)
     os.chmod(mount_point, 0o755)
+    # A new ext4's lost+found: an empty workspace looks the same in both layouts (e2fsck makes
+    # it again when a repair needs it).
+    lost = mount_point / "lost+found"
+    if lost.is_dir() and not lost.is_symlink() and not any(lost.iterdir()):
+        lost.rmdir()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +462,10 @@ def staged_upload(p: system.Paths) -> int:
 
 def filesystem_sync(mount_point: Path) -> None:
     """Push the kernel's and JuiceFS's buffers for this mount into its staging folder."""
-    runner.run(["sync", "-f", str(mount_point)], timeout=120)
+    try:
+        runner.run(["sync", "-f", str(mount_point)], timeout=120)
+    except runner.CommandError as error:
+        raise SyncFailed(f"Flushing {mount_point} failed: {error}") from error
 
 
 def durable(p: system.Paths, litestream_pid: int | None) -> datetime:
@@ -459,8 +475,10 @@ def durable(p: system.Paths, litestream_pid: int | None) -> datetime:
     so after the forced Litestream sync a second pass over the staging folder finds every
     block the replicated metadata can name.
     """
-    if is_mounted(p.mount_point):
-        filesystem_sync(p.mount_point)
+    if p.layout == system.IMAGE and image_mounted(p):
+        image_flush(p)
+    if is_mounted(p.volume_point):
+        filesystem_sync(p.volume_point)
     staged_upload(p)
     litestream_sync(p, litestream_pid)
     point = datetime.now(UTC)
@@ -487,8 +505,15 @@ def umount(mount_point: Path, *, lazy: bool = False) -> None:
 
 def teardown(p: system.Paths, *, juicefs_pid: int | None, litestream_pid: int | None,
              grace: float = 30) -> None:
-    """Stop whatever runs for this bucket, without questions: the failure and crash path."""
-    umount(p.mount_point, lazy=not answers(p.mount_point))
+    """Stop whatever runs for this bucket, without questions: the failure and crash path.
+
+    Whatever the layout: an ext4 at the workspace and the loop devices over the image go first
+    (the loop device must let go of the image before JuiceFS does, else its backing file is a
+    file of a detached mount that no path names any more), then JuiceFS wherever it is mounted.
+    """
+    image_release(p)
+    for point in (p.mount_point, p.volume_dir):
+        umount(point, lazy=not answers(point))
     pid_stop(juicefs_pid, system.daemon_tag(p, system.JUICEFS), grace=grace)
     pid_stop(litestream_pid, system.daemon_tag(p, system.LITESTREAM), grace=grace)
     # Daemons whose pids were lost (a crash) or that a watchdog restarted.
@@ -497,4 +522,135 @@ def teardown(p: system.Paths, *, juicefs_pid: int | None, litestream_pid: int | 
             logger.warning("stopping leftover %s %s of %s", kind, pid, p.bucket)
             pid_stop(pid, system.daemon_tag(p, kind), grace=grace)
     umount(p.mount_point, lazy=True)
+    umount(p.volume_dir, lazy=True)
     p.litestream_socket.unlink(missing_ok=True)
+
+
+def leftovers(p: system.Paths) -> bool:
+    """True when anything of this bucket is on the machine: a mount, a daemon, a loop device."""
+    table = mount_table()
+    return (str(p.mount_point) in table or str(p.volume_dir) in table or bool(daemons(p))
+            or bool(loop_devices(p.image)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Image layout: ext4 in one sparse file of the JuiceFS volume, on a loop device
+# ---------------------------------------------------------------------------------------------
+
+
+def volume_layout(db: Path) -> str | None:
+    """The layout a volume was made with, read from its metadata before it is mounted (a
+    remount must use it whatever WORKSPACE_LAYOUT says); None for an empty volume."""
+    # Read-write open although it only reads: nothing else has the database open yet, and a
+    # read-only open of a WAL database without its -shm file fails.
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute(
+            "SELECT name FROM jfs_edge WHERE parent = ?", (system.ROOT_INODE,)).fetchall()
+    names = {bytes(row[0]).decode("utf-8", "surrogateescape") for row in rows}
+    return system.image_layout(names)
+
+
+def image_create(p: system.Paths) -> None:
+    """A new sparse image with a fresh ext4, made under a temporary name and renamed into place,
+    so that the image's presence means a complete filesystem."""
+    folder = p.image.parent
+    folder.mkdir(mode=0o700, exist_ok=True)
+    draft = folder / f"{p.image.name}.new"
+    draft.unlink(missing_ok=True)
+    with open(draft, "wb") as handle:
+        handle.truncate(settings.WORKSPACE_IMAGE_SIZE_GB * 1024**3)
+    try:
+        runner.run(system.mkfs_ext4_argv(draft, label=p.bucket), timeout=300)
+    except runner.CommandError as error:
+        draft.unlink(missing_ok=True)
+        raise MountFailed(f"Creating {p.bucket}'s workspace image failed: {error}") from error
+    draft.rename(p.image)
+
+
+def loop_devices(image: Path) -> list[str]:
+    """The loop devices bound to `image` (its exact path: other agents' images never match)."""
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            name = backing.read_text().strip()
+        except OSError:
+            continue  # detached meanwhile
+        if name.removesuffix(" (deleted)") == str(image):
+            found.append(f"/dev/{backing.parent.parent.name}")
+    return sorted(found)
+
+
+def loop_detach(device: str) -> None:
+    result = runner.run(system.losetup_detach_argv(device), timeout=60, check=False)
+    if result.returncode != 0 and Path(f"/sys/block/{Path(device).name}/loop").exists():
+        logger.warning("losetup --detach %s failed: %s", device, result.stderr.strip())
+
+
+def image_mounted(p: system.Paths) -> bool:
+    """True when the workspace is the image's ext4, mounted read-write (ext4 remounts itself
+    read-only when the image's I/O fails, e.g. when JuiceFS died under the loop device)."""
+    entry = _mountinfo().get(str(p.mount_point))
+    return entry is not None and entry[0] == "ext4" and "rw" in entry[2].split(",")
+
+
+def image_mount(p: system.Paths) -> None:
+    """Check the image, attach it to a loop device and mount its ext4 at the workspace."""
+    for device in loop_devices(p.image):
+        # A crash between attaching and mounting left this one: never two devices on one image.
+        logger.warning("detaching stale loop device %s of %s", device, p.bucket)
+        loop_detach(device)
+    # Always, not only after a restore: a crash or a lost machine leaves a journal to replay,
+    # and on a clean filesystem it only reads the superblock.
+    check = runner.run(system.e2fsck_argv(p.image), timeout=settings.MOUNT_TIMEOUT_SECONDS * 5,
+                       check=False)
+    if check.returncode:
+        logger.warning("e2fsck -p on %s's image: exit %s: %s", p.bucket, check.returncode,
+                       (check.stdout + check.stderr).strip()[-LOG_TAIL:])
+    if not system.e2fsck_ok(check.returncode):
+        raise MountFailed(f"The workspace image of {p.bucket} has errors e2fsck -p cannot fix "
+                          f"(exit {check.returncode}): {(check.stdout + check.stderr)[-500:]}")
+    try:
+        device = runner.run(system.losetup_attach_argv(
+            p.image, direct_io=settings.WORKSPACE_IMAGE_DIRECT_IO), timeout=60).stdout.strip()
+    except runner.CommandError as error:
+        raise MountFailed(f"Attaching {p.bucket}'s image to a loop device failed: {error}") \
+            from error
+    p.mount_point.mkdir(parents=True, exist_ok=True)
+    try:
+        runner.run(system.ext4_mount_argv(device, p.mount_point), timeout=120)
+    except runner.CommandError as error:
+        loop_detach(device)
+        raise MountFailed(f"Mounting {p.bucket}'s image failed: {error}") from error
+    # The mounted ext4 holds the device open: detaching now only sets autoclear, so the device
+    # goes away by itself with the ext4's unmount, whoever unmounts it (also after a crash).
+    loop_detach(device)
+
+
+def image_flush(p: system.Paths) -> None:
+    """Push the ext4's writes into the image file, then release the blocks of deleted files.
+
+    syncfs commits the ext4 journal and ends in a cache flush of the loop device, which the loop
+    driver turns into fsync() of the image file: JuiceFS then holds every write like any other.
+    fstrim turns the free extents into holes in the image (the loop device punches them), so
+    deleted files stop costing bucket space (after JuiceFS's trash days); ext4 remembers what it
+    trimmed since mounting, so a repeated fstrim only visits what was freed since (measured:
+    0.2 s for the first fstrim of an empty 20 GB image, 0.01 s for the next).
+    """
+    filesystem_sync(p.mount_point)
+    result = runner.run(system.fstrim_argv(p.mount_point), timeout=600, check=False)
+    if result.returncode != 0:
+        logger.warning("fstrim of %s failed: %s", p.bucket, result.stderr.strip())
+
+
+def image_release(p: system.Paths, *, trim: bool = False) -> None:
+    """Unmount the workspace's ext4 and detach the image's loop devices; idempotent.
+
+    With `trim` (a clean unmount, JuiceFS alive): sync, then fstrim so that the blocks of
+    deleted files become holes in the image and their slices leave the bucket.
+    """
+    if mount_table().get(str(p.mount_point)) == "ext4":
+        if trim and image_mounted(p):
+            image_flush(p)
+        umount(p.mount_point)
+    for device in loop_devices(p.image):
+        loop_detach(device)

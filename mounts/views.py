@@ -46,14 +46,15 @@ class MountViewSet(viewsets.ViewSet):
                     "local copy is gone, and returns once the workspace answers.",
         request=MountCreateSerializer,
         responses={201: MountSerializer, 200: MountSerializer, 400: _error("invalid_bucket"),
-                   409: _error("mount_limit | mount_busy | volume_gone"),
+                   409: _error("mount_limit | mount_busy | volume_gone | layout_mismatch"),
                    500: _error("mount_failed"),
                    502: _error("storage_unavailable")},
     )
     def create(self, request: Request) -> Response:
         data = MountCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        mount, created = services.mount_create(bucket=data.validated_data["bucket"])
+        mount, created = services.mount_create(bucket=data.validated_data["bucket"],
+                                               layout=data.validated_data.get("layout"))
         return Response(MountSerializer(mount).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

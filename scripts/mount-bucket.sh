@@ -4,7 +4,7 @@ set -euo pipefail
 
 usage() {
   cat <<'HELP'
-Usage: mount-bucket.sh [--sync] BUCKET
+Usage: mount-bucket.sh [--sync] [--layout files|image] BUCKET
 
 Mounts BUCKET at $WORKSPACE_BASE/BUCKET exactly as `POST /mounts` does (the same code:
 `manage.py mount`), and prints the mount as JSON:
@@ -19,6 +19,9 @@ litestream-BUCKET.yml, litestream-BUCKET.log.
 
   --sync      do not mount: make an existing mount durable in S3 now (uploads staged blocks,
               forces and confirms a Litestream sync)
+  --layout L  workspace layout of a NEW volume: files (the JuiceFS mount) or image (an ext4
+              image inside the volume, loop-mounted); default $WORKSPACE_LAYOUT. An existing
+              volume keeps its own: asking for the other one fails (layout_mismatch)
   -h, --help  show this help
 
 Environment: WELDR_HOME (the agent's directory; default: this script's repository, else /app),
@@ -30,11 +33,19 @@ HELP
 die() { printf 'mount-bucket.sh: %s\n' "$1" >&2; exit "${2:-1}"; }
 
 sync_only=()
+layout=()
 bucket=""
-for arg in "$@"; do
+while (($#)); do
+  arg="$1"
+  shift
   case "$arg" in
     -h|--help) usage; exit 0 ;;
     --sync) sync_only=(--sync) ;;
+    --layout)
+      (($#)) || die "--layout needs a value: files or image" 2
+      [[ "$1" == files || "$1" == image ]] || die "invalid layout: $1 (files or image)" 2
+      layout=(--layout "$1")
+      shift ;;
     -*) die "unknown option: $arg (see --help)" 2 ;;
     *) [[ -z "$bucket" ]] || die "one bucket at a time (see --help)" 2; bucket="$arg" ;;
   esac
@@ -54,7 +65,7 @@ python="${WELDR_PYTHON:-$home/.venv/bin/python}"
 [[ -x "$python" ]] || die "no Python at $python (set WELDR_PYTHON)"
 
 export LOG_LEVEL="${LOG_LEVEL:-WARNING}"
-if ! output="$("$python" "$home/manage.py" mount "${sync_only[@]}" "$bucket" 2>&1)"; then
+if ! output="$("$python" "$home/manage.py" mount "${sync_only[@]}" "${layout[@]}" "$bucket" 2>&1)"; then
   die "$(printf '%s\n' "$output" | grep -E 'CommandError|Error' | tail -n 1)"
 fi
 printf '%s\n' "$output" | tail -n 1

@@ -37,7 +37,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # nodejs and npm: preview apps run the host's node (bound read-only into each sandbox).
-APT_PACKAGES=(fuse3 runc crun iproute2 iptables git ca-certificates procps util-linux nodejs npm)
+# e2fsprogs (mkfs.ext4, e2fsck) and util-linux (losetup, fstrim): the `image` workspace layout.
+APT_PACKAGES=(fuse3 runc crun iproute2 iptables git ca-certificates procps util-linux e2fsprogs
+              nodejs npm)
 TEST_APT_PACKAGES=(postgresql redis-server chromium s3fs)
 packages=("${APT_PACKAGES[@]}")
 if [[ "$WITH_TEST" == 1 ]]; then packages+=("${TEST_APT_PACKAGES[@]}"); fi

@@ -337,6 +337,15 @@ RESTORE_MARGIN_SECONDS = _int("RESTORE_MARGIN_SECONDS", 60, low=0, high=86400)
 # amount. GOMEMLIMIT makes the Go runtime collect harder instead of growing past it.
 JUICEFS_MEMORY_OVERHEAD_MB = _int("JUICEFS_MEMORY_OVERHEAD_MB", 64, low=16, high=10**5)
 LITESTREAM_MEMORY_LIMIT_MB = _int("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, high=10**5)
+# Workspace layout of NEW volumes (docs/mounts.md, "Layouts"): `files` (the workspace is the
+# JuiceFS mount) or `image` (an ext4 image inside the JuiceFS volume, loop-mounted). An existing
+# volume always keeps its own layout, whatever this says.
+WORKSPACE_LAYOUT = _choice("WORKSPACE_LAYOUT", env.str("WORKSPACE_LAYOUT", default="files"),
+                           ("files", "image"))
+# Size of a new image (sparse: only what is written costs space); fixed at creation.
+WORKSPACE_IMAGE_SIZE_GB = _int("WORKSPACE_IMAGE_SIZE_GB", 20, low=1, high=16384)
+# Loop device over the image with O_DIRECT on the backing file (docs/performance.md measures it).
+WORKSPACE_IMAGE_DIRECT_IO = _bool("WORKSPACE_IMAGE_DIRECT_IO", default=False)
 
 # ---------------------------------------------------------------------------------------------
 # Workspaces: a JuiceFS mount per bucket, or a local branch directory synced by rclone

@@ -42,9 +42,8 @@ def bucket_name() -> str:
 
 
 def machine_clean(bucket: str) -> bool:
-    """Nothing of this bucket is left on the machine: no mount, no daemon."""
-    p = system.paths(bucket)
-    return str(p.mount_point) not in steps.mount_table() and not steps.daemons(p)
+    """Nothing of this bucket is left on the machine: no mount, no daemon, no loop device."""
+    return not steps.leftovers(system.paths(bucket))
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ def _paths(agent, bucket: str) -> system.Paths:
         litestream_config=vol / f"litestream-{bucket}.yml",
         litestream_log=vol / f"litestream-{bucket}.log",
         litestream_socket=run / f"litestream-{bucket}.sock", lock=run / f"{bucket}.lock",
-        mount_point=base / bucket,
+        mount_point=base / bucket, volume_dir=vol / "volumes" / bucket,
     )
 
 

@@ -69,3 +69,26 @@ def test_mount_and_unmount_scripts_for_real(script_env):
         runner.run([unmount_sh, "--force", bucket], timeout=180, env=script_env, check=False)
         if steps.is_mounted(workspace):
             runner.run(system.umount_argv(workspace, lazy=True), timeout=30, check=False)
+
+
+def test_mount_script_with_the_image_layout(script_env, settings):
+    # the test process looks at the script's machine state (same paths) to clean up exactly it
+    settings.WELDR_ENV_VOL = Path(script_env["WELDR_ENV_VOL"])
+    settings.WORKSPACE_BASE = Path(script_env["WORKSPACE_BASE"])
+    bucket = bucket_name()
+    mount_sh, unmount_sh = SCRIPTS
+    try:
+        mounted = runner.run([mount_sh, "--layout", "image", bucket], timeout=180, env=script_env)
+        body = json.loads(mounted.stdout.strip().splitlines()[-1])
+        assert body["layout"] == "image"
+        assert steps.mount_table()[body["path"]] == "ext4"
+        runner.run([unmount_sh, bucket], timeout=180, env=script_env)
+        refused = runner.run([mount_sh, "--layout", "files", bucket], timeout=180,
+                             env=script_env, check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+        assert "layout_mismatch" in refused.stderr
+    finally:
+        runner.run([unmount_sh, "--force", bucket], timeout=180, env=script_env, check=False)
+        steps.teardown(system.paths(bucket), juicefs_pid=None, litestream_pid=None, grace=5)
+    assert not steps.leftovers(system.paths(bucket))

@@ -182,3 +182,48 @@ def test_restore_argv_is_integrity_checked_and_timestamped(settings, tmp_path):
     assert _flag(argv, "-timestamp") == "2026-01-01T12:00:05.250000Z"
     assert _flag(argv, "-integrity-check") == "quick"
     assert _flag(argv, "-o") == str(tmp_path / "o")
+
+
+# ---------------------------------------------------------------------------------------------
+# Image layout builders
+# ---------------------------------------------------------------------------------------------
+
+
+def test_image_layout_paths_keep_the_workspace_and_move_juicefs(settings, tmp_path):
+    settings.WELDR_ENV_VOL = tmp_path / "vol"
+    settings.WORKSPACE_BASE = tmp_path / "ws"
+    files, image = system.paths("b-1"), system.paths("b-1", system.IMAGE)
+    assert files.volume_point == files.mount_point == tmp_path / "ws" / "b-1"
+    assert image.mount_point == tmp_path / "ws" / "b-1"
+    assert image.volume_point == tmp_path / "vol" / "volumes" / "b-1"
+    assert image.image == tmp_path / "vol" / "volumes" / "b-1" / ".weldr" / "workspace.ext4"
+    # a daemon's identity does not depend on the layout (found after a crash either way)
+    assert system.daemon_tag(files, system.JUICEFS) == system.daemon_tag(image, system.JUICEFS)
+    argv = system.juicefs_mount_argv("juicefs", image, system.Budget(1, 1), free_ratio=0.1)
+    assert argv[3] == str(image.volume_point)
+
+
+@pytest.mark.parametrize(("names", "layout"), [
+    (set(), None), ({".trash"}, None), ({".weldr"}, "image"), ({".weldr", ".trash"}, "image"),
+    ({"src", ".trash"}, "files"), ({"README.md"}, "files"),
+])
+def test_a_volume_s_layout_is_read_from_its_root(names, layout):
+    assert system.image_layout(names) == layout
+
+
+def test_image_argv_builders():
+    image = Path("/v/b/.weldr/workspace.ext4")
+    mkfs = system.mkfs_ext4_argv(image, label="a-very-long-bucket-name")
+    assert mkfs[0] == "mkfs.ext4" and mkfs[-1] == str(image)
+    assert _flag(mkfs, "-m") == "0" and _flag(mkfs, "-e") == "remount-ro"
+    assert _flag(mkfs, "-L") == "a-very-long-buck"  # ext4 labels hold 16 bytes
+    assert "^has_journal" not in " ".join(mkfs)  # the journal is what makes a crash safe
+    assert system.e2fsck_argv(image) == ["e2fsck", "-p", str(image)]
+    assert [system.e2fsck_ok(code) for code in (0, 1, 2, 4, 8)] == [True] * 3 + [False] * 2
+    assert system.losetup_attach_argv(image, direct_io=True) == [
+        "losetup", "--find", "--show", "--direct-io=on", str(image)]
+    assert system.losetup_detach_argv("/dev/loop7") == ["losetup", "--detach", "/dev/loop7"]
+    mount = system.ext4_mount_argv("/dev/loop7", Path("/ws/b"))
+    assert mount[:4] == ["mount", "-t", "ext4", "-o"]
+    assert set(mount[4].split(",")) >= {"noatime", "errors=remount-ro", "nodiscard"}
+    assert system.fstrim_argv(Path("/ws/b")) == ["fstrim", "/ws/b"]

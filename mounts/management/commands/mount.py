@@ -19,11 +19,15 @@ class Command(BaseCommand):
         parser.add_argument("bucket")
         parser.add_argument("--sync", action="store_true",
                             help="upload staged blocks and sync metadata now (zero RPO)")
+        parser.add_argument("--layout", choices=["files", "image"], default=None,
+                            help="workspace layout of a new volume (default WORKSPACE_LAYOUT)")
 
-    def handle(self, *args: Any, bucket: str, sync: bool, **options: Any) -> None:
+    def handle(self, *args: Any, bucket: str, sync: bool, layout: str | None,
+               **options: Any) -> None:
         state_db_ready()
         try:
-            mount = mount_sync(bucket=bucket) if sync else mount_create(bucket=bucket)[0]
+            mount = (mount_sync(bucket=bucket) if sync
+                     else mount_create(bucket=bucket, layout=layout)[0])
         except APIError as error:
             raise CommandError(f"{error.default_code}: {error.detail}") from error
         self.stdout.write(json.dumps(MountSerializer(mount).data, default=str))
