@@ -314,6 +314,8 @@ def mount_remove_all(*, deadline: float) -> None:
 def _reconcile_one(mount: Mount) -> str:
     p = _paths(mount)
     if _healthy(mount):
+        # A JuiceFS server restarted by its watchdog protected itself again (-1000).
+        steps.oom_score_adjust(steps.daemons(p, system.JUICEFS))
         return "ok"
     if mount.status == Mount.Status.MOUNTED and _serving(mount):
         # JuiceFS serves, Litestream died: restart it on the same database.

@@ -406,7 +406,20 @@ def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
         runner.stop(process, grace=5)
         umount(p.volume_point, lazy=True)
         raise MountFailed(f"JuiceFS did not mount {p.bucket}: {log_tail(p.juicefs_log)}")
+    oom_score_adjust(daemons(p, system.JUICEFS))
     return process.pid
+
+
+def oom_score_adjust(pids: list[int]) -> None:
+    """Undo JuiceFS's own oom_score_adj of -1000 (STORAGE.md 7) for its watchdog and server.
+
+    A server its watchdog restarts sets -1000 again; the next mount or reconcile of the bucket
+    sets it back."""
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/oom_score_adj").write_text(str(settings.JUICEFS_OOM_SCORE_ADJ))
+        except OSError as error:  # gone meanwhile: reconcile deals with dead daemons
+            logger.warning("oom_score_adj of juicefs pid %s not set: %s", pid, error)
 
 
 def workspace_prepare(mount_point: Path) -> None:

@@ -337,6 +337,10 @@ RESTORE_MARGIN_SECONDS = _int("RESTORE_MARGIN_SECONDS", 60, low=0, high=86400)
 # amount. GOMEMLIMIT makes the Go runtime collect harder instead of growing past it.
 JUICEFS_MEMORY_OVERHEAD_MB = _int("JUICEFS_MEMORY_OVERHEAD_MB", 64, low=16, high=10**5)
 LITESTREAM_MEMORY_LIMIT_MB = _int("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, high=10**5)
+# JuiceFS run as root sets its own oom_score_adj to -1000 (never killed: the kernel kills the
+# agent or a preview instead, however large JuiceFS grows). Set back to this after it mounts:
+# still protected at its normal size, killable when it takes half the machine more than others.
+JUICEFS_OOM_SCORE_ADJ = _int("JUICEFS_OOM_SCORE_ADJ", -500, low=-1000, high=1000)
 # Workspace layout of NEW volumes (docs/mounts.md, "Layouts"): `files` (the workspace is the
 # JuiceFS mount) or `image` (an ext4 image inside the JuiceFS volume, loop-mounted). An existing
 # volume always keeps its own layout, whatever this says.

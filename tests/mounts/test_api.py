@@ -48,6 +48,21 @@ def test_mount_then_unmount_through_the_api(api, bucket):
     assert raised.value.status_code == 409 and raised.value.default_code == "not_mounted"
 
 
+def test_juicefs_gets_the_configured_oom_score_adj(api, bucket, settings):
+    # JuiceFS sets -1000 itself where it may (STORAGE.md 7; this machine's root lacks
+    # CAP_SYS_RESOURCE, so it stays at 0 here and only values >= 0 can be set)
+    settings.JUICEFS_OOM_SCORE_ADJ = 100
+    api.post("/mounts", {"bucket": bucket}, format="json")
+    juicefs = steps.daemons(system.paths(bucket), system.JUICEFS)
+    assert len(juicefs) == 2  # the watchdog and the server it supervises
+    for pid in juicefs:
+        assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "100"
+    # a server that changed it again (restarted by its watchdog) is corrected by reconcile
+    Path(f"/proc/{juicefs[-1]}/oom_score_adj").write_text("300")
+    assert services.mount_reconcile()[bucket] == "ok"
+    assert Path(f"/proc/{juicefs[-1]}/oom_score_adj").read_text().strip() == "100"
+
+
 def test_the_sandbox_user_can_write_in_a_new_workspace(api, bucket):
     workspace = Path(api.post("/mounts", {"bucket": bucket}, format="json").json()["path"])
     assert workspace.stat().st_uid == settings.SANDBOX_UID
