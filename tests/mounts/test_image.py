@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -99,64 +97,6 @@ def test_asking_for_the_other_layout_is_409(api, buckets):
         assert not Mount.objects.filter(bucket=name).exists()
     bad = api.post("/mounts", {"bucket": buckets(), "layout": "zfs"}, format="json")
     assert bad.status_code == 400, bad.json()
-
-
-def test_machine_loss_after_a_zero_rpo_sync_restores_every_file(api, bucket):
-    # given an image workspace with a tree, made durable by the sync endpoint
-    workspace = Path(_mount(api, bucket)["path"])
-    tree = write_tree(workspace)
-    synced = api.post(f"/mounts/{bucket}/sync")
-    assert synced.status_code == 200, synced.json()
-    # when the machine is lost (no unmount: the ext4 was never cleanly unmounted either)
-    _lose_image_machine(bucket)
-    again = api.post("/mounts", {"bucket": bucket}, format="json")
-    # then every file is back from S3 alone, byte for byte
-    assert again.status_code == 201, again.json()
-    assert again.json()["restored"] is True and again.json()["layout"] == "image"
-    assert read_tree(Path(again.json()["path"]), tree) == tree
-
-
-def _staging_empty(bucket: str) -> bool:
-    cache = system.paths(bucket).cache_dir
-    return not any(path.is_file() for path in cache.glob("*/rawstaging/**/*"))
-
-
-def test_machine_loss_after_the_sync_window_restores_every_file(api, bucket):
-    # given a tree written into the ext4 and pushed into the image (sync -f: what the kernel's
-    # writeback does by itself within ~35 s), then the upload delay and Litestream's interval
-    # waited out (UPLOAD_DELAY=2s, LITESTREAM_SYNC_INTERVAL=1s, RESTORE_MARGIN_SECONDS=2)
-    workspace = Path(_mount(api, bucket)["path"])
-    tree = write_tree(workspace, files=60)
-    runner.run(["sync", "-f", str(workspace)], timeout=60)
-    written = time.monotonic()
-    assert runner.wait_until(lambda: _staging_empty(bucket), timeout=180, interval=0.5)
-    window = system.duration_seconds(settings.UPLOAD_DELAY) + settings.RESTORE_MARGIN_SECONDS \
-        + 2 * system.duration_seconds(settings.LITESTREAM_SYNC_INTERVAL)
-    time.sleep(max(0.0, written + window - time.monotonic()))
-    # when
-    _lose_image_machine(bucket)
-    again = api.post("/mounts", {"bucket": bucket}, format="json")
-    # then
-    assert again.status_code == 201, again.json()
-    assert again.json()["restored"] is True
-    assert read_tree(Path(again.json()["path"]), tree) == tree
-
-
-def _lose_image_machine(bucket: str) -> None:
-    """No goodbyes: SIGKILL every daemon, drop the ext4 (its loop device goes with it, as in a
-    reboot) and the dead FUSE mount, delete WELDR_ENV_VOL and the workspace."""
-    p = _image_paths(bucket)
-    for pid in steps.daemons(p, system.JUICEFS) + steps.daemons(p, system.LITESTREAM):
-        os.kill(pid, signal.SIGKILL)
-    assert runner.wait_until(lambda: not steps.daemons(p), timeout=30)
-    steps.umount(p.mount_point, lazy=True)
-    assert runner.wait_until(lambda: not steps.loop_devices(p.image), timeout=30)
-    steps.umount(p.volume_dir, lazy=True)
-    Mount.objects.filter(bucket=bucket).delete()
-    shutil.rmtree(settings.WELDR_ENV_VOL)
-    shutil.rmtree(settings.WORKSPACE_BASE)
-    settings.WELDR_ENV_VOL.mkdir(parents=True)
-    assert machine_clean(bucket)
 
 
 def _kill_juicefs(bucket: str) -> None:
