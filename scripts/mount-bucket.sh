@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Mount an S3 bucket as a JuiceFS workspace with Litestream-replicated metadata.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'HELP'
@@ -51,21 +53,7 @@ while (($#)); do
   esac
 done
 [[ -n "$bucket" ]] || die "missing BUCKET (see --help)" 2
-# S3's rules; the name ends up in paths and argv, so nothing else gets through.
-if [[ ! "$bucket" =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ || "$bucket" == *..* \
-      || "$bucket" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
-  die "invalid bucket name: $bucket" 2
-fi
+check_bucket "$bucket"
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-default_home=/app
-[[ -f "$here/../manage.py" ]] && default_home="$(cd "$here/.." && pwd)"
-home="${WELDR_HOME:-$default_home}"
-python="${WELDR_PYTHON:-$home/.venv/bin/python}"
-[[ -x "$python" ]] || die "no Python at $python (set WELDR_PYTHON)"
-
-export LOG_LEVEL="${LOG_LEVEL:-WARNING}"
-if ! output="$("$python" "$home/manage.py" mount "${sync_only[@]}" "${layout[@]}" "$bucket" 2>&1)"; then
-  die "$(printf '%s\n' "$output" | grep -E 'CommandError|Error' | tail -n 1)"
-fi
+output="$(manage mount "${sync_only[@]}" "${layout[@]}" "$bucket")"
 printf '%s\n' "$output" | tail -n 1

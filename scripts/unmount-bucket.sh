@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Unmount a bucket safely: every write made durable in S3 first.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
   cat <<'HELP'
@@ -32,20 +34,7 @@ for arg in "$@"; do
   esac
 done
 [[ -n "$bucket" ]] || die "missing BUCKET (see --help)" 2
-if [[ ! "$bucket" =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ || "$bucket" == *..* \
-      || "$bucket" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
-  die "invalid bucket name: $bucket" 2
-fi
+check_bucket "$bucket"
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-default_home=/app
-[[ -f "$here/../manage.py" ]] && default_home="$(cd "$here/.." && pwd)"
-home="${WELDR_HOME:-$default_home}"
-python="${WELDR_PYTHON:-$home/.venv/bin/python}"
-[[ -x "$python" ]] || die "no Python at $python (set WELDR_PYTHON)"
-
-export LOG_LEVEL="${LOG_LEVEL:-WARNING}"
-if ! output="$("$python" "$home/manage.py" unmount "${force[@]}" "$bucket" 2>&1)"; then
-  die "$(printf '%s\n' "$output" | grep -E 'CommandError|Error' | tail -n 1)"
-fi
+output="$(manage unmount "${force[@]}" "$bucket")"
 printf '%s\n' "$output" | tail -n 1
