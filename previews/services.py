@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connections, transaction
 from django.utils import timezone
 
-from previews import sandbox, system, workspaces
+from previews import sandbox, system, warm, workspaces
 from previews.errors import (
     NoFreePort,
     NoPreview,
@@ -33,7 +33,7 @@ from previews.errors import (
     PreviewRunning,
 )
 from previews.models import PortLease, Preview
-from previews.proxy import PortBusy, proxy
+from previews.proxy import NOT_YET, PortBusy, proxy
 from weldr_agent import runner
 
 logger = logging.getLogger("weldr.previews")
@@ -48,6 +48,8 @@ class Live:
     port: int
     box: sandbox.Sandbox
     ns: sandbox.Netns | None = None
+    # Started from the warm pool (previews/warm.py): its slot is released with it.
+    warm: warm.Warm | None = None
     stopping: bool = False
     torn_down: bool = False
     launched: threading.Event = field(default_factory=threading.Event)
@@ -121,7 +123,9 @@ def _lease_and_listen(*, bucket: str, port: int | None, live_of) -> int:  # type
 def _target(bucket: str, port: int) -> tuple[str, int] | None:
     with _live_lock:
         live = _live.get(bucket)
-    return live.target() if live is not None and live.port == port else None
+    if live is None or live.port != port:
+        return None
+    return live.target() or NOT_YET
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,24 +166,34 @@ def _spec(*, bucket: str, workspace: Path, port: int, env: Mapping[str, str] | N
     )
 
 
+def _cold_box(bucket: str, workspace: Path) -> sandbox.Sandbox:
+    # The full spec needs the netns, which `_launch` takes from the pool.
+    return sandbox.Sandbox(sandbox.Spec(name=system.container_name(bucket), workspace=workspace,
+                                        args=[]),
+                           log_path=system.log_path(bucket), on_exit=_on_exit,
+                           launcher=system.start_app_argv)
+
+
 def preview_start(*, bucket: str, port: int | None = None, command: str | None = None,
                   env: Mapping[str, str] | None = None) -> Preview:
-    """Lease a port, start the app's container and return its Preview (`starting`)."""
+    """Lease a port, start the app's container and return its Preview (`starting`).
+
+    With a warm sandbox (previews/warm.py) the app is started before the answer, in ~1 ms;
+    otherwise a background thread makes its netns and container (`runc run`).
+    """
     workspace = workspaces.workspace_path(bucket)
     command = command or _start_command(workspace)
     port = _lease_and_listen(bucket=bucket, port=port,
                              live_of=lambda p: _target(bucket, p))
-    # The full spec needs the netns, which `_launch` takes from the pool.
-    box = sandbox.Sandbox(sandbox.Spec(name=system.container_name(bucket), workspace=workspace,
-                                       args=[]),
-                          log_path=system.log_path(bucket), on_exit=_on_exit,
-                          launcher=system.start_app_argv)
-    live = Live(bucket=bucket, port=port, box=box)
+    ready = warm.pool.take(workspace)
+    box = ready.box if ready is not None else _cold_box(bucket, workspace)
+    live = Live(bucket=bucket, port=port, box=box, warm=ready,
+                ns=ready.ns if ready is not None else None)
     try:
         _prepare_files(bucket=bucket, command=command, workspace=workspace)
-        Preview.objects.update_or_create(bucket=bucket, defaults={
+        preview, _ = Preview.objects.update_or_create(bucket=bucket, defaults={
             "port": port, "status": Preview.Status.STARTING, "command": command,
-            "container": box.name, "pid": None, "exit_code": None,
+            "container": box.name, "pid": box.pid, "exit_code": None,
             "started_at": timezone.now(), "ended_at": None,
         })
     except Exception:
@@ -187,11 +201,37 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
         raise
     with _live_lock:
         _live[bucket] = live
-    # The netns and container are made off the request thread: under ASGI every sync view
-    # shares one thread, and twenty `runc run`s in a row would serialise twenty starts.
-    threading.Thread(target=_launch, args=(live, workspace, env), name=f"preview-{bucket}",
-                     daemon=True).start()
-    return Preview.objects.get(bucket=bucket)
+    if ready is not None and _begin_warm(live, ready, workspace=workspace, command=command,
+                                         env=env):
+        target, args = _supervise, (live,)
+    else:
+        # Under ASGI every sync view shares one thread: twenty `runc run`s in a row on it
+        # would serialise twenty starts.
+        target, args = _launch, (live, workspace, env)
+    threading.Thread(target=target, args=args, name=f"preview-{bucket}", daemon=True).start()
+    return preview
+
+
+def _begin_warm(live: Live, ready: warm.Warm, *, workspace: Path, command: str,
+                env: Mapping[str, str] | None) -> bool:
+    """Start the app in its warm sandbox; False (the sandbox discarded) when that failed."""
+    ready.box.on_exit = _on_exit
+    try:
+        warm.pool.begin(ready, workspace=workspace, env=system.app_env(port=live.port, env=env),
+                        run_script=system.run_script(command),
+                        log_path=system.log_path(live.bucket))
+    except (OSError, runner.CommandError) as error:
+        logger.warning("warm sandbox %s failed to start (%s); starting %s cold", ready.box.name,
+                       error, live.bucket)
+        # Unhooked first: its exit is not the preview's.
+        ready.box.on_exit = None
+        live.box, live.ns, live.warm = _cold_box(live.bucket, workspace), None, None
+        ready.box.destroy()
+        warm.pool.release(ready)
+        Preview.objects.filter(bucket=live.bucket).update(container=live.box.name, pid=None)
+        return False
+    live.launched.set()
+    return True
 
 
 def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
@@ -212,6 +252,13 @@ def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
             live.launched.set()
         Preview.objects.filter(bucket=live.bucket, container=live.box.name).update(
             pid=live.box.pid)
+        _watch(live)
+    finally:
+        connections.close_all()
+
+
+def _supervise(live: Live) -> None:
+    try:
         _watch(live)
     finally:
         connections.close_all()
@@ -282,7 +329,9 @@ def _teardown(live: Live) -> None:
         live.torn_down = True
     proxy.close(live.port)
     live.box.destroy()
-    if live.ns is not None:
+    if live.warm is not None:
+        warm.pool.release(live.warm)
+    elif live.ns is not None:
         sandbox.pool.release(live.ns)
     port_lease_release(bucket=live.bucket, port=live.port)
     with _live_lock:
@@ -406,6 +455,8 @@ def previews_reconcile() -> None:
     for name in sandbox.containers():
         if name.startswith(system.container_name("")):
             sandbox.container_delete(name)
+    # Warm sandboxes a previous agent created or started (not this pool's own).
+    warm.pool.reset()
     PortLease.objects.all().delete()
     Preview.objects.filter(status__in=Preview.ACTIVE).update(
         status=Preview.Status.STOPPED, ended_at=timezone.now())
