@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--warm-pool", type=int, default=2,
                         help="PREVIEW_WARM_POOL of the agent (0: every preview starts cold)")
-    parser.add_argument("--pause", type=float, default=1.0,
+    parser.add_argument("--pause", type=float, default=2.0,
                         help="seconds between runs (a quiet agent refills its warm pool)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="weldr-bench-previews-"))

@@ -72,8 +72,10 @@ async def _connect(target: Target) -> tuple[asyncio.StreamReader, asyncio.Stream
         if asyncio.get_running_loop().time() > deadline:
             return None
         attempt += 1
-        # A refused connect costs ~50 us: often at first (start-up latency), then gentler.
-        await asyncio.sleep(HOLD_POLL_SECONDS if attempt < 500 else HOLD_POLL_SECONDS * 25)
+        # Often at first (a small app listens within ~100 ms), then gentler: twenty apps
+        # starting at once must not spend their CPU on the agent's refused connects.
+        await asyncio.sleep(HOLD_POLL_SECONDS * (1 if attempt < 100 else 5 if attempt < 500
+                                                 else 25))
 
 
 async def _splice(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,

@@ -40,6 +40,7 @@ logger = logging.getLogger("weldr.previews")
 
 READY_POLL_SECONDS = 0.01
 HOUSEKEEPING_SECONDS = 1.0
+RECORDED_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Live:
     stopping: bool = False
     torn_down: bool = False
     launched: threading.Event = field(default_factory=threading.Event)
+    # Set once the Preview row of this start is written (or its start failed).
+    recorded: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def target(self) -> tuple[str, int] | None:
@@ -191,24 +194,35 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
                 ns=ready.ns if ready is not None else None)
     try:
         _prepare_files(bucket=bucket, command=command, workspace=workspace)
-        preview, _ = Preview.objects.update_or_create(bucket=bucket, defaults={
-            "port": port, "status": Preview.Status.STARTING, "command": command,
-            "container": box.name, "pid": box.pid, "exit_code": None,
-            "started_at": timezone.now(), "ended_at": None,
-        })
     except Exception:
         _teardown(live)
         raise
     with _live_lock:
         _live[bucket] = live
-    if ready is not None and _begin_warm(live, ready, workspace=workspace, command=command,
-                                         env=env):
-        target, args = _supervise, (live,)
-    else:
-        # Under ASGI every sync view shares one thread: twenty `runc run`s in a row on it
-        # would serialise twenty starts.
-        target, args = _launch, (live, workspace, env)
-    threading.Thread(target=target, args=args, name=f"preview-{bucket}", daemon=True).start()
+    # The app starts before its row is written: the row and the answer are ~10 ms that the
+    # app's own start-up overlaps. Whatever ends it meanwhile waits for `recorded`.
+    try:
+        if ready is not None and _begin_warm(live, ready, workspace=workspace,
+                                             command=command, env=env):
+            target, args = _supervise, (live,)
+        else:
+            # Under ASGI every sync view shares one thread: twenty `runc run`s in a row on it
+            # would serialise twenty starts.
+            target, args = _launch, (live, workspace, env)
+        threading.Thread(target=target, args=args, name=f"preview-{bucket}",
+                         daemon=True).start()
+        preview, _ = Preview.objects.update_or_create(bucket=bucket, defaults={
+            "port": port, "status": Preview.Status.STARTING, "command": command,
+            "container": live.box.name, "pid": live.box.pid if live.warm else None,
+            "exit_code": None, "started_at": timezone.now(), "ended_at": None,
+        })
+    except Exception:
+        live.recorded.set()
+        if live.warm is not None:
+            live.launched.set()
+        _stop_live(live, status=Preview.Status.FAILED)
+        raise
+    live.recorded.set()
     return preview
 
 
@@ -228,7 +242,6 @@ def _begin_warm(live: Live, ready: warm.Warm, *, workspace: Path, command: str,
         live.box, live.ns, live.warm = _cold_box(live.bucket, workspace), None, None
         ready.box.destroy()
         warm.pool.release(ready)
-        Preview.objects.filter(bucket=live.bucket).update(container=live.box.name, pid=None)
         return False
     live.launched.set()
     return True
@@ -245,11 +258,13 @@ def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
         except Exception as error:
             logger.error("preview %s could not start: %s", live.bucket, error)
             _teardown(live)
+            live.recorded.wait(RECORDED_WAIT_SECONDS)
             Preview.objects.filter(bucket=live.bucket, container=live.box.name).update(
                 status=Preview.Status.FAILED, ended_at=timezone.now())
             return
         finally:
             live.launched.set()
+        live.recorded.wait(RECORDED_WAIT_SECONDS)
         Preview.objects.filter(bucket=live.bucket, container=live.box.name).update(
             pid=live.box.pid)
         _watch(live)
@@ -259,6 +274,7 @@ def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
 
 def _supervise(live: Live) -> None:
     try:
+        live.recorded.wait(RECORDED_WAIT_SECONDS)
         _watch(live)
     finally:
         connections.close_all()
@@ -307,6 +323,8 @@ def _on_exit(box: sandbox.Sandbox, code: int) -> None:
     close_old_connections()
     with _live_lock:
         live = next((v for v in _live.values() if v.box is box), None)
+    if live is not None:
+        live.recorded.wait(RECORDED_WAIT_SECONDS)
     try:
         if live is not None and not live.stopping:
             # Everything is released before the status says the app ended.
@@ -347,7 +365,9 @@ def _stop_live(live: Live, *, status: str = Preview.Status.STOPPED,
                grace: float | None = None) -> None:
     grace = settings.PREVIEW_STOP_GRACE_SECONDS if grace is None else grace
     live.stopping = True
-    # A stop right after a start: let `runc run` finish, then stop what it started.
+    # A stop right after a start: let the start be recorded and `runc run` finish, then stop
+    # what it started.
+    live.recorded.wait(RECORDED_WAIT_SECONDS)
     live.launched.wait(120)
     binary, root = sandbox.runtime()
     argv = system.stop_app_argv(binary=binary, root=root, name=live.box.name, grace=int(grace))

@@ -42,7 +42,7 @@ logger = logging.getLogger("weldr.previews")
 
 # A refill waits this long after the last start: `runc create` is ~50 ms of CPU that would
 # otherwise compete with the app that just started (2 cores here).
-REFILL_DELAY_SECONDS = 0.5
+REFILL_DELAY_SECONDS = 1.0
 HOSTNAME = "preview"
 
 MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 0x2, 0x4, 0x20, 0x1000, 0x4000
@@ -252,12 +252,16 @@ class WarmPool:
         warm.box.destroy()
         self.release(warm)
 
+    def ready_count(self) -> int:
+        with self._lock:
+            return len(self._ready)
+
     # -- a preview's use of it -----------------------------------------------------------------
 
     def take(self, workspace: Path) -> Warm | None:
         """A warm sandbox for `workspace`, or None (empty pool, workspace elsewhere)."""
         self.start()
-        if workspace.parent != settings.WORKSPACE_BASE:
+        if self.size <= 0 or workspace.parent != settings.WORKSPACE_BASE:
             return None
         with self._lock:
             self._taken_at = time.monotonic()
