@@ -210,6 +210,14 @@ def main() -> None:
         bare, _ = bare_start(bare_dir, free_port())
         runner.stop(bare)
 
+        # The API's own floor: an authenticated GET of the same preview, round trip.
+        api_times = []
+        for _ in range(args.runs):
+            started = time.monotonic()
+            agent.call("GET", f"/previews/{buckets[0]}")
+            api_times.append(time.monotonic() - started)
+        print(f"API round trip, GET /previews/{{bucket}} {summary(api_times)}")
+
         bare_times, preview_times = [], []
         for _ in range(args.runs):
             process, elapsed = bare_start(bare_dir, free_port())

@@ -277,7 +277,11 @@ class WarmPool:
     def begin(self, warm: Warm, *, workspace: Path, env: Mapping[str, str], run_script: str,
               log_path: Path) -> None:
         """Give `warm` its command, workspace and log, then start its process."""
-        warm.script.write_text(slot_script(workspace=workspace, env=env, run_script=run_script))
+        # The app's environment may hold secrets: readable by the sandbox's user only.
+        fd = os.open(warm.script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+        with os.fdopen(fd, "w") as script:
+            os.fchown(script.fileno(), settings.SANDBOX_UID, settings.SANDBOX_UID)
+            script.write(slot_script(workspace=workspace, env=env, run_script=run_script))
         inside = warm.directory / "ws" / workspace.name
         inside.mkdir(exist_ok=True)
         stage = warm.directory / "stage"
