@@ -43,6 +43,9 @@ logger = logging.getLogger("weldr.previews")
 # A refill waits this long after the last start: `runc create` is ~50 ms of CPU that would
 # otherwise compete with the app that just started (2 cores here).
 REFILL_DELAY_SECONDS = 1.0
+# ... and while more tasks are runnable than there are CPUs (apps still starting, a burst of
+# cold starts), for at most this long.
+REFILL_BUSY_MAX_SECONDS = 10.0
 HOSTNAME = "preview"
 
 MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 0x2, 0x4, 0x20, 0x1000, 0x4000
@@ -199,6 +202,9 @@ class WarmPool:
                         or time.monotonic() - self._taken_at < REFILL_DELAY_SECONDS):
                     wait = REFILL_DELAY_SECONDS - (time.monotonic() - self._taken_at)
                     self._lock.wait(wait if len(self._ready) < self.size else None)
+                deadline = time.monotonic() + REFILL_BUSY_MAX_SECONDS
+                while not self._closed and _busy() and time.monotonic() < deadline:
+                    self._lock.wait(0.1)
                 if self._closed:
                     return
             try:
@@ -307,6 +313,15 @@ class WarmPool:
         with self._lock:
             self._claimed.discard(warm.slot)
             self._lock.notify_all()
+
+
+def _busy() -> bool:
+    """More tasks runnable right now than CPUs (/proc/loadavg's 4th field; this one excluded)."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return running - 1 >= (os.cpu_count() or 1)
 
 
 def _slots_root() -> Path:
