@@ -1,6 +1,6 @@
 """Benchmark: a preview's cost against the same Node server run as a bare process, one run.
 
-    .venv/bin/python bench/bench_previews.py [--runs 15]
+    .venv/bin/python bench/bench_previews.py [--runs 15] [--warm-pool 2]
 
 Starts a real agent (`manage.py serve`) with its own data directories, marks buckets as mounted
 (plain directories: this measures previews, not JuiceFS), then measures, alternating runs:
@@ -85,7 +85,7 @@ def rss_kb(pid: int) -> int:
 
 
 class Agent:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, warm_pool: int) -> None:
         self.root = root
         self.instance = "b" + secrets.token_hex(3)
         self.env = runner.clean_env({
@@ -93,6 +93,7 @@ class Agent:
             "WELDR_ENV_VOL": str(root / "env"), "WORKSPACE_BASE": str(root / "workspace"),
             "WELDR_RUNTIME_DIR": f"/run/weldr-bench-{os.getpid()}",
             "WELDR_INSTANCE_ID": self.instance, "S3_LOCAL_PORT": str(free_port()),
+            "PREVIEW_WARM_POOL": str(warm_pool),
         })
         self.port = free_port()
         self.process: runner.Popen[bytes] | None = None
@@ -167,21 +168,37 @@ def summary(values: list[float]) -> str:
     return f"{ms[0]:6.1f} / {statistics.median(ms):6.1f} / {p90:6.1f} ms (min/median/p90)"
 
 
-def cgroup_procs(instance: str, bucket: str) -> tuple[list[int], int]:
-    base = Path(f"/sys/fs/cgroup/memory/weldr-{instance}/weldr-{instance}-preview-{bucket}")
-    pids = [int(p) for p in (base / "cgroup.procs").read_text().split()]
-    return pids, int((base / "memory.usage_in_bytes").read_text())
+def cgroups(instance: str) -> dict[str, tuple[list[int], int]]:
+    """This agent's container cgroups (memory hierarchy): pids and charge of each."""
+    found = {}
+    for path in Path(f"/sys/fs/cgroup/memory/weldr-{instance}").iterdir():
+        if path.is_dir():
+            pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+            found[path.name] = (pids, int((path / "memory.usage_in_bytes").read_text()))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--warm-pool", type=int, default=2,
+                        help="PREVIEW_WARM_POOL of the agent (0: every preview starts cold)")
+    parser.add_argument("--pause", type=float, default=2.0,
+                        help="seconds between runs (a quiet agent refills its warm pool)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="weldr-bench-previews-"))
-    agent = Agent(root)
+    agent = Agent(root, warm_pool=args.warm_pool)
     lock = open("/tmp/weldr-preview-ports.lock", "a")
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
+        print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         agent.start()
         buckets = [f"bench-{n:02d}" for n in range(20)]
         agent.mark_mounted(buckets)
@@ -193,6 +210,14 @@ def main() -> None:
         bare, _ = bare_start(bare_dir, free_port())
         runner.stop(bare)
 
+        # The API's own floor: an authenticated GET of the same preview, round trip.
+        api_times = []
+        for _ in range(args.runs):
+            started = time.monotonic()
+            agent.call("GET", f"/previews/{buckets[0]}")
+            api_times.append(time.monotonic() - started)
+        print(f"API round trip, GET /previews/{{bucket}} {summary(api_times)}")
+
         bare_times, preview_times = [], []
         for _ in range(args.runs):
             process, elapsed = bare_start(bare_dir, free_port())
@@ -201,19 +226,27 @@ def main() -> None:
             port, elapsed = preview_start(agent, buckets[0])
             preview_times.append(elapsed)
             agent.call("POST", "/previews/stop", {"bucket": buckets[0]})
-            time.sleep(0.2)  # let the recycled namespace be re-made off the critical path
+            # The recycled namespace and the warm sandbox are re-made off the critical path.
+            time.sleep(args.pause)
         print(f"start -> first 200, bare node      {summary(bare_times)}")
         print(f"start -> first 200, POST /previews {summary(preview_times)}")
         print(f"  preview overhead at the median: "
               f"{(statistics.median(preview_times) - statistics.median(bare_times)) * 1000:.1f} ms")
 
         # Memory: one of each, settled.
+        time.sleep(args.pause)
+        idle = cgroups(agent.instance)
+        idle_pss = sum(pss_kb(pid) for pids, _ in idle.values() for pid in pids)
+        idle_charge = sum(charge for _, charge in idle.values())
+        print(f"memory, idle agent: {len(idle)} warm sandboxes, PSS {idle_pss / 1024:.1f} MB, "
+              f"cgroup charge {idle_charge / 1024**2:.1f} MB")
         process, _ = bare_start(bare_dir, free_port())
         agent_before = rss_kb(agent.process.pid)  # type: ignore[union-attr]
         preview_start(agent, buckets[0])
         time.sleep(1.0)
         bare_pss = pss_kb(process.pid)
-        pids, charge = cgroup_procs(agent.instance, buckets[0])
+        pids, charge = next(entry for entry in cgroups(agent.instance).values()
+                            if any("server.js" in cmdline(pid) for pid in entry[0]))
         sandbox_pss = sum(pss_kb(pid) for pid in pids)
         agent_after = rss_kb(agent.process.pid)  # type: ignore[union-attr]
         print(f"memory: bare node PSS {bare_pss / 1024:.1f} MB; preview: {len(pids)} processes, "
@@ -222,7 +255,7 @@ def main() -> None:
               f"+{(agent_after - agent_before) / 1024:.1f} MB")
         runner.stop(process)
         agent.call("POST", "/previews/stop", {"bucket": buckets[0]})
-        time.sleep(1.0)
+        time.sleep(max(1.0, args.pause))
 
         # Twenty at once.
         ports = [free_port() for _ in buckets]
@@ -251,6 +284,8 @@ def main() -> None:
               f" (slowest single preview {max(results.values()):.2f} s)")
         for bucket in buckets:
             agent.call("POST", "/previews/stop", {"bucket": bucket})
+        print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+              f"on {os.cpu_count()} CPUs; warm pool {args.warm_pool}")
     finally:
         agent.stop()
         fcntl.flock(lock, fcntl.LOCK_UN)

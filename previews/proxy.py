@@ -22,6 +22,8 @@ from django.conf import settings
 logger = logging.getLogger("weldr.proxy")
 
 CHUNK = 64 * 1024
+HOLD_SECONDS = 30.0
+HOLD_POLL_SECONDS = 0.002
 
 
 class PortBusy(OSError):
@@ -44,21 +46,45 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 Target = Callable[[], "tuple[str, int] | None"]
+# What a target answers while the app's sandbox is still being made: hold the client.
+NOT_YET = ("", 0)
+
+
+async def _connect(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """The app's end of a connection; held while the app does not listen yet.
+
+    A client that connects while the app starts waits (up to HOLD_SECONDS) and is served the
+    moment the app listens, instead of being cut and retrying: no client polling loop
+    competes with the app's start-up for the CPU, and a browser sees a slow page, not an error.
+    """
+    deadline = asyncio.get_running_loop().time() + HOLD_SECONDS
+    attempt = 0
+    while True:
+        address = target()
+        if address is None:
+            # The app is gone (stopped, exited).
+            return None
+        if address != NOT_YET:
+            try:
+                return await asyncio.open_connection(*address)
+            except OSError:
+                pass
+        if asyncio.get_running_loop().time() > deadline:
+            return None
+        attempt += 1
+        # Often at first (a small app listens within ~100 ms), then gentler: twenty apps
+        # starting at once must not spend their CPU on the agent's refused connects.
+        await asyncio.sleep(HOLD_POLL_SECONDS * (1 if attempt < 100 else 5 if attempt < 500
+                                                 else 25))
 
 
 async def _splice(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
                   target: Target) -> None:
-    address = target()
-    if address is None:
-        # The app's sandbox is not there yet: the client sees a closed connection.
+    upstream = await _connect(target)
+    if upstream is None:
         client_writer.close()
         return
-    try:
-        upstream_reader, upstream_writer = await asyncio.open_connection(*address)
-    except OSError:
-        # The app does not listen yet (or any more): the client sees a closed connection.
-        client_writer.close()
-        return
+    upstream_reader, upstream_writer = upstream
     for writer in (client_writer, upstream_writer):
         sock = writer.get_extra_info("socket")
         if sock is not None:

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connections, transaction
 from django.utils import timezone
 
-from previews import sandbox, system, workspaces
+from previews import sandbox, system, warm, workspaces
 from previews.errors import (
     NoFreePort,
     NoPreview,
@@ -33,13 +33,14 @@ from previews.errors import (
     PreviewRunning,
 )
 from previews.models import PortLease, Preview
-from previews.proxy import PortBusy, proxy
+from previews.proxy import NOT_YET, PortBusy, proxy
 from weldr_agent import runner
 
 logger = logging.getLogger("weldr.previews")
 
 READY_POLL_SECONDS = 0.01
 HOUSEKEEPING_SECONDS = 1.0
+RECORDED_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -48,9 +49,13 @@ class Live:
     port: int
     box: sandbox.Sandbox
     ns: sandbox.Netns | None = None
+    # Started from the warm pool (previews/warm.py): its slot is released with it.
+    warm: warm.Warm | None = None
     stopping: bool = False
     torn_down: bool = False
     launched: threading.Event = field(default_factory=threading.Event)
+    # Set once the Preview row of this start is written (or its start failed).
+    recorded: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def target(self) -> tuple[str, int] | None:
@@ -121,7 +126,9 @@ def _lease_and_listen(*, bucket: str, port: int | None, live_of) -> int:  # type
 def _target(bucket: str, port: int) -> tuple[str, int] | None:
     with _live_lock:
         live = _live.get(bucket)
-    return live.target() if live is not None and live.port == port else None
+    if live is None or live.port != port:
+        return None
+    return live.target() or NOT_YET
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,36 +169,82 @@ def _spec(*, bucket: str, workspace: Path, port: int, env: Mapping[str, str] | N
     )
 
 
+def _cold_box(bucket: str, workspace: Path) -> sandbox.Sandbox:
+    # The full spec needs the netns, which `_launch` takes from the pool.
+    return sandbox.Sandbox(sandbox.Spec(name=system.container_name(bucket), workspace=workspace,
+                                        args=[]),
+                           log_path=system.log_path(bucket), on_exit=_on_exit,
+                           launcher=system.start_app_argv)
+
+
 def preview_start(*, bucket: str, port: int | None = None, command: str | None = None,
                   env: Mapping[str, str] | None = None) -> Preview:
-    """Lease a port, start the app's container and return its Preview (`starting`)."""
+    """Lease a port, start the app's container and return its Preview (`starting`).
+
+    With a warm sandbox (previews/warm.py) the app is started before the answer, in ~1 ms;
+    otherwise a background thread makes its netns and container (`runc run`).
+    """
     workspace = workspaces.workspace_path(bucket)
     command = command or _start_command(workspace)
     port = _lease_and_listen(bucket=bucket, port=port,
                              live_of=lambda p: _target(bucket, p))
-    # The full spec needs the netns, which `_launch` takes from the pool.
-    box = sandbox.Sandbox(sandbox.Spec(name=system.container_name(bucket), workspace=workspace,
-                                       args=[]),
-                          log_path=system.log_path(bucket), on_exit=_on_exit,
-                          launcher=system.start_app_argv)
-    live = Live(bucket=bucket, port=port, box=box)
+    ready = warm.pool.take(workspace)
+    box = ready.box if ready is not None else _cold_box(bucket, workspace)
+    live = Live(bucket=bucket, port=port, box=box, warm=ready,
+                ns=ready.ns if ready is not None else None)
     try:
         _prepare_files(bucket=bucket, command=command, workspace=workspace)
-        Preview.objects.update_or_create(bucket=bucket, defaults={
-            "port": port, "status": Preview.Status.STARTING, "command": command,
-            "container": box.name, "pid": None, "exit_code": None,
-            "started_at": timezone.now(), "ended_at": None,
-        })
     except Exception:
         _teardown(live)
         raise
     with _live_lock:
         _live[bucket] = live
-    # The netns and container are made off the request thread: under ASGI every sync view
-    # shares one thread, and twenty `runc run`s in a row would serialise twenty starts.
-    threading.Thread(target=_launch, args=(live, workspace, env), name=f"preview-{bucket}",
-                     daemon=True).start()
-    return Preview.objects.get(bucket=bucket)
+    # The app starts before its row is written: the row and the answer are ~10 ms that the
+    # app's own start-up overlaps. Whatever ends it meanwhile waits for `recorded`.
+    try:
+        if ready is not None and _begin_warm(live, ready, workspace=workspace,
+                                             command=command, env=env):
+            target, args = _supervise, (live,)
+        else:
+            # Under ASGI every sync view shares one thread: twenty `runc run`s in a row on it
+            # would serialise twenty starts.
+            target, args = _launch, (live, workspace, env)
+        threading.Thread(target=target, args=args, name=f"preview-{bucket}",
+                         daemon=True).start()
+        preview, _ = Preview.objects.update_or_create(bucket=bucket, defaults={
+            "port": port, "status": Preview.Status.STARTING, "command": command,
+            "container": live.box.name, "pid": live.box.pid if live.warm else None,
+            "exit_code": None, "started_at": timezone.now(), "ended_at": None,
+        })
+    except Exception:
+        live.recorded.set()
+        if live.warm is not None:
+            live.launched.set()
+        _stop_live(live, status=Preview.Status.FAILED)
+        raise
+    live.recorded.set()
+    return preview
+
+
+def _begin_warm(live: Live, ready: warm.Warm, *, workspace: Path, command: str,
+                env: Mapping[str, str] | None) -> bool:
+    """Start the app in its warm sandbox; False (the sandbox discarded) when that failed."""
+    ready.box.on_exit = _on_exit
+    try:
+        warm.pool.begin(ready, workspace=workspace, env=system.app_env(port=live.port, env=env),
+                        run_script=system.run_script(command),
+                        log_path=system.log_path(live.bucket))
+    except (OSError, runner.CommandError) as error:
+        logger.warning("warm sandbox %s failed to start (%s); starting %s cold", ready.box.name,
+                       error, live.bucket)
+        # Unhooked first: its exit is not the preview's.
+        ready.box.on_exit = None
+        live.box, live.ns, live.warm = _cold_box(live.bucket, workspace), None, None
+        ready.box.destroy()
+        warm.pool.release(ready)
+        return False
+    live.launched.set()
+    return True
 
 
 def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
@@ -205,13 +258,23 @@ def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
         except Exception as error:
             logger.error("preview %s could not start: %s", live.bucket, error)
             _teardown(live)
+            live.recorded.wait(RECORDED_WAIT_SECONDS)
             Preview.objects.filter(bucket=live.bucket, container=live.box.name).update(
                 status=Preview.Status.FAILED, ended_at=timezone.now())
             return
         finally:
             live.launched.set()
+        live.recorded.wait(RECORDED_WAIT_SECONDS)
         Preview.objects.filter(bucket=live.bucket, container=live.box.name).update(
             pid=live.box.pid)
+        _watch(live)
+    finally:
+        connections.close_all()
+
+
+def _supervise(live: Live) -> None:
+    try:
+        live.recorded.wait(RECORDED_WAIT_SECONDS)
         _watch(live)
     finally:
         connections.close_all()
@@ -260,6 +323,8 @@ def _on_exit(box: sandbox.Sandbox, code: int) -> None:
     close_old_connections()
     with _live_lock:
         live = next((v for v in _live.values() if v.box is box), None)
+    if live is not None:
+        live.recorded.wait(RECORDED_WAIT_SECONDS)
     try:
         if live is not None and not live.stopping:
             # Everything is released before the status says the app ended.
@@ -282,7 +347,9 @@ def _teardown(live: Live) -> None:
         live.torn_down = True
     proxy.close(live.port)
     live.box.destroy()
-    if live.ns is not None:
+    if live.warm is not None:
+        warm.pool.release(live.warm)
+    elif live.ns is not None:
         sandbox.pool.release(live.ns)
     port_lease_release(bucket=live.bucket, port=live.port)
     with _live_lock:
@@ -298,7 +365,9 @@ def _stop_live(live: Live, *, status: str = Preview.Status.STOPPED,
                grace: float | None = None) -> None:
     grace = settings.PREVIEW_STOP_GRACE_SECONDS if grace is None else grace
     live.stopping = True
-    # A stop right after a start: let `runc run` finish, then stop what it started.
+    # A stop right after a start: let the start be recorded and `runc run` finish, then stop
+    # what it started.
+    live.recorded.wait(RECORDED_WAIT_SECONDS)
     live.launched.wait(120)
     binary, root = sandbox.runtime()
     argv = system.stop_app_argv(binary=binary, root=root, name=live.box.name, grace=int(grace))
@@ -406,6 +475,8 @@ def previews_reconcile() -> None:
     for name in sandbox.containers():
         if name.startswith(system.container_name("")):
             sandbox.container_delete(name)
+    # Warm sandboxes a previous agent created or started (not this pool's own).
+    warm.pool.reset()
     PortLease.objects.all().delete()
     Preview.objects.filter(status__in=Preview.ACTIVE).update(
         status=Preview.Status.STOPPED, ended_at=timezone.now())

@@ -385,6 +385,8 @@ PREVIEW_READY_TIMEOUT_SECONDS = _int("PREVIEW_READY_TIMEOUT_SECONDS", 120, low=1
 # Previews are served by the agent's proxy on this address (every host address by default).
 PREVIEW_BIND_ADDRESS = env.str("PREVIEW_BIND_ADDRESS", default="0.0.0.0")
 PREVIEW_LOG_MAX_BYTES = _int("PREVIEW_LOG_MAX_BYTES", 10 * 1024 * 1024, low=4096, high=1024**3)
+# Preview containers created ahead of time (previews/warm.py); 0 starts every preview cold.
+PREVIEW_WARM_POOL = _int("PREVIEW_WARM_POOL", 2, low=0, high=20)
 EXEC_MAX_CONCURRENT = _int("EXEC_MAX_CONCURRENT", 8, low=1, high=1000)
 EXEC_OUTPUT_MAX_BYTES = _int("EXEC_OUTPUT_MAX_BYTES", 1024 * 1024, low=1024, high=1024**3)
 

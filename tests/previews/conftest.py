@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from previews import sandbox, services
+from previews import sandbox, services, warm
 from weldr_agent import runner
 
 PORTS_LOCK = Path("/tmp/weldr-preview-ports.lock")
@@ -33,6 +33,7 @@ SERVER_JS = textwrap.dedent("""\
 def _sandbox_machinery() -> Iterator[None]:
     """Remove this run's namespaces and firewall chain at the end, whatever happened."""
     yield
+    warm.pool.shutdown()
     sandbox.pool.shutdown()
 
 

@@ -24,6 +24,17 @@ require("http").createServer((q, s) => s.end("ok"))
 """
 
 
+def containers(runtime_root: Path) -> dict[str, str]:
+    """The agent's containers by name, with their status (warm sandboxes are `created`)."""
+    listed = runner.run(["runc", "--root", runtime_root, "list", "--format", "json"],
+                        timeout=30).stdout
+    return {c["id"]: c["status"] for c in json.loads(listed or "null") or []}
+
+
+def running(runtime_root: Path) -> list[str]:
+    return [name for name, status in containers(runtime_root).items() if status == "running"]
+
+
 class Client:
     def __init__(self, agent: AgentProcess) -> None:
         self.agent = agent
@@ -115,13 +126,11 @@ def test_agent_shutdown_stops_previews_and_a_restart_reconciles(
     agent_process.process = None
     # (its container outlives it: nobody stopped it)
     runtime_root = Path(agent_process.env["WELDR_RUNTIME_DIR"]) / "runc"
-    listed = runner.run(["runc", "--root", runtime_root, "list", "-q"], timeout=30).stdout
-    assert any(name.endswith(f"-preview-{bucket}") for name in listed.split())
+    assert len(running(runtime_root)) == 1
 
     # then: the next start reconciles: container gone, lease free, preview stopped
     agent_process.start()
-    listed = runner.run(["runc", "--root", runtime_root, "list", "-q"], timeout=30).stdout
-    assert not any(name.endswith(f"-preview-{bucket}") for name in listed.split())
+    assert running(runtime_root) == []
     assert client.call("GET", f"/previews/{bucket}")[1]["status"] == "stopped"
     code, again = client.call("POST", "/previews/start",
                               {"bucket": bucket, "command": "node ticker.js"})
@@ -129,11 +138,10 @@ def test_agent_shutdown_stops_previews_and_a_restart_reconciles(
     assert runner.wait_until(lambda: port_answers(again["port"]), timeout=120), (
         client.call("GET", f"/previews/{bucket}"), agent_process.log.read_text()[-3000:])
 
-    # and a graceful shutdown stops the running preview
+    # and a graceful shutdown stops the running preview and removes the warm sandboxes
     agent_process.stop()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and port_answers(again["port"]):
         time.sleep(0.1)
     assert not port_answers(again["port"])
-    listed = runner.run(["runc", "--root", runtime_root, "list", "-q"], timeout=30).stdout
-    assert not any(name.endswith(f"-preview-{bucket}") for name in listed.split())
+    assert containers(runtime_root) == {}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from previews import sandbox, system
+from previews import sandbox, system, warm
 from previews.services import log_rotate
 from weldr_agent import runner
 
@@ -92,6 +92,19 @@ def test_firewall_drops_everything_from_sandboxes_but_replies(settings) -> None:
     assert any("MASQUERADE" in rule for rule in sandbox.firewall_rules())
 
 
+def test_warm_bundle_mounts_the_slot_read_only_in_place_of_the_workspaces(
+        tmp_path: Path) -> None:
+    config = sandbox.bundle_config(spec(tmp_path, workspace_from=tmp_path / "slot" / "ws"),
+                                   rootfs=tmp_path / "rootfs")
+
+    mounts = {m["destination"]: m for m in config["mounts"]}
+    ws = mounts[str(tmp_path / "ws")]
+    assert ws["source"] == str(tmp_path / "slot" / "ws")
+    # Read-only (no new workspace can be made there) and a slave: binds on the host reach it.
+    assert {"ro", "rslave", "nosuid", "nodev"} <= set(ws["options"])
+    assert "rw" not in ws["options"]
+
+
 @pytest.mark.parametrize(("package_json", "command"), [
     ('{"scripts": {"dev": "vite", "start": "node s.js"}}', "npm run dev"),
     ('{"scripts": {"start": "node s.js"}}', "npm run start"),
@@ -153,3 +166,19 @@ def test_stop_app_of_a_container_that_is_gone_succeeds(tmp_path: Path) -> None:
     result = runner.run([SCRIPTS / "stop-app.sh", "--name", "weldr-none-preview-x", "--root",
                          tmp_path / "runc"], timeout=30, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_warm_slot_script_exports_the_env_and_enters_the_workspace(tmp_path: Path) -> None:
+    workspace = tmp_path / "my ws"
+    workspace.mkdir()
+    env = {"PORT": "3004", "TRICKY": "it's a \"value\"\nwith $HOME and `x`", "EMPTY": ""}
+    script = tmp_path / "run.sh"
+    script.write_text(warm.slot_script(
+        workspace=workspace, env=env,
+        run_script=system.run_script('pwd; printf "%s|" "$PORT" "$TRICKY" "$EMPTY"')))
+
+    result = runner.run(["sh", script], timeout=10, env={"PATH": "/usr/bin:/bin"})
+
+    assert result.stdout == f"{workspace}\n3004|{env['TRICKY']}||"
+    assert script.read_text().startswith("#!/bin/sh\n")
+    assert script.read_text().count("#!") == 1

@@ -1,0 +1,386 @@
+"""Warm sandboxes: preview containers created ahead of time, started when a preview asks.
+
+`runc run` costs ~50 ms even idle (two Go runtimes, ~30 mounts, the cgroup; SANDBOX.md), which
+alone was the issue's whole budget. A warm sandbox is a container `runc create`d off the
+critical path, in a network namespace from the pool: namespaces, mounts, cgroup and limits are
+in place and its init is blocked on the runtime's exec fifo. A start only fills in what depends
+on the bucket and then lets the init exec (`Sandbox.begin()`, ~0.2 ms):
+
+- command and environment: pid 1 is `/bin/sh /.weldr/run.sh`; `/.weldr` is the slot's directory
+  (read-only inside) and run.sh is written into it at the start, before the shell reads it;
+- the workspace: WORKSPACE_BASE inside is the slot's empty `ws` directory, read-only and a mount
+  slave of the host's; the start bind-mounts the bucket's workspace into it on the host
+  (nosuid, nodev) and the mount propagates into the container, at the workspace's own path;
+- the log: the container's stdout/stderr is `apps/.warm/<slot>.log` on the env volume; the
+  start renames it to `apps/{bucket}/app.log` (same inode: the container's O_APPEND fd follows).
+
+Everything the issue asks of a preview's sandbox holds as for a cold one (own netns with a veth
+from the pool, own pid/mount/ipc/uts namespaces, its own cgroup and limits, non-root, no
+capabilities); only the hostname is a fixed `preview`. A preview whose workspace is not under
+WORKSPACE_BASE, or a start while the pool is empty, takes the cold path (`runc run`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import shlex
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from previews import sandbox
+from weldr_agent import runner
+
+logger = logging.getLogger("weldr.previews")
+
+# A refill waits this long after the last start: `runc create` is ~50 ms of CPU that would
+# otherwise compete with the app that just started (2 cores here).
+REFILL_DELAY_SECONDS = 1.0
+# ... and while more tasks are runnable than there are CPUs (apps still starting, a burst of
+# cold starts), for at most this long.
+REFILL_BUSY_MAX_SECONDS = 10.0
+HOSTNAME = "preview"
+
+MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 0x2, 0x4, 0x20, 0x1000, 0x4000
+MS_PRIVATE, MS_SHARED = 1 << 18, 1 << 20
+MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str | Path | None, target: Path, flags: int) -> None:
+    src = str(source).encode() if source is not None else None
+    if _libc.mount(src, str(target).encode(), None, flags, None) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"mount {source} on {target}: {os.strerror(code)}")
+
+
+def _mounted(path: Path) -> bool:
+    """Whether `path` is a mount point (os.path.ismount misses binds within one filesystem)."""
+    wanted = str(path).encode()
+    with open("/proc/self/mountinfo", "rb") as table:
+        for line in table:
+            # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
+            point = line.split(b" ", 5)[4]
+            if b"\\" in point:
+                point = point.decode("unicode_escape").encode("latin-1")
+            if point == wanted:
+                return True
+    return False
+
+
+def _umount(target: Path) -> None:
+    if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(code, f"umount {target}: {os.strerror(code)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and the slot's run.sh (pure)
+# ---------------------------------------------------------------------------------------------
+
+def slots_dir() -> Path:
+    return settings.RUNTIME_DIR / "slots"
+
+
+def log_dir() -> Path:
+    # On the env volume next to apps/{bucket}/: a rename, not a copy, makes it the app's log.
+    return settings.WELDR_ENV_VOL / "apps" / ".warm"
+
+
+def container_name(slot: int) -> str:
+    # '_' is not allowed in bucket names: no clash with a bucket's container name.
+    return f"{sandbox.container_prefix()}warm_{slot}"
+
+
+def slot_script(*, workspace: Path, env: Mapping[str, str], run_script: str) -> str:
+    """/.weldr/run.sh of a warm sandbox: the app's environment and directory, then run.sh."""
+    lines = ["#!/bin/sh", "# Written by Weldr Agent: the preview's environment, then its run.sh."]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    lines.append(f"cd {shlex.quote(str(workspace))} || exit 126")
+    body = run_script.split("\n", 1)[1] if run_script.startswith("#!") else run_script
+    return "\n".join(lines) + "\n" + body
+
+
+# ---------------------------------------------------------------------------------------------
+# The pool
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Warm:
+    """A created, not yet started preview container and what it holds."""
+
+    slot: int
+    ns: sandbox.Netns
+    box: sandbox.Sandbox
+    directory: Path
+    log: Path
+    bound: Path | None = None
+
+    @property
+    def script(self) -> Path:
+        return self.directory / "weldr" / "run.sh"
+
+
+class WarmPool:
+    """`size` created containers, refilled by a background thread while no start is recent."""
+
+    def __init__(self, size: int | None = None) -> None:
+        self._size = size
+        self._lock = threading.Condition()
+        self._ready: list[Warm] = []
+        self._claimed: set[int] = set()
+        self._started = False
+        self._closed = False
+        self._taken_at = 0.0
+        self._filler: threading.Thread | None = None
+
+    @property
+    def size(self) -> int:
+        return settings.PREVIEW_WARM_POOL if self._size is None else self._size
+
+    # -- life of the pool ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Clear what a previous agent left and start filling (idempotent)."""
+        with self._lock:
+            if self._started or self.size <= 0:
+                return
+            self._started = True
+            self._closed = False
+        self.reset()
+        self._filler = threading.Thread(target=self._fill, name="warm-pool", daemon=True)
+        self._filler.start()
+
+    def reset(self) -> None:
+        """Delete this instance's warm containers and slots that this pool does not hold."""
+        with self._lock:
+            held = {warm.slot for warm in self._ready} | self._claimed
+        try:
+            names = sandbox.containers()
+        except runner.CommandError:
+            names = []
+        for name in names:
+            slot = name.removeprefix(container_name(0)[:-1])
+            if slot != name and slot.isdigit() and int(slot) not in held:
+                sandbox.container_delete(name)
+        if slots_dir().is_dir():
+            for directory in slots_dir().iterdir():
+                if not (directory.name.isdigit() and int(directory.name) in held):
+                    _slot_remove(directory)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._started = False
+            ready, self._ready = self._ready, []
+            self._lock.notify_all()
+            filler, self._filler = self._filler, None
+        # A container being created now must not outlive the pool.
+        if filler is not None and filler is not threading.current_thread():
+            filler.join(60)
+        for warm in ready:
+            self._discard(warm)
+        self.reset()
+        with self._lock:
+            idle = not self._claimed
+        if idle:
+            pool_unmount()
+
+    def _fill(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and (
+                        len(self._ready) >= self.size
+                        or time.monotonic() - self._taken_at < REFILL_DELAY_SECONDS):
+                    wait = REFILL_DELAY_SECONDS - (time.monotonic() - self._taken_at)
+                    self._lock.wait(wait if len(self._ready) < self.size else None)
+                deadline = time.monotonic() + REFILL_BUSY_MAX_SECONDS
+                while not self._closed and _busy() and time.monotonic() < deadline:
+                    self._lock.wait(0.1)
+                if self._closed:
+                    return
+            try:
+                warm = self._make()
+            except Exception:
+                logger.exception("could not make a warm preview sandbox")
+                time.sleep(5.0)
+                continue
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._ready.append(warm)
+            if closed:
+                self._discard(warm)
+                return
+
+    def _make(self) -> Warm:
+        ns = sandbox.pool.acquire()
+        directory = slots_dir() / str(ns.slot)
+        try:
+            _slot_prepare(directory)
+            log = log_dir() / f"{ns.slot}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_bytes(b"")
+            spec = sandbox.Spec(
+                name=container_name(ns.slot), workspace=settings.WORKSPACE_BASE,
+                workspace_from=directory / "ws", cwd=Path("/"),
+                args=["/bin/sh", "/.weldr/run.sh"], netns=ns.path, hostname=HOSTNAME,
+                binds=[(directory / "weldr", "/.weldr", True)],
+            )
+            box = sandbox.Sandbox(spec, log_path=log)
+            warm = Warm(slot=ns.slot, ns=ns, box=box, directory=directory, log=log)
+            box.on_exit = lambda _box, _code: self._died(warm)
+            box.create()
+        except Exception:
+            _slot_remove(directory)
+            sandbox.pool.release(ns)
+            raise
+        return warm
+
+    def _died(self, warm: Warm) -> None:
+        """A warm container ended before anyone started it (killed): forget it."""
+        with self._lock:
+            if warm not in self._ready:
+                return
+            self._ready.remove(warm)
+            self._lock.notify_all()
+        self._discard(warm)
+
+    def _discard(self, warm: Warm) -> None:
+        warm.box.destroy()
+        self.release(warm)
+
+    def ready_count(self) -> int:
+        with self._lock:
+            return len(self._ready)
+
+    # -- a preview's use of it -----------------------------------------------------------------
+
+    def take(self, workspace: Path) -> Warm | None:
+        """A warm sandbox for `workspace`, or None (empty pool, workspace elsewhere)."""
+        self.start()
+        if self.size <= 0 or workspace.parent != settings.WORKSPACE_BASE:
+            return None
+        with self._lock:
+            self._taken_at = time.monotonic()
+            self._lock.notify_all()
+            while self._ready:
+                warm = self._ready.pop(0)
+                if warm.box.running:
+                    self._claimed.add(warm.slot)
+                    return warm
+                threading.Thread(target=self._discard, args=(warm,), daemon=True).start()
+        return None
+
+    def begin(self, warm: Warm, *, workspace: Path, env: Mapping[str, str], run_script: str,
+              log_path: Path) -> None:
+        """Give `warm` its command, workspace and log, then start its process."""
+        # The app's environment may hold secrets: readable by the sandbox's user only.
+        fd = os.open(warm.script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+        with os.fdopen(fd, "w") as script:
+            os.fchown(script.fileno(), settings.SANDBOX_UID, settings.SANDBOX_UID)
+            script.write(slot_script(workspace=workspace, env=env, run_script=run_script))
+        inside = warm.directory / "ws" / workspace.name
+        inside.mkdir(exist_ok=True)
+        stage = warm.directory / "stage"
+        # Flags of a propagated mount are those it had when bound: set them on a private
+        # staging bind first, then bind that into the shared directory.
+        _mount(workspace, stage, MS_BIND | MS_REC)
+        try:
+            _mount(None, stage, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+            _mount(stage, inside, MS_BIND | MS_REC)
+        finally:
+            _umount(stage)
+        warm.bound = inside
+        # The previous app.log was rotated to app.log.1 by the caller.
+        warm.log.replace(log_path)
+        warm.box.log_path = log_path
+        warm.box.begin()
+
+    def release(self, warm: Warm) -> None:
+        """After the container is deleted: unbind the workspace, free the slot and netns."""
+        _slot_remove(warm.directory)
+        warm.log.unlink(missing_ok=True)
+        sandbox.pool.release(warm.ns)
+        with self._lock:
+            self._claimed.discard(warm.slot)
+            self._lock.notify_all()
+
+
+def _busy() -> bool:
+    """More tasks runnable right now than CPUs (/proc/loadavg's 4th field; this one excluded)."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return running - 1 >= (os.cpu_count() or 1)
+
+
+def _slots_root() -> Path:
+    """RUNTIME_DIR/slots, a private mount: binds below it stay out of the host's peer groups."""
+    base = slots_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    if not _mounted(base):
+        _mount(base, base, MS_BIND)
+        _mount(None, base, MS_PRIVATE | MS_REC)
+    return base
+
+
+def _slot_prepare(directory: Path) -> None:
+    """The slot's directories; `ws` a shared mount point (its binds reach the container)."""
+    _slots_root()
+    _slot_remove(directory)
+    for sub in ("weldr", "ws", "stage"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    ws = directory / "ws"
+    _mount(ws, ws, MS_BIND)
+    _mount(None, ws, MS_SHARED)
+
+
+def _unmount_all(point: Path) -> None:
+    for _ in range(8):  # stacked mounts; bounded, in case one cannot be unmounted
+        if not _mounted(point):
+            return
+        _umount(point)
+
+
+def _slot_remove(directory: Path) -> None:
+    """Unmount everything of a slot (lazily: the container may still hold it) and remove it.
+
+    Never a recursive delete: a directory that still had a workspace bound would lose it.
+    """
+    ws = directory / "ws"
+    if ws.is_dir() and not os.path.islink(ws):
+        for bound in ws.iterdir():
+            _unmount_all(bound)
+            _rmdir(bound)
+    for point in (ws, directory / "stage"):
+        _unmount_all(point)
+    (directory / "weldr" / "run.sh").unlink(missing_ok=True)
+    for sub in ("ws", "stage", "weldr", ""):
+        _rmdir(directory / sub)
+
+
+def _rmdir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        logger.warning("could not remove %s: %s", path, error)
+
+
+def pool_unmount() -> None:
+    """At shutdown, after the last slot is gone: the private mount of the slots directory."""
+    _unmount_all(slots_dir())
+
+
+pool = WarmPool()
