@@ -343,8 +343,9 @@ LITESTREAM_MEMORY_LIMIT_MB = _int("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, high=
 JUICEFS_OOM_SCORE_ADJ = _int("JUICEFS_OOM_SCORE_ADJ", -500, low=-1000, high=1000)
 # Workspace layout of NEW volumes (docs/mounts.md, "Layouts"): `files` (the workspace is the
 # JuiceFS mount) or `image` (an ext4 image inside the JuiceFS volume, loop-mounted). An existing
-# volume always keeps its own layout, whatever this says.
-WORKSPACE_LAYOUT = _choice("WORKSPACE_LAYOUT", env.str("WORKSPACE_LAYOUT", default="files"),
+# volume always keeps its own layout, whatever this says. `image` by default: the coding workload
+# runs at local-disk speed on it, 15-50x slower on `files` (docs/performance.md).
+WORKSPACE_LAYOUT = _choice("WORKSPACE_LAYOUT", env.str("WORKSPACE_LAYOUT", default="image"),
                            ("files", "image"))
 # Size of a new image (sparse: only what is written costs space); fixed at creation.
 WORKSPACE_IMAGE_SIZE_GB = _int("WORKSPACE_IMAGE_SIZE_GB", 20, low=1, high=16384)

@@ -30,6 +30,9 @@ def mount_dirs(settings, tmp_path: Path) -> Iterator[None]:
     settings.UPLOAD_DELAY = "2s"
     settings.LITESTREAM_SYNC_INTERVAL = "1s"
     settings.RESTORE_MARGIN_SECONDS = 2
+    # These tests are about JuiceFS itself (its mount answering, staging, faults): the `files`
+    # layout, where the workspace is the JuiceFS mount. The image layout's tests ask for it.
+    settings.WORKSPACE_LAYOUT = "files"
     settings.WELDR_ENV_VOL.mkdir(parents=True)
     try:
         yield

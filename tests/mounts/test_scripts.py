@@ -25,6 +25,7 @@ def script_env(tmp_path: Path) -> dict[str, str]:
         "WELDR_ENV_VOL": str(tmp_path / "vol"),
         "WORKSPACE_BASE": str(tmp_path / "ws"),
         "WELDR_RUNTIME_DIR": str(Path(os.environ["WELDR_RUNTIME_DIR"]) / tmp_path.name[-12:]),
+        "WORKSPACE_LAYOUT": "files",
     })
     return env
 
