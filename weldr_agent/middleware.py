@@ -11,9 +11,16 @@ its class and reads `request.stream`. A chunked body without Content-Length is 4
 ShutdownMiddleware: once shutdown has begun, new requests get 503 `shutting_down`, so that load
 balancers and clients move on while the running work finishes (docs/shutdown.md).
 
-StaticFilesMiddleware: WhiteNoise, able to sit in an async chain. Every middleware here must be
-async-capable: a single sync-only one makes Django run the whole chain in the worker thread,
-which costs the async views (exec, events) two thread hops per request (docs/exec.md).
+Every middleware here runs on the event loop for API requests, without a trip to a thread:
+Django adapts a sync-only middleware (WhiteNoise), and every MiddlewareMixin step
+(process_request, process_view, process_response), with a hop to the request's worker thread
+and back — ~0.5 ms each here, 5 ms of an 20 ms exec round trip (docs/exec.md). Hence:
+
+StaticFilesMiddleware: WhiteNoise, async-capable.
+SecurityMiddleware, CommonMiddleware: Django's, run inline on the event loop (they do no I/O).
+AdminMiddleware: sessions, authentication and messages — the admin's, and only the admin's
+(the API authenticates per request with its own classes and is CSRF-exempt) — applied to
+/admin/ only. The admin's views protect themselves against CSRF (csrf_protect).
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware import common, security
 from django.utils.deprecation import MiddlewareMixin
+from django.utils.module_loading import import_string
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from weldr_agent import lifecycle
@@ -45,8 +54,9 @@ def body_limit(view_func: Callable[..., Any]) -> int:
 
 
 class RequestBodyLimitMiddleware(MiddlewareMixin):
-    def process_view(self, request: HttpRequest, view_func: Callable[..., Any],
-                     view_args: Any, view_kwargs: Any) -> HttpResponse | None:
+    # A coroutine: Django calls it on the event loop (a sync process_view costs a thread hop).
+    async def process_view(self, request: HttpRequest, view_func: Callable[..., Any],
+                           view_args: Any, view_kwargs: Any) -> HttpResponse | None:
         raw_length = request.META.get("CONTENT_LENGTH")
         streaming = _declared_limit(view_func) is not None
         # A view that declares max_body_bytes reads request.stream and enforces its cap itself,
@@ -123,3 +133,51 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
         if static_file is not None:
             return await sync_to_async(self.serve)(static_file, request)
         return await self.get_response(request)
+
+
+class _Inline:
+    """For a MiddlewareMixin middleware that does no I/O: its steps run on the event loop."""
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        response = self.process_request(request) if hasattr(self, "process_request") else None
+        response = response or await self.get_response(request)  # type: ignore[attr-defined]
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(_Inline, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(_Inline, common.CommonMiddleware):
+    pass
+
+
+ADMIN_PREFIX = "/admin/"
+ADMIN_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+
+class AdminMiddleware:
+    """ADMIN_MIDDLEWARE around requests for the admin; every other request goes straight on."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        chain = get_response
+        for path in reversed(ADMIN_MIDDLEWARE):
+            chain = import_string(path)(chain)
+        self.admin = chain
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if request.path_info.startswith(ADMIN_PREFIX):
+            return self.admin(request)
+        return self.get_response(request)

@@ -33,6 +33,20 @@ def test_the_login_page_and_index_load(admin_client):
         assert label in index.content, label
 
 
+def test_admin_forms_are_csrf_protected_and_the_api_needs_no_session(admin_client, anon):
+    # the admin gets its sessions (AdminMiddleware) and its views check CSRF themselves
+    browser = Client(enforce_csrf_checks=True)
+    credentials = {"username": "ops", "password": "a-long-enough-password-1"}
+    assert browser.post("/admin/login/", credentials).status_code == 403
+    token = browser.get("/admin/login/").cookies["csrftoken"].value
+    logged_in = browser.post("/admin/login/", {**credentials, "csrfmiddlewaretoken": token})
+    assert logged_in.status_code == 302 and "sessionid" in logged_in.cookies
+    assert browser.get("/admin/").status_code == 200
+    # the API is not the admin: no session cookie, and the admin's session is no credential
+    assert "sessionid" not in anon.get("/health").cookies
+    assert browser.get("/mounts").status_code == 401
+
+
 def test_the_changelists_load_with_real_rows(admin_client, better_auth, user):
     better_auth.api_key(user.user_id)
     ApiToken.issue("listed")
