@@ -45,9 +45,11 @@ function attempt(command) {
   }
   results.uid = execSync("id -u").toString().trim();
   results.ps = execSync("ps -e -o pid=,uid=,args=").toString();
-  results.keyctl = execSync("python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); " +
-    `print(l.syscall(${process.env.KEYCTL}, 0, -3, 0), ctypes.get_errno())'`).toString().trim();
-  results.proc_keys = fs.readFileSync("/proc/keys").length;
+  if (process.env.KEYCTL) {
+    results.keyctl = execSync("python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); " +
+      `print(l.syscall(${process.env.KEYCTL}, 0, -3, 0), ctypes.get_errno())'`).toString().trim();
+    results.proc_keys = fs.readFileSync("/proc/keys").length;
+  }
   for (const path of ["/etc/owned", "/usr/owned", "/owned", "/tmp/owned", "owned",
                       process.env.OUTSIDE + "/owned"]) {
     results.writes[path] = attempt(`touch '${path}'`);
