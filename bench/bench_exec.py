@@ -44,7 +44,7 @@ import httpx  # noqa: E402
 logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request is client CPU
 
 from previews import exec_spec  # noqa: E402
-from previews.oci import rootfs_skeleton  # noqa: E402
+from previews.oci import hosts_file, rootfs_skeleton  # noqa: E402
 from tests.conftest import AgentProcess  # noqa: E402
 from tests.services import free_port  # noqa: E402
 from weldr_agent import runner  # noqa: E402
@@ -77,6 +77,7 @@ class RuncTrue:
         self.bundle = root / "bundle"
         rootfs = root / "rootfs"
         rootfs_skeleton(rootfs)
+        hosts_file()
         for mountpoint in exec_spec.rootfs_mountpoints(rootfs):
             mountpoint.mkdir(parents=True, exist_ok=True)
         (rootfs / "opt" / "weldr" / "sandboxd.py").touch()

@@ -29,7 +29,7 @@ from django.conf import settings
 
 from previews import exec_spec
 from previews import sandbox as preview_sandbox
-from previews.oci import detector, rootfs_skeleton, runtime_root
+from previews.oci import detector, hosts_file, rootfs_skeleton, runtime_root
 from weldr_agent import runner
 from weldr_agent.errors import APIError, ServiceUnavailable, SystemCommandError
 
@@ -186,6 +186,7 @@ def _shared_files() -> tuple[Path, Path]:
     base = exec_base()
     rootfs = base / "rootfs"
     rootfs_skeleton(rootfs)
+    hosts_file()
     for mountpoint in exec_spec.rootfs_mountpoints(rootfs):
         mountpoint.mkdir(parents=True, exist_ok=True)
     (rootfs / "opt" / "weldr" / "sandboxd.py").touch()

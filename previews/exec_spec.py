@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from previews.oci import HOST_SYSTEM_DIRS, hardening
+from previews.oci import HOST_SYSTEM_DIRS, hardening, hosts_path
 
 # Where things live inside the sandbox.
 WORKSPACE = "/workspace"
@@ -53,6 +53,7 @@ def sandbox_spec(*, rootfs: Path, workspace: Path, control_dir: Path, daemon: Pa
         if Path(directory).is_dir() and not Path(directory).is_symlink():
             mounts.append(_bind(directory, directory, writable=False))
     mounts += [
+        _bind(hosts_path(), "/etc/hosts", writable=False),
         _bind(workspace, WORKSPACE, writable=True),
         _bind(control_dir, CONTROL_DIR, writable=True),
         _bind(daemon, DAEMON_PATH, writable=False),

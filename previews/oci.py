@@ -121,6 +121,32 @@ def rootfs_skeleton(rootfs: Path) -> None:
             inside.mkdir(parents=True, exist_ok=True)
 
 
+# The host names sandboxes get (exec: `sandbox`, previews: `preview`), resolved by hosts_file.
+SANDBOX_HOSTNAMES = ("sandbox", "preview")
+
+
+def hosts_path() -> Path:
+    return settings.RUNTIME_DIR / "hosts"
+
+
+def hosts_file() -> Path:
+    """Write the /etc/hosts bound over the host's in every sandbox: its own host name resolves
+    locally. Without it a tool that looks up its host name (git's default identity, Python's
+    getfqdn) waits ~10 s for a DNS server that a sandbox cannot reach."""
+    path = hosts_path()
+    # Both families: a lookup that tries IPv6 first would otherwise go on to DNS.
+    names = " ".join(SANDBOX_HOSTNAMES)
+    content = (f"127.0.0.1\tlocalhost {names}\n"
+               f"::1\tlocalhost ip6-localhost ip6-loopback {names}\n")
+    if not path.is_file() or path.read_text() != content:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        staging.write_text(content)
+        staging.chmod(0o644)
+        staging.replace(path)
+    return path
+
+
 def runtime_root(name: str) -> Path:
     return settings.RUNTIME_DIR / name
 

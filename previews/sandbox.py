@@ -114,6 +114,7 @@ def system_mounts() -> list[dict[str, Any]]:
         host = Path(directory)
         if host.is_dir() and not host.is_symlink():
             mounts.append(_bind(host, directory, readonly=True))
+    mounts.append(_bind(oci.hosts_path(), "/etc/hosts", readonly=True))
     return mounts
 
 
@@ -176,6 +177,7 @@ def sandbox_rootfs() -> Path:
     rootfs = settings.RUNTIME_DIR / "rootfs"
     if not (rootfs / "tmp").is_dir():
         oci.rootfs_skeleton(rootfs)
+    oci.hosts_file()
     # The private /tmp tmpfs takes this directory's mode (SANDBOX.md's 1777 trap).
     (rootfs / "tmp").chmod(0o1777)
     return rootfs

@@ -164,7 +164,7 @@ def _spec(*, bucket: str, workspace: Path, port: int, env: Mapping[str, str] | N
     return sandbox.Spec(
         name=system.container_name(bucket), workspace=workspace,
         args=["/bin/sh", system.RUN_SCRIPT_INSIDE], env=system.app_env(port=port, env=env),
-        netns=ns.path, hostname=f"preview-{bucket}"[:63],
+        netns=ns.path, hostname="preview",  # as a warm sandbox's (oci.SANDBOX_HOSTNAMES)
         binds=[(system.run_script_path(bucket), system.RUN_SCRIPT_INSIDE, True)],
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,6 +79,24 @@ class AgentProcess:
         self.process = None
         return code
 
+    def remove_leftovers(self) -> None:
+        """What an agent that did not shut down cleanly (a test's SIGKILL or second signal)
+        leaves: its containers (warm sandboxes wait in `runc init`) and mounts under its
+        runtime directory. A restarted agent would remove them; a test must not leave them."""
+        runtime = Path(self.env["WELDR_RUNTIME_DIR"])
+        for name in ("runc", "crun"):
+            root = runtime / name
+            if not root.is_dir() or shutil.which(name) is None:
+                continue
+            listed = runner.run([name, "--root", root, "list", "-q"], timeout=30, check=False)
+            for container in listed.stdout.split():
+                runner.run([name, "--root", root, "delete", "--force", container], timeout=30,
+                           check=False)
+        with open("/proc/self/mountinfo") as table:
+            points = [line.split()[4] for line in table]
+        for point in sorted((p for p in points if p.startswith(f"{runtime}/")), reverse=True):
+            runner.run(["umount", "-l", point], timeout=30, check=False)
+
 
 @pytest.fixture
 def agent_process(tmp_path: Path) -> Iterator[AgentProcess]:
@@ -98,3 +117,4 @@ def agent_process(tmp_path: Path) -> Iterator[AgentProcess]:
         yield agent
     finally:
         agent.stop()
+        agent.remove_leftovers()

@@ -99,6 +99,15 @@ def test_kernel_attack_surface_is_reduced(http: httpx.Client, bucket: str) -> No
     assert lines[0] == "/proc/1" and len(lines) <= 3 and lines[-1] == "ro", proc
 
 
+def test_the_sandbox_resolves_its_own_host_name(http: httpx.Client, bucket: str) -> None:
+    # without it, git's default identity and getfqdn() wait ~10 s for an unreachable DNS server
+    result = run(http, bucket, "hostname; getent ahostsv4 $(hostname) | head -1; "
+                               "python3 -c 'import socket; print(socket.getfqdn())'", timeout=5)
+    assert result["timed_out"] is False, result
+    name, v4, fqdn = result["stdout"].splitlines()
+    assert name == "sandbox" and v4.split()[0] == "127.0.0.1" and fqdn in {"sandbox", "localhost"}
+
+
 def test_timeout_kills_the_whole_tree(http: httpx.Client, bucket: str) -> None:
     # given a command whose children ignore SIGTERM, one of them in a session of its own
     command = ("trap '' TERM; (trap '' TERM; exec sleep 31.71) & "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from previews import sandbox, system, warm
+from previews import oci, sandbox, system, warm
 from previews.services import log_rotate
 from weldr_agent import runner
 
@@ -50,6 +50,9 @@ def test_bundle_mounts_system_dirs_read_only_and_the_workspace_read_write(
         assert "ro" in mounts[directory]["options"]
     assert "rw" in mounts[str(tmp_path / "ws")]["options"]
     assert "ro" in mounts["/.weldr/run.sh"]["options"]
+    # its own hosts file over the host's: the sandbox's host name resolves without DNS
+    assert mounts["/etc/hosts"]["source"] == str(oci.hosts_path())
+    assert order_of(config, "/etc") < order_of(config, "/etc/hosts")
     assert mounts["/tmp"]["type"] == "tmpfs" and "mode=1777" in mounts["/tmp"]["options"]
     order = [m["destination"] for m in config["mounts"]]
     # A workspace under /tmp must be mounted on top of the private /tmp, not hidden by it.
@@ -57,6 +60,10 @@ def test_bundle_mounts_system_dirs_read_only_and_the_workspace_read_write(
     # Merged /usr: /bin, /lib are symlinks on the host and stay links in the skeleton.
     for directory in ("/bin", "/lib"):
         assert (directory in mounts) != Path(directory).is_symlink()
+
+
+def order_of(config: dict, destination: str) -> int:
+    return [m["destination"] for m in config["mounts"]].index(destination)
 
 
 def test_the_environment_is_clean(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
