@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -96,6 +97,13 @@ class AgentProcess:
             points = [line.split()[4] for line in table]
         for point in sorted((p for p in points if p.startswith(f"{runtime}/")), reverse=True):
             runner.run(["umount", "-l", point], timeout=30, check=False)
+        # Its network namespaces (a veth pair goes with its namespace): settings.INSTANCE_ID.
+        instance = self.env.get("WELDR_INSTANCE_ID") or hashlib.sha256(
+            self.env["WELDR_ENV_VOL"].encode()).hexdigest()[:6]
+        listed = runner.run(["ip", "netns", "list"], timeout=30, check=False).stdout
+        for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
+            if name.startswith(f"weldr-{instance}-"):
+                runner.run(["ip", "netns", "del", name], timeout=30, check=False)
 
 
 @pytest.fixture

@@ -40,9 +40,10 @@ function attempt(command) {
 
 (async () => {
   const results = { network: {}, writes: {} };
-  for (const target of JSON.parse(process.env.PROBE_TARGETS)) {
-    results.network[target.join(":")] = await probe(target[0], target[1]);
-  }
+  // At once: a machine with many interfaces must not make the probe outlast the test's wait.
+  const targets = JSON.parse(process.env.PROBE_TARGETS);
+  const outcomes = await Promise.all(targets.map((target) => probe(target[0], target[1])));
+  targets.forEach((target, i) => { results.network[target.join(":")] = outcomes[i]; });
   results.uid = execSync("id -u").toString().trim();
   results.ps = execSync("ps -e -o pid=,uid=,args=").toString();
   if (process.env.KEYCTL) {
