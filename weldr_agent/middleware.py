@@ -14,7 +14,7 @@ balancers and clients move on while the running work finishes (docs/shutdown.md)
 Every middleware here runs on the event loop for API requests, without a trip to a thread:
 Django adapts a sync-only middleware (WhiteNoise), and every MiddlewareMixin step
 (process_request, process_view, process_response), with a hop to the request's worker thread
-and back — ~0.5 ms each here, 5 ms of an 20 ms exec round trip (docs/exec.md). Hence:
+and back — ~0.5 ms each here, 5 ms of a 22 ms exec round trip (docs/exec.md). Hence:
 
 StaticFilesMiddleware: WhiteNoise, async-capable.
 SecurityMiddleware, CommonMiddleware: Django's, run inline on the event loop (they do no I/O).
