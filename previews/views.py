@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import renderers, status
@@ -21,6 +21,7 @@ from previews.serializers import (
     PreviewStopSerializer,
 )
 from weldr_agent.serializers import error_responses
+from weldr_agent.sse import EventStreamRenderer, sse_response
 
 ERRORS = error_responses(400, 404, 409, 503)
 
@@ -75,11 +76,6 @@ class PlainTextRenderer(_TextRenderer):
     format = "txt"
 
 
-class EventStreamRenderer(_TextRenderer):
-    media_type = "text/event-stream"
-    format = "sse"
-
-
 class PreviewLogsView(APIView):
     renderer_classes = [renderers.JSONRenderer, PlainTextRenderer, EventStreamRenderer]
 
@@ -97,7 +93,4 @@ class PreviewLogsView(APIView):
             return HttpResponse(text, content_type="text/plain; charset=utf-8")
         stream = logs.follow(system.log_path(bucket), initial=text,
                              still_active=lambda: services.preview_active(bucket))
-        response = StreamingHttpResponse(stream, content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        return sse_response(stream)

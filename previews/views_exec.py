@@ -12,7 +12,7 @@ from typing import Any
 
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -30,23 +30,13 @@ from previews.serializers_exec import (
 )
 from weldr_agent.asyncdb import db_sync_to_async
 from weldr_agent.serializers import error_responses
+from weldr_agent.sse import EventStreamRenderer, sse_response
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ERRORS = error_responses(
     400, 404, 409, 429,
     e400="invalid / invalid_path", e404="no_exec", e409="not_mounted",
     e429="too_many_commands (EXEC_MAX_CONCURRENT running on this bucket)",
 )
-
-
-class EventStreamRenderer(BaseRenderer):
-    media_type = "text/event-stream"
-    format = "sse"
-    charset = None
-
-    def render(self, data: Any, accepted_media_type: str | None = None,
-               renderer_context: dict | None = None) -> bytes:
-        return JSONRenderer().render(data)
 
 
 class AsyncAPIView(APIView):
@@ -87,10 +77,7 @@ class AsyncAPIView(APIView):
 
 
 def event_stream(events: AsyncIterator[Event], *, first_id: int = 0) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(_sse(events, first_id), content_type="text/event-stream")
-    for name, value in SSE_HEADERS.items():
-        response[name] = value
-    return response
+    return sse_response(_sse(events, first_id))
 
 
 async def _sse(events: AsyncIterator[Event], first_id: int) -> AsyncIterator[bytes]:

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from weldr_agent.serializers import error_responses
+from weldr_agent.sse import EventStreamNegotiation, sse_response
 from workflows import serializers as s
 from workflows import services
 from workflows.integrations import services as integrations
@@ -130,7 +131,7 @@ class InstallIntegrationsView(APIView):
         return Response(body)
 
 
-class EventStreamView(APIView):
+class EventStreamView(EventStreamNegotiation, APIView):
     """Server-sent events of a branch; resume with Last-Event-ID or ?last_event_id=."""
 
     @extend_schema(parameters=[*BRANCH_QUERY, OpenApiParameter("last_event_id", int)],
@@ -141,8 +142,4 @@ class EventStreamView(APIView):
                                      branch_id=request.query_params.get("branch_id", ""))
         last_id = services.last_event_id_parse(
             request.headers.get("Last-Event-ID") or request.query_params.get("last_event_id"))
-        response = StreamingHttpResponse(event_stream(branch_id=branch.id, last_id=last_id),
-                                         content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        return sse_response(event_stream(branch_id=branch.id, last_id=last_id))

@@ -106,3 +106,30 @@ def test_sse_requires_authentication_and_a_known_branch(agent: Agent) -> None:
     bad = agent.http.get("/events", params={"project_id": project_id, "branch_id": branch_id,
                                             "last_event_id": "x"})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_event_id"
+
+
+@pytest.mark.parametrize("accept", ["text/event-stream", "*/*", None,
+                                    "text/event-stream, application/json;q=0.5"])
+def test_sse_accepts_what_a_browser_sends(agent: Agent, accept: str | None) -> None:
+    """EventSource sends `Accept: text/event-stream`; curl `*/*`; some clients nothing."""
+    import httpx
+
+    project_id, branch_id = agent.project_branch()
+    headers = {"Authorization": f"Bearer {agent.token}"}
+    if accept is not None:
+        headers["Accept"] = accept
+    with httpx.stream("GET", f"{agent.url}/events", headers=headers, timeout=10,
+                      params={"project_id": project_id, "branch_id": branch_id}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert next(response.iter_text()).startswith(": connected")
+
+
+def test_sse_errors_are_json_even_when_the_stream_was_asked_for(agent: Agent) -> None:
+    project_id, _ = agent.project_branch()
+    missing = agent.http.get("/events", params={"project_id": project_id, "branch_id": "nope"},
+                             headers={"Accept": "text/event-stream"})
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/json")
+    assert missing.json()["code"] == "branch_not_found"
