@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from django.core.management import call_command
+
+from weldr_agent import health
 
 
 def test_health_reports_every_check(anon):
@@ -20,6 +25,14 @@ def test_health_reports_every_check(anon):
     assert response.status_code == 200, body
 
 
+@pytest.fixture(autouse=True)
+def fresh_health_answers():
+    """Each test sees its own round of checks, not the previous test's cached answers."""
+    health.checks.clear()
+    yield
+    health.checks.clear()
+
+
 def test_health_is_503_naming_a_failed_check(anon, settings):
     # given an S3 endpoint nobody listens on
     settings.S3_ENDPOINT = "http://127.0.0.1:9"
@@ -30,6 +43,52 @@ def test_health_is_503_naming_a_failed_check(anon, settings):
     body = response.json()
     assert body["status"] == "degraded"
     assert body["checks"]["s3"] != "ok" and "S3" in body["checks"]["s3"]
+
+
+@pytest.fixture
+def black_hole():
+    """A real TCP listener on loopback: the kernel completes connections into its backlog, and
+    nothing ever reads or answers them."""
+    server = socket.create_server(("127.0.0.1", 0), backlog=64)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_health_answers_in_time_when_a_dependency_hangs(anon, settings, black_hole):
+    # given an S3 endpoint that accepts the connection and never answers (boto3 waits 30 s)
+    settings.S3_ENDPOINT = black_hole
+    settings.HEALTH_CHECK_TIMEOUT_SECONDS = 0.5
+    # when
+    started = time.monotonic()
+    first = anon.get("/health")
+    first_took = time.monotonic() - started
+    started = time.monotonic()
+    second = anon.get("/health")
+    second_took = time.monotonic() - started
+    # then: both answer within the bound, naming the silent dependency; the second is the cached
+    # answer (one S3 check is running, not two)
+    assert first.status_code == 503 and first_took < 1.5, first_took
+    assert "no answer" in first.json()["checks"]["s3"]
+    assert first.json()["checks"]["state_db"] == "ok"
+    assert second.json() == first.json() and second_took < 0.5, second_took
+
+
+def test_health_reuses_its_answers_for_the_cache_window(anon, settings):
+    settings.HEALTH_CACHE_SECONDS = 60
+    assert anon.get("/health").status_code == 200
+    # an endpoint that would fail is not asked again within the window...
+    settings.S3_ENDPOINT = "http://127.0.0.1:9"
+    assert anon.get("/health").status_code == 200
+    # ...and is once the window is over
+    settings.HEALTH_CACHE_SECONDS = 0
+    assert anon.get("/health").json()["checks"]["s3"] != "ok"
+
+
+def test_liveness_checks_nothing_and_needs_no_credential(anon, settings):
+    settings.S3_ENDPOINT = "http://127.0.0.1:9"
+    response = anon.get("/health/live")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "version": settings.VERSION}
 
 
 def test_openapi_and_docs_are_public(anon):

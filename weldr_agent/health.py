@@ -1,13 +1,25 @@
-"""Dependency checks behind `GET /health`: each returns "ok" or a sentence saying what failed."""
+"""Dependency checks behind `GET /health`: each returns "ok" or a sentence saying what failed.
+
+A platform's probe gives up after a few seconds (Fly: the check's `timeout`), and an S3 endpoint
+or a database can take far longer to fail. So the checks run at once, each in its own thread, and
+`run_checks` answers after HEALTH_CHECK_TIMEOUT_SECONDS at the latest: a check still running then
+reports "no answer" and goes on in the background (the next round reuses it rather than
+starting another). Answers are kept HEALTH_CACHE_SECONDS, so a flood of anonymous `/health`
+requests costs one round of checks per window.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import connections
 
 from weldr_agent import s3
@@ -21,6 +33,9 @@ def _database(alias: str) -> str:
         return "ok"
     except Exception as error:  # any driver error means "not usable"
         return f"{alias} database unreachable: {error}".strip()
+    finally:
+        # The check's thread must not keep a connection of the shared database open.
+        connections[alias].close()
 
 
 def check_state_db() -> str:
@@ -83,5 +98,58 @@ CHECKS: dict[str, Callable[[], str]] = {
 }
 
 
+class Checks:
+    """The last round's answers, and the checks of the current round still running."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=len(CHECKS),
+                                            thread_name_prefix="health")
+        self._running: dict[str, Future[str]] = {}
+        self._answers: dict[str, str] = {}
+        # None until a round has finished: never "fresh" because the clock is near zero.
+        self._answered_at: float | None = None
+
+    def clear(self) -> None:
+        """Forget the answers and the checks still running (the next round starts afresh)."""
+        with self._lock:
+            self._answered_at = None
+            self._running.clear()
+
+    def run(self) -> dict[str, str]:
+        with self._lock:
+            if self._answered_at is not None and \
+                    time.monotonic() - self._answered_at < settings.HEALTH_CACHE_SECONDS:
+                return dict(self._answers)
+            for name, check in CHECKS.items():
+                if name not in self._running:
+                    self._running[name] = self._executor.submit(check)
+            running = dict(self._running)
+        timeout = settings.HEALTH_CHECK_TIMEOUT_SECONDS
+        wait(running.values(), timeout=timeout)
+        answers = {}
+        for name, future in running.items():
+            if future.done():
+                answers[name] = _answer(future)
+            else:
+                answers[name] = f"no answer within {timeout:g} s (still checking)"
+        with self._lock:
+            for name, future in running.items():
+                if future.done() and self._running.get(name) is future:
+                    del self._running[name]
+            self._answers, self._answered_at = answers, time.monotonic()
+        return dict(answers)
+
+
+def _answer(future: Future[str]) -> str:
+    try:
+        return future.result()
+    except Exception as error:  # a check that raised is a failed check, not a failed /health
+        return f"the check failed: {error}"
+
+
+checks = Checks()
+
+
 def run_checks() -> dict[str, str]:
-    return {name: check() for name, check in CHECKS.items()}
+    return checks.run()

@@ -126,6 +126,11 @@ SECRET_KEY = env.str(
 DEBUG = _bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
 PORT = _int("PORT", 8080, low=1, high=65535)
+# GET /health answers within HEALTH_CHECK_TIMEOUT_SECONDS whatever a dependency does (a check still
+# running then reports so), and reuses its answer for HEALTH_CACHE_SECONDS: a platform's probe and
+# any anonymous caller cost at most one round of checks per window.
+HEALTH_CHECK_TIMEOUT_SECONDS = _float("HEALTH_CHECK_TIMEOUT_SECONDS", 0.8, low=0.05, high=30)
+HEALTH_CACHE_SECONDS = _float("HEALTH_CACHE_SECONDS", 5.0, low=0, high=300)
 CORS_ORIGIN = env.list("CORS_ORIGIN", default=["http://localhost:3000"])
 CORS_ALLOWED_ORIGINS = CORS_ORIGIN
 CORS_ALLOW_CREDENTIALS = True

@@ -2,10 +2,11 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
-from weldr_agent.views import HealthView, WhoAmIView
+from weldr_agent.views import HealthView, LivenessView, WhoAmIView
 
 urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
+    path("health/live", LivenessView.as_view(), name="liveness"),
     path("whoami", WhoAmIView.as_view(), name="whoami"),
     path("openapi.json", SpectacularJSONAPIView.as_view(authentication_classes=[],
                                                     permission_classes=[]), name="openapi"),

@@ -37,7 +37,9 @@ class HealthView(APIView):
 
     @extend_schema(
         summary="Check every dependency",
-        description="200 when every check is `ok`; 503 with the failing checks' messages.",
+        description="200 when every check is `ok`; 503 with the failing checks' messages. "
+                    "Answers within HEALTH_CHECK_TIMEOUT_SECONDS (a slow check reports `no "
+                    "answer`) and reuses its answers for HEALTH_CACHE_SECONDS.",
         responses={200: HealthSerializer, 503: HealthSerializer},
         auth=[],
     )
@@ -53,6 +55,25 @@ class HealthView(APIView):
             "previews": _count(Preview, status__in=["starting", "running"]),
         }
         return Response(body, status=200 if healthy else 503)
+
+
+class LivenessView(APIView):
+    """The process answers HTTP: nothing else is checked, so it is cheap enough for any probe."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        summary="Is the agent process alive",
+        description="200 as long as the agent serves requests; checks no dependency (see "
+                    "`GET /health` for those).",
+        responses={200: inline_serializer(name="Liveness", fields={
+            "status": serializers.ChoiceField(choices=["ok"]),
+            "version": serializers.CharField()})},
+        auth=[],
+    )
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok", "version": settings.VERSION})
 
 
 def _count(model, **filters) -> int:  # type: ignore[no-untyped-def]

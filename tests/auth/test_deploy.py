@@ -50,6 +50,10 @@ def test_fly_toml_matches_the_agents_settings():
     fly = tomllib.loads((REPO / "fly.toml").read_text())
     assert fly["http_service"]["internal_port"] == 8080 == int(fly["env"]["PORT"])
     assert fly["http_service"]["checks"][0]["path"] == "/health"
+    # /health answers within its own bound, well inside the probe's timeout
+    probe_timeout = float(fly["http_service"]["checks"][0]["timeout"].rstrip("s"))
+    assert settings.HEALTH_CHECK_TIMEOUT_SECONDS * 2 < probe_timeout
+    assert fly["checks"]["alive"]["path"] == "/health/live"
     preview_ports = sorted(service["internal_port"] for service in fly["services"])
     assert preview_ports == list(range(settings.PREVIEW_PORT_MIN, settings.PREVIEW_PORT_MAX + 1))
     assert all(service["ports"][0]["port"] == service["internal_port"]
