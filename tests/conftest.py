@@ -60,9 +60,11 @@ class AgentProcess:
         return runner.run([sys.executable, REPO / "manage.py", *args], env=self.env,
                           timeout=timeout, cwd=REPO)
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, *, prefix: tuple[str, ...] = ()) -> None:
+        """Spawn `manage.py serve`; `prefix` runs it through another command (e.g. `unshare`
+        into a time namespace)."""
         self.process = runner.spawn(
-            [sys.executable, REPO / "manage.py", "serve", "--host", "127.0.0.1",
+            [*prefix, sys.executable, REPO / "manage.py", "serve", "--host", "127.0.0.1",
              "--port", str(self.port)],
             env=self.env, log_path=self.log, cwd=REPO,
         )
