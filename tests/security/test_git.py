@@ -11,6 +11,7 @@ inside the sandbox (a marker written inside the workspace is owned by uid 1000).
 # ruff: noqa: F811 - the workflow fixtures are imported by name and used as arguments
 from __future__ import annotations
 
+import os
 import secrets
 import shlex
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from tests.workflows.conftest import (  # noqa: F401 - fixtures used by name
     workspaces,
     write_script,
 )
+from weldr_agent import runner
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
               pytest.mark.timeout(600)]
@@ -217,4 +219,64 @@ def test_swapped_git_pointing_at_a_host_directory_touches_nothing(agent: Agent,
     finally:
         for path in victim.iterdir():
             path.unlink()
+        victim.rmdir()
+
+
+def owners(root: Path) -> set[int]:
+    found = {root.lstat().st_uid}
+    for directory, names, files in os.walk(root):
+        found |= {(Path(directory) / name).lstat().st_uid for name in names + files}
+    return found
+
+
+def test_a_repository_made_by_root_is_handed_over_without_following_links(
+        agent: Agent, scripts: Path) -> None:
+    # given a repository as an older agent left it (everything root-owned), in which the
+    # sandbox had planted links to a root-owned host file and directory
+    project_id, branch_id, bucket, version = first_version(agent, scripts)
+    victim = Path(f"/tmp/weldr-git-victim-{secrets.token_hex(6)}")
+    victim.mkdir()
+    (victim / "file").write_text("host\n")
+    try:
+        planted = sandbox_exec(agent, bucket, f"ln -s {victim}/file .git/link-file && "
+                                              f"ln -s {victim} .git/link-dir")
+        assert planted["exit_code"] == 0, planted
+        workspace = agent.workspace(bucket)
+        runner.run(["chown", "-R", "-P", "0:0", str(workspace / ".git")], timeout=60)
+        assert owners(workspace / ".git") == {0}
+
+        # when the agent next runs git (a revert)
+        reverted = triggers(agent, scripts, project_id, branch_id, version)["revert"]()
+
+        # then the repository, history included, belongs to the sandbox user; links were not
+        # followed: the host file and directory they point at are still root's
+        assert reverted.status_code == 200, reverted.text
+        assert owners(workspace / ".git") == {SANDBOX_UID}
+        assert victim.stat().st_uid == 0 and (victim / "file").stat().st_uid == 0
+        log = sandbox_exec(agent, bucket, "git log --format=%H")["stdout"].split()
+        assert log[0] == reverted.json()["commit_hash"] and version["commit_hash"] in log
+    finally:
+        (victim / "file").unlink()
+        victim.rmdir()
+
+
+def test_a_git_linked_to_a_host_directory_is_never_walked(agent: Agent, scripts: Path) -> None:
+    # given a root-owned host directory, and the sandbox replacing .git with a link to it
+    project_id, branch_id, bucket, version = first_version(agent, scripts)
+    victim = Path(f"/tmp/weldr-git-victim-{secrets.token_hex(6)}")
+    victim.mkdir()
+    (victim / "HEAD").write_text("ref: refs/heads/main\n")
+    try:
+        planted = sandbox_exec(agent, bucket, f"mv .git .weldr-git-away && ln -s {victim} .git")
+        assert planted["exit_code"] == 0, planted
+
+        # when the agent runs git three ways (each may fail: there is no repository)
+        for action in triggers(agent, scripts, project_id, branch_id, version).values():
+            action()
+
+        # then the host directory is untouched: same owner, same entries
+        assert owners(victim) == {0}
+        assert sorted(p.name for p in victim.iterdir()) == ["HEAD"]
+    finally:
+        (victim / "HEAD").unlink()
         victim.rmdir()
