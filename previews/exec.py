@@ -13,6 +13,7 @@ calls and run in a worker thread (or directly, from the unmount guard and shutdo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -525,3 +526,57 @@ def exec_bucket_cleanup(bucket: str) -> None:
     """Kill every command of the bucket and stop its sandbox (before its unmount)."""
     if sandboxes.remove(bucket):
         logger.info("exec sandbox of %s removed", bucket)
+
+
+# --------------------------------------------------------------------------------------------
+# The agent's own commands (git), from synchronous code
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+
+
+class SandboxOutputTooLarge(SandboxFailed):
+    default_code = "sandbox_output_too_large"
+
+
+async def _collect_bounded(spec: CommandSpec, limit: int) -> SandboxResult:
+    execution = await exec_start(spec=spec)
+    streams = {"stdout": bytearray(), "stderr": bytearray()}
+    exit_info: dict[str, Any] = {}
+    async with contextlib.aclosing(exec_stream(execution=execution)) as stream:
+        async for event in stream:
+            if event.kind in streams:
+                streams[event.kind] += event.data
+                if len(streams[event.kind]) > limit:
+                    # Closing the stream kills the command; a cut listing is never parsed.
+                    raise SandboxOutputTooLarge(f"`{' '.join(spec.argv[:3])}` wrote more "
+                                                f"than {limit} bytes to {event.kind}.")
+            elif event.kind == "exit":
+                exit_info = event.info
+    return SandboxResult(exit_code=exit_info.get("exit_code"), stdout=bytes(streams["stdout"]),
+                         stderr=bytes(streams["stderr"]),
+                         timed_out=bool(exit_info.get("timed_out")))
+
+
+def sandbox_run(*, bucket: str, workspace: Path, argv: list[str], env: dict[str, str],
+                timeout: float, stdin: bytes | None = None,
+                max_output: int = 256 * 1024 * 1024) -> SandboxResult:
+    """Run `argv` to completion in the bucket's sandbox, as its user, from synchronous code.
+
+    This is how the agent runs its own commands on a workspace (git): whatever the workspace's
+    content makes the command do, it does as the sandbox user, inside the sandbox. Called from
+    a worker thread (a fresh event loop) or a sync view (the server's loop, via async_to_sync).
+    Each stream is kept whole up to `max_output` bytes; beyond that the command is killed and
+    SandboxOutputTooLarge raised, never a silently cut result.
+    """
+    spec = CommandSpec(bucket=bucket, workspace=workspace, argv=argv, cwd="", env=env,
+                       timeout=timeout, stdin=stdin)
+    from asgiref.sync import async_to_sync  # here: the rest of the module is async-only
+
+    return async_to_sync(_collect_bounded)(spec, max_output)

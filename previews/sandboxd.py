@@ -243,7 +243,10 @@ class Daemon:
         try:
             sent = conn.sendmsg([request_line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                                   array.array("i", fds).tobytes())])
-            conn.sendall(request_line[sent:])
+            # Only the rest, if any: once the spare has the whole line it closes its end, and
+            # even an empty send then fails (EPIPE) — which would run the command a second time.
+            if sent < len(request_line):
+                conn.sendall(request_line[sent:])
         except OSError:
             # It died (killed, out of memory): reaped as an unknown pid.
             os.kill(pid, signal.SIGKILL)

@@ -213,9 +213,10 @@ def finalize_step(state: RunState, context: ToolContext, plan: str) -> dict[str,
     from workflows.services import version_record
 
     state.step_start(WorkflowRun.Step.FINALIZING)
-    changed = gitrepo.changed_paths(context.workspace)
+    repo = gitrepo.Repo(bucket=context.bucket, workspace=context.workspace)
+    changed = gitrepo.changed_paths(repo)
     description = describe(context, plan, state.texts, changed)
-    commit = gitrepo.commit_all(context.workspace, description)
+    commit = gitrepo.commit_all(repo, description)
     if commit is None:
         return {"version_id": None}
     version = version_record(branch=state.run.branch, commit_hash=commit,
@@ -248,7 +249,7 @@ def run_execute(run_id: str) -> None:
         provider, model, retries = provider_resolve(run.model)
         state = RunState(run=run, provider=provider, model=model, retries=retries)
         workspace = branch_workspace(run.branch)
-        gitrepo.repo_ensure(workspace)
+        gitrepo.repo_ensure(gitrepo.Repo(bucket=run.branch.bucket, workspace=workspace))
         context = ToolContext(
             workspace=workspace, bucket=run.branch.bucket,
             on_file_changed=lambda path, change: state.emit("file.changed",

@@ -202,11 +202,11 @@ def branch_revert(*, branch: Branch, version_id: str) -> Version:
     if target is None:
         raise VersionNotFound()
     with branch_exclusive(branch=branch, purpose="revert"):
-        workspace = branch_workspace(branch)
-        gitrepo.repo_ensure(workspace)
-        gitrepo.tree_restore(workspace, target.commit_hash)
+        repo = gitrepo.Repo(bucket=branch.bucket, workspace=branch_workspace(branch))
+        gitrepo.repo_ensure(repo)
+        gitrepo.tree_restore(repo, target.commit_hash)
         description = f"Revert to version {target.number}: {target.description}"[:500]
-        commit = gitrepo.commit_all(workspace, description) or gitrepo.head(workspace)
+        commit = gitrepo.commit_all(repo, description) or gitrepo.head(repo)
         return version_record(branch=branch, commit_hash=commit, description=description)
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import jsonschema
 from asgiref.sync import async_to_sync
-from django.conf import settings
 
-from weldr_agent import runner
+from previews import exec as sandbox_exec
+from previews import exec_spec
 from weldr_agent.errors import APIError
 from workflows import system
 from workflows.providers.base import ToolCall, ToolResult, ToolSpec
@@ -257,19 +257,15 @@ def grep(context: ToolContext, args: dict[str, Any]) -> str:
 # --- commands, packages, previews, integrations -------------------------------------------
 
 
-def _sandboxed(context: ToolContext, command: str, timeout: int) -> dict[str, Any] | None:
-    """Run through the exec sandbox (previews/exec.py) when the app has it; None otherwise."""
-    try:
-        from previews import exec as sandbox_exec
-        from previews import exec_spec
-    except ImportError:
-        return None
+def command_run(context: ToolContext, command: str, timeout: int) -> dict[str, Any]:
+    """Run a shell command in the workspace, in the bucket's exec sandbox (as its user); each
+    stream is cut at EXEC_OUTPUT_MAX_BYTES, like POST /exec (the result is capped anyway)."""
     spec = sandbox_exec.CommandSpec(
         bucket=context.bucket, workspace=context.workspace,
         argv=exec_spec.command_argv(command), cwd="", env=exec_spec.command_env({}),
         timeout=timeout, stdin=None)
 
-    async def collect() -> Any:
+    async def collect() -> sandbox_exec.Collected:
         execution = await sandbox_exec.exec_start(spec=spec)
         return await sandbox_exec.exec_collect(execution=execution)
 
@@ -278,24 +274,6 @@ def _sandboxed(context: ToolContext, command: str, timeout: int) -> dict[str, An
             "stdout": bytes(collected.stdout).decode("utf-8", "replace"),
             "stderr": bytes(collected.stderr).decode("utf-8", "replace"),
             "timed_out": bool(collected.exit.get("timed_out"))}
-
-
-def command_run(context: ToolContext, command: str, timeout: int) -> dict[str, Any]:
-    """Run a shell command in the workspace: the exec sandbox when present, else unprivileged."""
-    outcome = _sandboxed(context, command, timeout)
-    if outcome is not None:
-        return outcome
-    # Until the exec sandbox is merged: the sandbox uid, no new privileges, a clean
-    # environment and a timeout — unprivileged, but not isolated.
-    try:
-        argv = system.unprivileged_argv(command, uid=settings.SANDBOX_UID,
-                                        gid=settings.SANDBOX_UID)
-        result = runner.run(argv, timeout=timeout, check=False,
-                            cwd=context.workspace, env=runner.clean_env({"HOME": "/tmp"}))
-    except runner.CommandTimeout as error:
-        return {"exit_code": None, "stdout": "", "stderr": error.stderr_tail, "timed_out": True}
-    return {"exit_code": result.returncode, "stdout": result.stdout, "stderr": result.stderr,
-            "timed_out": False}
 
 
 def _command_report(outcome: dict[str, Any]) -> str:

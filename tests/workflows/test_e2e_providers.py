@@ -90,7 +90,7 @@ def test_run_end_to_end_through_the_sdk(llm_server: LLMServer, llm_agent: Agent,
     assert [v["number"] for v in run["versions"]] == [1]
     assert run["versions"][0]["description"] == "Add a greeting and an app script"
     assert tree(workspace) == {"hello.txt": "Hello Weldr\n", "src/app.js": "console.log('v1');\n"}
-    assert git_log(workspace)[0].split()[0] == run["versions"][0]["commit_hash"]
+    assert git_log(agent, bucket)[0].split()[0] == run["versions"][0]["commit_hash"]
     # usage as the provider reported it, summed over the turns
     assert (run["input_tokens"], run["output_tokens"]) == (1000, 100)
 

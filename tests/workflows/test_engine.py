@@ -62,10 +62,12 @@ def tree(workspace: Path) -> dict[str, str]:
             and not (p.parent == workspace and p.name.startswith(".weldr-"))}
 
 
-def git_log(workspace: Path) -> list[str]:
-    out = runner.run(["git", "-c", f"safe.directory={workspace}", "-C", workspace, "log",
-                      "--format=%H %s"], timeout=30).stdout
-    return out.splitlines()
+def git_log(agent: Agent, bucket: str) -> list[str]:
+    """The repository's log, read by git in the bucket's sandbox (never git as root on it)."""
+    reply = agent.http.post("/exec", json={"bucket": bucket,  # type: ignore[union-attr]
+                                           "command": ["git", "log", "--format=%H %s"]})
+    assert reply.status_code == 200 and reply.json()["exit_code"] == 0, reply.text
+    return reply.json()["stdout"].splitlines()
 
 
 def by_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -95,7 +97,7 @@ def test_run_end_to_end_events_version_and_revert(agent: Agent, scripts: Path,
     assert run["versions"][0]["description"] == "Add a greeting and an app script"
     assert run["tool_calls"] == 9
     assert tree(workspace) == {"hello.txt": "Hello Weldr\n", "src/app.js": "console.log('v1');\n"}
-    assert git_log(workspace)[0] == f"{run['versions'][0]['commit_hash']} " \
+    assert git_log(agent, bucket)[0] == f"{run['versions'][0]['commit_hash']} " \
                                     "Add a greeting and an app script"
     assert not Path("/etc/weldr-escape").exists()
 
@@ -151,7 +153,7 @@ def test_run_end_to_end_events_version_and_revert(agent: Agent, scripts: Path,
 
     # then the files are exactly those of version 1, with history kept as a new commit
     assert tree(workspace) == files_1
-    log = git_log(workspace)
+    log = git_log(agent, bucket)
     assert log[0].split()[0] == reverted.json()["commit_hash"] != version_1["commit_hash"]
     assert len(log) == 4  # initial, version 1, version 2, the revert
     assert reverted.json()["version"]["number"] == 3

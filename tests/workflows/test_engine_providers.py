@@ -88,7 +88,7 @@ def test_run_through_the_real_sdk_on_a_mounted_workspace(
     # then the tree is exactly version 1's again, as a new commit
     assert reverted.status_code == 200, reverted.text
     assert tree(workspace) == {"hello.txt": "Hello Weldr\n"}
-    assert git_log(workspace)[0].split()[0] == reverted.json()["commit_hash"]
+    assert git_log(agent, bucket)[0].split()[0] == reverted.json()["commit_hash"]
 
 
 def test_provider_error_mid_stream_through_the_sdk(

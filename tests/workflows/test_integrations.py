@@ -5,27 +5,38 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
 
+from previews.exec import exec_bucket_cleanup
 from workflows import gitrepo, services
 from workflows.models import Branch, Integration, Version, WorkflowRun
 
 
 @pytest.fixture
-def branch(settings, tmp_path: Path) -> Branch:  # type: ignore[no-untyped-def]
-    """A branch in local workspace mode (the mounted path runs in test_engine_providers.py)."""
+def branch(settings, tmp_path: Path) -> Iterator[Branch]:  # type: ignore[no-untyped-def]
+    """A branch in local workspace mode (the mounted path runs in test_engine_providers.py);
+    git runs in its exec sandbox, started in this process and stopped after the test."""
     settings.WORKSPACE_MODE = "local"
     settings.WORKSPACE_BASE = tmp_path / "workspaces"
     project = services.project_create(name="p")
-    return services.branch_create(project=project, name="main",
+    made = services.branch_create(project=project, name="main",
                                   bucket=f"integration-{secrets.token_hex(4)}")
+    try:
+        yield made
+    finally:
+        exec_bucket_cleanup(made.bucket)
 
 
 def workspace_of(branch: Branch) -> Path:
     return services.branch_workspace(branch)
+
+
+def repo_of(branch: Branch) -> gitrepo.Repo:
+    return gitrepo.Repo(bucket=branch.bucket, workspace=workspace_of(branch))
 
 
 def install(api: APIClient, branch: Branch, *items: dict) -> dict:  # type: ignore[type-arg]
@@ -81,8 +92,8 @@ def test_install_writes_files_merges_package_json_and_commits_a_version(
     # and every install is a version, the last one at HEAD
     versions = list(Version.objects.filter(branch=branch).order_by("number"))
     assert [v.number for v in versions] == [1, 2, 3]
-    assert versions[-1].commit_hash == gitrepo.head(workspace)
-    assert gitrepo.changed_paths(workspace) == []
+    assert versions[-1].commit_hash == gitrepo.head(repo_of(branch))
+    assert gitrepo.changed_paths(repo_of(branch)) == []
 
 
 def test_install_is_idempotent_and_keeps_secrets(api: APIClient, branch: Branch) -> None:
@@ -101,7 +112,7 @@ def test_install_is_idempotent_and_keeps_secrets(api: APIClient, branch: Branch)
 def test_failed_install_leaves_the_workspace_as_it_was(api: APIClient, branch: Branch) -> None:
     # given a workspace where src/ is a file: index.html gets written, src/main.jsx cannot
     workspace = workspace_of(branch)
-    gitrepo.repo_ensure(workspace)
+    gitrepo.repo_ensure(repo_of(branch))
     (workspace / "src").write_text("not a directory")
     (workspace / "package.json").write_text('{"name": "mine"}')
     before = snapshot(workspace)
@@ -122,7 +133,7 @@ def test_an_install_can_be_reverted(api: APIClient, branch: Branch) -> None:
     workspace = workspace_of(branch)
     (workspace / "notes.txt").write_text("mine")
     first = services.version_record(branch=branch, description="notes",
-                                    commit_hash=gitrepo.commit_all(workspace, "notes") or "")
+                                    commit_hash=gitrepo.commit_all(repo_of(branch), "notes") or "")
     install(api, branch, {"key": "database"})
     assert (workspace / "src/server/db.js").exists()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from previews.exec import exec_bucket_cleanup
 from workflows.providers.base import ToolCall
 from workflows.tools import MAX_RESULT_CHARS, ToolContext, tool_execute, tool_specs
 
@@ -100,11 +101,12 @@ def test_results_are_size_capped(context: ToolContext) -> None:
 
 
 def test_run_command_reports_exit_code_and_output(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
-    # Without the exec sandbox, commands run as the sandbox user: a workspace it can enter.
+    # Commands run in the bucket's exec sandbox (started in this process), as its user.
     workspace = Path("/tmp") / f"wf-tools-{os.getpid()}"
     workspace.mkdir(mode=0o755, exist_ok=True)
+    bucket = f"tools-{os.getpid()}"
     try:
-        context = ToolContext(workspace=workspace, bucket="b")
+        context = ToolContext(workspace=workspace, bucket=bucket)
         (workspace / "hello.txt").write_text("hi\n")
         ok = call(context, "run_command", command="cat hello.txt; id -u")
         failing = call(context, "run_command", command="exit 3")
@@ -114,6 +116,7 @@ def test_run_command_reports_exit_code_and_output(tmp_path: Path, settings) -> N
         assert "exit code 3" in failing.content
         assert "timed out" in slow.content
     finally:
+        exec_bucket_cleanup(bucket)
         (workspace / "hello.txt").unlink(missing_ok=True)
         workspace.rmdir()
 

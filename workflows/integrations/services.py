@@ -138,13 +138,14 @@ def integration_apply(*, branch: Branch, key: str, options: dict[str, Any],
         branch=branch, key=key,
         defaults={"project_id": branch.project_id, "category": spec.category, "options": options})
     workspace = branch_workspace(branch)
-    gitrepo.repo_ensure(workspace)
+    repo = gitrepo.Repo(bucket=branch.bucket, workspace=workspace)
+    gitrepo.repo_ensure(repo)
     undo = _Undo()
     try:
         for relative, body in _planned_writes(workspace, spec, options).items():
             undo.write(workspace / relative, body)
         message = f"Install integration {spec.name}"
-        commit_hash = gitrepo.commit_all(workspace, message) if commit else None
+        commit_hash = gitrepo.commit_all(repo, message) if commit else None
     except Exception as error:
         undo.restore()
         row.status = Integration.Status.FAILED
