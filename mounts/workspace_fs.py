@@ -429,7 +429,9 @@ def _parent(root_fd: int, parent: str, shown: str) -> tuple[int, list[str]]:
             except FileExistsError:
                 created = False
             try:
-                child = _openat2(fd, part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                # RESOLVE_NO_SYMLINKS refuses a symlinked `part` with ELOOP (O_NOFOLLOW would
+                # turn that into an ambiguous ENOTDIR).
+                child = _openat2(fd, part, os.O_RDONLY | os.O_DIRECTORY)
             except OSError as error:
                 if error.errno == errno.ENOTDIR:
                     raise NotADirectory(f"A parent of `{shown}` is not a directory.") from None

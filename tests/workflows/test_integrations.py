@@ -15,7 +15,8 @@ from rest_framework.test import APIClient
 from workflows import gitrepo, services
 from workflows.models import Branch, Integration, Version, WorkflowRun
 
-VITE = Path(__file__).resolve().parents[1] / "previews/fixtures/node_modules/vite/dist/node/index.js"
+VITE = (Path(__file__).resolve().parents[1]
+        / "previews/fixtures/node_modules/vite/dist/node/index.js")
 
 
 @pytest.fixture
