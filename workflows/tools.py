@@ -90,6 +90,10 @@ def tool_specs() -> list[ToolSpec]:
 def _path(relative: str) -> str:
     """The model's path, checked lexically; `.git` is refused (the repository is not the
     model's to edit). workspace_fs does the rest, on descriptors."""
+    if relative.startswith("/"):
+        raise ToolError(f"{relative!r} is absolute; paths are relative to the project root.")
+    if ".." in relative.split("/"):
+        raise ToolError(f"{relative!r} contains '..'; paths must stay inside the project.")
     path = workspace_fs.clean(relative)
     if path.split("/", 1)[0] == ".git":
         raise ToolError("The .git directory is managed by the agent; it cannot be changed.")
