@@ -335,3 +335,36 @@ def test_files_api_never_goes_through_planted_links(
         assert secret not in response.text and "PATH=" not in response.text
     assert (clean / "real.txt").read_text() == "mine\n"
     assert host_state(host) == before
+
+
+# --- previews -----------------------------------------------------------------------------
+
+
+def test_a_fifo_package_json_does_not_hang_a_preview_start(
+        http: httpx.Client, bucket: str, workspace: Path, bare: None) -> None:
+    # given package.json planted as a FIFO (the preview reads it to find the start command)
+    sandbox(http, bucket, "mkfifo package.json")
+    try:
+        # when a preview is started without a command
+        reply = http.post("/previews/start", json={"bucket": bucket}, timeout=20)
+    except httpx.ReadTimeout:
+        reply = None
+    finally:
+        _release(workspace / "package.json")
+
+    # then it answers at once: there is no start command to be read from a FIFO
+    assert reply is not None, "the preview start hung reading a FIFO"
+    assert (reply.status_code, reply.json()["code"]) == (400, "no_start_command"), reply.text
+
+
+def test_a_symlinked_package_json_decides_nothing_for_a_preview(
+        http: httpx.Client, bucket: str, host: Path, bare: None) -> None:
+    # given package.json linked to a root-only host file that has a start script
+    (host / "package.json").write_text('{"scripts": {"dev": "vite"}}')
+    (host / "package.json").chmod(0o600)
+    sandbox(http, bucket, f"ln -s {host / 'package.json'} package.json")
+
+    reply = http.post("/previews/start", json={"bucket": bucket}, timeout=60)
+
+    # then the host file's content is not read: no start command
+    assert (reply.status_code, reply.json()["code"]) == (400, "no_start_command"), reply.text
