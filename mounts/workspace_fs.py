@@ -35,7 +35,6 @@ import ctypes
 import errno
 import os
 import secrets
-import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -55,6 +54,10 @@ RESOLVE_BENEATH = 0x08
 RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
 MAX_PATH_BYTES = 4096
 MAX_WALK_DEPTH = 64
+MAX_REMOVE_DEPTH = 256
+# JuiceFS's virtual files at the root of a mount (the `files` layout): never the project's, and
+# `.accesslog` blocks a reader forever. Walks skip them, reads refuse them.
+JUICEFS_VIRTUAL = frozenset({".accesslog", ".stats", ".config", ".control"})
 READ_CHUNK = 1024 * 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -235,6 +238,8 @@ def open_file(workspace: Path, path: str) -> tuple[int, int]:
     FIFOs, devices and sockets are refused by type before anything opens them.
     """
     path = clean(path, allow_root=False)
+    if path in JUICEFS_VIRTUAL:
+        raise NotAFile(f"`{path}` is a virtual file of the filesystem, not the project's.")
     with _root(workspace) as root_fd:
         path_fd, info = _typed(root_fd, path, path)
         try:
@@ -315,7 +320,7 @@ def _walk_fd(dir_fd: int, prefix: str, device: int, depth: int, skip: frozenset[
     descriptor with O_NOFOLLOW and only on the root's device; symlinks are yielded, not entered.
     """
     for name, info in _listing(dir_fd):
-        if name in skip:
+        if name in skip or (not prefix and name in JUICEFS_VIRTUAL):
             continue
         relative = f"{prefix}{name}"
         yield relative, name, dir_fd, info
@@ -536,8 +541,7 @@ def remove(workspace: Path, path: str, *, recursive: bool = False,
         elif not directories:
             raise NotAFile(f"`{path}` is a directory.")
         elif recursive:
-            # rmtree with dir_fd works on descriptors: it never follows a symlink out.
-            shutil.rmtree(name, dir_fd=dir_fd)
+            _remove_tree(dir_fd, name, info.st_dev, 0)
         else:
             try:
                 os.rmdir(name, dir_fd=dir_fd)
@@ -548,3 +552,28 @@ def remove(workspace: Path, path: str, *, recursive: bool = False,
         return kind_of(info.st_mode)
     finally:
         os.close(dir_fd)
+
+
+def _remove_tree(dir_fd: int, name: str, device: int, depth: int) -> None:
+    """Remove the directory `name` of `dir_fd` and all it holds, by descriptor.
+
+    Not shutil.rmtree: it opens each directory by name without O_DIRECTORY|O_NOFOLLOW, so a
+    directory swapped for a link to a FIFO between its lstat and its open blocks the agent.
+    Here a swapped name fails to open (ELOOP/ENOTDIR) and the removal stops there.
+    """
+    fd = _openat2(dir_fd, name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if os.fstat(fd).st_dev != device or depth >= MAX_REMOVE_DEPTH:
+            raise OSError(errno.EXDEV if depth < MAX_REMOVE_DEPTH else errno.ELOOP,
+                          "not removed: another filesystem or too deep", name)
+        for child, info in _listing(fd):
+            try:
+                if stat.S_ISDIR(info.st_mode):
+                    _remove_tree(fd, child, device, depth + 1)
+                else:
+                    os.unlink(child, dir_fd=fd)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)

@@ -233,3 +233,24 @@ def test_upload_over_the_cap_is_413(http: httpx.Client, bucket: str, workspace: 
     exact = http.put(f"/files/{bucket}/content", params={"path": "big.bin"},
                      content=b"z" * (1024 * 1024))
     assert exact.status_code == 200 and exact.json()["size"] == 1024 * 1024
+
+
+def test_recursive_delete_removes_links_not_their_targets(http: httpx.Client, bucket: str,
+                                                          workspace: Path,
+                                                          tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    tree = workspace / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f.txt").write_text("x")
+    (tree / "a" / "out").symlink_to(outside)
+    (tree / "pipe").parent.mkdir(exist_ok=True)
+    os.mkfifo(tree / "pipe")
+
+    response = http.delete(f"/files/{bucket}/content", params={"path": "tree",
+                                                               "recursive": "true"})
+
+    assert response.status_code == 204, response.text
+    assert not tree.exists()
+    assert (outside / "keep.txt").read_text() == "keep"
