@@ -1,4 +1,4 @@
-"""The files API (API.md "Files"): thin views over mounts.files."""
+"""The files API (API.md "Files"): thin views over mounts.files (and mounts.workspace_fs)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ PATH_PARAM = OpenApiParameter("path", str, required=False,
                               description="Relative to the workspace root (default: the root).")
 ERRORS = error_responses(
     400, 404, 409, 413,
-    e400="invalid_path (outside the workspace: `..`, absolute, NUL, a symlink out) / "
-         "not_a_file / not_a_directory",
+    e400="invalid_path (outside the workspace: `..`, absolute, NUL) / is_symlink (the path "
+         "is or passes through a symlink: the agent never follows links) / not_a_file (a "
+         "directory, FIFO, device) / not_a_directory",
     e404="not_found", e409="not_mounted / directory_not_empty",
     e413="payload_too_large (FILE_UPLOAD_MAX_BYTES)",
 )

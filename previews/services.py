@@ -136,9 +136,15 @@ def _target(bucket: str, port: int) -> tuple[str, int] | None:
 # ---------------------------------------------------------------------------------------------
 
 def _start_command(workspace: Path) -> str:
+    # Through the one door to workspace content: a symlinked package.json (to a host file,
+    # /proc/self/environ) or a FIFO is never read.
+    from mounts import workspace_fs
+    from weldr_agent.errors import APIError
+
     try:
-        package_json = (workspace / "package.json").read_text()
-    except (OSError, UnicodeDecodeError):
+        raw = workspace_fs.read_if_present(workspace, "package.json", limit=1024 * 1024)
+        package_json = raw.decode() if raw is not None else None
+    except (OSError, UnicodeDecodeError, APIError):
         package_json = None
     command = system.start_command(package_json)
     if command is None:

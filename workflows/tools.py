@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import jsonschema
 from asgiref.sync import async_to_sync
 
+from mounts import workspace_fs
 from previews import exec as sandbox_exec
 from previews import exec_spec
 from weldr_agent.errors import APIError
@@ -29,6 +29,8 @@ logger = logging.getLogger("weldr.workflows.tools")
 
 MAX_RESULT_CHARS = 20_000
 MAX_READ_BYTES = 512 * 1024
+MAX_EDIT_BYTES = 4 * 1024 * 1024
+MAX_GREP_FILE_BYTES = 2 * 1024 * 1024
 MAX_LIST_ENTRIES = 500
 JUICEFS_VIRTUAL = {".stats", ".config", ".accesslog"}
 COMMAND_TIMEOUT_DEFAULT = 120
@@ -82,30 +84,20 @@ def tool_specs() -> list[ToolSpec]:
     return [t.spec for t in _REGISTRY.values()]
 
 
-# --- confinement -------------------------------------------------------------------------
+# --- files: every access goes through mounts.workspace_fs ------------------------------------
 
 
-def confine(workspace: Path, relative: str) -> Path:
-    """The absolute path of `relative` inside the workspace; refuse anything that leaves it."""
-    if "\0" in relative:
-        raise ToolError("The path contains a NUL byte.")
-    candidate = Path(relative)
-    if candidate.is_absolute():
+def _path(relative: str) -> str:
+    """The model's path, checked lexically; `.git` is refused (the repository is not the
+    model's to edit). workspace_fs does the rest, on descriptors."""
+    if relative.startswith("/"):
         raise ToolError(f"{relative!r} is absolute; paths are relative to the project root.")
-    if ".." in candidate.parts:
+    if ".." in relative.split("/"):
         raise ToolError(f"{relative!r} contains '..'; paths must stay inside the project.")
-    if candidate.parts and candidate.parts[0] == ".git":
+    path = workspace_fs.clean(relative)
+    if path.split("/", 1)[0] == ".git":
         raise ToolError("The .git directory is managed by the agent; it cannot be changed.")
-    root = workspace.resolve()
-    # resolve() follows symlinks: a link pointing outside the workspace lands outside `root`.
-    resolved = (root / candidate).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise ToolError(f"{relative!r} resolves outside the project (a symlink out?).")
-    return resolved
-
-
-def _relative(context: ToolContext, path: Path) -> str:
-    return str(path.relative_to(context.workspace.resolve())) or "."
+    return path
 
 
 def cap(text: str, limit: int = MAX_RESULT_CHARS) -> str:
@@ -114,62 +106,48 @@ def cap(text: str, limit: int = MAX_RESULT_CHARS) -> str:
     return text[:limit] + f"\n… [truncated: {len(text) - limit} more characters]"
 
 
-# --- files -------------------------------------------------------------------------------
+def is_agent_marker(relative: str) -> bool:
+    """A local branch directory's marker files (`.weldr-*` at its root) are the agent's."""
+    return "/" not in relative and relative.startswith(".weldr-")
 
 
-@tool("list_directory", "List the entries of a directory of the project.",
+def _hidden(relative: str) -> bool:
+    return is_agent_marker(relative) or relative.rsplit("/", 1)[-1] in JUICEFS_VIRTUAL
+
+
+def _label(name: str, kind: str) -> str:
+    """ls -F style: `dir/`, `link@` (a symlink is shown, never followed), `fifo|`."""
+    return name + {"dir": "/", "symlink": "@", "other": "|"}.get(kind, "")
+
+
+@tool("list_directory", "List the entries of a directory of the project (directories end "
+      "in /, symlinks in @; symlinks are not followed).",
       {"path": {**PATH, "default": "."}}, [])
 def list_directory(context: ToolContext, args: dict[str, Any]) -> str:
-    directory = confine(context.workspace, args.get("path", ".") or ".")
-    if not directory.is_dir():
-        raise ToolError(f"{args.get('path')!r} is not a directory.")
-    lines = []
-    for entry in sorted(directory.iterdir(), key=lambda p: p.name)[:MAX_LIST_ENTRIES]:
-        if entry.name in SKIPPED_DIRS or entry.name in JUICEFS_VIRTUAL:
-            continue
-        kind = "dir" if entry.is_dir() and not entry.is_symlink() else "file"
-        lines.append(f"{entry.name}/" if kind == "dir" else entry.name)
-    return "\n".join(lines) or "(empty directory)"
+    path = _path(args.get("path", ".") or ".")
+    lines = [_label(entry.name, entry.type)
+             for entry in workspace_fs.entries(context.workspace, path)
+             if entry.name not in SKIPPED_DIRS and not _hidden(f"{path}/{entry.name}".lstrip("/"))]
+    return "\n".join(lines[:MAX_LIST_ENTRIES]) or "(empty directory)"
 
 
 @tool("read_file", "Read a text file of the project.", {"path": PATH}, ["path"])
 def read_file(context: ToolContext, args: dict[str, Any]) -> str:
-    path = confine(context.workspace, args["path"])
-    if not path.is_file():
-        raise ToolError(f"{args['path']!r} does not exist or is not a file.")
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_READ_BYTES + 1)
-    text = data[:MAX_READ_BYTES].decode("utf-8", "replace")
-    return cap(text)
+    data = workspace_fs.read(context.workspace, _path(args["path"]), limit=MAX_READ_BYTES)
+    return cap(data.decode("utf-8", "replace"))
 
 
-def _owned_like_root(context: ToolContext, paths: list[Path]) -> None:
-    """New files belong to the workspace root's owner (the sandbox user), not to the agent."""
-    if os.geteuid() != 0:
-        return
-    owner = context.workspace.stat()
-    for path in paths:
-        os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
-
-
-def _write(context: ToolContext, path: Path, content: str) -> None:
-    change = "modified" if path.exists() else "created"
-    missing = [p for p in reversed(path.parents) if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content, encoding="utf-8")
-    _owned_like_root(context, [*missing, path])
-    relative = _relative(context, path)
-    context.changed.append(relative)
-    context.on_file_changed(relative, change)
+def _write(context: ToolContext, path: str, content: str) -> None:
+    written = workspace_fs.write(context.workspace, path, [content.encode("utf-8")])
+    assert written is not None
+    context.changed.append(path)
+    context.on_file_changed(path, "created" if written.created else "modified")
 
 
 @tool("write_file", "Create or overwrite a file with the given content.",
       {"path": PATH, "content": {"type": "string"}}, ["path", "content"])
 def write_file(context: ToolContext, args: dict[str, Any]) -> str:
-    path = confine(context.workspace, args["path"])
-    if path.is_dir():
-        raise ToolError(f"{args['path']!r} is a directory.")
-    _write(context, path, args["content"])
+    _write(context, _path(args["path"]), args["content"])
     return f"Wrote {len(args['content'].encode())} bytes to {args['path']}."
 
 
@@ -177,10 +155,15 @@ def write_file(context: ToolContext, args: dict[str, Any]) -> str:
       {"path": PATH, "search": {"type": "string", "minLength": 1}, "replace": {"type": "string"}},
       ["path", "search", "replace"])
 def edit_file(context: ToolContext, args: dict[str, Any]) -> str:
-    path = confine(context.workspace, args["path"])
-    if not path.is_file():
-        raise ToolError(f"{args['path']!r} does not exist; use write_file to create it.")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    path = _path(args["path"])
+    try:
+        data = workspace_fs.read(context.workspace, path, limit=MAX_EDIT_BYTES + 1)
+    except workspace_fs.PathNotFound:
+        raise ToolError(f"{args['path']!r} does not exist; use write_file to create it.") from None
+    if len(data) > MAX_EDIT_BYTES:
+        raise ToolError(f"{args['path']!r} is larger than {MAX_EDIT_BYTES} bytes; "
+                        "edit it with a command instead.")
+    text = data.decode("utf-8", errors="replace")
     count = text.count(args["search"])
     if count == 0:
         raise ToolError(f"The search text was not found in {args['path']}; read the file and "
@@ -192,43 +175,33 @@ def edit_file(context: ToolContext, args: dict[str, Any]) -> str:
     return f"Edited {args['path']}."
 
 
-@tool("delete_file", "Delete a file of the project.", {"path": PATH}, ["path"])
+@tool("delete_file", "Delete a file (or a symlink, not what it points to) of the project.",
+      {"path": PATH}, ["path"])
 def delete_file(context: ToolContext, args: dict[str, Any]) -> str:
-    path = confine(context.workspace, args["path"])
-    if path.is_dir() or not path.exists():
-        raise ToolError(f"{args['path']!r} is not a file.")
-    path.unlink()
-    relative = _relative(context, path)
-    context.changed.append(relative)
-    context.on_file_changed(relative, "deleted")
+    path = _path(args["path"])
+    try:
+        workspace_fs.remove(context.workspace, path, directories=False)
+    except (workspace_fs.PathNotFound, workspace_fs.NotAFile):
+        raise ToolError(f"{args['path']!r} is not a file.") from None
+    context.changed.append(path)
+    context.on_file_changed(path, "deleted")
     return f"Deleted {args['path']}."
 
 
-def is_agent_marker(directory: Path, name: str, root: Path) -> bool:
-    """A local branch directory's marker files (`.weldr-*` at its root) are the agent's."""
-    return directory == root and name.startswith(".weldr-")
-
-
-def _walk(root: Path) -> list[Path]:
-    files: list[Path] = []
-    for directory, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
-        # .accesslog blocks on read: JuiceFS's virtual files are never the project's.
-        files.extend(Path(directory) / name for name in sorted(filenames)
-                     if name not in JUICEFS_VIRTUAL and not is_agent_marker(Path(directory),
-                                                                            name, root))
-    return files
-
-
-@tool("find_files", "Find files whose project-relative path matches a glob (e.g. src/**/*.tsx).",
+@tool("find_files", "Find files whose project-relative path matches a glob (e.g. src/**/*.tsx); "
+      "symlinks are listed with a trailing @.",
       {"pattern": {"type": "string", "minLength": 1}}, ["pattern"])
 def find_files(context: ToolContext, args: dict[str, Any]) -> str:
-    root = context.workspace.resolve()
-    pattern = args["pattern"]
-    matches = [str(p.relative_to(root)) for p in _walk(root)
-               if fnmatch.fnmatch(str(p.relative_to(root)), pattern)
-               or fnmatch.fnmatch(p.name, pattern)]
-    return cap("\n".join(matches[:MAX_LIST_ENTRIES])) or "(no files match)"
+    pattern, matches = args["pattern"], []
+    for relative, kind in workspace_fs.walk(context.workspace, skip=SKIPPED_DIRS):
+        if kind == "dir" or _hidden(relative):
+            continue
+        if fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(relative.rsplit("/", 1)[-1],
+                                                                 pattern):
+            matches.append(_label(relative, kind))
+            if len(matches) >= MAX_LIST_ENTRIES:
+                break
+    return cap("\n".join(matches)) or "(no files match)"
 
 
 @tool("grep", "Search the project's files for a regular expression; prints path:line: text.",
@@ -239,15 +212,17 @@ def grep(context: ToolContext, args: dict[str, Any]) -> str:
         regex = re.compile(args["pattern"])
     except re.error as error:
         raise ToolError(f"The pattern is not a valid regular expression: {error}") from None
-    base = confine(context.workspace, args.get("path", ".") or ".")
-    root = context.workspace.resolve()
     hits: list[str] = []
-    for path in ([base] if base.is_file() else _walk(base)):
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (UnicodeDecodeError, OSError):
+    files = workspace_fs.texts(context.workspace, _path(args.get("path", ".") or "."),
+                               skip=SKIPPED_DIRS, limit=MAX_GREP_FILE_BYTES)
+    for relative, data in files:
+        if _hidden(relative):
             continue
-        hits.extend(f"{path.relative_to(root)}:{n}: {line[:300]}"
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            continue
+        hits.extend(f"{relative}:{n}: {line[:300]}"
                     for n, line in enumerate(lines, 1) if regex.search(line))
         if len(hits) >= MAX_LIST_ENTRIES:
             break

@@ -98,9 +98,15 @@ def test_listing_reports_types_without_following(http: httpx.Client, bucket: str
     assert "kinds" in {e["name"] for e in root}
 
 
-TRAVERSALS = ["../escape.txt", "a/../../escape.txt", "/etc/passwd", "/tmp/escape.txt",
-              "out-link/escape.txt", "out-link", "abs-link", "up-link/escape.txt",
-              "nul\x00byte.txt", "..", "./../escape.txt"]
+# path -> the code every method answers: outside the workspace, or through a symlink (which the
+# agent never follows, wherever it points).
+TRAVERSALS = {"../escape.txt": "invalid_path", "a/../../escape.txt": "invalid_path",
+              "/etc/passwd": "invalid_path", "/tmp/escape.txt": "invalid_path",
+              "out-link/escape.txt": "is_symlink", "up-link/escape.txt": "is_symlink",
+              "in-link/escape.txt": "is_symlink", "nul\x00byte.txt": "invalid_path",
+              "..": "invalid_path", "./../escape.txt": "invalid_path"}
+# Final components that are symlinks: read, written, listed never; deleted as links.
+LINKS = ["out-link", "abs-link", "up-link", "in-link"]
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +114,8 @@ def traps(workspace: Path) -> Path:
     (workspace / "out-link").symlink_to(workspace.parent)
     (workspace / "abs-link").symlink_to("/etc/hostname")
     (workspace / "up-link").symlink_to("../..")
+    (workspace / "in-dir").mkdir()
+    (workspace / "in-link").symlink_to("in-dir")
     return workspace
 
 
@@ -119,11 +127,23 @@ def test_traversal_attempts_are_400_and_touch_nothing(http: httpx.Client, bucket
         response = http.request(method, f"/files/{bucket}/content", params={"path": path},
                                 content=b"x" if method == "PUT" else None)
         assert response.status_code == 400, (method, path, response.text)
-        assert response.json()["code"] == "invalid_path"
+        assert response.json()["code"] == TRAVERSALS[path], (method, path)
     listing = http.get(f"/files/{bucket}", params={"path": path})
-    assert listing.status_code == 400 and listing.json()["code"] == "invalid_path"
+    assert listing.status_code == 400 and listing.json()["code"] == TRAVERSALS[path]
     assert snapshot(traps) == before
     assert not (traps.parent / "escape.txt").exists()
+
+
+@pytest.mark.parametrize("path", LINKS)
+def test_a_symlink_is_never_read_written_or_listed_through(http: httpx.Client, bucket: str,
+                                                           traps: Path, path: str) -> None:
+    before = snapshot(traps)
+    for method, url in (("GET", "/content"), ("PUT", "/content"), ("GET", "")):
+        response = http.request(method, f"/files/{bucket}{url}", params={"path": path},
+                                content=b"x" if method == "PUT" else None)
+        assert response.status_code == 400, (method, url, path, response.text)
+        assert response.json()["code"] == "is_symlink", (method, url, path)
+    assert snapshot(traps) == before
 
 
 def test_percent_encoded_dots_are_refused(http: httpx.Client, bucket: str) -> None:
@@ -134,12 +154,35 @@ def test_percent_encoded_dots_are_refused(http: httpx.Client, bucket: str) -> No
         assert response.json()["code"] == "invalid_path"
 
 
-def test_a_symlink_inside_the_workspace_is_followed(http: httpx.Client, bucket: str,
-                                                   workspace: Path) -> None:
+def test_a_symlink_inside_the_workspace_is_not_followed(http: httpx.Client, bucket: str,
+                                                       workspace: Path) -> None:
+    # Changed by issue #11: even a link that stays inside is a link; the API says so (it used
+    # to serve the target) and deleting it removes the link, not the target.
     (workspace / "real.txt").write_text("inside")
     (workspace / "alias.txt").symlink_to("real.txt")
 
-    assert http.get(f"/files/{bucket}/content", params={"path": "alias.txt"}).text == "inside"
+    read = http.get(f"/files/{bucket}/content", params={"path": "alias.txt"})
+    written = http.put(f"/files/{bucket}/content", params={"path": "alias.txt"}, content=b"new")
+    deleted = http.delete(f"/files/{bucket}/content", params={"path": "alias.txt"})
+
+    assert (read.status_code, read.json()["code"]) == (400, "is_symlink")
+    assert (written.status_code, written.json()["code"]) == (400, "is_symlink")
+    assert deleted.status_code == 204
+    assert not (workspace / "alias.txt").is_symlink()
+    assert (workspace / "real.txt").read_text() == "inside"
+
+
+def test_fifos_are_refused_without_blocking(http: httpx.Client, bucket: str,
+                                            workspace: Path) -> None:
+    os.mkfifo(workspace / "pipe")
+    try:
+        response = http.get(f"/files/{bucket}/content", params={"path": "pipe"}, timeout=10)
+        assert (response.status_code, response.json()["code"]) == (400, "not_a_file")
+        listed = http.get(f"/files/{bucket}").json()["entries"]
+        assert {"name": "pipe", "type": "other"}.items() <= next(
+            e for e in listed if e["name"] == "pipe").items()
+    finally:
+        (workspace / "pipe").unlink()
 
 
 def test_errors(http: httpx.Client, bucket: str, workspace: Path) -> None:
@@ -190,3 +233,24 @@ def test_upload_over_the_cap_is_413(http: httpx.Client, bucket: str, workspace: 
     exact = http.put(f"/files/{bucket}/content", params={"path": "big.bin"},
                      content=b"z" * (1024 * 1024))
     assert exact.status_code == 200 and exact.json()["size"] == 1024 * 1024
+
+
+def test_recursive_delete_removes_links_not_their_targets(http: httpx.Client, bucket: str,
+                                                          workspace: Path,
+                                                          tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    tree = workspace / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f.txt").write_text("x")
+    (tree / "a" / "out").symlink_to(outside)
+    (tree / "pipe").parent.mkdir(exist_ok=True)
+    os.mkfifo(tree / "pipe")
+
+    response = http.delete(f"/files/{bucket}/content", params={"path": "tree",
+                                                               "recursive": "true"})
+
+    assert response.status_code == 204, response.text
+    assert not tree.exists()
+    assert (outside / "keep.txt").read_text() == "keep"

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,9 @@ from rest_framework.test import APIClient
 from previews.exec import exec_bucket_cleanup
 from workflows import gitrepo, services
 from workflows.models import Branch, Integration, Version, WorkflowRun
+
+VITE = (Path(__file__).resolve().parents[1]
+        / "previews/fixtures/node_modules/vite/dist/node/index.js")
 
 
 @pytest.fixture
@@ -86,9 +91,10 @@ def test_install_writes_files_merges_package_json_and_commits_a_version(
     for path in ("index.html", "src/main.jsx", "src/App.jsx", "vite.config.js",
                  "src/server/db.js", "src/server/auth.js"):
         assert (workspace / path).is_file(), path
+    # .env values are written single-quoted by the dotenv serializer
     env = dict(line.split("=", 1) for line in (workspace / ".env").read_text().splitlines())
-    assert env["DATABASE_URL"] == "postgres://db/app"
-    assert len(env["BETTER_AUTH_SECRET"]) >= 32
+    assert env["DATABASE_URL"] == "'postgres://db/app'"
+    assert len(env["BETTER_AUTH_SECRET"].strip("'")) >= 32
     # and every install is a version, the last one at HEAD
     versions = list(Version.objects.filter(branch=branch).order_by("number"))
     assert [v.number for v in versions] == [1, 2, 3]
@@ -164,3 +170,66 @@ def test_install_errors(api: APIClient, branch: Branch) -> None:
     WorkflowRun.objects.create(branch=branch, model="x", status="running")
     busy = post([{"key": "frontend"}])
     assert busy.status_code == 409 and busy.json()["code"] == "run_active"
+
+
+@pytest.mark.parametrize("url", [
+    "postgres://x\nEVIL=1", "postgres://x\n", "postgres://x\rEVIL=1", "postgres://x\x00",
+    "postgres://a b@db/app", "postgres://u:p$HOME@db/app", "postgres://u:p'q@db/app",
+    "postgres://u:p\\q@db/app", "postgres://\u2028db", "mysql://db"])
+def test_options_must_match_in_full_and_never_reach_env_as_text(
+        api: APIClient, branch: Branch, url: str) -> None:
+    # given an app whose .env is the user's
+    workspace = workspace_of(branch)
+    (workspace / ".env").write_text("MINE=1\n")
+
+    reply = api.post("/install-integrations", {
+        "project_id": branch.project_id, "branch_id": branch.id,
+        "integrations": [{"key": "database", "options": {"database_url": url}}]}, format="json")
+
+    assert reply.status_code == 400, reply.json()
+    assert reply.json()["code"] == "invalid_options"
+    assert "database_url" in reply.json()["detail"]
+    assert (workspace / ".env").read_text() == "MINE=1\n"
+    assert not (workspace / "src/server/db.js").exists()
+
+
+def test_unknown_options_are_refused(api: APIClient, branch: Branch) -> None:
+    reply = api.post("/install-integrations", {
+        "project_id": branch.project_id, "branch_id": branch.id,
+        "integrations": [{"key": "frontend", "options": {"anything": "x"}}]}, format="json")
+    assert reply.status_code == 400 and reply.json()["code"] == "invalid_options"
+
+
+def test_env_values_read_back_identically_by_node(api: APIClient, branch: Branch) -> None:
+    # given a URL with every character the serializer lets through that a reader could mangle
+    url = "postgres://u:p%24%27#x@db:5432/app?sslmode=require&a=(1)*[2];b=,!~"
+    install(api, branch, {"key": "database", "options": {"database_url": url}})
+    workspace = workspace_of(branch)
+
+    # when Node reads the .env the way an app started with --env-file does, and Vite's loadEnv
+    clean = {"PATH": os.environ["PATH"]}
+    node = subprocess.run(
+        ["node", f"--env-file={workspace / '.env'}", "-e",
+         "process.stdout.write(process.env.DATABASE_URL)"],
+        capture_output=True, text=True, timeout=30, check=True, env=clean).stdout
+    vite = subprocess.run(
+        ["node", "--input-type=module", "-e",
+         f"import {{ loadEnv }} from {json.dumps(str(VITE))};"
+         f"process.stdout.write(loadEnv('development', {json.dumps(str(workspace))}, '')"
+         ".DATABASE_URL)"],
+        capture_output=True, text=True, timeout=30, check=True, env=clean).stdout
+
+    # then both see exactly the option's value
+    assert node == url
+    assert vite == url
+
+
+def test_dotenv_serializer_refuses_what_readers_disagree_on() -> None:
+    from workflows.integrations.dotenv import UnsafeEnvValue, dotenv_line, dotenv_names
+
+    assert dotenv_line("A_1", "x #y \"z\" `w`") == "A_1='x #y \"z\" `w`'"
+    for name, value in (("A", "x\ny"), ("A", "it's"), ("A", "$HOME"), ("A", "a\\b"),
+                        ("A", "caf\u00e9"), ("1A", "x"), ("A B", "x"), ("A\nB", "x")):
+        with pytest.raises(UnsafeEnvValue):
+            dotenv_line(name, value)
+    assert dotenv_names("# X=1\nexport A=1\n B = 2\nC\n") == {"A", "B"}

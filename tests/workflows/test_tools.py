@@ -70,9 +70,17 @@ def test_paths_outside_the_workspace_are_refused(context: ToolContext, tmp_path:
     os.symlink(outside, context.workspace / "link")
     os.symlink(outside / "secret", context.workspace / "filelink")
     for name, extra in (("write_file", {"content": "x"}), ("read_file", {}),
-                        ("delete_file", {})):
-        result = call(context, name, path=path, **extra)
+                        ("edit_file", {"search": "secret", "replace": "x"}),
+                        ("grep", {"pattern": "secret"}), ("list_directory", {})):
+        if name in ("grep", "list_directory") and path == ".git/config":
+            continue
+        args = {("pattern" if k == "pattern" else k): v for k, v in extra.items()}
+        result = call(context, name, **({"path": path} | args))
         assert result.is_error, (name, path, result.content)
+        assert "secret" not in result.content.replace(f"{path}", ""), (name, path)
+    deleted = call(context, "delete_file", path=path)
+    # Deleting a symlink removes the link itself, never what it points to.
+    assert deleted.is_error == (path != "filelink"), (path, deleted.content)
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
     assert (outside / "secret").read_text() == "secret"
 

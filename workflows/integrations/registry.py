@@ -3,6 +3,11 @@
 Adding one is adding an entry here. Files are written only where absent (the user's edits win);
 package.json dependencies and scripts are merged without overriding what the app already has;
 env vars are added to `.env` without changing existing values (a secret, once generated, stays).
+
+Options are data: each option's schema has a `pattern` that must match the WHOLE value (it is
+checked with re.fullmatch as well as by JSON Schema, whose `$` would accept a trailing newline
+in Python) and a `description` that says what is accepted; values reach `.env` only through
+the dotenv serializer (dotenv.py).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ class IntegrationSpec:
     # name → function of the options giving the value (called only when the name is absent)
     env: dict[str, Callable[[Options], str]] = field(default_factory=dict)
     requires: tuple[str, ...] = ()
-    options_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    options_schema: dict[str, Any] = field(default_factory=lambda: {
+        "type": "object", "additionalProperties": False, "properties": {}})
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "name": self.name, "category": self.category,
@@ -117,6 +123,17 @@ def _option(name: str, default: str) -> Callable[[Options], str]:
     return lambda options: str(options.get(name) or default)
 
 
+# RFC 3986 characters minus `$` and `'` (see dotenv.py); anything else is percent-encoded.
+URL_CHARS = r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]"
+
+
+def _url_option(schemes: str, example: str) -> dict[str, Any]:
+    return {"type": "string", "maxLength": 2048,
+            "pattern": f"^{schemes}://{URL_CHARS}+$",
+            "description": f"a {example} URL of printable ASCII without spaces, quotes, `$` or "
+                           "`\\` (percent-encode them, e.g. `$` as %24)"}
+
+
 REGISTRY: dict[str, IntegrationSpec] = {spec.key: spec for spec in (
     IntegrationSpec(
         key="frontend", name="Vite + React", category="frontend",
@@ -135,7 +152,7 @@ REGISTRY: dict[str, IntegrationSpec] = {spec.key: spec for spec in (
         scripts={"db:schema": "psql \"$DATABASE_URL\" -f db/schema.sql"},
         env={"DATABASE_URL": _option("database_url", "postgres://postgres@localhost:5432/app")},
         options_schema={"type": "object", "additionalProperties": False, "properties": {
-            "database_url": {"type": "string", "pattern": "^postgres(ql)?://"}}},
+            "database_url": _url_option("postgres(ql)?", "postgres://")}},
     ),
     IntegrationSpec(
         key="auth", name="Better Auth", category="authentication",
@@ -146,7 +163,7 @@ REGISTRY: dict[str, IntegrationSpec] = {spec.key: spec for spec in (
              "BETTER_AUTH_URL": _option("base_url", "http://localhost:3000")},
         requires=("database",),
         options_schema={"type": "object", "additionalProperties": False, "properties": {
-            "base_url": {"type": "string", "pattern": "^https?://"}}},
+            "base_url": _url_option("https?", "http(s)://")}},
     ),
 )}
 
