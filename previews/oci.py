@@ -261,6 +261,8 @@ def rootfs_skeleton(rootfs: Path) -> None:
     """Mount points for the host's system directories and /etc; merged-/usr links stay links."""
     for directory in ("proc", "dev", "tmp", "etc"):
         (rootfs / directory).mkdir(parents=True, exist_ok=True)
+    # The private /tmp tmpfs takes its mount point's mode, whatever its options say (SANDBOX.md).
+    (rootfs / "tmp").chmod(0o1777)
     for directory in HOST_SYSTEM_DIRS:
         host, inside = Path(directory), rootfs / directory.lstrip("/")
         if host.is_symlink():

@@ -359,8 +359,15 @@ test -s /etc/ssl/certs/ca-certificates.crt && echo ca-certificates
 awk 'BEGIN { print "awk works" }'
 node -e 'console.log("node " + process.version.slice(0, 1))'
 python3 -c 'import ssl; ssl.create_default_context(); print("python ssl")'
-cd "$(mktemp -d)" && git init -q && echo x > x && git add x && \
+repo=$(mktemp -d) && cd "$repo" && git init -q && echo x > x && git add x && \
   git -c user.name=a -c user.email=a@b commit -qm x && git log --format=%s
+mkdir -p "$TMPDIR/npm/lib" "$TMPDIR/npm/app" && cd "$TMPDIR/npm/lib" && \
+  echo '{"name": "lib", "version": "1.0.0"}' > package.json && cd ../app && \
+  echo '{"name": "app", "version": "1.0.0"}' > package.json && \
+  npm install --offline --no-audit --no-fund ../lib >/dev/null 2>&1 && \
+  node -e 'require("lib/package.json"); console.log("npm install")'
+(sleep 0.2; echo background) & wait
+echo piped | tr a-z A-Z
 echo done
 """
 
@@ -370,7 +377,7 @@ def _etc_checks(output: str) -> None:
     assert not [line for line in lines if line.startswith("present")], output
     for expected in ("uid=1000(sandbox) gid=1000(sandbox) groups=1000(sandbox)",
                      "sandbox:1000", "ca-certificates", "awk works", "node v", "python ssl",
-                     "x", "done"):
+                     "x", "npm install", "background", "PIPED", "done"):
         assert expected in lines, output
 
 
