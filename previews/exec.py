@@ -145,8 +145,7 @@ class Sandbox:
                                  timeout=SANDBOX_READY_TIMEOUT, interval=0.005):
             runner.stop(process)
             raise SandboxFailed(f"The sandbox did not start in time: {self._log_tail()}")
-        if process.returncode == 0:
-            self.pid = int(pid_file.read_text().strip())
+        self.pid = _read_pid(pid_file) if process.returncode == 0 else None
         try:
             ready = self.pid is not None and runner.wait_until(
                 self.accepting, timeout=SANDBOX_READY_TIMEOUT, interval=0.005)
@@ -234,6 +233,13 @@ def _shared_files() -> tuple[Path, Path]:
     shutil.copyfile(DAEMON_SOURCE, daemon)
     daemon.chmod(0o644)
     return rootfs, daemon
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _private_dir(path: Path) -> None:
