@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,6 @@ class SandboxConfig:
     # The exec daemon needs one user namespace of its own (a PID namespace per command) and
     # then refuses more itself (sandboxd.py); /proc stays unmasked so it can mount a fresh one.
     daemon_user_namespace: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def bind(source: str | Path, destination: str, *, readonly: bool) -> dict[str, Any]:
@@ -217,7 +216,6 @@ def config(sandbox: SandboxConfig, *, rootfs: Path) -> dict[str, Any]:
             "resources": resources(memory_mb=sandbox.memory_mb, cpus=sandbox.cpus,
                                    pids=sandbox.pids),
             **hardening(mask_proc=not userns, user_namespaces=userns),
-            **sandbox.extra,
         },
     }
 
