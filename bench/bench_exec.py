@@ -81,10 +81,8 @@ class RuncTrue:
         for mountpoint in exec_spec.rootfs_mountpoints(rootfs):
             mountpoint.mkdir(parents=True, exist_ok=True)
         (rootfs / "opt" / "weldr" / "sandboxd.py").touch()
-        control = root / "ctl"
-        control.mkdir()
         spec = exec_spec.sandbox_spec(
-            rootfs=rootfs, workspace=workspace, control_dir=control,
+            name="weldr-bench", rootfs=rootfs, workspace=workspace,
             daemon=REPO / "previews" / "sandboxd.py", uid=1000, memory_mb=512, cpus=1.0,
             pids=512, hostname="bench")
         spec["process"]["args"] = ["/bin/true"]

@@ -3,7 +3,14 @@
 One runc container per bucket is started on the first command and kept while the bucket is
 mounted. Its only process is previews/sandboxd.py, which forks each command on request; the agent
 passes the command's pipes over a unix socket (SCM_RIGHTS), so output streams from the command
-straight into this process's event loop. A command costs a connect and two forks instead of a
+straight into this process's event loop.
+
+The control socket is the agent's, not the sandbox's: the agent binds it in the sandbox's
+bundle (a directory only root can enter, never mounted into the sandbox) and hands the bound
+socket to the daemon as its stdin; the daemon listens on it. Nothing inside the sandbox has a
+path to it, so nothing there can replace it with a link or bind an impostor in its place, and
+before sending anything the agent checks the peer (SO_PEERCRED): the sandbox's uid and the
+container's init, which is the daemon. A command costs a connect and two forks instead of a
 `runc run` (~50 ms here, SANDBOX.md).
 
 Everything async here runs on the server's event loop; sandbox start/stop are blocking runtime
@@ -19,6 +26,8 @@ import logging
 import os
 import shutil
 import socket
+import stat
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -55,6 +64,10 @@ class SandboxFailed(SystemCommandError):
     default_code = "sandbox_failed"
 
 
+class PeerRefused(ConnectionRefusedError):
+    """The control socket answered from a process that is not the sandbox's daemon."""
+
+
 @dataclass
 class Event:
     """`start` {"pid"}, `stdout`/`stderr` (bytes), `exit` {"exit_code", "timed_out", ...}."""
@@ -81,19 +94,20 @@ class CommandSpec:
 
 
 class Sandbox:
-    """The bucket's exec container and the daemon's socket inside it."""
+    """The bucket's exec container and the agent's control socket to its daemon."""
 
     def __init__(self, bucket: str, workspace: Path) -> None:
         self.bucket, self.workspace = bucket, workspace
         self.name = exec_spec.container_name(instance_id=settings.INSTANCE_ID, bucket=bucket)
         self.bundle = exec_base() / self.name
-        self.control_dir = self.bundle / "ctl"
         self.runtime: str | None = None
         self.netns: preview_sandbox.Netns | None = None
+        # The container's init (the daemon), as the host sees it: the only peer trusted.
+        self.pid: int | None = None
 
     @property
     def socket_path(self) -> Path:
-        return self.control_dir / exec_spec.SOCKET_NAME
+        return self.bundle / exec_spec.SOCKET_NAME
 
     def start(self) -> None:
         """Create and start the container, then wait until the daemon accepts connections."""
@@ -105,37 +119,62 @@ class Sandbox:
         self.remove()
         self.netns = preview_sandbox.pool.acquire()
         rootfs, daemon = _shared_files()
-        self.control_dir.mkdir(parents=True, exist_ok=True)
-        os.chown(self.control_dir, settings.SANDBOX_UID, settings.SANDBOX_UID)
+        _private_dir(self.bundle)
         _workspace_owner(self.workspace)
         spec = exec_spec.sandbox_spec(
-            rootfs=rootfs, workspace=self.workspace, control_dir=self.control_dir, daemon=daemon,
+            name=self.name, rootfs=rootfs, workspace=self.workspace, daemon=daemon,
             uid=settings.SANDBOX_UID, memory_mb=settings.SANDBOX_MEMORY_MB,
             cpus=settings.SANDBOX_CPUS, pids=settings.SANDBOX_PIDS, hostname="sandbox",
             netns=self.netns.path,
         )
         (self.bundle / "config.json").write_text(json.dumps(spec))
+        pid_file = self.bundle / "pid"
+        pid_file.unlink(missing_ok=True)
         argv = exec_spec.runtime_argv(self.runtime, root=runtime_root(name), verb="run",
-                                      name=self.name, bundle=self.bundle, extra=("-d",))
-        # runc hands its stdio to the container: a log file, never a pipe (SANDBOX.md traps).
-        process = runner.spawn(argv, log_path=self.bundle / "runtime.log")
+                                      name=self.name, bundle=self.bundle,
+                                      extra=("-d", "--pid-file", str(pid_file)))
+        # Bound here, listened on by the daemon (so SO_PEERCRED names the daemon), reaching it
+        # as its stdin: `runc run -d` hands its stdio to the container as they are.
+        listener = bind_unix(self.socket_path)
+        try:
+            # runc's stdout/stderr: a log file, never a pipe (SANDBOX.md traps).
+            process = runner.spawn(argv, log_path=self.bundle / "runtime.log",
+                                   stdin=listener.fileno())
+        finally:
+            listener.close()
         if not runner.wait_until(lambda: process.poll() is not None,
                                  timeout=SANDBOX_READY_TIMEOUT, interval=0.005):
             runner.stop(process)
             raise SandboxFailed(f"The sandbox did not start in time: {self._log_tail()}")
-        ready = process.returncode == 0 and runner.wait_until(
-            self.accepting, timeout=SANDBOX_READY_TIMEOUT, interval=0.005)
+        self.pid = _read_pid(pid_file) if process.returncode == 0 else None
+        try:
+            ready = self.pid is not None and runner.wait_until(
+                self.accepting, timeout=SANDBOX_READY_TIMEOUT, interval=0.005)
+        except PeerRefused:
+            ready = False
         if not ready:
             tail = self._log_tail()
             self.remove()
             raise SandboxFailed(f"The command sandbox for {self.bucket!r} failed to start: {tail}")
         logger.info("exec sandbox %s started", self.name)
 
+    def connect(self, sock: socket.socket) -> None:
+        """Connect `sock` to the daemon; PeerRefused unless the daemon is what answers."""
+        connect_unix(sock, self.socket_path)
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid != settings.SANDBOX_UID or pid != self.pid:
+            logger.error("refused the control socket of %s: its peer is pid %s uid %s, not the "
+                         "sandbox's daemon (pid %s)", self.name, pid, uid, self.pid)
+            raise PeerRefused(f"The control socket of {self.name} is not served by its daemon.")
+
     def accepting(self) -> bool:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            connect_unix(probe, self.socket_path)
+            self.connect(probe)
             return True
+        except PeerRefused:
+            raise
         except OSError:
             return False
         finally:
@@ -197,19 +236,65 @@ def _shared_files() -> tuple[Path, Path]:
     return rootfs, daemon
 
 
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _private_dir(path: Path) -> None:
+    """The sandbox's bundle: root's, mode 0700, a real directory (not a link)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
 def _workspace_owner(workspace: Path) -> None:
     """The sandbox's non-root uid must be able to write the workspace root."""
     if workspace.stat().st_uid != settings.SANDBOX_UID:
         os.chown(workspace, settings.SANDBOX_UID, settings.SANDBOX_UID)
 
 
+def _at(path: Path) -> int:
+    """An O_PATH descriptor of `path`'s directory, refusing a link in its place."""
+    return os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
 def connect_unix(sock: socket.socket, path: Path) -> None:
-    """Connect through /proc/self/fd so that long runtime paths fit sun_path (108 bytes)."""
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Connect to the socket `path`, never through a link: the directory is opened without
+    following one, and the name must be a socket itself (connect() would follow a link).
+    Through /proc/self/fd, so that long runtime paths fit sun_path (108 bytes)."""
+    fd = _at(path)
     try:
+        mode = os.stat(path.name, dir_fd=fd, follow_symlinks=False).st_mode
+        if not stat.S_ISSOCK(mode):
+            raise ConnectionRefusedError(f"{path} is not a socket")
         sock.connect(f"/proc/self/fd/{fd}/{path.name}")
     finally:
         os.close(fd)
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A unix stream socket bound (not listening) at `path`, replacing a stale one."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    fd = _at(path)
+    try:
+        try:
+            os.unlink(path.name, dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        sock.bind(f"/proc/self/fd/{fd}/{path.name}")
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(fd)
+    return sock
 
 
 class Sandboxes:
@@ -294,7 +379,7 @@ class Execution:
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._control = control
         try:
-            connect_unix(control, sandbox.socket_path)
+            sandbox.connect(control)
             request = {"argv": self.spec.argv, "cwd": _inside(self.spec.cwd),
                        "env": self.spec.env, "timeout": self.spec.timeout}
             payload = json.dumps(request).encode() + b"\n"

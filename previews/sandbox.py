@@ -2,17 +2,19 @@
 
 Previews use it for apps, the exec app for agent commands. What a sandbox is (SANDBOX.md):
 
-- root filesystem: the host's /usr /bin /lib /lib64 /etc read-only (merged-/usr links stay links),
-  the workspace read-write at its own path (the working directory), a private /tmp;
-- own pid, mount, ipc, uts and network namespaces; a non-root user (settings.SANDBOX_UID);
-  noNewPrivileges; every capability dropped; kernel files masked and a seccomp deny list
-  (`oci.hardening()`); memory/CPU/pids limits (cgroups);
+- root filesystem: the host's /usr /bin /lib /lib64 read-only (merged-/usr links stay links),
+  the sandboxes' own /etc (previews/sandbox_etc.py), the workspace read-write at its own path
+  (the working directory), a private /tmp;
+- own pid, mount, ipc, uts and network namespaces, no user namespace; a non-root user
+  (settings.SANDBOX_UID); noNewPrivileges; every capability dropped; kernel files masked and
+  a seccomp deny list (`oci.hardening()`); memory+swap/CPU/pids limits in its own cgroup;
 - a private netns with a veth link, taken from a pool made off the critical path; an iptables
   chain per instance drops everything a sandbox sends to the host but replies;
 - a clean environment (never the agent's), logs to a file (never a pipe: `runc run -d` hands
   its stdio to the container), the agent as child subreaper so that container exits are seen.
 
-`bundle_config()` is a pure function; `Sandbox.start()` is the only place that starts one.
+`bundle_config()` is a pure function (the preview's fields for `oci.config()`, the builder
+shared with the exec sandbox); `Sandbox.start()` is the only place that starts one.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ LINK_BLOCKS = ipaddress.ip_network("10.64.0.0/10")
 LINKS_PER_INSTANCE = 256
 POOL_SIZE = 2
 PR_SET_CHILD_SUBREAPER = 36
-CFS_PERIOD_US = 100_000
 
 
 class SandboxError(runner.CommandError):
@@ -91,91 +92,31 @@ def sandbox_env(extra: Mapping[str, str] | None = None) -> list[str]:
     return [f"{key}={value}" for key, value in env.items()]
 
 
-def _bind(source: str | Path, destination: str, *, readonly: bool) -> dict[str, Any]:
-    options = ["rbind", "nosuid", "nodev", "ro" if readonly else "rw"]
-    return {"destination": destination, "type": "bind", "source": str(source), "options": options}
-
-
-def system_mounts() -> list[dict[str, Any]]:
-    """/proc, /dev, a private /tmp and the host's system directories read-only."""
-    mounts: list[dict[str, Any]] = [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-        # runc gives a tmpfs its mount point's mode: the skeleton's tmp is 1777 (rootfs_skeleton).
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "nodev", "mode=1777", "size=262144k"]},
-    ]
-    for directory in oci.HOST_SYSTEM_DIRS:
-        host = Path(directory)
-        if host.is_dir() and not host.is_symlink():
-            mounts.append(_bind(host, directory, readonly=True))
-    mounts.append(_bind(oci.hosts_path(), "/etc/hosts", readonly=True))
-    return mounts
-
-
-def resources(*, memory_mb: int, cpus: float, pids: int) -> dict[str, Any]:
-    limit = memory_mb * 1024 * 1024
-    return {
-        # swap = memory: the app cannot escape its limit into swap.
-        "memory": {"limit": limit, "swap": limit},
-        "cpu": {"quota": int(cpus * CFS_PERIOD_US), "period": CFS_PERIOD_US},
-        "pids": {"limit": pids},
-    }
-
-
 def bundle_config(spec: Spec, *, rootfs: Path) -> dict[str, Any]:
     """The OCI config.json of a sandbox (pure: no I/O beyond looking at the host's /)."""
-    uid = spec.uid if spec.uid is not None else settings.SANDBOX_UID
-    mounts = system_mounts()
-    # After /tmp, so that a workspace under /tmp (tests) is mounted on top of the private tmpfs.
+    mounts: list[dict[str, Any]] = []
     if spec.workspace_from is None:
-        mounts.append(_bind(spec.workspace, str(spec.workspace), readonly=False))
+        mounts.append(oci.bind(spec.workspace, str(spec.workspace), readonly=False))
     else:
-        slave = _bind(spec.workspace_from, str(spec.workspace), readonly=True)
+        slave = oci.bind(spec.workspace_from, str(spec.workspace), readonly=True)
         slave["options"].append("rslave")
         mounts.append(slave)
-    mounts += [_bind(src, dst, readonly=ro) for src, dst, ro in spec.binds]
-    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "mount", "ipc", "uts")]
-    namespaces.append({"type": "network", **({"path": str(spec.netns)} if spec.netns else {})})
-    no_caps: dict[str, list[str]] = {k: [] for k in
-                                     ("bounding", "effective", "inheritable", "permitted",
-                                      "ambient")}
-    return {
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": False,
-            "user": {"uid": uid, "gid": uid},
-            "args": list(spec.args),
-            "env": sandbox_env(spec.env),
-            "cwd": str(spec.cwd or spec.workspace),
-            "noNewPrivileges": True,
-            "capabilities": no_caps,
-        },
-        "root": {"path": str(rootfs), "readonly": True},
-        "hostname": spec.hostname,
-        "mounts": mounts,
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": f"/weldr-{settings.INSTANCE_ID}/{spec.name}",
-            "resources": resources(
-                memory_mb=spec.memory_mb or settings.SANDBOX_MEMORY_MB,
-                cpus=spec.cpus or settings.SANDBOX_CPUS,
-                pids=spec.pids or settings.SANDBOX_PIDS,
-            ),
-            **oci.hardening(),
-        },
-    }
+    mounts += [oci.bind(src, dst, readonly=ro) for src, dst, ro in spec.binds]
+    return oci.config(oci.SandboxConfig(
+        name=spec.name, args=spec.args, env=sandbox_env(spec.env),
+        cwd=str(spec.cwd or spec.workspace), hostname=spec.hostname,
+        uid=spec.uid if spec.uid is not None else settings.SANDBOX_UID,
+        memory_mb=spec.memory_mb or settings.SANDBOX_MEMORY_MB,
+        cpus=spec.cpus or settings.SANDBOX_CPUS,
+        pids=spec.pids or settings.SANDBOX_PIDS,
+        mounts=mounts, netns=spec.netns,
+    ), rootfs=rootfs)
 
 
 def sandbox_rootfs() -> Path:
     """The shared, empty root of every sandbox of this instance (mount points only)."""
     rootfs = settings.RUNTIME_DIR / "rootfs"
-    if not (rootfs / "tmp").is_dir():
+    if not (rootfs / "etc").is_dir():
         oci.rootfs_skeleton(rootfs)
     oci.hosts_file()
     # The private /tmp tmpfs takes this directory's mode (SANDBOX.md's 1777 trap).

@@ -7,6 +7,11 @@ file descriptors (SCM_RIGHTS): the read end of the command's stdin pipe and the 
 stdout and stderr pipes. Output therefore flows from the command straight to the agent; this
 process never copies it.
 
+The socket is not ours to make: the agent binds it on the host, in a directory the sandbox has
+no path to, and gives it to us as our standard input; we only listen() on it (so that the
+agent's SO_PEERCRED check names this process) and accept. Whatever a command does inside the
+sandbox, it cannot replace the socket with a link or serve it in our place.
+
 Protocol on the connection (newline-delimited JSON):
   agent -> daemon  {"argv": [...], "cwd": "/workspace/x", "env": {...}, "timeout": 60.0}
   daemon -> agent  {"event": "start", "pid": N} | {"event": "error", "detail": "..."}
@@ -17,6 +22,15 @@ The daemon enters a user namespace of its own (mapping only its uid) at start; e
 then cloned as PID 1 of a new PID (and mount) namespace, so killing it kills every process it
 started, including ones that called setsid() or ignore SIGTERM. Where the kernel refuses user
 namespaces, commands get their own session and the process group is killed instead.
+
+No user namespace beyond that one: right after entering it and before serving anything, the
+daemon installs a seccomp filter of its own (`deny_new_namespaces`, classic BPF) that every
+command inherits and cannot remove: clone and unshare with CLONE_NEWUSER and setns fail with
+EPERM, clone3 (whose flags seccomp cannot read) with ENOSYS so that libc falls back to clone,
+and system calls of another ABI (32-bit, x32) with ENOSYS, as they would slip past the
+numbers checked. The runtime's own profile cannot say this for us: it applies from the
+container's start, to the daemon's one unshare as well. A user namespace of a command's own
+would make it root over its own namespaces, in reach of most of the kernel's attack surface.
 
 The clone, the /proc mount and setsid() are done ahead of time: one "spare" child waits on a
 socketpair for the next request, so a request costs a message and an exec (the clone of this
@@ -45,6 +59,14 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNS = 0x00020000
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}
+# Audit architecture, and the numbers of clone, unshare, clone3 and setns, per machine.
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+NAMESPACE_SYSCALLS = {"x86_64": (56, 272, 435, 308), "aarch64": (220, 97, 435, 268)}
+X32_SYSCALL_BIT = 0x40000000
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+BPF_LD_W_ABS, BPF_JEQ, BPF_JGE, BPF_JSET, BPF_RET = 0x20, 0x15, 0x35, 0x45, 0x06
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+EPERM, ENOSYS = 1, 38
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 FDS_PER_REQUEST = 3
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -95,6 +117,55 @@ def enter_user_namespace() -> bool:
         with open(f"/proc/self/{name}", "w") as handle:
             handle.write(text)
     return True
+
+
+def namespace_filter(machine: str) -> bytes:
+    """The classic BPF program of `deny_new_namespaces` (struct sock_filter[]), pure.
+
+    seccomp_data: nr at offset 0, arch at 4, args[0] at 16 (its low half: little-endian).
+    """
+    clone, unshare, clone3, setns = NAMESPACE_SYSCALLS[machine]
+    # (code, jump if true, jump if false, k); jumps name a label or are 0 (next instruction).
+    program: list[tuple[int, str | int, str | int, int]] = [
+        (BPF_LD_W_ABS, 0, 0, 4),
+        (BPF_JEQ, 0, "nosys", AUDIT_ARCH[machine]),
+        (BPF_LD_W_ABS, 0, 0, 0),
+        (BPF_JGE, "nosys", 0, X32_SYSCALL_BIT),
+        (BPF_JEQ, "flags", 0, clone),
+        (BPF_JEQ, "flags", 0, unshare),
+        (BPF_JEQ, "nosys", 0, clone3),
+        (BPF_JEQ, "perm", "allow", setns),
+    ]
+    labels: dict[str, int] = {}
+    tail = {"flags": [(BPF_LD_W_ABS, 0, 0, 16), (BPF_JSET, "perm", "allow", CLONE_NEWUSER)],
+            "allow": [(BPF_RET, 0, 0, SECCOMP_RET_ALLOW)],
+            "perm": [(BPF_RET, 0, 0, SECCOMP_RET_ERRNO | EPERM)],
+            "nosys": [(BPF_RET, 0, 0, SECCOMP_RET_ERRNO | ENOSYS)]}
+    for label, instructions in tail.items():
+        labels[label] = len(program)
+        program += instructions
+    code = b""
+    for pc, (op, jt, jf, k) in enumerate(program):
+        jumps = [labels[j] - pc - 1 if isinstance(j, str) else j for j in (jt, jf)]
+        code += struct.pack("HBBI", op, jumps[0], jumps[1], k)
+    return code
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def deny_new_namespaces() -> None:
+    """Install `namespace_filter` on this process (inherited by every child); raise if the
+    kernel refuses: the daemon must not serve without it."""
+    program = namespace_filter(platform.machine())
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    for args in ((PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+                 (PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)):
+        if _libc.prctl(*[ctypes.c_ulong(a) for a in args]) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"prctl{args[:2]}: {os.strerror(code)}")
 
 
 def clone_command() -> int:
@@ -187,14 +258,22 @@ def _received_fds(ancdata: list) -> list[int]:
     return fds
 
 
+def listener_from_stdin() -> socket.socket:
+    """The control socket the agent bound for us, given as our stdin; stdin becomes /dev/null."""
+    listener = socket.socket(fileno=os.dup(0))  # dup: not inherited by commands
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return listener
+
+
 class Daemon:
-    def __init__(self, path: str) -> None:
+    def __init__(self, listener: socket.socket) -> None:
         self.nested = enter_user_namespace()
+        deny_new_namespaces()
         self.selector = selectors.DefaultSelector()
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if os.path.exists(path):
-            os.unlink(path)
-        self.listener.bind(path)
+        self.listener = listener
+        # Listening here (not in the agent): the peer credentials the agent checks are ours.
         self.listener.listen(128)
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.by_pid: dict[int, Command] = {}
@@ -376,4 +455,4 @@ class Daemon:
 
 
 if __name__ == "__main__":
-    Daemon(sys.argv[1]).serve()
+    Daemon(listener_from_stdin()).serve()

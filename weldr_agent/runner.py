@@ -150,15 +150,19 @@ def run(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = 
 
 
 def spawn(argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None,
-          cwd: str | Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a daemon in its own session with stdout and stderr appended to `log_path`."""
+          cwd: str | Path | None = None, stdin: int | None = None) -> subprocess.Popen[bytes]:
+    """Start a daemon in its own session with stdout and stderr appended to `log_path`.
+
+    `stdin`: a descriptor to give it as its standard input (the exec sandbox's control
+    socket); /dev/null by default."""
     argv = [str(part) for part in argv]
     logger.info("+ %s &> %s", _describe(argv), log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         try:
             return subprocess.Popen(
-                argv, stdin=DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                argv, stdin=DEVNULL if stdin is None else stdin, stdout=log,
+                stderr=subprocess.STDOUT,
                 env=dict(env) if env is not None else clean_env(), cwd=cwd,
                 start_new_session=True,
             )

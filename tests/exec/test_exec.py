@@ -291,3 +291,20 @@ def test_a_dead_spare_child_does_not_break_the_next_command(http: httpx.Client,
     for _ in range(3):
         assert run(http, bucket, "echo $$")["stdout"] == "1\n"
     assert runner.wait_until(lambda: len(spares()) == 1, timeout=10)
+
+
+def test_the_sandbox_has_its_own_cgroup_with_memory_swap_and_pids_limits(
+        agent, http: httpx.Client, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    # where the kernel puts a command: the sandbox's own cgroup (cgroup v1: the host's path)
+    listed = run(http, bucket, "cat /proc/self/cgroup")["stdout"]
+    paths = {line.split(":")[1]: line.split(":")[2] for line in listed.splitlines()}
+    instance = agent.env["WELDR_INSTANCE_ID"]
+    assert paths["memory"] == f"/weldr-{instance}/weldr-{instance}-exec-{bucket}", listed
+
+    memory = Path("/sys/fs/cgroup/memory") / paths["memory"].lstrip("/")
+    limit = int((memory / "memory.limit_in_bytes").read_text())
+    assert limit == 512 * 1024 * 1024  # SANDBOX_MEMORY_MB's default
+    # memory + swap = memory: no swap use beyond the limit
+    assert int((memory / "memory.memsw.limit_in_bytes").read_text()) == limit
+    pids = Path("/sys/fs/cgroup/pids") / paths["pids"].lstrip("/")
+    assert (pids / "pids.max").read_text().strip() == "512"  # SANDBOX_PIDS's default

@@ -46,13 +46,14 @@ def test_bundle_mounts_system_dirs_read_only_and_the_workspace_read_write(
                                    rootfs=tmp_path / "rootfs")
 
     mounts = {m["destination"]: m for m in config["mounts"]}
-    for directory in ("/usr", "/etc"):
+    for directory in ("/usr", "/etc", "/etc/ssl/certs"):
         assert "ro" in mounts[directory]["options"]
     assert "rw" in mounts[str(tmp_path / "ws")]["options"]
     assert "ro" in mounts["/.weldr/run.sh"]["options"]
-    # its own hosts file over the host's: the sandbox's host name resolves without DNS
-    assert mounts["/etc/hosts"]["source"] == str(oci.hosts_path())
-    assert order_of(config, "/etc") < order_of(config, "/etc/hosts")
+    # its own /etc (with its own hosts file), never the host's; the host's CA certificates
+    assert mounts["/etc"]["source"] == str(oci.hosts_path().parent) != "/etc"
+    assert mounts["/etc/ssl/certs"]["source"] == "/etc/ssl/certs"
+    assert order_of(config, "/etc") < order_of(config, "/etc/ssl/certs")
     assert mounts["/tmp"]["type"] == "tmpfs" and "mode=1777" in mounts["/tmp"]["options"]
     order = [m["destination"] for m in config["mounts"]]
     # A workspace under /tmp must be mounted on top of the private /tmp, not hidden by it.
