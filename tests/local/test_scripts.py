@@ -93,7 +93,7 @@ def test_backup_and_restore_on_a_wiped_machine(machine: Machine, bucket: str):
     restored = machine.run("create-branch-dir.sh", "--restore", "--bucket", bucket, "b1", "p1")
     # then
     assert tree(Path(restored.stdout.strip())) == before
-    assert not (branch / ".weldr-restoring").exists()
+    assert not (machine.state("b1") / "restoring").exists()
 
 
 def test_deletes_propagate_to_s3(machine: Machine, bucket: str):
@@ -204,8 +204,8 @@ def test_interrupted_sync_is_completed_by_the_next_sync(machine: Machine, bucket
 
 
 def test_sync_refuses_a_half_restored_directory(machine: Machine, bucket: str):
-    branch = create(machine, bucket)
-    (branch / ".weldr-restoring").touch()
+    create(machine, bucket)
+    (machine.state("b1") / "restoring").touch()
     result = machine.run("sync-to-s3.sh", "--bucket", bucket, "b1", "p1", check=False)
     assert result.returncode == 1 and "being restored" in result.stderr
     assert s3_keys(bucket) == set()
@@ -229,7 +229,7 @@ def make_branch(machine: Machine, bucket: str, name: str, age_hours: int) -> Pat
     write(branch, "big.bin", os.urandom(10 * 1024 * 1024))
     machine.run("sync-to-s3.sh", "--bucket", bucket, name, "p1")
     stamp = time.time() - age_hours * 3600
-    os.utime(branch / ".weldr-lastused", (stamp, stamp))
+    os.utime(machine.state(name) / "lastused", (stamp, stamp))
     return branch
 
 
@@ -240,7 +240,7 @@ def test_lru_removes_the_oldest_unused_directories_until_space_is_free(small_dis
     branches = {name: make_branch(machine, bucket, name, age)
                 for name, age in (("b1", 40), ("b2", 30), ("b3", 20), ("b4", 10))}
     write(branches["b2"], "unsynced.txt", "work not yet backed up")
-    holder = open(branches["b1"] / ".weldr-inuse", "a")  # noqa: SIM115
+    holder = open(machine.state("b1") / "inuse", "a")  # noqa: SIM115
     fcntl.flock(holder, fcntl.LOCK_SH)
     try:
         free = int(runner.run(["df", "-Pm", machine.branches], timeout=10)
