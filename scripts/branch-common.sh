@@ -125,12 +125,51 @@ rclone_init() {
   export RCLONE_TIMEOUT="${RCLONE_TIMEOUT:-5m}"
   unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_PROFILE
   REMOTE="weldrs3:$BUCKET/branches/$BRANCH_ID"
-  # --links: a symlink is stored as a link (`.rclonelink`), never followed.
+  # Flags of the transfers between S3 and the branch directory (rclone_confined): --links
+  # stores a symlink as a link (`.rclonelink`), never following it.
   RCLONE_FLAGS=(--links --metadata --checksum --fast-list
                 --transfers "${WELDR_RCLONE_TRANSFERS:-8}" --log-level NOTICE)
+  RCLONE_LOG=""
   if [[ -n "${WELDR_LOG_FILE:-}" && -w "$(dirname "$WELDR_LOG_FILE")" ]]; then
-    RCLONE_FLAGS+=(--log-file "$WELDR_LOG_FILE")
+    RCLONE_LOG="$WELDR_LOG_FILE"
+    RCLONE_FLAGS+=(--log-file /log/rclone.log)
   fi
+}
+
+# rclone_confined [--ro] ARGS...: rclone ARGS, run chrooted (in a private mount namespace) into
+# an empty root where the branch directory is /w, $TMP (when set) is /t and the log is
+# /log/rclone.log; nothing else of the host is there but rclone, /dev/null and what name
+# resolution and TLS read (/etc/ssl, resolv.conf, hosts). Why: rclone opens the workspace's
+# files by path, as root, while the sandbox may be changing them. A directory swapped for a
+# link to /proc/self or /etc between rclone's listing and its open would otherwise have it
+# read a host file (and upload it to the bucket, whence a restore hands it to the sandbox);
+# in this root every path, absolute links included, resolves inside it. --ro: /w is read-only.
+rclone_confined() {
+  local access=rw root
+  if [[ "$1" == --ro ]]; then access=ro; shift; fi
+  root="$(mktemp -d)"
+  mkdir -p -- "$root/w" "$root/t" "$root/bin" "$root/dev" "$root/log" "$root/etc/ssl"
+  touch -- "$root/bin/rclone" "$root/dev/null" "$root/log/rclone.log" "$root/etc/resolv.conf" \
+    "$root/etc/hosts"
+  [[ -z "$RCLONE_LOG" ]] || touch -- "$RCLONE_LOG"
+  local code=0
+  unshare --mount --propagation private -- bash -euc '
+    root="$1" dir="$2" access="$3" rclone="$4" tmp="$5" log="$6"; shift 6
+    mount --bind -o "$access,nosuid,nodev" -- "$dir" "$root/w"
+    [[ -z "$tmp" ]] || mount --bind -o nosuid,nodev -- "$tmp" "$root/t"
+    [[ -z "$log" ]] || mount --bind -- "$log" "$root/log/rclone.log"
+    mount --bind -o ro -- "$rclone" "$root/bin/rclone"
+    mount --bind -- /dev/null "$root/dev/null"
+    [[ ! -d /etc/ssl ]] || mount --rbind -o ro -- /etc/ssl "$root/etc/ssl"
+    for name in resolv.conf hosts; do
+      [[ ! -e "/etc/$name" ]] || mount --bind -o ro -- "/etc/$name" "$root/etc/$name"
+    done
+    exec chroot -- "$root" /bin/rclone "$@"
+  ' rclone-confined "$root" "$BRANCH_DIR" "$access" "$RCLONE" "${TMP:-}" "$RCLONE_LOG" "$@" \
+    || code=$?
+  # The mounts went with the namespace: what is left is empty directories and files.
+  rm -rf --one-file-system -- "$root"
+  return "$code"
 }
 
 # read_complete FILE: fetch $REMOTE/COMPLETE into FILE (empty when nothing was ever backed up).

@@ -56,27 +56,27 @@ expected_md5="$(sed -n 's/^tree_md5=//p' "$TMP/complete")"
   || die "manifest-$generation.md5 does not match COMPLETE's tree_md5"
 log "restore $REMOTE generation $generation ($expected_files files) -> $BRANCH_DIR"
 
-"$RCLONE" sync "${RCLONE_FLAGS[@]}" -- "$REMOTE/tree" "$BRANCH_DIR" \
+rclone_confined sync "${RCLONE_FLAGS[@]}" -- "$REMOTE/tree" /w \
   || die "rclone sync from $REMOTE/tree failed"
 
 # Backups of attempts after generation N hold generation N's versions of what they replaced or
 # deleted. Newest first, so that the oldest attempt's copy (generation N's) is written last.
 while IFS= read -r name; do
   log "putting back files from interrupted sync backup/$name"
-  "$RCLONE" copy "${RCLONE_FLAGS[@]}" --ignore-times -- "$REMOTE/backup/$name" "$BRANCH_DIR" \
+  rclone_confined copy "${RCLONE_FLAGS[@]}" --ignore-times -- "$REMOTE/backup/$name" /w \
     || die "rclone copy from $REMOTE/backup/$name failed"
 done < <("$RCLONE" lsf --dirs-only "$REMOTE/backup" 2>/dev/null | sed 's:/$::' \
          | awk -v g="$generation" -F- '$1 + 0 > g + 0' | LC_ALL=C sort -r)
 
 check() {  # check: compare the directory with the manifest; "- path" lines are extra files
-  "$RCLONE" checksum md5 --links --log-level ERROR \
-    --combined "$TMP/combined" -- "$TMP/manifest" "$BRANCH_DIR" 2>/dev/null || true
+  rclone_confined checksum md5 --links --log-level ERROR \
+    --combined /t/combined -- /t/manifest /w 2>/dev/null || true
 }
 check
 sed -n 's/^- //p' "$TMP/combined" >"$TMP/extra"
 if [[ -s "$TMP/extra" ]]; then
   log "removing $(wc -l <"$TMP/extra") files added by an interrupted sync"
-  "$RCLONE" delete --files-from-raw "$TMP/extra" -- "$BRANCH_DIR" \
+  rclone_confined delete --files-from-raw /t/extra -- /w \
     || die "could not remove files added by an interrupted sync"
   check
 fi

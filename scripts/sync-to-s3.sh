@@ -52,8 +52,8 @@ next=$((10#$generation + 1))
 attempt="$(printf '%010d' "$next")-$(date -u +%Y%m%dT%H%M%S%N)"
 log "sync $BRANCH_DIR -> $REMOTE/tree (generation $next, attempt $attempt)"
 
-"$RCLONE" sync "${RCLONE_FLAGS[@]}" --backup-dir "$REMOTE/backup/$attempt" \
-  -- "$BRANCH_DIR" "$REMOTE/tree" \
+rclone_confined --ro sync "${RCLONE_FLAGS[@]}" --backup-dir "$REMOTE/backup/$attempt" \
+  -- /w "$REMOTE/tree" \
   || die "rclone sync to $REMOTE/tree failed; S3 still holds generation $generation (see log)"
 
 # The manifest is what S3 now holds (not the local tree, which may have changed meanwhile).

@@ -291,3 +291,35 @@ def test_user_env_never_carries_the_agents_secrets(machine: Machine):
     bad = runner.run([SCRIPTS / "weldr-user-env.sh", "--port", "1;id"], env=env, timeout=30,
                      check=False)
     assert bad.returncode == 2 and bad.stdout == ""
+
+
+def test_rclone_reads_the_workspace_where_no_link_leads_out(machine: Machine, bucket: str):
+    # given a workspace with links to host places (as a directory swapped for a link between
+    # rclone's listing and its open would be followed: --copy-links follows them on purpose)
+    branch = create(machine, bucket)
+    (branch / "etc").symlink_to("/etc")
+    (branch / "env").symlink_to("/proc/self/environ")
+    prelude = (f"set -o pipefail; source {SCRIPTS}/branch-common.sh; "
+               f"parse_branch_args --bucket {bucket} b1 p1; rclone_init; ")
+    scratch = machine.root / "tmp"
+    scratch.mkdir()
+
+    def run(command: str) -> str:
+        return runner.run(["bash", "-c", prelude + command],
+                          env={**machine.env, "TMPDIR": str(scratch)}, timeout=120,
+                          check=False).stdout
+
+    # when rclone follows them outside the confinement, it reads the host (the contrast)
+    plain = run('"$RCLONE" lsf -R --copy-links --max-depth 2 "$BRANCH_DIR"; '
+                '"$RCLONE" cat --copy-links "$BRANCH_DIR/env" | tr "\\0" "\\n"')
+    assert "etc/passwd" in plain and "S3_SECRET_ACCESS_KEY" in plain
+    # then inside it, the same links lead nowhere but into the empty root
+    confined = run("rclone_confined --ro lsf -R --copy-links --max-depth 2 /w; "
+                   'rclone_confined --ro cat --copy-links /w/env | tr "\\0" "\\n" '
+                   "|| echo no-environ")
+    assert "etc/passwd" not in confined and "S3_SECRET_ACCESS_KEY" not in confined
+    assert machine.env["S3_SECRET_ACCESS_KEY"] not in confined
+    assert "no-environ" in confined
+    # and nothing of the confinement is left behind: no root directory, no mount
+    assert list(scratch.iterdir()) == []
+    assert str(scratch) not in Path("/proc/self/mountinfo").read_text()
