@@ -337,10 +337,12 @@ def legacy_layout(root_names: set[str], weldr: Node | None, image: Node | None) 
     its root is empty (a new volume: the request or the setting decides).
 
     IMAGE only when nothing but the agent can have made the image: the root holds nothing but
-    `.weldr`, a directory owned by root with mode 0700 (as `image_create` makes it), holding a
-    regular file owned by root. The sandbox (uid 1000, no CAP_CHOWN) cannot own anything by
-    root, and the files API creates everything as uid 1000: a files workspace where anyone
-    made `.weldr/workspace.ext4` stays FILES.
+    `.weldr`, a directory owned by root with mode 0700 (as `image_create` makes it, whatever
+    the umask), holding a regular file owned by root. The sandbox (uid 1000, no CAP_CHOWN)
+    cannot make anything owned by root, nor write in a root-owned 0700 directory (JuiceFS
+    checks permissions in the kernel: default_permissions), and the files API creates
+    everything as uid 1000: a files workspace where anyone made `.weldr/workspace.ext4`
+    stays FILES.
     """
     names = root_names - {".trash"}
     if not names:
@@ -348,7 +350,7 @@ def legacy_layout(root_names: set[str], weldr: Node | None, image: Node | None) 
     made_by_agent = (names == {IMAGE_DIR} and weldr is not None and image is not None
                      and weldr.kind == NODE_DIR and weldr.uid == 0 and weldr.gid == 0
                      and weldr.mode & 0o7777 == 0o700
-                     and image.kind == NODE_FILE and image.uid == 0 and image.mode & 0o6022 == 0)
+                     and image.kind == NODE_FILE and image.uid == 0)
     return IMAGE if made_by_agent else FILES
 
 

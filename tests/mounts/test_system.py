@@ -227,7 +227,6 @@ AGENT_IMAGE = system.Node(system.NODE_FILE, 0o644, 0, 0)
     # what a sandbox (uid 1000) or the files API can make in a files workspace: files
     ({".weldr"}, system.Node(system.NODE_DIR, 0o700, 1000, 1000), AGENT_IMAGE, "files"),
     ({".weldr"}, AGENT_DIR, system.Node(system.NODE_FILE, 0o644, 1000, 1000), "files"),
-    ({".weldr"}, AGENT_DIR, system.Node(system.NODE_FILE, 0o4755, 0, 0), "files"),
     ({".weldr"}, system.Node(system.NODE_DIR, 0o755, 0, 0), AGENT_IMAGE, "files"),
     ({".weldr"}, AGENT_DIR, None, "files"),
     ({".weldr", "src"}, AGENT_DIR, AGENT_IMAGE, "files"),
