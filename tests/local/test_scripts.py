@@ -323,3 +323,32 @@ def test_rclone_reads_the_workspace_where_no_link_leads_out(machine: Machine, bu
     # and nothing of the confinement is left behind: no root directory, no mount
     assert list(scratch.iterdir()) == []
     assert str(scratch) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_markers_live_beside_the_directory_and_old_ones_in_it_are_unlinked(machine: Machine,
+                                                                          bucket: str,
+                                                                          tmp_path: Path):
+    # given a directory left by an older version: its markers inside, one of them a link that
+    # the sandbox planted to a host file
+    branch = create(machine, bucket)
+    host = tmp_path / "host-file"
+    host.write_text("precious\n")
+    (branch / ".weldr-bucket").symlink_to(host)
+    (branch / ".weldr-inuse").write_text("")
+    # when it is used again and backed up
+    create(machine, bucket)
+    write(branch, "a.txt", "a")
+    machine.run("sync-to-s3.sh", "--bucket", bucket, "b1", "p1")
+    # then the old names are gone (the link unlinked, its target untouched) and the markers
+    # are beside the directory, in a root-only place
+    assert not (branch / ".weldr-bucket").is_symlink() and not (branch / ".weldr-inuse").exists()
+    assert host.read_text() == "precious\n"
+    state = machine.state("b1")
+    assert (state / "bucket").read_text() == f"{bucket}\n"
+    names = {path.name for path in state.iterdir()}
+    assert {"inuse", "lastused", "synced", "sync.lock", "bucket"} <= names
+    assert oct((machine.branches / ".meta").stat().st_mode & 0o777) == "0o700"
+    # and a `.weldr-*` name is now an ordinary file: backed up like any other
+    write(branch, ".weldr-notes", "mine")
+    machine.run("sync-to-s3.sh", "--bucket", bucket, "b1", "p1")
+    assert "branches/b1/tree/.weldr-notes" in s3_keys(bucket)
