@@ -299,6 +299,7 @@ def test_rclone_reads_the_workspace_where_no_link_leads_out(machine: Machine, bu
     branch = create(machine, bucket)
     (branch / "etc").symlink_to("/etc")
     (branch / "env").symlink_to("/proc/self/environ")
+    write(branch, "mine.txt", "x")
     prelude = (f"set -o pipefail; source {SCRIPTS}/branch-common.sh; "
                f"parse_branch_args --bucket {bucket} b1 p1; rclone_init; ")
     scratch = machine.root / "tmp"
@@ -319,7 +320,7 @@ def test_rclone_reads_the_workspace_where_no_link_leads_out(machine: Machine, bu
                    "|| echo no-environ")
     assert "etc/passwd" not in confined and "S3_SECRET_ACCESS_KEY" not in confined
     assert machine.env["S3_SECRET_ACCESS_KEY"] not in confined
-    assert "no-environ" in confined
+    assert "no-environ" in confined and "mine.txt" in confined
     # and nothing of the confinement is left behind: no root directory, no mount
     assert list(scratch.iterdir()) == []
     assert str(scratch) not in Path("/proc/self/mountinfo").read_text()
@@ -333,6 +334,8 @@ def test_markers_live_beside_the_directory_and_old_ones_in_it_are_unlinked(machi
     branch = create(machine, bucket)
     host = tmp_path / "host-file"
     host.write_text("precious\n")
+    for name in (".weldr-bucket", ".weldr-inuse"):
+        (branch / name).unlink(missing_ok=True)
     (branch / ".weldr-bucket").symlink_to(host)
     (branch / ".weldr-inuse").write_text("")
     # when it is used again and backed up
@@ -341,8 +344,8 @@ def test_markers_live_beside_the_directory_and_old_ones_in_it_are_unlinked(machi
     machine.run("sync-to-s3.sh", "--bucket", bucket, "b1", "p1")
     # then the old names are gone (the link unlinked, its target untouched) and the markers
     # are beside the directory, in a root-only place
-    assert not (branch / ".weldr-bucket").is_symlink() and not (branch / ".weldr-inuse").exists()
     assert host.read_text() == "precious\n"
+    assert not (branch / ".weldr-bucket").is_symlink() and not (branch / ".weldr-inuse").exists()
     state = machine.state("b1")
     assert (state / "bucket").read_text() == f"{bucket}\n"
     names = {path.name for path in state.iterdir()}
