@@ -284,8 +284,8 @@ def fuse_options_merge(extra: list[str]) -> list[str]:
             options.append(extra[index + 1])
             index += 2
             continue
-        if item.startswith("-o=") or (item.startswith("-o") and len(item) > 2):
-            options.append(item[3:] if item.startswith("-o=") else item[2:])
+        if item.startswith("-o="):
+            options.append(item[len("-o="):])
         else:
             rest.append(item)
         index += 1

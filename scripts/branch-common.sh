@@ -167,8 +167,13 @@ rclone_confined() {
     exec chroot -- "$root" /bin/rclone "$@"
   ' rclone-confined "$root" "$BRANCH_DIR" "$access" "$RCLONE" "${TMP:-}" "$RCLONE_LOG" "$@" \
     || code=$?
-  # The mounts went with the namespace: what is left is empty directories and files.
-  rm -rf --one-file-system -- "$root"
+  # The mounts went with the namespace: what is left is empty files and directories. Removed
+  # one by one, never recursively: were a mount still there, this fails instead of descending.
+  rm -f -- "$root/bin/rclone" "$root/dev/null" "$root/log/rclone.log" "$root/etc/resolv.conf" \
+    "$root/etc/hosts" \
+    && rmdir -- "$root/w" "$root/t" "$root/bin" "$root/dev" "$root/log" "$root/etc/ssl" \
+      "$root/etc" "$root" \
+    || log "could not remove $root"
   return "$code"
 }
 

@@ -105,12 +105,12 @@ def test_mount_argv_has_the_design_options_and_honours_overrides(settings, tmp_p
 
 def test_an_operators_fuse_options_never_drop_nosuid_nodev(settings):
     # juicefs keeps only the last -o: ours and the operator's are joined into one
-    settings.FS_MOUNT_OPTIONS = "-o allow_other --enable-xattr -o=ro"
+    settings.FS_MOUNT_OPTIONS = "-o allow_other --enable-xattr -o=ro -open-cache 5"
     argv = system.juicefs_mount_argv("juicefs", system.paths("b-1"), system.Budget(1, 1),
                                      free_ratio=0.1)
     assert argv.count("-o") == 1 and not any(item.startswith("-o=") for item in argv)
     assert _flag(argv, "-o") == "nosuid,nodev,allow_other,ro"
-    assert "--enable-xattr" in argv
+    assert "--enable-xattr" in argv and argv[-4:-2] == ["-open-cache", "5"]
 
 
 def test_writeback_off_drops_writeback_and_upload_delay(settings):
