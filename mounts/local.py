@@ -4,6 +4,10 @@ With WORKSPACE_MODE=local, `mounts.services` hands the machine work to this modu
 means "restored from S3, present and pinned". The scripts in scripts/ do the work (create,
 restore, back up, LRU clean-up); this module runs them, pins directories in use and backs up
 changed ones on a timer. Layout, sync protocol and the in-use lock: docs/local-mode.md.
+
+A branch directory is a sandbox's workspace: its markers (in use, synced, restoring, ...) live
+beside it in `state_dir(bucket)`, root-only, never inside it, and nothing here follows a link
+in it (`dirty` walks it by file descriptors without following symlinks).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 ORDER = 20
 _PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-# bucket -> the open .weldr-inuse holding a shared flock: cleanup-lru.sh never removes it.
+# bucket -> the open state_dir/inuse holding a shared flock: cleanup-lru.sh never removes it.
 _pins: dict[str, IO[str]] = {}
 _pins_lock = threading.Lock()
 # One sync per bucket at a time within this process (the scripts also flock across processes).
@@ -51,6 +55,20 @@ def project_key() -> str:
 def branch_dir(bucket: str) -> Path:
     """BRANCHES_DIR/<project>/<bucket>: the bucket is the branch's id on this machine."""
     return settings.BRANCHES_DIR / project_key() / bucket
+
+
+# The markers' directory of every branch directory (scripts/branch-common.sh: STATE_ROOT): a
+# dot name, which no project id has, so it is never a project's directory.
+STATE_ROOT = ".meta"
+INUSE = "inuse"
+SYNCED = "synced"
+RESTORING = "restoring"
+
+
+def state_dir(bucket: str) -> Path:
+    """BRANCHES_DIR/.meta/<project>/<bucket>: the branch directory's markers, root-only (0700),
+    never in a sandbox: the workspace itself can hold any name, link or file."""
+    return settings.BRANCHES_DIR / STATE_ROOT / project_key() / bucket
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,18 +105,18 @@ def _run(script: str, bucket: str, *options: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# In use: a shared flock on <dir>/.weldr-inuse for as long as the workspace is mounted
+# In use: a shared flock on state_dir/inuse for as long as the workspace is mounted
 # ---------------------------------------------------------------------------------------------
 
 
-def _pin(bucket: str, path: Path) -> None:
+def _pin(bucket: str, state: Path) -> None:
     with _pins_lock:
         if bucket in _pins:
             return
-        handle = open(path / ".weldr-inuse", "a")  # noqa: SIM115 (held until unpinned)
+        handle = open(state / INUSE, "a")  # noqa: SIM115 (held until unpinned)
         fcntl.flock(handle, fcntl.LOCK_SH)
-        # cleanup-lru.sh may have renamed the directory away before we got the lock.
-        if os.fstat(handle.fileno()).st_ino != (path / ".weldr-inuse").stat().st_ino:
+        # cleanup-lru.sh may have removed the directory (and its markers) before we got the lock.
+        if os.fstat(handle.fileno()).st_ino != (state / INUSE).stat().st_ino:
             handle.close()
             raise MountFailed(f"The branch directory of {bucket} was removed while opening it.")
         _pins[bucket] = handle
@@ -123,12 +141,12 @@ def pinned() -> list[str]:
 
 def branch_open(bucket: str) -> bool:
     """Create (restoring from S3 when absent) and pin the branch directory; True if restored."""
-    path = branch_dir(bucket)
-    fresh = not path.is_dir() or (path / ".weldr-restoring").exists()
+    path, state = branch_dir(bucket), state_dir(bucket)
+    fresh = not path.is_dir() or (state / RESTORING).exists()
     _run("create-branch-dir.sh", bucket, "--restore")
     for attempt in range(3):
         try:
-            _pin(bucket, path)
+            _pin(bucket, state)
             break
         except (MountFailed, FileNotFoundError):
             if attempt == 2:
@@ -139,7 +157,7 @@ def branch_open(bucket: str) -> bool:
 
 def branch_healthy(bucket: str) -> bool:
     path = branch_dir(bucket)
-    return bucket in pinned() and path.is_dir() and not (path / ".weldr-restoring").exists()
+    return bucket in pinned() and path.is_dir() and not (state_dir(bucket) / RESTORING).exists()
 
 
 def branch_close(bucket: str) -> None:
@@ -156,20 +174,23 @@ def workspace_path(bucket: str) -> Path:
     return branch_dir(bucket)
 
 
-def dirty(path: Path) -> bool:
-    """True when anything changed (ctime) after the last complete sync (.weldr-synced)."""
+def dirty(path: Path, state: Path) -> bool:
+    """True when anything under `path` changed (ctime) after the last complete sync (the mtime
+    of `state`/synced).
+
+    The walk holds each directory open and lstat()s names relative to it (os.fwalk without
+    following symlinks): a directory swapped for a link mid-walk is never entered.
+    """
     try:
-        synced = (path / ".weldr-synced").stat().st_mtime_ns
+        synced = (state / SYNCED).stat().st_mtime_ns
     except FileNotFoundError:
         return True
     if path.stat().st_ctime_ns > synced:
         return True
-    for root, dirs, files in os.walk(path):
+    for _root, dirs, files, fd in os.fwalk(path, follow_symlinks=False):
         for name in dirs + files:
-            if root == str(path) and name.startswith(".weldr-"):
-                continue
             try:
-                if os.lstat(os.path.join(root, name)).st_ctime_ns > synced:
+                if os.stat(name, dir_fd=fd, follow_symlinks=False).st_ctime_ns > synced:
                     return True
             except FileNotFoundError:
                 return True
@@ -182,12 +203,12 @@ def workspace_sync(bucket: str) -> bool:
     The workflow engine calls this after every version (through mounts.services.mount_sync,
     which calls it in local mode); the timer and shutdown call it too.
     """
-    path = branch_dir(bucket)
-    if not path.is_dir() or (path / ".weldr-restoring").exists():
+    path, state = branch_dir(bucket), state_dir(bucket)
+    if not path.is_dir() or (state / RESTORING).exists():
         return False
     lock = _sync_locks.setdefault(bucket, threading.Lock())
     with lock:
-        if not dirty(path):
+        if not dirty(path, state):
             return False
         started = time.monotonic()
         out = _run("sync-to-s3.sh", bucket)

@@ -102,6 +102,27 @@ def _paths(mount: Mount) -> system.Paths:
     return system.paths(mount.bucket, mount.layout)
 
 
+def _layout_decide(p: system.Paths, origin: str, requested: str | None) -> str:
+    """The volume's layout, from its record in S3 (never from the workspace's files).
+
+    A new volume gets the request's (or the setting's) and it is recorded before anything
+    mounts it. A volume made before the record existed is read once from its metadata
+    (steps.volume_layout_legacy: image only where nothing but the agent can have made it) and
+    recorded then.
+    """
+    recorded = None if origin == "formatted" else steps.layout_record_read(p.bucket)
+    if recorded is not None:
+        volume: str | None = recorded
+    elif origin == "formatted":
+        volume = None
+    else:
+        volume = steps.volume_layout_legacy(p.meta_db)
+    layout = _layout_choose(p, volume, requested)
+    if recorded != layout:
+        steps.layout_record_write(p.bucket, layout)
+    return layout
+
+
 def _layout_choose(p: system.Paths, volume: str | None, requested: str | None) -> str:
     """The layout to mount: the volume's own; the request's (or the setting's) for a new one."""
     if volume is None:
@@ -126,9 +147,8 @@ def _machine_mount(mount: Mount, requested: str | None = None) -> None:
     try:
         steps.ensure_bucket(mount.bucket)
         origin = steps.metadata_prepare(p)
-        volume = None if origin == "formatted" else steps.volume_layout(p.meta_db)
-        fresh = volume is None
-        mount.layout = _layout_choose(p, volume, requested)
+        mount.layout = _layout_decide(p, origin, requested)
+        fresh = origin == "formatted" or steps.volume_empty(p.meta_db)
         p = _paths(mount)
         mount.save(update_fields=["layout"])
         mount.litestream_pid = steps.litestream_start(p)

@@ -551,16 +551,69 @@ def leftovers(p: system.Paths) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def volume_layout(db: Path) -> str | None:
-    """The layout a volume was made with, read from its metadata before it is mounted (a
-    remount must use it whatever WORKSPACE_LAYOUT says); None for an empty volume."""
+def layout_record_read(bucket: str) -> str | None:
+    """The layout recorded when the volume was made (system.LAYOUT_KEY); None for a volume
+    made before the record existed."""
+    try:
+        body = s3.client().get_object(Bucket=bucket, Key=system.LAYOUT_KEY)["Body"].read()
+    except ClientError as error:
+        if str(error.response.get("Error", {}).get("Code", "")) in {"NoSuchKey", "404"}:
+            return None
+        raise _storage_error(error, bucket) from error
+    except BotoCoreError as error:
+        raise _storage_error(error, bucket) from error
+    try:
+        return system.layout_parse(body.decode("utf-8", "replace"))
+    except ValueError as error:
+        # Only a holder of the S3 keys writes there: refuse rather than guess.
+        raise MountFailed(f"{system.LAYOUT_KEY} in bucket {bucket!r} is invalid: {error}") \
+            from error
+
+
+def layout_record_write(bucket: str, layout: str) -> None:
+    try:
+        s3.client().put_object(Bucket=bucket, Key=system.LAYOUT_KEY, Body=layout.encode())
+    except (ClientError, BotoCoreError) as error:
+        raise _storage_error(error, bucket) from error
+
+
+def _root_entries(connection: sqlite3.Connection, parent: int) -> dict[str, int]:
+    rows = connection.execute("SELECT name, inode FROM jfs_edge WHERE parent = ?",
+                              (parent,)).fetchall()
+    return {bytes(name).decode("utf-8", "surrogateescape"): inode for name, inode in rows}
+
+
+def _node(connection: sqlite3.Connection, inode: int | None) -> system.Node | None:
+    if inode is None:
+        return None
+    row = connection.execute("SELECT type, mode, uid, gid FROM jfs_node WHERE inode = ?",
+                             (inode,)).fetchone()
+    return system.Node(*row) if row else None
+
+
+def _metadata(db: Path) -> contextlib.closing[sqlite3.Connection]:
     # Read-write open although it only reads: nothing else has the database open yet, and a
     # read-only open of a WAL database without its -shm file fails.
-    with contextlib.closing(sqlite3.connect(db)) as connection:
-        rows = connection.execute(
-            "SELECT name FROM jfs_edge WHERE parent = ?", (system.ROOT_INODE,)).fetchall()
-    names = {bytes(row[0]).decode("utf-8", "surrogateescape") for row in rows}
-    return system.image_layout(names)
+    return contextlib.closing(sqlite3.connect(db))
+
+
+def volume_empty(db: Path) -> bool:
+    """True when the volume's root holds nothing (but JuiceFS's trash): a new volume, or one
+    whose first mount stopped before anything was written. Read before it is mounted."""
+    with _metadata(db) as connection:
+        return not set(_root_entries(connection, system.ROOT_INODE)) - {".trash"}
+
+
+def volume_layout_legacy(db: Path) -> str | None:
+    """The layout of a volume made before the layout was recorded, from its metadata (read
+    before it is mounted; see system.legacy_layout); None for an empty volume."""
+    with _metadata(db) as connection:
+        root = _root_entries(connection, system.ROOT_INODE)
+        weldr = _node(connection, root.get(system.IMAGE_DIR))
+        inside = _root_entries(connection, root[system.IMAGE_DIR]) \
+            if system.IMAGE_DIR in root else {}
+        image = _node(connection, inside.get(system.IMAGE_NAME))
+    return system.legacy_layout(set(root), weldr, image)
 
 
 def image_create(p: system.Paths) -> None:

@@ -26,6 +26,10 @@ from django.conf import settings
 VOLUME_NAME = "workspace"
 REPLICA_PATH = "weldr-meta/litestream"
 DURABLE_MARKER_KEY = "weldr-meta/durable-at"
+# The volume's layout (files | image), written when the volume is made: the sandbox has no S3
+# credentials and JuiceFS writes only under VOLUME_NAME/, so nothing in a workspace can change
+# it, and it survives the machine. Never inferred from the files (docs/mounts.md, "Layouts").
+LAYOUT_KEY = "weldr-meta/layout"
 # `juicefs format` writes this object; its absence means the volume is gone.
 VOLUME_UUID_KEY = f"{VOLUME_NAME}/juicefs_uuid"
 # After a metadata restore the block-ID counter jumps this far ahead: object keys derive from
@@ -42,8 +46,9 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "scripts" / "litestream-temp
 FILES = "files"
 IMAGE = "image"
 LAYOUTS = (FILES, IMAGE)
-# The layout is a property of the volume: an image volume's root holds this directory (and the
-# image in it), a files volume never does, so a remount — also on a new machine — finds it.
+# An image volume's JuiceFS root holds this root-only directory and the image in it. With the
+# files layout the JuiceFS root IS the workspace, so the sandbox can make the same names: their
+# presence never decides the layout (LAYOUT_KEY does; `legacy_layout` for older volumes).
 IMAGE_DIR = ".weldr"
 IMAGE_NAME = "workspace.ext4"
 _STAGED_BLOCK = re.compile(r"^\d+_\d+_\d+$")
@@ -266,8 +271,25 @@ def juicefs_mount_argv(juicefs: str, p: Paths, b: Budget, *, free_ratio: float) 
     ]
     if settings.WRITEBACK_ENABLED:
         argv += ["--writeback", "--upload-delay", settings.UPLOAD_DELAY]
-    argv += shlex.split(settings.FS_MOUNT_OPTIONS)
-    return argv
+    return argv + fuse_options_merge(shlex.split(settings.FS_MOUNT_OPTIONS))
+
+
+def fuse_options_merge(extra: list[str]) -> list[str]:
+    """`extra` with its FUSE options (`-o a,b`) joined to JUICEFS_FUSE_OPTIONS in one `-o`:
+    juicefs keeps only the last `-o`, and an operator's must not drop nosuid,nodev."""
+    options, rest, index = [JUICEFS_FUSE_OPTIONS], [], 0
+    while index < len(extra):
+        item = extra[index]
+        if item == "-o" and index + 1 < len(extra):
+            options.append(extra[index + 1])
+            index += 2
+            continue
+        if item.startswith("-o="):
+            options.append(item[len("-o="):])
+        else:
+            rest.append(item)
+        index += 1
+    return [*rest, "-o", ",".join(options)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,16 +303,55 @@ def juicefs_mount_argv(juicefs: str, p: Paths, b: Budget, *, free_ratio: float) 
 # - nodiscard: no online discard. Every freed extent would become a hole punched in the image
 #   (a JuiceFS metadata transaction) at each journal commit, during `rm -rf node_modules`;
 #   fstrim at sync and unmount releases the same space in one batch.
-EXT4_MOUNT_OPTIONS = "noatime,errors=remount-ro,nodiscard"
+# - nosuid,nodev: the image is a file of the bucket; whatever it holds (a setuid-root binary, a
+#   device node), the host gives it no meaning.
+EXT4_MOUNT_OPTIONS = "noatime,errors=remount-ro,nodiscard,nosuid,nodev"
+# JuiceFS's FUSE mounts (the files workspace, the image layout's volume), for the same reason.
+JUICEFS_FUSE_OPTIONS = "nosuid,nodev"
 
 
-def image_layout(root_names: set[str]) -> str | None:
-    """The layout of a volume whose root directory holds `root_names`; None when it is empty
-    (a new volume, or one whose first mount crashed before anything was written)."""
+def layout_parse(text: str) -> str:
+    """The layout recorded at LAYOUT_KEY; ValueError for anything else."""
+    value = text.strip()
+    if value not in LAYOUTS:
+        raise ValueError(f"not a layout: {value[:40]!r}")
+    return value
+
+
+# JuiceFS's inode types (jfs_node.type) and the root-only marks of what the agent made.
+NODE_FILE, NODE_DIR = 1, 2
+
+
+@dataclass(frozen=True)
+class Node:
+    """One jfs_node row: type, permission bits, owner."""
+
+    kind: int
+    mode: int
+    uid: int
+    gid: int
+
+
+def legacy_layout(root_names: set[str], weldr: Node | None, image: Node | None) -> str | None:
+    """The layout of a volume made before LAYOUT_KEY existed, from its metadata, once; None when
+    its root is empty (a new volume: the request or the setting decides).
+
+    IMAGE only when nothing but the agent can have made the image: the root holds nothing but
+    `.weldr`, a directory owned by root with mode 0700 (as `image_create` makes it, whatever
+    the umask), holding a regular file owned by root. The sandbox (uid 1000, no CAP_CHOWN)
+    cannot make anything owned by root, nor write in a root-owned 0700 directory (JuiceFS
+    checks permissions in the kernel: default_permissions), and the files API creates
+    everything as uid 1000: a files workspace where anyone made `.weldr/workspace.ext4`
+    stays FILES.
+    """
     names = root_names - {".trash"}
-    if IMAGE_DIR in names:
-        return IMAGE
-    return FILES if names else None
+    if not names:
+        return None
+    made_by_agent = (names == {IMAGE_DIR} and weldr is not None and image is not None
+                     and weldr.kind == NODE_DIR and weldr.uid == 0 and weldr.gid == 0
+                     and weldr.mode & 0o7777 == 0o700
+                     and image.kind == NODE_FILE and image.uid == 0)
+    return IMAGE if made_by_agent else FILES
 
 
 def mkfs_ext4_argv(image: Path, *, label: str) -> list[str]:

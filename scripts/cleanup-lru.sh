@@ -8,15 +8,17 @@ usage() {
 Usage: cleanup-lru.sh [--min-free-mb N] [--keep PROJECT/BRANCH]...
 
 Removes branch directories under $WELDR_BRANCHES_DIR, least recently used first (the mtime of
-<dir>/.weldr-lastused), until the disk has N MB free (default $WELDR_BRANCH_MIN_FREE_MB, 2048).
+<state>/lastused), until the disk has N MB free (default $WELDR_BRANCH_MIN_FREE_MB, 2048).
+<state> is $WELDR_BRANCHES_DIR/.meta/<project>/<branch>: a branch directory's markers live
+beside it (root-only), never inside the workspace.
 Prints each removed directory on stdout.
 
 Never removed:
   - a directory in use: the agent (previews, commands, workflow runs, mounted workspaces) and
-    the sync scripts hold a shared flock on <dir>/.weldr-inuse while they use it; this script
+    the sync scripts hold a shared flock on <state>/inuse while they use it; this script
     removes a directory only while holding that lock exclusively (flock -n -x);
   - a directory with changes not yet in S3: it is backed up first with sync-to-s3.sh (bucket
-    from <dir>/.weldr-bucket) and skipped when that fails;
+    from <state>/bucket) and skipped when that fails;
   - the directories named with --keep.
 
   --min-free-mb N         free space to reach
@@ -48,12 +50,15 @@ done
 find "$BRANCHES_DIR" -mindepth 1 -maxdepth 1 -name '.trash-*' -exec rm -rf -- {} +
 
 # remove_one DIR PROJECT BRANCH: back up if needed, then remove if nobody uses it.
+# rm -rf never follows a symlink inside the tree (it unlinks the link), and the directory is
+# first renamed into a root-only .trash-* directory beside it.
 remove_one() {
-  local dir="$1" project="$2" branch="$3" bucket="" fd trash
-  if is_dirty "$dir"; then
-    [[ -r "$dir/.weldr-bucket" ]] && bucket="$(<"$dir/.weldr-bucket")"
-    if [[ -z "$bucket" ]]; then
-      log "skip $dir: changes not backed up and no .weldr-bucket to back them up to"
+  local dir="$1" project="$2" branch="$3" bucket="" fd trash state
+  state="$(state_dir "$project" "$branch")"
+  if is_dirty "$dir" "$state"; then
+    [[ -r "$state/$BUCKET_FILE" ]] && bucket="$(<"$state/$BUCKET_FILE")"
+    if [[ -z "$bucket" ]] || ! valid_bucket_quiet "$bucket"; then
+      log "skip $dir: changes not backed up and no bucket recorded to back them up to"
       return 1
     fi
     if ! "$(dirname "${BASH_SOURCE[0]}")/sync-to-s3.sh" --bucket "$bucket" "$branch" "$project" \
@@ -62,19 +67,23 @@ remove_one() {
       return 1
     fi
   fi
-  exec {fd}>>"$dir/$INUSE_FILE"
+  state_init "$state"
+  exec {fd}>>"$state/$INUSE_FILE"
   if ! flock -n -x "$fd"; then
     exec {fd}>&-
     log "skip $dir: in use"
     return 1
   fi
-  if is_dirty "$dir"; then
+  if is_dirty "$dir" "$state"; then
     exec {fd}>&-
     log "skip $dir: changed while being backed up"
     return 1
   fi
   trash="$(mktemp -d "$BRANCHES_DIR/.trash-XXXXXX")"
   mv -- "$dir" "$trash/"
+  # Its markers go with it, while the lock is held: a user that opens the lock file after this
+  # finds it gone or new (another inode) and re-creates the directory.
+  mv -- "$state" "$trash/state"
   exec {fd}>&-
   rm -rf -- "$trash"
   log "removed $dir"
@@ -86,7 +95,8 @@ candidates=()
 while IFS= read -r -d '' dir; do
   rel="${dir#"$BRANCHES_DIR"/}"
   [[ "${rel%%/*}" =~ $ID_PATTERN && "${rel#*/}" =~ $ID_PATTERN ]] || continue
-  stamp="$(stat -c %Y -- "$dir/$LASTUSED_FILE" 2>/dev/null || stat -c %Y -- "$dir")"
+  stamp="$(stat -c %Y -- "$(state_dir "${rel%%/*}" "${rel#*/}")/$LASTUSED_FILE" 2>/dev/null \
+           || stat -c %Y -- "$dir")"
   candidates+=("$stamp"$'\t'"$rel")
 done < <(find "$BRANCHES_DIR" -mindepth 2 -maxdepth 2 -type d -print0)
 

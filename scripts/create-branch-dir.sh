@@ -39,17 +39,21 @@ if ((free < MIN_FREE_MB)); then
     || log "cleanup-lru.sh failed; continuing with ${free} MB free"
 fi
 
-if [[ -d "$BRANCH_DIR" && ! -e "$BRANCH_DIR/$RESTORING_FILE" ]]; then
+state_init
+if [[ -d "$BRANCH_DIR" && ! -e "$STATE_DIR/$RESTORING_FILE" ]]; then
   log "reusing $BRANCH_DIR"
-  touch -- "$BRANCH_DIR/$LASTUSED_FILE"
-  printf '%s\n' "$BUCKET" >"$BRANCH_DIR/.weldr-bucket"
+  legacy_markers_remove "$BRANCH_DIR"
+  touch -- "$STATE_DIR/$LASTUSED_FILE"
+  printf '%s\n' "$BUCKET" >"$STATE_DIR/$BUCKET_FILE"
 else
   fresh=0
   [[ -d "$BRANCH_DIR" ]] || fresh=1
+  # A new directory: no earlier sync of a directory of this name speaks for it.
+  ((fresh == 0)) || rm -f -- "$STATE_DIR/$SYNCED_FILE"
   mkdir -p -- "$BRANCH_DIR"
-  touch -- "$BRANCH_DIR/$LASTUSED_FILE"
+  touch -- "$STATE_DIR/$LASTUSED_FILE"
   # cleanup-lru.sh backs unsynced changes up to this bucket before removing the directory.
-  printf '%s\n' "$BUCKET" >"$BRANCH_DIR/.weldr-bucket"
+  printf '%s\n' "$BUCKET" >"$STATE_DIR/$BUCKET_FILE"
   if ((RESTORE)); then
     log "restoring $BRANCH_DIR from S3"
     "$(dirname "${BASH_SOURCE[0]}")/sync-from-s3.sh" --bucket "$BUCKET" "$BRANCH_ID" "$PROJECT_ID" >/dev/null

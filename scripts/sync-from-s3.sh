@@ -25,23 +25,24 @@ HELP
 parse_branch_args "$@"
 rclone_init
 mkdir -p -- "$BRANCH_DIR"
-lock_shared "$BRANCH_DIR/$INUSE_FILE"
-exec {SYNC_FD}>>"$BRANCH_DIR/$SYNCLOCK_FILE"
+state_init
+lock_shared "$STATE_DIR/$INUSE_FILE"
+exec {SYNC_FD}>>"$STATE_DIR/$SYNCLOCK_FILE"
 flock -x -w "$LOCK_TIMEOUT" "$SYNC_FD" || die "timed out waiting for another sync of $BRANCH_DIR"
 
-printf '%s\n' "$BUCKET" >"$BRANCH_DIR/.weldr-bucket"
+printf '%s\n' "$BUCKET" >"$STATE_DIR/$BUCKET_FILE"
 TMP="$(mktemp -d)"
 trap 'rm -rf -- "$TMP"' EXIT
 # Until the end, the directory is known to be incomplete: sync-to-s3.sh refuses to upload it
 # and create-branch-dir.sh --restore restores it again.
-touch -- "$BRANCH_DIR/$RESTORING_FILE"
-[[ -e "$BRANCH_DIR/$SYNCED_FILE" ]] || touch -d @0 -- "$BRANCH_DIR/$SYNCED_FILE"
+touch -- "$STATE_DIR/$RESTORING_FILE"
+[[ -e "$STATE_DIR/$SYNCED_FILE" ]] || touch -d @0 -- "$STATE_DIR/$SYNCED_FILE"
 
 read_complete "$TMP/complete"
 if [[ ! -s "$TMP/complete" ]]; then
   # Nothing was ever completely backed up: the last complete state is the empty tree.
   log "nothing backed up in $REMOTE yet: $BRANCH_DIR is left as it is"
-  rm -f -- "$BRANCH_DIR/$RESTORING_FILE"
+  rm -f -- "$STATE_DIR/$RESTORING_FILE"
   printf 'generation=0 files=0\n'
   exit 0
 fi
@@ -55,27 +56,27 @@ expected_md5="$(sed -n 's/^tree_md5=//p' "$TMP/complete")"
   || die "manifest-$generation.md5 does not match COMPLETE's tree_md5"
 log "restore $REMOTE generation $generation ($expected_files files) -> $BRANCH_DIR"
 
-"$RCLONE" sync "${RCLONE_FLAGS[@]}" -- "$REMOTE/tree" "$BRANCH_DIR" \
+rclone_confined sync "${RCLONE_FLAGS[@]}" -- "$REMOTE/tree" /w \
   || die "rclone sync from $REMOTE/tree failed"
 
 # Backups of attempts after generation N hold generation N's versions of what they replaced or
 # deleted. Newest first, so that the oldest attempt's copy (generation N's) is written last.
 while IFS= read -r name; do
   log "putting back files from interrupted sync backup/$name"
-  "$RCLONE" copy "${RCLONE_FLAGS[@]}" --ignore-times -- "$REMOTE/backup/$name" "$BRANCH_DIR" \
+  rclone_confined copy "${RCLONE_FLAGS[@]}" --ignore-times -- "$REMOTE/backup/$name" /w \
     || die "rclone copy from $REMOTE/backup/$name failed"
 done < <("$RCLONE" lsf --dirs-only "$REMOTE/backup" 2>/dev/null | sed 's:/$::' \
          | awk -v g="$generation" -F- '$1 + 0 > g + 0' | LC_ALL=C sort -r)
 
 check() {  # check: compare the directory with the manifest; "- path" lines are extra files
-  "$RCLONE" checksum md5 --links --exclude "/.weldr-*" --log-level ERROR \
-    --combined "$TMP/combined" -- "$TMP/manifest" "$BRANCH_DIR" 2>/dev/null || true
+  rclone_confined checksum md5 --links --log-level ERROR \
+    --combined /t/combined -- /t/manifest /w 2>/dev/null || true
 }
 check
 sed -n 's/^- //p' "$TMP/combined" >"$TMP/extra"
 if [[ -s "$TMP/extra" ]]; then
   log "removing $(wc -l <"$TMP/extra") files added by an interrupted sync"
-  "$RCLONE" delete --files-from-raw "$TMP/extra" -- "$BRANCH_DIR" \
+  rclone_confined delete --files-from-raw /t/extra -- /w \
     || die "could not remove files added by an interrupted sync"
   check
 fi
@@ -85,8 +86,8 @@ fi
 [[ "$(grep -c '^= ' "$TMP/combined" || true)" == "$expected_files" ]] \
   || die "restored tree has the wrong number of files"
 
-rm -f -- "$BRANCH_DIR/$RESTORING_FILE"
+rm -f -- "$STATE_DIR/$RESTORING_FILE"
 # Restored content equals S3: nothing to upload until something changes.
-touch -- "$BRANCH_DIR/$SYNCED_FILE" "$BRANCH_DIR/$LASTUSED_FILE"
+touch -- "$STATE_DIR/$SYNCED_FILE" "$STATE_DIR/$LASTUSED_FILE"
 log "restore complete: generation $generation, $expected_files files"
 printf 'generation=%s files=%s\n' "$generation" "$expected_files"

@@ -28,18 +28,18 @@ parse_branch_args "$@"
 [[ -d "$BRANCH_DIR" ]] || die "no branch directory $BRANCH_DIR"
 rclone_init
 
-lock_shared "$BRANCH_DIR/$INUSE_FILE"
-exec {SYNC_FD}>>"$BRANCH_DIR/$SYNCLOCK_FILE"
+state_init
+lock_shared "$STATE_DIR/$INUSE_FILE"
+exec {SYNC_FD}>>"$STATE_DIR/$SYNCLOCK_FILE"
 flock -x -w "$LOCK_TIMEOUT" "$SYNC_FD" || die "timed out waiting for another sync of $BRANCH_DIR"
 # Uploading a half-restored directory would replace the good state in S3 with a partial one.
-[[ ! -e "$BRANCH_DIR/$RESTORING_FILE" ]] \
+[[ ! -e "$STATE_DIR/$RESTORING_FILE" ]] \
   || die "$BRANCH_DIR is being restored (or its restore was interrupted); run sync-from-s3.sh"
 
-printf '%s\n' "$BUCKET" >"$BRANCH_DIR/.weldr-bucket"
+printf '%s\n' "$BUCKET" >"$STATE_DIR/$BUCKET_FILE"
 TMP="$(mktemp -d)"
 trap 'rm -rf -- "$TMP"' EXIT
-# Create the marker before taking the start time: creating it changes the directory's ctime.
-[[ -e "$BRANCH_DIR/$SYNCED_FILE" ]] || touch -d @0 -- "$BRANCH_DIR/$SYNCED_FILE"
+[[ -e "$STATE_DIR/$SYNCED_FILE" ]] || touch -d @0 -- "$STATE_DIR/$SYNCED_FILE"
 started="$(date +%s.%N)"
 
 generation=0
@@ -52,8 +52,8 @@ next=$((10#$generation + 1))
 attempt="$(printf '%010d' "$next")-$(date -u +%Y%m%dT%H%M%S%N)"
 log "sync $BRANCH_DIR -> $REMOTE/tree (generation $next, attempt $attempt)"
 
-"$RCLONE" sync "${RCLONE_FLAGS[@]}" --backup-dir "$REMOTE/backup/$attempt" \
-  -- "$BRANCH_DIR" "$REMOTE/tree" \
+rclone_confined --ro sync "${RCLONE_FLAGS[@]}" --backup-dir "$REMOTE/backup/$attempt" \
+  -- /w "$REMOTE/tree" \
   || die "rclone sync to $REMOTE/tree failed; S3 still holds generation $generation (see log)"
 
 # The manifest is what S3 now holds (not the local tree, which may have changed meanwhile).
@@ -70,7 +70,7 @@ printf 'generation=%s\nfiles=%s\nbytes=%s\ntree_md5=%s\ncompleted_at=%s\n' \
 # One PUT: the atomic switch to the new generation.
 "$RCLONE" copyto "$TMP/complete" "$REMOTE/COMPLETE"
 # Changes made while this sync ran are newer than its start, so they count as not yet synced.
-touch -d "@$started" -- "$BRANCH_DIR/$SYNCED_FILE"
+touch -d "@$started" -- "$STATE_DIR/$SYNCED_FILE"
 
 # Housekeeping: backups of generations <= next and older manifests are no longer needed.
 while IFS= read -r name; do

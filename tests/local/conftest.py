@@ -36,6 +36,10 @@ class Machine:
         return runner.popen([SCRIPTS / script, *args], env={**self.env, **(extra or {})},
                             stdout=runner.DEVNULL, stderr=runner.DEVNULL)
 
+    def state(self, branch: str, project: str = "p1") -> Path:
+        """The markers' directory of a branch directory (beside it, never in it)."""
+        return self.branches / ".meta" / project / branch
+
     def wipe(self) -> None:
         """A fresh machine: the local disk is gone, S3 is all that is left."""
         runner.run(["rm", "-rf", "--", self.branches], timeout=120)
@@ -87,12 +91,10 @@ def s3_text(bucket: str, key: str) -> str:
 
 
 def tree(root: Path) -> dict[str, tuple[str, str]]:
-    """Path -> (kind, content:size:mode or link target) of all but the .weldr-* markers."""
+    """Path -> (kind, content:size:mode or link target) of every file and link."""
     found: dict[str, tuple[str, str]] = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith(".weldr-"):
-            continue
         if path.is_symlink():
             found[rel] = ("link", os.readlink(path))
         elif path.is_file():

@@ -93,7 +93,7 @@ def test_backup_and_restore_on_a_wiped_machine(machine: Machine, bucket: str):
     restored = machine.run("create-branch-dir.sh", "--restore", "--bucket", bucket, "b1", "p1")
     # then
     assert tree(Path(restored.stdout.strip())) == before
-    assert not (branch / ".weldr-restoring").exists()
+    assert not (machine.state("b1") / "restoring").exists()
 
 
 def test_deletes_propagate_to_s3(machine: Machine, bucket: str):
@@ -204,8 +204,8 @@ def test_interrupted_sync_is_completed_by_the_next_sync(machine: Machine, bucket
 
 
 def test_sync_refuses_a_half_restored_directory(machine: Machine, bucket: str):
-    branch = create(machine, bucket)
-    (branch / ".weldr-restoring").touch()
+    create(machine, bucket)
+    (machine.state("b1") / "restoring").touch()
     result = machine.run("sync-to-s3.sh", "--bucket", bucket, "b1", "p1", check=False)
     assert result.returncode == 1 and "being restored" in result.stderr
     assert s3_keys(bucket) == set()
@@ -229,7 +229,7 @@ def make_branch(machine: Machine, bucket: str, name: str, age_hours: int) -> Pat
     write(branch, "big.bin", os.urandom(10 * 1024 * 1024))
     machine.run("sync-to-s3.sh", "--bucket", bucket, name, "p1")
     stamp = time.time() - age_hours * 3600
-    os.utime(branch / ".weldr-lastused", (stamp, stamp))
+    os.utime(machine.state(name) / "lastused", (stamp, stamp))
     return branch
 
 
@@ -240,7 +240,7 @@ def test_lru_removes_the_oldest_unused_directories_until_space_is_free(small_dis
     branches = {name: make_branch(machine, bucket, name, age)
                 for name, age in (("b1", 40), ("b2", 30), ("b3", 20), ("b4", 10))}
     write(branches["b2"], "unsynced.txt", "work not yet backed up")
-    holder = open(branches["b1"] / ".weldr-inuse", "a")  # noqa: SIM115
+    holder = open(machine.state("b1") / "inuse", "a")  # noqa: SIM115
     fcntl.flock(holder, fcntl.LOCK_SH)
     try:
         free = int(runner.run(["df", "-Pm", machine.branches], timeout=10)
@@ -291,3 +291,67 @@ def test_user_env_never_carries_the_agents_secrets(machine: Machine):
     bad = runner.run([SCRIPTS / "weldr-user-env.sh", "--port", "1;id"], env=env, timeout=30,
                      check=False)
     assert bad.returncode == 2 and bad.stdout == ""
+
+
+def test_rclone_reads_the_workspace_where_no_link_leads_out(machine: Machine, bucket: str):
+    # given a workspace with links to host places (as a directory swapped for a link between
+    # rclone's listing and its open would be followed: --copy-links follows them on purpose)
+    branch = create(machine, bucket)
+    (branch / "etc").symlink_to("/etc")
+    (branch / "env").symlink_to("/proc/self/environ")
+    write(branch, "mine.txt", "x")
+    prelude = (f"set -o pipefail; source {SCRIPTS}/branch-common.sh; "
+               f"parse_branch_args --bucket {bucket} b1 p1; rclone_init; ")
+    scratch = machine.root / "tmp"
+    scratch.mkdir()
+
+    def run(command: str) -> str:
+        return runner.run(["bash", "-c", prelude + command],
+                          env={**machine.env, "TMPDIR": str(scratch)}, timeout=120,
+                          check=False).stdout
+
+    # when rclone follows them outside the confinement, it reads the host (the contrast)
+    plain = run('"$RCLONE" lsf -R --copy-links --max-depth 2 "$BRANCH_DIR"; '
+                '"$RCLONE" cat --copy-links "$BRANCH_DIR/env" | tr "\\0" "\\n"')
+    assert "etc/passwd" in plain and "S3_SECRET_ACCESS_KEY" in plain
+    # then inside it, the same links lead nowhere but into the empty root
+    confined = run("rclone_confined --ro lsf -R --copy-links --max-depth 2 /w; "
+                   'rclone_confined --ro cat --copy-links /w/env | tr "\\0" "\\n" '
+                   "|| echo no-environ")
+    assert "etc/passwd" not in confined and "S3_SECRET_ACCESS_KEY" not in confined
+    assert machine.env["S3_SECRET_ACCESS_KEY"] not in confined
+    assert "no-environ" in confined and "mine.txt" in confined
+    # and nothing of the confinement is left behind: no root directory, no mount
+    assert list(scratch.iterdir()) == []
+    assert str(scratch) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_markers_live_beside_the_directory_and_old_ones_in_it_are_unlinked(machine: Machine,
+                                                                          bucket: str,
+                                                                          tmp_path: Path):
+    # given a directory left by an older version: its markers inside, one of them a link that
+    # the sandbox planted to a host file
+    branch = create(machine, bucket)
+    host = tmp_path / "host-file"
+    host.write_text("precious\n")
+    for name in (".weldr-bucket", ".weldr-inuse"):
+        (branch / name).unlink(missing_ok=True)
+    (branch / ".weldr-bucket").symlink_to(host)
+    (branch / ".weldr-inuse").write_text("")
+    # when it is used again and backed up
+    create(machine, bucket)
+    write(branch, "a.txt", "a")
+    machine.run("sync-to-s3.sh", "--bucket", bucket, "b1", "p1")
+    # then the old names are gone (the link unlinked, its target untouched) and the markers
+    # are beside the directory, in a root-only place
+    assert host.read_text() == "precious\n"
+    assert not (branch / ".weldr-bucket").is_symlink() and not (branch / ".weldr-inuse").exists()
+    state = machine.state("b1")
+    assert (state / "bucket").read_text() == f"{bucket}\n"
+    names = {path.name for path in state.iterdir()}
+    assert {"inuse", "lastused", "synced", "sync.lock", "bucket"} <= names
+    assert oct((machine.branches / ".meta").stat().st_mode & 0o777) == "0o700"
+    # and a `.weldr-*` name is now an ordinary file: backed up like any other
+    write(branch, ".weldr-notes", "mine")
+    machine.run("sync-to-s3.sh", "--bucket", bucket, "b1", "p1")
+    assert "branches/b1/tree/.weldr-notes" in s3_keys(bucket)

@@ -216,3 +216,28 @@ def test_the_layout_is_in_the_openapi_schema(anon):
     assert set(schemas["LayoutEnum"]["enum"]) == {"files", "image"}
     assert "layout_mismatch" in document["paths"]["/mounts"]["post"]["responses"]["409"][
         "description"]
+
+
+def test_the_layout_is_recorded_in_s3_and_an_unrecorded_image_volume_is_still_image(api, settings,
+                                                                                    buckets):
+    from weldr_agent import s3
+
+    image_bucket, files_bucket = buckets(), buckets()
+    _mount(api, image_bucket, layout="image")
+    _mount(api, files_bucket, layout="files")  # empty: its layout is recorded all the same
+    for name, layout in ((image_bucket, b"image"), (files_bucket, b"files")):
+        body = s3.client().get_object(Bucket=name, Key=system.LAYOUT_KEY)["Body"].read()
+        assert body == layout
+        assert api.post("/mounts/unmount", {"bucket": name}, format="json").status_code == 200
+    # an empty files volume keeps its layout although its root says nothing yet
+    assert api.post("/mounts", {"bucket": files_bucket, "layout": "image"},
+                    format="json").status_code == 409
+    # when the image volume's record is missing (a volume made before it existed)
+    s3.client().delete_object(Bucket=image_bucket, Key=system.LAYOUT_KEY)
+    settings.WORKSPACE_LAYOUT = "files"
+    again = _mount(api, image_bucket, layout=None)
+    # then the agent-made image is recognised from the metadata, and the record written again
+    assert again["layout"] == "image"
+    assert steps.mount_table()[again["path"]] == "ext4"
+    assert s3.client().get_object(Bucket=image_bucket,
+                                  Key=system.LAYOUT_KEY)["Body"].read() == b"image"

@@ -98,9 +98,19 @@ def test_mount_argv_has_the_design_options_and_honours_overrides(settings, tmp_p
     for flag, value in expected.items():
         assert _flag(argv, flag) == value, flag
     assert "--writeback" in argv and "--no-usage-report" in argv
-    assert argv[-3:] == ["--enable-xattr", "--max-deletes", "2"]
+    assert argv[-5:] == ["--enable-xattr", "--max-deletes", "2", "-o", "nosuid,nodev"]
     # secrets never travel in argv
     assert settings.S3_SECRET_ACCESS_KEY not in " ".join(argv)
+
+
+def test_an_operators_fuse_options_never_drop_nosuid_nodev(settings):
+    # juicefs keeps only the last -o: ours and the operator's are joined into one
+    settings.FS_MOUNT_OPTIONS = "-o allow_other --enable-xattr -o=ro -open-cache 5"
+    argv = system.juicefs_mount_argv("juicefs", system.paths("b-1"), system.Budget(1, 1),
+                                     free_ratio=0.1)
+    assert argv.count("-o") == 1 and not any(item.startswith("-o=") for item in argv)
+    assert _flag(argv, "-o") == "nosuid,nodev,allow_other,ro"
+    assert "--enable-xattr" in argv and argv[-4:-2] == ["-open-cache", "5"]
 
 
 def test_writeback_off_drops_writeback_and_upload_delay(settings):
@@ -203,12 +213,38 @@ def test_image_layout_paths_keep_the_workspace_and_move_juicefs(settings, tmp_pa
     assert argv[3] == str(image.volume_point)
 
 
-@pytest.mark.parametrize(("names", "layout"), [
-    (set(), None), ({".trash"}, None), ({".weldr"}, "image"), ({".weldr", ".trash"}, "image"),
-    ({"src", ".trash"}, "files"), ({"README.md"}, "files"),
+AGENT_DIR = system.Node(system.NODE_DIR, 0o700, 0, 0)
+AGENT_IMAGE = system.Node(system.NODE_FILE, 0o644, 0, 0)
+
+
+@pytest.mark.parametrize(("names", "weldr", "image", "layout"), [
+    (set(), None, None, None),
+    ({".trash"}, None, None, None),
+    ({".weldr"}, AGENT_DIR, AGENT_IMAGE, "image"),
+    ({".weldr", ".trash"}, AGENT_DIR, AGENT_IMAGE, "image"),
+    ({"src", ".trash"}, None, None, "files"),
+    ({"README.md"}, None, None, "files"),
+    # what a sandbox (uid 1000) or the files API can make in a files workspace: files
+    ({".weldr"}, system.Node(system.NODE_DIR, 0o700, 1000, 1000), AGENT_IMAGE, "files"),
+    ({".weldr"}, AGENT_DIR, system.Node(system.NODE_FILE, 0o644, 1000, 1000), "files"),
+    ({".weldr"}, system.Node(system.NODE_DIR, 0o755, 0, 0), AGENT_IMAGE, "files"),
+    ({".weldr"}, AGENT_DIR, None, "files"),
+    ({".weldr", "src"}, AGENT_DIR, AGENT_IMAGE, "files"),
+    ({".weldr"}, AGENT_DIR, system.Node(3, 0o777, 0, 0), "files"),  # a symlink
 ])
-def test_a_volume_s_layout_is_read_from_its_root(names, layout):
-    assert system.image_layout(names) == layout
+def test_an_unrecorded_volume_is_image_only_where_the_agent_made_it(names, weldr, image,
+                                                                     layout):
+    assert system.legacy_layout(names, weldr, image) == layout
+
+
+def test_the_layout_record_is_parsed_strictly():
+    assert system.layout_parse("image\n") == "image"
+    assert system.layout_parse("files") == "files"
+    for bad in ("", "zfs", "image\nfiles", "IMAGE"):
+        with pytest.raises(ValueError):
+            system.layout_parse(bad)
+    assert system.LAYOUT_KEY.startswith("weldr-meta/")
+    assert not system.LAYOUT_KEY.startswith(f"{system.VOLUME_NAME}/")
 
 
 def test_image_argv_builders():
@@ -225,5 +261,6 @@ def test_image_argv_builders():
     assert system.losetup_detach_argv("/dev/loop7") == ["losetup", "--detach", "/dev/loop7"]
     mount = system.ext4_mount_argv("/dev/loop7", Path("/ws/b"))
     assert mount[:4] == ["mount", "-t", "ext4", "-o"]
-    assert set(mount[4].split(",")) >= {"noatime", "errors=remount-ro", "nodiscard"}
+    assert set(mount[4].split(",")) >= {"noatime", "errors=remount-ro", "nodiscard", "nosuid",
+                                        "nodev"}
     assert system.fstrim_argv(Path("/ws/b")) == ["fstrim", "/ws/b"]
