@@ -298,34 +298,48 @@ def bind_unix(path: Path) -> socket.socket:
 
 
 class Sandboxes:
-    """The running sandboxes by bucket; shared by the event loop and the unmount guard."""
+    """The running sandboxes by bucket; shared by the server's event loop, the workflow threads
+    (whose git and commands come through `sandbox_run`, on event loops of their own) and the
+    unmount guard: so the locks are threading locks, never an asyncio.Lock bound to one loop."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_bucket: dict[str, Sandbox] = {}
-        self._starting: dict[str, asyncio.Lock] = {}
+        self._starting: dict[str, threading.Lock] = {}
 
-    async def get(self, bucket: str, workspace: Path) -> Sandbox:
+    def _current(self, bucket: str, workspace: Path) -> Sandbox | None:
         with self._lock:
             sandbox = self._by_bucket.get(bucket)
-        if sandbox is not None and sandbox.workspace == workspace:
+        return sandbox if sandbox is not None and sandbox.workspace == workspace else None
+
+    async def get(self, bucket: str, workspace: Path) -> Sandbox:
+        sandbox = self._current(bucket, workspace)
+        if sandbox is not None:
             return sandbox
-        lock = self._starting.setdefault(bucket, asyncio.Lock())
-        async with lock:
-            with self._lock:
-                sandbox = self._by_bucket.get(bucket)
-            if sandbox is not None and sandbox.workspace == workspace:
+        return await asyncio.to_thread(self._start_once, bucket, workspace)
+
+    def _start_once(self, bucket: str, workspace: Path) -> Sandbox:
+        """Start the bucket's sandbox unless another caller just did (one start at a time)."""
+        with self._lock:
+            starting = self._starting.setdefault(bucket, threading.Lock())
+        with starting:
+            sandbox = self._current(bucket, workspace)
+            if sandbox is not None:
                 return sandbox
             sandbox = Sandbox(bucket, workspace)
-            await asyncio.to_thread(sandbox.start)
+            sandbox.start()
             with self._lock:
                 self._by_bucket[bucket] = sandbox
             return sandbox
 
-    def forget(self, bucket: str, sandbox: Sandbox) -> None:
+    def discard(self, bucket: str, sandbox: Sandbox) -> None:
+        """Remove a sandbox found dead or untrustworthy (its container, its network namespace
+        back to the pool), unless another caller already replaced it."""
         with self._lock:
-            if self._by_bucket.get(bucket) is sandbox:
-                del self._by_bucket[bucket]
+            if self._by_bucket.get(bucket) is not sandbox:
+                return
+            del self._by_bucket[bucket]
+        sandbox.remove()
 
     def remove(self, bucket: str) -> bool:
         """Stop the bucket's sandbox (every command in it dies); True when there was one."""
@@ -518,23 +532,28 @@ def _inside(cwd: str) -> str:
 class Running:
     """Commands running now, by bucket: the per-bucket limit is counted here.
 
-    Running commands are state of this process (they die with it), and the check and the
-    insert happen without an `await` between them on the one event loop, so they cannot race.
+    Running commands are state of this process (they die with it). They are added from the
+    server's event loop and from workflow threads (`sandbox_run`), so the check and the insert
+    happen under one lock: two callers racing for the last place cannot both get it.
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.by_bucket: dict[str, set[Execution]] = {}
 
     def add(self, execution: Execution) -> None:
-        current = self.by_bucket.setdefault(execution.spec.bucket, set())
-        if len(current) >= settings.EXEC_MAX_CONCURRENT:
-            raise TooManyCommands(
-                f"{len(current)} commands are already running on {execution.spec.bucket!r} "
-                f"(EXEC_MAX_CONCURRENT={settings.EXEC_MAX_CONCURRENT}).")
-        current.add(execution)
+        with self._lock:
+            current = self.by_bucket.setdefault(execution.spec.bucket, set())
+            if len(current) >= settings.EXEC_MAX_CONCURRENT:
+                raise TooManyCommands(
+                    f"{len(current)} commands are already running on "
+                    f"{execution.spec.bucket!r} (EXEC_MAX_CONCURRENT="
+                    f"{settings.EXEC_MAX_CONCURRENT}).")
+            current.add(execution)
 
     def discard(self, execution: Execution) -> None:
-        self.by_bucket.get(execution.spec.bucket, set()).discard(execution)
+        with self._lock:
+            self.by_bucket.get(execution.spec.bucket, set()).discard(execution)
 
 
 running = Running()
@@ -550,7 +569,7 @@ async def exec_start(*, spec: CommandSpec) -> Execution:
             await execution.start(sandbox)
         except (ConnectionError, FileNotFoundError):
             # The sandbox died (out of memory, killed by hand): start a new one, once.
-            sandboxes.forget(spec.bucket, sandbox)
+            await asyncio.to_thread(sandboxes.discard, spec.bucket, sandbox)
             execution.close()
             execution = _replace(execution)
             sandbox = await sandboxes.get(spec.bucket, spec.workspace)

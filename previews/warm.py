@@ -139,7 +139,9 @@ class WarmPool:
         self._claimed: set[int] = set()
         self._started = False
         self._closed = False
-        self._taken_at = 0.0
+        # When a start last took a sandbox; None: never (not "at time zero", which on a machine
+        # booted a second ago would hold the first fill back).
+        self._taken_at: float | None = None
         self._filler: threading.Thread | None = None
 
     @property
@@ -194,13 +196,15 @@ class WarmPool:
         if idle:
             pool_unmount()
 
+    def _since_taken(self) -> float:
+        return float("inf") if self._taken_at is None else time.monotonic() - self._taken_at
+
     def _fill(self) -> None:
         while True:
             with self._lock:
-                while not self._closed and (
-                        len(self._ready) >= self.size
-                        or time.monotonic() - self._taken_at < REFILL_DELAY_SECONDS):
-                    wait = REFILL_DELAY_SECONDS - (time.monotonic() - self._taken_at)
+                while not self._closed and (len(self._ready) >= self.size
+                                            or self._since_taken() < REFILL_DELAY_SECONDS):
+                    wait = REFILL_DELAY_SECONDS - self._since_taken()
                     self._lock.wait(wait if len(self._ready) < self.size else None)
                 deadline = time.monotonic() + REFILL_BUSY_MAX_SECONDS
                 while not self._closed and _busy() and time.monotonic() < deadline:

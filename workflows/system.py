@@ -13,11 +13,10 @@ from previews.exec_spec import WORKSPACE
 
 GIT_AUTHOR_NAME = "Weldr Agent"
 GIT_AUTHOR_EMAIL = "agent@weldr.local"
-# The agent's own files at a workspace root, never the project's: npm caches, JuiceFS's
-# virtual files and trash at the root of a mount, the markers of a local branch directory
-# (scripts/branch-common.sh).
+# Never the project's: dependencies, npm caches, and JuiceFS's virtual files and trash at the
+# root of a `files` workspace. (A local branch directory's markers live beside it, not in it.)
 GIT_EXCLUDES = ("node_modules/", ".weldr/", ".npm/", "/.trash/", "/.stats", "/.config",
-                "/.accesslog", "/.weldr-*")
+                "/.accesslog", "/.control")
 # Defence in depth only: git runs in the sandbox as its user, so a hook or fsmonitor planted in
 # .git can at most do what the sandbox can already do. These keep the agent's git predictable
 # (config from the environment outranks the repository's own).

@@ -32,7 +32,6 @@ MAX_READ_BYTES = 512 * 1024
 MAX_EDIT_BYTES = 4 * 1024 * 1024
 MAX_GREP_FILE_BYTES = 2 * 1024 * 1024
 MAX_LIST_ENTRIES = 500
-JUICEFS_VIRTUAL = {".stats", ".config", ".accesslog"}
 COMMAND_TIMEOUT_DEFAULT = 120
 COMMAND_TIMEOUT_MAX = 900
 # Not the project's: git's database, dependencies, JuiceFS's trash at the root of a mount.
@@ -106,13 +105,9 @@ def cap(text: str, limit: int = MAX_RESULT_CHARS) -> str:
     return text[:limit] + f"\n… [truncated: {len(text) - limit} more characters]"
 
 
-def is_agent_marker(relative: str) -> bool:
-    """A local branch directory's marker files (`.weldr-*` at its root) are the agent's."""
-    return "/" not in relative and relative.startswith(".weldr-")
-
-
 def _hidden(relative: str) -> bool:
-    return is_agent_marker(relative) or relative.rsplit("/", 1)[-1] in JUICEFS_VIRTUAL
+    """JuiceFS's virtual files at the root of a `files` workspace are never the project's."""
+    return relative in workspace_fs.JUICEFS_VIRTUAL
 
 
 def _label(name: str, kind: str) -> str:

@@ -58,8 +58,7 @@ NOT_PROJECT = {".git", ".trash", ".stats", ".config", ".accesslog"}
 
 def tree(workspace: Path) -> dict[str, str]:
     return {str(p.relative_to(workspace)): p.read_text() for p in sorted(workspace.rglob("*"))
-            if not NOT_PROJECT & set(p.relative_to(workspace).parts) and p.is_file()
-            and not (p.parent == workspace and p.name.startswith(".weldr-"))}
+            if not NOT_PROJECT & set(p.relative_to(workspace).parts) and p.is_file()}
 
 
 def git_log(agent: Agent, bucket: str) -> list[str]:
