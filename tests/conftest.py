@@ -26,6 +26,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.django_db(databases="__all__"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sandbox_machinery() -> Iterator[None]:
+    """Whatever happened, remove the sandboxes this test process started itself (exec sandboxes
+    of workflow and files tests, warm previews), then its network namespaces and firewall
+    chain: tests of every package start them, not only the previews'."""
+    yield
+    from previews import exec as sandbox_exec
+    from previews import sandbox, warm
+
+    sandbox_exec.sandboxes.remove_all()
+    warm.pool.shutdown()
+    sandbox.pool.shutdown()
+
+
 @pytest.fixture
 def agent_token() -> str:
     _row, token = ApiToken.issue("tests")

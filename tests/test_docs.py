@@ -48,3 +48,16 @@ def test_the_written_contract_names_every_served_operation():
             if not re.search(pattern, written):
                 missing.append(f"{method.upper()} {path}")
     assert missing == [], f"docs/api.md does not describe {missing}"
+
+
+def test_nothing_cites_design_documents_a_clone_does_not_have():
+    """The design notes these files name were never part of the repository: a reader who
+    clones it cannot follow such a reference (say what was measured, or cite docs/)."""
+    from weldr_agent import runner
+
+    unshipped = re.compile(r"\b(?:STYLE|SANDBOX|STORAGE|ENVIRONMENT|INTEROP|SEED|API)\.md\b")
+    tracked = runner.run(["git", "ls-files"], timeout=60, cwd=REPO).stdout.split()
+    citing = [name for name in tracked
+              if (REPO / name).is_file() and name != "tests/test_docs.py"
+              and unshipped.search((REPO / name).read_text(errors="replace"))]
+    assert citing == []

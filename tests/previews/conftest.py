@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from previews import sandbox, services, warm
+from previews import services
 from weldr_agent import runner
 
 PORTS_LOCK = Path("/tmp/weldr-preview-ports.lock")
@@ -27,14 +27,6 @@ SERVER_JS = textwrap.dedent("""\
       res.end("hello from " + process.env.BUCKET_LABEL + " on " + process.env.PORT + "\\n");
     }).listen(Number(process.env.PORT), process.env.HOST);
 """)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _sandbox_machinery() -> Iterator[None]:
-    """Remove this run's namespaces and firewall chain at the end, whatever happened."""
-    yield
-    warm.pool.shutdown()
-    sandbox.pool.shutdown()
 
 
 @pytest.fixture

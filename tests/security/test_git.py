@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.previews.conftest import ports_lock  # noqa: F401 - a fixture used by name
 from tests.workflows.conftest import (  # noqa: F401 - fixtures used by name
     Agent,
     agent,
@@ -280,3 +281,36 @@ def test_a_git_linked_to_a_host_directory_is_never_walked(agent: Agent, scripts:
     finally:
         (victim / "HEAD").unlink()
         victim.rmdir()
+
+
+def test_git_planted_by_a_preview_app_never_runs_on_the_host(agent: Agent, scripts: Path,
+                                                             ports_lock: None) -> None:
+    """The same attacks from the other kind of sandbox: a preview app that plants them and
+    keeps running while the agent finalizes a run, reverts and installs."""
+    # given a preview whose app swaps .git and plants fsmonitor, hooks and a filter, then runs
+    project_id, branch_id, bucket, version = first_version(agent, scripts)
+    assert agent.http is not None
+    host_marker = Path(f"/tmp/weldr-git-attack-{secrets.token_hex(6)}")
+    plant = " && ".join([SWAP, plant_fsmonitor(host_marker), plant_hooks(host_marker),
+                         plant_filter(host_marker), "touch .weldr-planted"])
+    started = agent.http.post("/previews/start", json={
+        "bucket": bucket, "command": f"{plant}; exec sleep 600"})
+    assert started.status_code == 201, started.text
+    workspace = agent.workspace(bucket)
+    try:
+        assert runner.wait_until(lambda: (workspace / ".weldr-planted").exists(), timeout=60)
+
+        # when the agent runs git three ways while the app runs
+        hits = {}
+        for trigger, action in triggers(agent, scripts, project_id, branch_id, version).items():
+            action()
+            if host_marker.exists():
+                hits[trigger] = host_marker.read_text()
+                host_marker.unlink()
+
+        # then nothing ran on the host
+        assert hits == {}, f"the preview's planted git ran on the host: {hits}"
+        for marker in workspace.glob(".weldr-pwned-*"):
+            assert marker.stat().st_uid == SANDBOX_UID, marker
+    finally:
+        agent.http.post("/previews/stop", json={"bucket": bucket})
