@@ -25,7 +25,7 @@ COPY scripts/ scripts/
 RUN scripts/setup.sh && rm -rf /var/lib/apt/lists/* /root/.cache
 
 COPY . .
-# SEED.md's layout: the system scripts in /usr/local/bin, their templates in /etc.
+# the design's layout: the system scripts in /usr/local/bin, their templates in /etc.
 RUN install -m 0755 scripts/*.sh /usr/local/bin/ \
     && find scripts -maxdepth 1 \( -name '*.yml' -o -name '*.yaml' \) \
         -exec install -m 0644 {} /etc/ \; \

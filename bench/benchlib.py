@@ -28,7 +28,8 @@ if str(ROOT) not in sys.path:
 from weldr_agent import runner  # noqa: E402
 from weldr_agent.s3 import LocalS3Server  # noqa: E402
 
-# Long keys: rclone serve s3 rejects every request when the keys are very short (ENVIRONMENT.md).
+# Long keys: rclone serve s3 rejects every request when the keys are very short (measured on these
+# machines).
 KEY_ID = "weldrbenchaccesskey"
 SECRET = "weldrbenchsecretkey0123456789abcdef"
 GIT_ENV = {
@@ -168,7 +169,7 @@ class LoopMount:
 # ----------------------------------------------------------------------------- JuiceFS
 
 DESIGN_FORMAT = ["--trash-days", "7"]
-# SEED.md "JuiceFS Configuration", one mount's share of the budget (cache ~500 MB, buffer
+# The design's JuiceFS configuration, one mount's share of the budget (cache ~500 MB, buffer
 # 100-256 MB), with the SQLite settings it names in the DSN.
 DESIGN_MOUNT = [
     "--writeback", "--upload-delay", "5m", "--attr-cache", "300", "--entry-cache", "300",
@@ -395,7 +396,7 @@ def s3fs_mount(stack: Cleanup, s3: LocalS3Server, root: Path, bucket: str) -> Pa
     wait_fuse(process, mountpoint, root / "s3fs.log")
     # s3fs stores a directory as a marker object "d/"; rclone serve s3 (a plain folder behind)
     # turns that marker into an empty *file* "d", and every write below it then fails with
-    # 500 "file already exists" (STORAGE.md). Probe it instead of timing a failure.
+    # 500 "file already exists" (measured before the design). Probe it instead of timing a failure.
     try:
         probe = runner.run(["sh", "-c", 'mkdir "$1/probe" && echo x > "$1/probe/file"', "sh",
                             str(mountpoint)], timeout=120, check=False)

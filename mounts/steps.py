@@ -222,7 +222,8 @@ def metadata_prepare(p: system.Paths) -> str:
     litestream_config_write(p)
     if p.meta_db.exists():
         # Same machine (a crash or a clean unmount): the local database is the newest state, and
-        # the staged blocks in the same cache folder are uploaded on mount (STORAGE.md 1).
+        # the staged blocks in the same cache folder are uploaded on mount (storage hazard 1,
+        # docs/mounts.md).
         if volume_present(p.bucket):
             return "local"
         # The bucket was deleted (or emptied) under us: this metadata names blocks that no
@@ -411,7 +412,8 @@ def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
 
 
 def oom_score_adjust(pids: list[int]) -> None:
-    """Undo JuiceFS's own oom_score_adj of -1000 (STORAGE.md 7) for its watchdog and server.
+    """Undo JuiceFS's own oom_score_adj of -1000 (storage hazard 7, docs/mounts.md) for its
+    watchdog and server.
 
     A server its watchdog restarts sets -1000 again; the next mount or reconcile of the bucket
     sets it back."""
@@ -442,7 +444,8 @@ def staged_upload(p: system.Paths) -> int:
     """Upload every block still staged for this mount; the number uploaded.
 
     JuiceFS has no command to upload staged blocks now (`umount --flush` waits out the upload
-    delay, STORAGE.md 6), so we put them ourselves under the keys JuiceFS would use. Blocks
+    delay, storage hazard 6, docs/mounts.md), so we put them ourselves under the keys JuiceFS would
+    use. Blocks
     are immutable, so JuiceFS uploading the same block later writes the same bytes.
     """
     # A block's key names its content (id, index, size): once put, it never needs putting

@@ -22,7 +22,7 @@ from django.conf import settings
 # Data lives under <bucket>/<VOLUME_NAME>/ (JuiceFS's prefix); the Litestream replica and the
 # durability marker live beside it, outside that prefix, because `juicefs format` refuses a
 # non-empty prefix — the guard against formatting over a volume whose replica vanished
-# (STORAGE.md 9).
+# (storage hazard 9, docs/mounts.md).
 VOLUME_NAME = "workspace"
 REPLICA_PATH = "weldr-meta/litestream"
 DURABLE_MARKER_KEY = "weldr-meta/durable-at"
@@ -33,7 +33,8 @@ LAYOUT_KEY = "weldr-meta/layout"
 # `juicefs format` writes this object; its absence means the volume is gone.
 VOLUME_UUID_KEY = f"{VOLUME_NAME}/juicefs_uuid"
 # After a metadata restore the block-ID counter jumps this far ahead: object keys derive from
-# it and an older counter would reissue IDs whose objects exist already (STORAGE.md 3). Ten
+# it and an older counter would reissue IDs whose objects exist already (storage hazard 3,
+# docs/mounts.md). Ten
 # million is more chunks than a 2-core machine can create in the restore window.
 CHUNK_COUNTER_ADVANCE = 10_000_000
 # A JuiceFS root directory is inode 1: the mount answers when stat() says so.
@@ -57,7 +58,7 @@ _DURATION = re.compile(r"^(\d+)(ms|s|m|h)?$")
 
 @dataclass(frozen=True)
 class Paths:
-    """Where one bucket's files live (SEED.md, Directory Structure)."""
+    """Where one bucket's files live (docs/mounts.md)."""
 
     bucket: str
     meta_db: Path
@@ -120,7 +121,7 @@ def paths(bucket: str, layout: str = FILES) -> Paths:
 
 
 def meta_url(db: Path) -> str:
-    # WAL journal, NORMAL sync and a 64 MB page cache (SEED.md, SQLite optimisations).
+    # WAL journal, NORMAL sync and a 64 MB page cache (the design's SQLite settings).
     return f"sqlite3://{db}?_journal=WAL&_sync=NORMAL&_cache_size=-65536"
 
 
@@ -168,7 +169,8 @@ def budget(active: int) -> Budget:
 def free_space_ratio(volume_bytes: int) -> float:
     """The free-space ratio for a mount's cache on a volume of `volume_bytes`.
 
-    Staging is bounded only by free space, down to free-space-ratio / 2 (STORAGE.md 5). So the
+    Staging is bounded only by free space, down to free-space-ratio / 2 (storage hazard 5,
+    docs/mounts.md). So the
     ratio is raised until half of it covers the metadata reserve: however much one mount
     stages, that much stays free for every bucket's metadata database and the other mounts'
     small writes. FREE_SPACE_RATIO is the floor.
@@ -264,7 +266,7 @@ def juicefs_mount_argv(juicefs: str, p: Paths, b: Budget, *, free_ratio: float) 
         "--verify-cache-checksum", verify_cache_value(settings.VERIFY_CACHE),
         "--max-uploads", str(settings.MAX_UPLOADS),
         # Litestream already ships the metadata continuously; the hourly full dump JuiceFS
-        # does by default costs memory and CPU for nothing (STORAGE.md 7).
+        # does by default costs memory and CPU for nothing (storage hazard 7, docs/mounts.md).
         "--backup-meta", "0",
         # A private metrics port per mount: the default 9567 would collide between mounts.
         "--metrics", "127.0.0.1:0",
@@ -473,7 +475,7 @@ def litestream_restore_argv(litestream: str, p: Paths, *, timestamp: datetime | 
 
 
 def restore_point(now: datetime, durable_at: datetime | None) -> datetime | None:
-    """The newest metadata state whose blocks are all in S3 (STORAGE.md 1–2).
+    """The newest metadata state whose blocks are all in S3 (storage hazards 1–2, docs/mounts.md).
 
     Without writeback a block is uploaded before close() returns: the latest state is
     consistent (None). With writeback, a state older than the upload delay plus a margin is;

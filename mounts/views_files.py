@@ -1,4 +1,4 @@
-"""The files API (API.md "Files"): thin views over mounts.files (and mounts.workspace_fs)."""
+"""The files API (docs/api.md, "Files"): thin views over mounts.files (and mounts.workspace_fs)."""
 
 from __future__ import annotations
 

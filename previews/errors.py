@@ -1,4 +1,4 @@
-"""The previews API's typed errors (API.md "Previews")."""
+"""The previews API's typed errors (docs/api.md, "Previews")."""
 
 from __future__ import annotations
 

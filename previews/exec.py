@@ -11,7 +11,7 @@ socket to the daemon as its stdin; the daemon listens on it. Nothing inside the 
 path to it, so nothing there can replace it with a link or bind an impostor in its place, and
 before sending anything the agent checks the peer (SO_PEERCRED): the sandbox's uid and the
 container's init, which is the daemon. A command costs a connect and two forks instead of a
-`runc run` (~50 ms here, SANDBOX.md).
+`runc run` (~50 ms here, docs/sandbox.md).
 
 Everything async here runs on the server's event loop; sandbox start/stop are blocking runtime
 calls and run in a worker thread (or directly, from the unmount guard and shutdown hook).
@@ -137,7 +137,7 @@ class Sandbox:
         # as its stdin: `runc run -d` hands its stdio to the container as they are.
         listener = bind_unix(self.socket_path)
         try:
-            # runc's stdout/stderr: a log file, never a pipe (SANDBOX.md traps).
+            # runc's stdout/stderr: a log file, never a pipe (docs/sandbox.md).
             process = runner.spawn(argv, log_path=self.bundle / "runtime.log",
                                    stdin=listener.fileno())
         finally:

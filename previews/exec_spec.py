@@ -1,6 +1,6 @@
 """Pure builders for command execution: the exec sandbox's OCI config and runtime argv.
 
-Nothing here runs anything (STYLE.md: argv builders are pure and tested without a system).
+Nothing here runs anything (argv builders are pure and tested without a system).
 """
 
 from __future__ import annotations

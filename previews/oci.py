@@ -6,7 +6,7 @@ capabilities, the seccomp profile, the sandbox's own /etc, memory + swap, CPU an
 a cgroup of its own) is the same for all, so the two cannot drift apart again.
 
 crun is preferred; it fails on these machines ("cgroups in hybrid mode not supported"), so the
-runtime is chosen by actually starting a container with each candidate (ENVIRONMENT.md).
+runtime is chosen by actually starting a container with each candidate (measured on these machines).
 """
 
 from __future__ import annotations
@@ -259,7 +259,8 @@ def rootfs_skeleton(rootfs: Path) -> None:
     """Mount points for the host's system directories and /etc; merged-/usr links stay links."""
     for directory in ("proc", "dev", "tmp", "etc"):
         (rootfs / directory).mkdir(parents=True, exist_ok=True)
-    # The private /tmp tmpfs takes its mount point's mode, whatever its options say (SANDBOX.md).
+    # The private /tmp tmpfs takes its mount point's mode, whatever its options say
+    # (docs/sandbox.md).
     (rootfs / "tmp").chmod(0o1777)
     for directory in HOST_SYSTEM_DIRS:
         host, inside = Path(directory), rootfs / directory.lstrip("/")

@@ -1,6 +1,6 @@
 """The sandbox: one OCI container (runc/crun) in a private network namespace, reusable.
 
-Previews use it for apps, the exec app for agent commands. What a sandbox is (SANDBOX.md):
+Previews use it for apps, the exec app for agent commands. What a sandbox is (docs/sandbox.md):
 
 - root filesystem: the host's /usr /bin /lib /lib64 read-only (merged-/usr links stay links),
   the sandboxes' own /etc (previews/sandbox_etc.py), the workspace read-write at its own path
@@ -85,7 +85,7 @@ class Spec:
 def sandbox_env(extra: Mapping[str, str] | None = None) -> list[str]:
     """The container's whole environment: a few basics and `extra`, nothing of the agent's.
 
-    An inherited NODE_EXTRA_CA_CERTS alone doubles Node's start-up (SANDBOX.md).
+    An inherited NODE_EXTRA_CA_CERTS alone doubles Node's start-up (docs/sandbox.md).
     """
     env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
     env.update(extra or {})
@@ -119,7 +119,7 @@ def sandbox_rootfs() -> Path:
     if not (rootfs / "etc").is_dir():
         oci.rootfs_skeleton(rootfs)
     oci.hosts_file()
-    # The private /tmp tmpfs takes this directory's mode (SANDBOX.md's 1777 trap).
+    # The private /tmp tmpfs takes this directory's mode (the 1777 trap, docs/sandbox.md).
     (rootfs / "tmp").chmod(0o1777)
     return rootfs
 
@@ -255,7 +255,8 @@ def _netns_create(ns: Netns) -> None:
 
 def _netns_delete(ns: Netns) -> None:
     ip = runner.tool("ip")
-    # The host end first and explicitly: namespace deletion frees it asynchronously (SANDBOX.md).
+    # The host end first and explicitly: namespace deletion frees it asynchronously
+    # (docs/sandbox.md).
     runner.run([ip, "link", "del", ns.host_if], timeout=30, check=False)
     runner.run([ip, "netns", "del", ns.name], timeout=30, check=False)
 
@@ -471,7 +472,7 @@ class Sandbox:
         config = bundle_config(self.spec, rootfs=sandbox_rootfs())
         (self.bundle / "config.json").write_text(json.dumps(config))
         pid_file = self.bundle / "pid"
-        # `run -d` hands its own stdio to the container: a log file, never a pipe (SANDBOX.md).
+        # `run -d` hands its own stdio to the container: a log file, never a pipe (docs/sandbox.md).
         argv = launcher(binary=binary, root=root, bundle=self.bundle, pid_file=pid_file,
                         name=self.name)
         process = runner.spawn(argv, log_path=self.log_path, env=runner.clean_env())

@@ -1,4 +1,4 @@
-"""Input and output shapes of the previews API (API.md "Previews")."""
+"""Input and output shapes of the previews API (docs/api.md, "Previews")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Input and output shapes of POST /exec and the background command endpoints (API.md)."""
+"""Input and output shapes of POST /exec and the background command endpoints (docs/api.md)."""
 
 from __future__ import annotations
 

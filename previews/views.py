@@ -1,4 +1,4 @@
-"""Thin views of the previews API (API.md "Previews")."""
+"""Thin views of the previews API (docs/api.md, "Previews")."""
 
 from __future__ import annotations
 

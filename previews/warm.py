@@ -1,6 +1,6 @@
 """Warm sandboxes: preview containers created ahead of time, started when a preview asks.
 
-`runc run` costs ~50 ms even idle (two Go runtimes, ~30 mounts, the cgroup; SANDBOX.md), which
+`runc run` costs ~50 ms even idle (two Go runtimes, ~30 mounts, the cgroup; docs/sandbox.md), which
 alone was the issue's whole budget. A warm sandbox is a container `runc create`d off the
 critical path, in a network namespace from the pool: namespaces, mounts, cgroup and limits are
 in place and its init is blocked on the runtime's exec fifo. A start only fills in what depends

@@ -1,4 +1,4 @@
-"""Authentication: agent tokens and the platform's Better Auth credentials (API.md).
+"""Authentication: agent tokens and the platform's Better Auth credentials (docs/api.md).
 
 Each class answers `None` when the request does not carry its kind of credential and raises
 `AuthenticationFailed` when it carries one that is bad, so that a tampered credential is a 401
@@ -82,7 +82,8 @@ class AgentTokenAuthentication(_BearerChallenge):
 def unsign_session_cookie(value: str, secret: str) -> str | None:
     """Return the session token of a Better Auth signed value, or None when the HMAC is wrong.
 
-    Value: urlencode(token + "." + base64(HMAC_SHA256(secret, token))) (INTEROP.md).
+    Value: urlencode(token + "." + base64(HMAC_SHA256(secret, token))) (Better Auth's signed-cookie
+    format, docs/foundation.md).
     """
     token, dot, signature = unquote(value).rpartition(".")
     if not dot or not token or not secret:

@@ -1,7 +1,7 @@
 """Typed API errors and the one exception handler that shapes every error body.
 
 Every 4xx/5xx body is `{"detail": "<sentence>", "code": "<snake_case>"}`; validation errors add
-`"errors": {field: [messages]}` with `"code": "invalid"` (API.md).
+`"errors": {field: [messages]}` with `"code": "invalid"` (docs/api.md).
 """
 
 from __future__ import annotations

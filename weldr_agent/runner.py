@@ -1,6 +1,6 @@
 """The one door to the operating system: the only module that imports `subprocess`.
 
-Rules (STYLE.md): argv lists only, never a shell; secrets travel in `env`, never in argv; every
+Rules: argv lists only, never a shell; secrets travel in `env`, never in argv; every
 call has a timeout; children start in their own session so a timeout kills the whole process
 group (a grandchild holding a pipe cannot make us hang); daemons log to files, not pipes;
 failures become typed errors carrying the exit code and the tail of stderr.

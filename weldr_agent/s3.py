@@ -47,7 +47,7 @@ def tool_env() -> dict[str, str]:
     """Environment for juicefs/litestream/rclone: explicit keys, nothing inherited.
 
     AWS_CA_BUNDLE is deliberately absent: Litestream 0.5.17 refuses to start an S3 replica
-    when it is set (ENVIRONMENT.md).
+    when it is set (measured on these machines).
     """
     return runner.clean_env({
         "AWS_ACCESS_KEY_ID": settings.S3_ACCESS_KEY_ID,

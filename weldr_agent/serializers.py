@@ -4,7 +4,7 @@
   not have is a 400 `invalid` with `errors: {"<field>": ["Unknown field."]}`, instead of being
   silently ignored (a typo such as `"comand"` must not run a default). Read-only fields are
   accepted and ignored, so a client may send back what it read.
-- `ErrorSerializer`: the error body of API.md, `{"detail", "code"}` plus `errors` for
+- `ErrorSerializer`: the error body of docs/api.md, `{"detail", "code"}` plus `errors` for
   validation failures. `error_responses(404, 409)` declares such responses in
   `extend_schema(responses=...)`; 400/401/403/413/415 are added to every operation
   automatically by `weldr_agent.schema.AutoSchema`.

@@ -311,7 +311,8 @@ FS_MOUNT_OPTIONS = env.str("FS_MOUNT_OPTIONS", default="")
 CACHE_TOTAL_MB = _int("CACHE_TOTAL_MB", 4096, low=256, high=10**7)
 CACHE_RESERVED_META_MB = _int("CACHE_RESERVED_META_MB", 1024, low=0, high=10**6)
 CACHE_RESERVED_OVERHEAD_MB = _int("CACHE_RESERVED_OVERHEAD_MB", 500, low=0, high=10**6)
-# The design's 100-256 MB per mount does not fit 1 GB with 5 mounts (STORAGE.md 7; docs/mounts.md
+# The design's 100-256 MB per mount does not fit 1 GB with 5 mounts (storage hazard 7,
+# docs/mounts.md; docs/mounts.md
 # has the measurement): 64-128 MB keeps the sum of buffers within the 400 MB pool.
 BUFFER_POOL_MB = _int("BUFFER_POOL_MB", 400, low=32, high=10**6)
 BUFFER_MIN_MB = _int("BUFFER_MIN_MB", 64, low=32, high=10**5)
@@ -339,7 +340,8 @@ MOUNT_TIMEOUT_SECONDS = _int("MOUNT_TIMEOUT_SECONDS", 120, low=5, high=3600)
 # Metadata restored after a machine loss is taken from this long before now − UPLOAD_DELAY (or
 # from the last zero-RPO sync, whichever is later), so that every block it names was uploaded.
 RESTORE_MARGIN_SECONDS = _int("RESTORE_MARGIN_SECONDS", 60, low=0, high=86400)
-# Go heap soft limits (STORAGE.md 7): juicefs gets its buffer plus this much, litestream a fixed
+# Go heap soft limits (storage hazard 7, docs/mounts.md): juicefs gets its buffer plus this much,
+# litestream a fixed
 # amount. GOMEMLIMIT makes the Go runtime collect harder instead of growing past it.
 JUICEFS_MEMORY_OVERHEAD_MB = _int("JUICEFS_MEMORY_OVERHEAD_MB", 64, low=16, high=10**5)
 LITESTREAM_MEMORY_LIMIT_MB = _int("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, high=10**5)

@@ -1,4 +1,4 @@
-"""Input and output shapes of the workflows API (API.md: Projects, workflows, events)."""
+"""Input and output shapes of the workflows API (docs/api.md: Projects, workflows, events)."""
 
 from __future__ import annotations
 

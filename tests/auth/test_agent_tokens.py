@@ -1,4 +1,4 @@
-"""Agent tokens (`manage.py create_api_token`) and the 401s of API.md."""
+"""Agent tokens (`manage.py create_api_token`) and the 401s of docs/api.md."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def test_the_image_is_bookworm_python_311_for_amd64_and_serves():
     last = dict(instructions)
     assert last["FROM"] == "--platform=linux/amd64 python:3.11-slim-bookworm"
     assert "manage.py" in last["CMD"] and "serve" in last["CMD"]
-    # every script, whichever app adds it, lands in /usr/local/bin (SEED.md's layout)
+    # every script, whichever app adds it, lands in /usr/local/bin (the design's layout)
     assert any("install -m 0755 scripts/*.sh /usr/local/bin/" in args
                for op, args in instructions if op == "RUN")
 
@@ -58,7 +58,7 @@ def test_fly_toml_matches_the_agents_settings():
     assert preview_ports == list(range(settings.PREVIEW_PORT_MIN, settings.PREVIEW_PORT_MAX + 1))
     assert all(service["ports"][0]["port"] == service["internal_port"]
                for service in fly["services"])
-    # the volume is where WELDR_ENV_VOL points, as SEED.md's default
+    # the volume is where WELDR_ENV_VOL points, as the design's default
     assert fly["mounts"][0]["destination"] == fly["env"]["WELDR_ENV_VOL"] == "/dev/weldr_env_vol"
     # Fly waits as long as the agent's own shutdown deadline
     assert fly["kill_timeout"] == int(fly["env"]["SHUTDOWN_TIMEOUT_SECONDS"]) == 60

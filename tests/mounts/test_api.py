@@ -49,7 +49,8 @@ def test_mount_then_unmount_through_the_api(api, bucket):
 
 
 def test_juicefs_gets_the_configured_oom_score_adj(api, bucket, settings):
-    # JuiceFS sets -1000 itself where it may (STORAGE.md 7; this machine's root lacks
+    # JuiceFS sets -1000 itself where it may (storage hazard 7, docs/mounts.md; this machine's root
+    # lacks
     # CAP_SYS_RESOURCE, so it stays at 0 here and only values >= 0 can be set)
     settings.JUICEFS_OOM_SCORE_ADJ = 100
     api.post("/mounts", {"bucket": bucket}, format="json")

@@ -1,4 +1,4 @@
-"""The HTTP shapes of projects, branches, trigger and runs (API.md)."""
+"""The HTTP shapes of projects, branches, trigger and runs (docs/api.md)."""
 
 from __future__ import annotations
 
