@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
@@ -25,7 +26,6 @@ from rest_framework.request import Request
 from weldr_agent.betterauth.models import ApiKey, Session, User
 from weldr_agent.models import TOKEN_PREFIX, ApiToken
 
-SESSION_COOKIES = ("__Secure-better-auth.session_token", "better-auth.session_token")
 RAW_SESSION_TOKEN = re.compile(r"^[A-Za-z0-9]{32}$")
 JWT_SHAPE = re.compile(r"^eyJ[\w-]*\.[\w-]+\.[\w-]*$")
 JWT_ALGORITHMS = ["EdDSA", "ES256", "ES512", "RS256", "PS256"]
@@ -46,6 +46,20 @@ class Principal:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
+
+
+def session_cookie_names() -> tuple[str, str]:
+    """Better Auth's session cookie under the platform's `advanced.cookiePrefix`.
+
+    Over HTTPS Better Auth sets the `__Secure-` form; both are accepted, the secure one first.
+    """
+    name = f"{settings.BETTER_AUTH_COOKIE_PREFIX}.session_token"
+    return f"__Secure-{name}", name
+
+
+def jwks_url() -> str:
+    """Where the platform serves its JWKS: its origin, Better Auth's `basePath`, `/jwks`."""
+    return f"{settings.BETTER_AUTH_URL}{settings.BETTER_AUTH_BASE_PATH}/jwks"
 
 
 def _bearer(request: Request) -> str | None:
@@ -103,17 +117,18 @@ def sign_session_token(token: str, secret: str) -> str:
 
 
 def session_user_id(token: str) -> str | None:
-    session = Session.objects.filter(token=token).only("user_id", "expires_at").first()
-    if session is None or session.expires_at <= timezone.now():
-        return None
-    return session.user_id
+    # Expiry compared by the database: a Drizzle schema's `timestamp` (without time zone)
+    # column reads back naive, which Python cannot compare with an aware "now".
+    live = Session.objects.filter(token=token, expires_at__gt=timezone.now())
+    return live.values_list("user_id", flat=True).first()
 
 
 class BetterAuthSessionAuthentication(_BearerChallenge):
     """A Better Auth session: signed cookie, or bearer token signed or raw."""
 
     def authenticate(self, request: Request) -> tuple[Principal, Any] | None:
-        cookie = next((request.COOKIES[n] for n in SESSION_COOKIES if n in request.COOKIES), None)
+        cookie = next((request.COOKIES[name] for name in session_cookie_names()
+                       if name in request.COOKIES), None)
         bearer = _bearer(request)
         if bearer is not None and not bearer.startswith(TOKEN_PREFIX):
             # An explicit bearer wins over a cookie the browser happens to send along.
@@ -171,7 +186,7 @@ class BetterAuthJWTAuthentication(_BearerChallenge):
         if not base:
             raise _failed("JWTs are not accepted: BETTER_AUTH_URL is not configured.")
         try:
-            key = _jwks_client(f"{base}/api/auth/jwks").get_signing_key_from_jwt(token)
+            key = _jwks_client(jwks_url()).get_signing_key_from_jwt(token)
             claims = jwt.decode(
                 token, key.key, algorithms=JWT_ALGORITHMS, audience=base, issuer=base,
                 options={"require": ["exp", "sub"]},
@@ -179,11 +194,16 @@ class BetterAuthJWTAuthentication(_BearerChallenge):
         except jwt.PyJWKClientConnectionError as error:
             # Not the caller's fault: the platform is unreachable, so retrying later may work.
             raise JWKSUnavailable(
-                f"The platform's JWKS ({base}/api/auth/jwks) could not be fetched: {error}"
+                f"The platform's JWKS ({jwks_url()}) could not be fetched: {error}"
             ) from None
         except jwt.PyJWTError as error:
             raise _failed(f"The JWT is invalid: {error}") from None
         return Principal(kind="jwt", name=claims["sub"], user_id=claims["sub"]), claims
+
+
+def _aware(moment: datetime) -> datetime:
+    """A `timestamp` column (Drizzle's default) reads back naive; the platform writes it in UTC."""
+    return timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment
 
 
 def api_key_hash(key: str) -> str:
@@ -201,7 +221,7 @@ class BetterAuthApiKeyAuthentication(authentication.BaseAuthentication):
         row = ApiKey.objects.filter(key=api_key_hash(key)).first()
         if row is None or row.enabled is False:
             raise _failed("The API key is unknown or disabled.")
-        if row.expires_at is not None and row.expires_at <= timezone.now():
+        if row.expires_at is not None and _aware(row.expires_at) <= timezone.now():
             raise _failed("The API key has expired.")
         if row.remaining is not None and row.remaining <= 0:
             raise _failed("The API key has used up its requests.")

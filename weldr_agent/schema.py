@@ -69,7 +69,8 @@ class JWTScheme(OpenApiAuthenticationExtension):
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
         return {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                 "description": "A JWT from the platform's Better Auth, checked against "
-                               "`BETTER_AUTH_URL`/api/auth/jwks."}
+                               "its JWKS at `BETTER_AUTH_URL` + `BETTER_AUTH_BASE_PATH` "
+                               "(`/api/auth`) + `/jwks`."}
 
 
 class SessionScheme(OpenApiAuthenticationExtension):
@@ -77,7 +78,9 @@ class SessionScheme(OpenApiAuthenticationExtension):
     name = "sessionCookie"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
-        return {"type": "apiKey", "in": "cookie", "name": "better-auth.session_token",
+        from weldr_agent.auth import session_cookie_names
+
+        return {"type": "apiKey", "in": "cookie", "name": session_cookie_names()[1],
                 "description": "Better Auth's signed session cookie (or its `__Secure-` "
                                "variant). The same session is also accepted as "
                                "`Authorization: Bearer <token>`, signed or raw."}

@@ -116,6 +116,7 @@ RUNTIME_DIR = Path(env.str("WELDR_RUNTIME_DIR", default="/run/weldr")).absolute(
 # ---------------------------------------------------------------------------------------------
 
 BETTER_AUTH_SECRET = env.str("BETTER_AUTH_SECRET", default="" if PRODUCTION else "weldr-dev-secret")
+# The platform's origin: JWT issuer and audience (Better Auth's jwt plugin uses the origin).
 BETTER_AUTH_URL = env.str("BETTER_AUTH_URL", default="").rstrip("/")
 PROJECT_ID = env.str("PROJECT_ID", default="")
 
@@ -251,6 +252,43 @@ DATABASES = {
     "shared": _shared,
 }
 DATABASE_ROUTERS = ["weldr_agent.routers.StateSharedRouter"]
+
+# ---------------------------------------------------------------------------------------------
+# Better Auth as the platform configures it (BETTER_AUTH_SECRET and _URL are above)
+# ---------------------------------------------------------------------------------------------
+
+# Better Auth's `basePath`: the JWKS is at BETTER_AUTH_URL + BETTER_AUTH_BASE_PATH + "/jwks".
+BETTER_AUTH_BASE_PATH = env.str("BETTER_AUTH_BASE_PATH", default="/api/auth").rstrip("/")
+if BETTER_AUTH_BASE_PATH and not re.match(r"^(/[A-Za-z0-9._~-]+)+$", BETTER_AUTH_BASE_PATH):
+    raise ImproperlyConfigured(
+        f"BETTER_AUTH_BASE_PATH must be a path like /api/auth; got {BETTER_AUTH_BASE_PATH!r}.")
+# Better Auth's `advanced.cookiePrefix`: the session cookie is <prefix>.session_token (and
+# __Secure-<prefix>.session_token over HTTPS).
+BETTER_AUTH_COOKIE_PREFIX = env.str("BETTER_AUTH_COOKIE_PREFIX", default="better-auth")
+if not re.match(r"^[A-Za-z0-9._-]{1,64}$", BETTER_AUTH_COOKIE_PREFIX):
+    raise ImproperlyConfigured("BETTER_AUTH_COOKIE_PREFIX must be 1-64 characters of "
+                               f"A-Z a-z 0-9 . _ -; got {BETTER_AUTH_COOKIE_PREFIX!r}.")
+# Better Auth's models and their tables ("model=table,…", each model's `modelName`); a model not
+# named keeps its own name. The agent reads user, session, jwks and apikey; account and
+# verification are named so that the tables made for development match the platform's.
+BETTER_AUTH_MODELS = ("user", "session", "account", "verification", "jwks", "apikey")
+BETTER_AUTH_TABLES = {model: model for model in BETTER_AUTH_MODELS}
+for _item in filter(None, env.str("BETTER_AUTH_TABLES", default="").split(",")):
+    _model, _eq, _table = (part.strip() for part in _item.partition("="))
+    if _model not in BETTER_AUTH_MODELS or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", _table):
+        raise ImproperlyConfigured(
+            "BETTER_AUTH_TABLES must look like user=users,session=sessions (models: "
+            f"{', '.join(BETTER_AUTH_MODELS)}; tables: SQL identifiers); got {_item!r}.")
+    BETTER_AUTH_TABLES[_model] = _table
+# How the platform names columns: Better Auth's own field names (camelCase, its default), or
+# snake_case (a Drizzle schema with `email_verified`, or Better Auth's `fields` option).
+BETTER_AUTH_COLUMNS = _choice("BETTER_AUTH_COLUMNS",
+                              env.str("BETTER_AUTH_COLUMNS", default="camelCase"),
+                              ("camelCase", "snake_case"))
+# Create Better Auth's tables where they are missing (migration betterauth/0001). Off in
+# production: there the platform owns them, and a missing one is a configuration error that
+# start-up names, not an empty table made under a wrong name.
+BETTER_AUTH_CREATE_TABLES = _bool("BETTER_AUTH_CREATE_TABLES", default=not PRODUCTION)
 
 # ---------------------------------------------------------------------------------------------
 # Channel layer: Redis when REDIS_URL is set, in-memory otherwise

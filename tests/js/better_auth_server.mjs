@@ -13,6 +13,16 @@
 //   POST /test/sign-jwt {payload}              -> {token}  (signed with the JWKS's real key)
 // SIGTERM closes the server and the pool.
 //
+// Configured the way a platform deploys it, from the same variables the agent reads (all
+// optional; unset means Better Auth's defaults, exactly as before):
+//   BETTER_AUTH_COOKIE_PREFIX=weldr                  -> advanced.cookiePrefix
+//   BETTER_AUTH_BASE_PATH=/auth                       -> basePath
+//   BETTER_AUTH_TABLES=user=users,session=sessions,…  -> modelName of each model (plugins' too)
+//   BETTER_AUTH_COLUMNS=snake_case                    -> every field's column name in snake_case
+// Table and column names go through Better Auth's own `modelName`/`fields` options (core models
+// and the jwt and api-key plugins' `schema` option), which give the database the shape a Drizzle
+// schema with plural tables and snake_case columns gives it, without a second ORM here.
+//
 // `--plan` prints what Better Auth's migrations would still do to DATABASE_URL, as JSON, and
 // `--migrate` runs them; both exit without serving. The tests use them to prove that the
 // agent's mirror of these tables is exactly what Better Auth creates, in either order.
@@ -22,6 +32,7 @@ import http from "node:http";
 import { apiKey } from "@better-auth/api-key";
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
+import { getAuthTables } from "better-auth/db";
 import { toNodeHandler } from "better-auth/node";
 import { bearer, jwt } from "better-auth/plugins";
 import pg from "pg";
@@ -39,18 +50,62 @@ const databaseUrl = required("DATABASE_URL");
 const secret = required("BETTER_AUTH_SECRET");
 const pool = new pg.Pool({ connectionString: databaseUrl, max: 4 });
 
-function makeAuth(baseURL) {
-  return betterAuth({
+const CORE_MODELS = ["user", "session", "account", "verification"];
+
+function parseTables(raw) {
+  const tables = {};
+  for (const item of (raw ?? "").split(",").filter((i) => i.trim())) {
+    const [model, table] = item.split("=").map((part) => part.trim());
+    tables[model] = table;
+  }
+  return tables;
+}
+
+const snake = (name) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+
+// { model: { modelName?, fields? } } for the configured tables and column naming.
+function schemaOverrides(baseOptions) {
+  const tables = parseTables(process.env.BETTER_AUTH_TABLES);
+  const snakeCase = process.env.BETTER_AUTH_COLUMNS === "snake_case";
+  const overrides = {};
+  for (const [model, table] of Object.entries(getAuthTables(baseOptions))) {
+    const fields = {};
+    if (snakeCase) {
+      for (const field of Object.keys(table.fields)) {
+        if (snake(field) !== field) fields[field] = snake(field);
+      }
+    }
+    overrides[model] = { ...(tables[model] ? { modelName: tables[model] } : {}), fields };
+  }
+  return overrides;
+}
+
+function options(baseURL, overrides = {}) {
+  const cookiePrefix = process.env.BETTER_AUTH_COOKIE_PREFIX;
+  const basePath = process.env.BETTER_AUTH_BASE_PATH;
+  const core = Object.fromEntries(CORE_MODELS.filter((m) => overrides[m]).map((m) => [m, overrides[m]]));
+  return {
     baseURL,
+    ...(basePath ? { basePath } : {}),
     secret,
     database: pool,
+    ...core,
     emailAndPassword: { enabled: true, autoSignIn: true },
-    plugins: [bearer(), jwt(), apiKey()],
+    plugins: [
+      bearer(),
+      jwt(overrides.jwks ? { schema: { jwks: overrides.jwks } } : {}),
+      apiKey(overrides.apikey ? { schema: { apikey: overrides.apikey } } : {}),
+    ],
     telemetry: { enabled: false },
     // The tests sign up many users from one address; Better Auth's limiter would refuse them.
     rateLimit: { enabled: false },
     logger: { level: "warn" },
-  });
+    ...(cookiePrefix ? { advanced: { cookiePrefix } } : {}),
+  };
+}
+
+function makeAuth(baseURL) {
+  return betterAuth(options(baseURL, schemaOverrides(options(baseURL))));
 }
 
 async function readJson(request) {
