@@ -18,6 +18,8 @@ from urllib.parse import unquote
 import httpx
 import psycopg
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
 
 from tests.auth.conftest import (
     DEPLOYED,
@@ -159,3 +161,15 @@ def test_an_expired_session_is_401_and_a_signed_out_one_too(deployed, user):
     assert whoami(deployed, {"Authorization": f"Bearer {other.token}"})[0] == 200
     deployed.platform.sign_out(other.token)
     assert whoami(deployed, {"Authorization": f"Bearer {other.token}"})[0] == 401
+
+
+@pytest.mark.parametrize(("cookie", "close_code"), [("weldr.session_token", 4404),
+                                                     ("better-auth.session_token", 4401)])
+def test_a_websocket_handshake_takes_the_weldr_cookie(deployed, user, cookie, close_code):
+    # An unknown branch: 4404 once authenticated, 4401 before (weldr_agent/ws_auth.py).
+    url = f"ws://127.0.0.1:{deployed.agent.port}/ws/events/no-project/no-branch"
+    with ws_connect(url, additional_headers={"Cookie": f"{cookie}={user.cookie}"},
+                    open_timeout=30) as socket:
+        with pytest.raises(ConnectionClosed):
+            socket.recv(timeout=30)
+        assert socket.close_code == close_code

@@ -63,7 +63,7 @@ def test_missing_tables_are_named_with_the_setting_to_change(platform_database, 
                     BETTER_AUTH_COLUMNS="snake_case")
     assert result.returncode != 0
     for model in ("user", "session", "jwks", "apikey"):
-        expected = f'table "{model}" (Better Auth model `{model}`) does not exist'
+        expected = f'table "{model}" (Better Auth model {model}) does not exist'
         assert (expected in result.stderr) == (model != "jwks"), result.stderr
     assert "set BETTER_AUTH_TABLES=user=<its table>" in result.stderr
 
@@ -83,7 +83,7 @@ def test_production_creates_no_table_under_a_wrong_name(tmp_path):
         # then the agent made no table: the check names what the platform must provide
         result = manage(tmp_path, database, "better_auth_check")
     assert result.returncode != 0
-    assert 'table "user" (Better Auth model `user`) does not exist' in result.stderr
+    assert 'table "user" (Better Auth model user) does not exist' in result.stderr
 
 
 def test_an_unreachable_shared_database_does_not_stop_start_up(caplog):

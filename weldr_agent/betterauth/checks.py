@@ -45,7 +45,7 @@ def schema_problems(connection: BaseDatabaseWrapper) -> list[str]:
         existing = set(connection.introspection.table_names(cursor))
         for model, (table, columns) in required_columns().items():
             if table not in existing:
-                problems.append(f'table "{table}" (Better Auth model `{model}`) does not exist; '
+                problems.append(f'table "{table}" (Better Auth model {model}) does not exist; '
                                 f"set BETTER_AUTH_TABLES={model}=<its table>")
                 continue
             present = {c.name for c in connection.introspection.get_table_description(
