@@ -97,3 +97,14 @@ def test_an_unreachable_shared_database_does_not_stop_start_up(caplog):
         schema_check(handler["default"])
     assert time.monotonic() - started < 5
     assert "could not be checked" in caplog.text
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("BETTER_AUTH_TABLES", "users=user"), ("BETTER_AUTH_TABLES", 'user=us"ers'),
+    ("BETTER_AUTH_COLUMNS", "kebab-case"), ("BETTER_AUTH_COOKIE_PREFIX", "we ldr"),
+    ("BETTER_AUTH_BASE_PATH", "auth"), ("BETTER_AUTH_CREATE_TABLES", "maybe"),
+])
+def test_a_bad_setting_stops_start_up_naming_it(tmp_path, name, value):
+    result = manage(tmp_path, "", "check", **{name: value})
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and name in result.stderr.splitlines()[-1]
