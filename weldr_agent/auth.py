@@ -23,6 +23,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from weldr_agent.betterauth.checks import plugin_absent
 from weldr_agent.betterauth.models import ApiKey, Session, User
 from weldr_agent.models import TOKEN_PREFIX, ApiToken
 
@@ -218,6 +219,8 @@ class BetterAuthApiKeyAuthentication(authentication.BaseAuthentication):
         key = request.headers.get("x-api-key")
         if not key:
             return None
+        if plugin_absent("apikey"):
+            raise _failed("API keys are not accepted: the platform has no API key table.")
         row = ApiKey.objects.filter(key=api_key_hash(key)).first()
         if row is None or row.enabled is False:
             raise _failed("The API key is unknown or disabled.")

@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
 from django.db import connections
 from django.db.utils import ConnectionHandler
@@ -62,10 +64,31 @@ def test_missing_tables_are_named_with_the_setting_to_change(platform_database, 
     result = manage(tmp_path, platform_database, "better_auth_check",
                     BETTER_AUTH_COLUMNS="snake_case")
     assert result.returncode != 0
+    # the core tables must be there; a plugin's (apikey) may be absent, so it is not named
     for model in ("user", "session", "jwks", "apikey"):
         expected = f'table "{model}" (Better Auth model {model}) does not exist'
-        assert (expected in result.stderr) == (model != "jwks"), result.stderr
+        assert (expected in result.stderr) == (model in ("user", "session")), result.stderr
     assert "set BETTER_AUTH_TABLES=user=<its table>" in result.stderr
+
+
+def test_a_platform_without_the_api_key_plugin_starts_and_refuses_api_keys(tmp_path):
+    # given the platform's tables without the api-key plugin's
+    with new_databases(1) as (database,):
+        node("--migrate", database=database, config=DEPLOYED)
+        with psycopg.connect(database, autocommit=True) as connection:
+            connection.execute("drop table apikeys")
+        agent = AgentProcess(agent_env(tmp_path, database, **DEPLOYED), free_port(),
+                             tmp_path / "agent.log")
+        try:
+            # when the agent starts, then it does, and says what it will not accept
+            agent.start(timeout=60)
+            assert 'Better Auth has no table "apikeys"' in agent.log.read_text()
+            response = httpx.get(f"{agent.url}/whoami", headers={"x-api-key": "k" * 64})
+        finally:
+            agent.stop()
+            agent.remove_leftovers()
+    assert (response.status_code, response.json()["code"]) == (401, "not_authenticated")
+    assert "no API key table" in response.json()["detail"]
 
 
 def test_with_the_settings_right_the_check_passes(platform_database, tmp_path):
@@ -73,6 +96,7 @@ def test_with_the_settings_right_the_check_passes(platform_database, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "session: sessions (id, expires_at, token, created_at, updated_at, ip_address, " \
            "user_agent, user_id)" in result.stdout
+    assert "apikey: apikeys (id, config_id, name, start, reference_id," in result.stdout
 
 
 def test_production_creates_no_table_under_a_wrong_name(tmp_path):

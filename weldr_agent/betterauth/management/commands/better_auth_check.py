@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from weldr_agent.betterauth.checks import required_columns, schema_problems
+from weldr_agent.betterauth.checks import OPTIONAL, required_columns, schema_problems
 from weldr_agent.routers import SHARED_DB
 
 
@@ -17,8 +17,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from django.db import connections
 
-        problems = schema_problems(connections[SHARED_DB])
+        problems, absent = schema_problems(connections[SHARED_DB])
         if problems:
             raise CommandError("; ".join(problems))
         for model, (table, columns) in required_columns().items():
-            self.stdout.write(f"{model}: {table} ({', '.join(columns)})")
+            found = f"no table: {OPTIONAL[model]}" if model in absent else ", ".join(columns)
+            self.stdout.write(f"{model}: {table} ({found})")
