@@ -21,7 +21,7 @@ OK = "ok"
 
 
 def loop_devices() -> str:
-    """"ok" when a loop device can be had here, else a sentence saying why not.
+    """`ok` when a loop device can be had here, else a sentence saying why not.
 
     The same steps as `losetup --find` (which attaches the image layout's image): open
     /dev/loop-control, ask it for a free device, open that device read-write. /dev/loop-control

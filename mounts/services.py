@@ -186,6 +186,8 @@ def _machine_mount(mount: Mount, requested: str | None = None) -> None:
         steps.ensure_bucket(mount.bucket)
         _image_volume_refuse(mount.bucket)
         origin = steps.metadata_prepare(p)
+        # A volume made by an older agent: its settings held the S3 keys (steps, system).
+        steps.format_secrets_remove(p.meta_db)
         mount.layout = _layout_decide(p, origin, requested)
         fresh = origin == "formatted" or steps.volume_empty(p.meta_db)
         p = _paths(mount)
