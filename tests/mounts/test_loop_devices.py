@@ -8,14 +8,16 @@ they are absent, as on a platform that offers none, while the rest of the machin
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from mounts import services
+from mounts import services, steps, system
 from weldr_agent import runner, s3
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -134,3 +136,49 @@ def test_without_loop_devices_the_agent_says_so_and_falls_back_to_files(agent_pr
     # and the agent stops cleanly, unmounting the files volume
     http.close()
     assert agent_process.stop() == 0
+
+
+def _agent_paths(agent, bucket: str) -> system.Paths:
+    vol, run = Path(agent.env["WELDR_ENV_VOL"]), Path(agent.env["WELDR_RUNTIME_DIR"]) / "mounts"
+    return dataclasses.replace(
+        system.paths(bucket, system.IMAGE), meta_db=vol / "meta" / f"{bucket}.db",
+        cache_dir=vol / "cache" / bucket, volume_dir=vol / "volumes" / bucket,
+        mount_point=Path(agent.env["WORKSPACE_BASE"]) / bucket,
+        litestream_socket=run / f"litestream-{bucket}.sock", lock=run / f"{bucket}.lock")
+
+
+def test_an_image_mount_of_a_machine_that_lost_its_loop_devices_is_marked_failed_at_start_up(
+        agent_process, buckets):
+    # given an agent that mounted an image volume, then went down with its machine
+    bucket = buckets()
+    agent_process.env.update({"WORKSPACE_LAYOUT": "image", "LOG_LEVEL": "INFO"})
+    Path(agent_process.env["WELDR_ENV_VOL"]).mkdir(parents=True, exist_ok=True)
+    agent_process.manage("migrate", "--database", "default", "-v0")
+    token = agent_process.manage("create_api_token", "--name", "t").stdout.split()[-1]
+    headers = {"Authorization": f"Bearer {token}"}
+    p = _agent_paths(agent_process, bucket)
+    try:
+        agent_process.start()
+        mounted = httpx.post(f"{agent_process.url}/mounts", json={"bucket": bucket},
+                             headers=headers, timeout=180)
+        assert mounted.status_code == 201 and mounted.json()["layout"] == "image", mounted.text
+        os.killpg(agent_process.process.pid, signal.SIGKILL)
+        agent_process.process.wait()
+        agent_process.process = None
+        # (its daemons, mounts and loop device went with the machine)
+        steps.teardown(p, juicefs_pid=None, litestream_pid=None, grace=5)
+
+        # when it starts again where no loop device can be made
+        agent_process.start(prefix=WITHOUT_LOOP_DEVICES)
+
+        # then it started (start-up reconcile did not crash) and the mount is failed, saying why
+        row = httpx.get(f"{agent_process.url}/mounts/{bucket}", headers=headers, timeout=30)
+        assert row.status_code == 200, row.text
+        assert row.json()["status"] == "failed", row.json()
+        assert "holds an image workspace" in row.json()["error"], row.json()
+        assert httpx.get(f"{agent_process.url}/health", timeout=30).status_code == 200
+        # and it stops cleanly
+        assert agent_process.stop() == 0
+    finally:
+        agent_process.stop()
+        steps.teardown(p, juicefs_pid=None, litestream_pid=None, grace=5)
