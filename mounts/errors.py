@@ -82,3 +82,11 @@ class LayoutMismatch(ConflictError):
 
     default_code = "layout_mismatch"
     default_detail = "The bucket's workspace has the other layout."
+
+
+class LayoutUnavailable(ConflictError):
+    """The image layout needs a loop device and this machine can make none (docs/mounts.md,
+    "Where loop devices are missing"): a 409, since the `files` layout still works here."""
+
+    default_code = "layout_unavailable"
+    default_detail = "This machine cannot make loop devices, which the image layout needs."

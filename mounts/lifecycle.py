@@ -15,9 +15,26 @@ ORDER = 10
 def startup() -> None:
     from mounts.services import mount_reconcile
 
+    _loop_devices_report()
     outcome = mount_reconcile()
     if outcome:
         logger.info("reconciled mounts: %s", outcome)
+
+
+def _loop_devices_report() -> None:
+    """Say once, where an operator looks first, that the image layout is off on this machine."""
+    from django.conf import settings
+
+    from mounts import capabilities, local
+
+    reason = capabilities.loop_devices()
+    if reason == capabilities.OK or local.enabled():
+        return
+    logger.warning(
+        "LOOP DEVICES UNAVAILABLE: %s. The image layout is off on this machine: new volumes "
+        "get the files layout%s, and mounting an image volume answers 409 layout_unavailable "
+        "(GET /health: capabilities.loop_devices).", reason,
+        " (WORKSPACE_LAYOUT=image is overridden)" if settings.WORKSPACE_LAYOUT == "image" else "")
 
 
 def shutdown(deadline: float) -> None:

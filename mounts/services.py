@@ -18,11 +18,12 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from mounts import local, steps, system
+from mounts import capabilities, local, steps, system
 from mounts.errors import (
     InvalidBucket,
     InvalidLayout,
     LayoutMismatch,
+    LayoutUnavailable,
     MountFailed,
     MountLimitReached,
     MountNotFound,
@@ -126,11 +127,48 @@ def _layout_decide(p: system.Paths, origin: str, requested: str | None) -> str:
 def _layout_choose(p: system.Paths, volume: str | None, requested: str | None) -> str:
     """The layout to mount: the volume's own; the request's (or the setting's) for a new one."""
     if volume is None:
-        return requested or settings.WORKSPACE_LAYOUT
+        return _layout_new(requested)
     if requested and requested != volume:
         raise LayoutMismatch(f"Bucket {p.bucket!r} holds a workspace with the {volume!r} layout; "
                              f"it cannot be mounted as {requested!r}.")
+    if volume == system.IMAGE:
+        _image_layout_require(p.bucket)
     return volume
+
+
+def _layout_new(requested: str | None) -> str:
+    """A new volume's layout: the request's, else WORKSPACE_LAYOUT — `files` when that says
+    `image` and this machine can make no loop device (an explicit request was refused before
+    anything was made: mount_create)."""
+    layout = requested or settings.WORKSPACE_LAYOUT
+    if layout == system.IMAGE and requested is None and not capabilities.image_layout_available():
+        logger.warning("no loop devices here: the new volume gets the files layout")
+        return system.FILES
+    return layout
+
+
+def _image_layout_require(bucket: str, *, requested: bool = False) -> None:
+    """LayoutUnavailable (409) when the image layout cannot be mounted on this machine."""
+    reason = capabilities.loop_devices()
+    if reason == capabilities.OK:
+        return
+    if requested:
+        raise LayoutUnavailable(
+            f"The image layout needs a loop device and this machine can make none ({reason}). "
+            "Ask for the files layout, or leave `layout` out: new volumes get files here.")
+    raise LayoutUnavailable(
+        f"Bucket {bucket!r} holds an image workspace (an ext4 image), which needs a loop device, "
+        f"and this machine can make none ({reason}). Mount it on a machine that offers "
+        "/dev/loop-control; its data in S3 is untouched.")
+
+
+def _image_volume_refuse(bucket: str) -> None:
+    """Refuse an image volume before its metadata is restored or anything started, where the
+    record says image and no loop device can be had (nothing is then left behind)."""
+    if capabilities.image_layout_available():
+        return
+    if steps.layout_record_read(bucket) == system.IMAGE:
+        _image_layout_require(bucket)
 
 
 def _machine_mount(mount: Mount, requested: str | None = None) -> None:
@@ -146,7 +184,10 @@ def _machine_mount(mount: Mount, requested: str | None = None) -> None:
         return
     try:
         steps.ensure_bucket(mount.bucket)
+        _image_volume_refuse(mount.bucket)
         origin = steps.metadata_prepare(p)
+        # A volume made by an older agent: its settings held the S3 keys (steps, system).
+        steps.format_secrets_remove(p.meta_db)
         mount.layout = _layout_decide(p, origin, requested)
         fresh = origin == "formatted" or steps.volume_empty(p.meta_db)
         p = _paths(mount)
@@ -211,6 +252,10 @@ def mount_create(*, bucket: str, layout: str | None = None) -> tuple[Mount, bool
         elif not local.enabled() and steps.leftovers(p):
             # No row, yet mounts, daemons or loop devices of this bucket (a lost state row).
             steps.teardown(p, juicefs_pid=None, litestream_pid=None)
+        if layout == system.IMAGE and not local.enabled():
+            # Before anything is made: a formatted volume without its layout record and without
+            # a replica would be refused by every other machine (a volume, no metadata).
+            _image_layout_require(bucket, requested=True)
         mount = _slot_take(bucket)
         try:
             _machine_mount(mount, layout)
@@ -349,7 +394,8 @@ def _reconcile_one(mount: Mount) -> str:
     mount.save()
     try:
         _machine_mount(mount, mount.layout)
-    except (MountFailed, StorageUnavailable, LayoutMismatch, OSError) as error:
+    except (MountFailed, StorageUnavailable, LayoutMismatch, LayoutUnavailable,
+            OSError) as error:
         mount.status, mount.error = Mount.Status.FAILED, str(error)
         mount.juicefs_pid = mount.litestream_pid = None
         mount.save()

@@ -256,6 +256,32 @@ def metadata_prepare(p: system.Paths) -> str:
     return "formatted"
 
 
+def format_secrets_remove(db: Path) -> bool:
+    """Remove the S3 keys from a volume's settings (made by an older agent); True if any were.
+
+    Run before Litestream and JuiceFS start on it, so the cleaned settings are what Litestream
+    replicates next. secure_delete: SQLite overwrites the old row's bytes instead of leaving
+    them in the page's free space, which Litestream would ship with the page.
+    """
+    with _metadata(db) as connection:
+        connection.execute("PRAGMA secure_delete = ON")
+        row = connection.execute("SELECT value FROM jfs_setting WHERE name = 'format'").fetchone()
+        if row is None:
+            return False
+        value = row[0]
+        text = value.decode() if isinstance(value, bytes) else value
+        fmt = json.loads(text)
+        cleaned = system.format_without_secrets(fmt)
+        if cleaned == fmt:
+            return False
+        body = json.dumps(cleaned, indent=1)
+        with connection:
+            connection.execute("UPDATE jfs_setting SET value = ? WHERE name = 'format'",
+                               (body.encode() if isinstance(value, bytes) else body,))
+    logger.warning("removed the S3 keys an older agent left in %s's JuiceFS settings", db.stem)
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Processes
 # ---------------------------------------------------------------------------------------------

@@ -204,12 +204,17 @@ def daemon_tag(p: Paths, kind: str) -> str:
 
 
 def juicefs_env(buffer_size_mb: int | None = None) -> dict[str, str]:
-    """Environment for juicefs: explicit keys (ACCESS_KEY/SECRET_KEY), nothing inherited."""
+    """Environment for juicefs: the keys as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY only,
+    nothing inherited.
+
+    Never ACCESS_KEY / SECRET_KEY: `juicefs format` stores those in the volume's settings, which
+    Litestream replicates into the bucket (its "encrypted" secret is sealed with a key derived
+    from the volume's UUID, stored beside it). With no key in the settings, JuiceFS's S3 client
+    takes them from this environment at every run (docs/mounts.md, "Secrets at rest").
+    """
     from weldr_agent import s3
 
     env = s3.tool_env()
-    env["ACCESS_KEY"] = settings.S3_ACCESS_KEY_ID
-    env["SECRET_KEY"] = settings.S3_SECRET_ACCESS_KEY
     if buffer_size_mb is not None:
         env["GOMEMLIMIT"] = f"{buffer_size_mb + settings.JUICEFS_MEMORY_OVERHEAD_MB}MiB"
     return env
@@ -226,6 +231,22 @@ def litestream_env() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # JuiceFS
 # ---------------------------------------------------------------------------------------------
+
+
+# The volume's settings (jfs_setting 'format') that hold object-storage credentials. EncryptKey
+# (data encryption) is not one: removing it would make an encrypted volume unreadable.
+FORMAT_SECRETS = ("AccessKey", "SecretKey", "SessionToken")
+
+
+def format_without_secrets(fmt: dict[str, Any]) -> dict[str, Any]:
+    """A volume's format settings without the S3 credentials an older agent let JuiceFS store.
+
+    KeyEncrypted goes with them unless EncryptKey is still there (it is encrypted the same way).
+    """
+    cleaned = {key: value for key, value in fmt.items() if key not in FORMAT_SECRETS}
+    if not cleaned.get("EncryptKey"):
+        cleaned.pop("KeyEncrypted", None)
+    return cleaned
 
 
 def juicefs_format_argv(juicefs: str, p: Paths) -> list[str]:

@@ -84,6 +84,19 @@ def test_health_reuses_its_answers_for_the_cache_window(anon, settings):
     assert anon.get("/health").json()["checks"]["s3"] != "ok"
 
 
+def test_health_reports_capabilities_apart_from_its_checks(anon):
+    # given this machine, which offers loop devices (the image layout's)
+    body = anon.get("/health").json()
+    # then they are reported as a capability, not as a check that could make /health 503
+    assert body["capabilities"] == {"loop_devices": "ok"}, body
+    assert "loop_devices" not in body["checks"]
+    schema = anon.get("/openapi.json").json()["components"]["schemas"]
+    assert "loop_devices" in schema["HealthCapabilities"]["properties"]
+    assert "capabilities" in schema["Health"]["properties"]
+    # (without loop devices: tests/mounts/test_loop_devices.py, a real agent in a namespace
+    # without /dev/loop-control, answers 200 with the reason here)
+
+
 def test_liveness_checks_nothing_and_needs_no_credential(anon, settings):
     settings.S3_ENDPOINT = "http://127.0.0.1:9"
     response = anon.get("/health/live")

@@ -6,6 +6,10 @@ or a database can take far longer to fail. So the checks run at once, each in it
 reports "no answer" and goes on in the background (the next round reuses it rather than
 starting another). Answers are kept HEALTH_CACHE_SECONDS, so a flood of anonymous `/health`
 requests costs one round of checks per window.
+
+Capabilities (CAPABILITIES) run in the same round, bounded and cached alike, but are reported
+apart: they say what this machine offers beyond the required dependencies (loop devices for the
+image layout), and the agent works without them, so a missing one never makes /health 503.
 """
 
 from __future__ import annotations
@@ -88,6 +92,15 @@ def check_oci_runtime() -> str:
     return "ok" if name else f"no OCI runtime starts a container: {detector.error}"
 
 
+def check_loop_devices() -> str:
+    from mounts import capabilities
+
+    reason = capabilities.loop_devices()
+    if reason == capabilities.OK:
+        return "ok"
+    return f"{reason}: the image layout is off; new volumes get the files layout"
+
+
 CHECKS: dict[str, Callable[[], str]] = {
     "state_db": check_state_db,
     "shared_db": check_shared_db,
@@ -96,6 +109,11 @@ CHECKS: dict[str, Callable[[], str]] = {
     "fuse": check_fuse,
     "oci_runtime": check_oci_runtime,
 }
+# Informational: "ok" or why not; never part of the status.
+CAPABILITIES: dict[str, Callable[[], str]] = {
+    "loop_devices": check_loop_devices,
+}
+_ALL = {**CHECKS, **CAPABILITIES}
 
 
 class Checks:
@@ -103,7 +121,7 @@ class Checks:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=len(CHECKS),
+        self._executor = ThreadPoolExecutor(max_workers=len(_ALL),
                                             thread_name_prefix="health")
         self._running: dict[str, Future[str]] = {}
         self._answers: dict[str, str] = {}
@@ -121,7 +139,7 @@ class Checks:
             if self._answered_at is not None and \
                     time.monotonic() - self._answered_at < settings.HEALTH_CACHE_SECONDS:
                 return dict(self._answers)
-            for name, check in CHECKS.items():
+            for name, check in _ALL.items():
                 if name not in self._running:
                     self._running[name] = self._executor.submit(check)
             running = dict(self._running)
@@ -151,5 +169,8 @@ def _answer(future: Future[str]) -> str:
 checks = Checks()
 
 
-def run_checks() -> dict[str, str]:
-    return checks.run()
+def run_checks() -> tuple[dict[str, str], dict[str, str]]:
+    """(required checks, capabilities) of one round."""
+    answers = checks.run()
+    return ({name: answers[name] for name in CHECKS},
+            {name: answers[name] for name in CAPABILITIES})

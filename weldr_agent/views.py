@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from mounts.models import Mount
 from previews.models import Preview
 from previews.oci import detector
-from weldr_agent.health import CHECKS, run_checks
+from weldr_agent.health import CAPABILITIES, CHECKS, run_checks
 
 HealthSerializer = inline_serializer(
     name="Health",
@@ -23,6 +23,14 @@ HealthSerializer = inline_serializer(
         "checks": inline_serializer(
             name="HealthChecks",
             fields={name: serializers.CharField() for name in CHECKS},
+        ),
+        "capabilities": inline_serializer(
+            name="HealthCapabilities",
+            fields={name: serializers.CharField() for name in CAPABILITIES},
+            help_text="What this machine offers beyond the required checks: `ok` or why not. "
+                      "Informational: never part of `status`. `loop_devices`: the image "
+                      "layout needs them; without, new volumes get the files layout and an "
+                      "image volume answers 409 `layout_unavailable`.",
         ),
         "oci_runtime": serializers.CharField(allow_null=True),
         "mounts": serializers.IntegerField(),
@@ -38,18 +46,20 @@ class HealthView(APIView):
     @extend_schema(
         summary="Check every dependency",
         description="200 when every check is `ok`; 503 with the failing checks' messages. "
-                    "Answers within HEALTH_CHECK_TIMEOUT_SECONDS (a slow check reports `no "
-                    "answer`) and reuses its answers for HEALTH_CACHE_SECONDS.",
+                    "`capabilities` are reported beside them and never make it 503. Answers "
+                    "within HEALTH_CHECK_TIMEOUT_SECONDS (a slow check reports `no answer`) "
+                    "and reuses its answers for HEALTH_CACHE_SECONDS.",
         responses={200: HealthSerializer, 503: HealthSerializer},
         auth=[],
     )
     def get(self, request: Request) -> Response:
-        checks = run_checks()
+        checks, capabilities = run_checks()
         healthy = all(value == "ok" for value in checks.values())
         body = {
             "status": "ok" if healthy else "degraded",
             "version": settings.VERSION,
             "checks": checks,
+            "capabilities": capabilities,
             "oci_runtime": detector.detect(),
             "mounts": _count(Mount, status="mounted"),
             "previews": _count(Preview, status__in=["starting", "running"]),

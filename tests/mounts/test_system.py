@@ -132,11 +132,29 @@ def test_format_argv_uses_trash_days_and_never_updates(settings):
 def test_tool_envs_carry_keys_but_no_ca_bundle(settings, monkeypatch):
     monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     jenv, lenv = system.juicefs_env(100), system.litestream_env()
-    assert jenv["ACCESS_KEY"] == settings.S3_ACCESS_KEY_ID
-    assert jenv["SECRET_KEY"] == settings.S3_SECRET_ACCESS_KEY
+    # JuiceFS's S3 client reads AWS_*; ACCESS_KEY / SECRET_KEY would be stored by `format` in
+    # the volume's settings, which Litestream replicates into the bucket (docs/mounts.md).
+    assert jenv["AWS_ACCESS_KEY_ID"] == settings.S3_ACCESS_KEY_ID
+    assert jenv["AWS_SECRET_ACCESS_KEY"] == settings.S3_SECRET_ACCESS_KEY
+    assert "ACCESS_KEY" not in jenv and "SECRET_KEY" not in jenv
     assert lenv["AWS_SECRET_ACCESS_KEY"] == settings.S3_SECRET_ACCESS_KEY
     assert "AWS_CA_BUNDLE" not in jenv and "AWS_CA_BUNDLE" not in lenv
     assert jenv["GOMEMLIMIT"] == f"{100 + settings.JUICEFS_MEMORY_OVERHEAD_MB}MiB"
+
+
+def test_format_without_secrets_keeps_everything_but_the_s3_credentials():
+    stored = {"Name": "workspace", "UUID": "u", "Bucket": "http://s3/b", "AccessKey": "AK",
+              "SecretKey": "sealed", "SessionToken": "tok", "KeyEncrypted": True,
+              "TrashDays": 7}
+    assert system.format_without_secrets(stored) == {
+        "Name": "workspace", "UUID": "u", "Bucket": "http://s3/b", "TrashDays": 7}
+    # a volume with data encryption keeps its (equally sealed) EncryptKey and the flag
+    encrypted = {**stored, "EncryptKey": "sealed-rsa"}
+    assert system.format_without_secrets(encrypted) == {
+        "Name": "workspace", "UUID": "u", "Bucket": "http://s3/b", "TrashDays": 7,
+        "EncryptKey": "sealed-rsa", "KeyEncrypted": True}
+    clean = {"Name": "workspace", "UUID": "u", "TrashDays": 7}
+    assert system.format_without_secrets(clean) == clean
 
 
 def test_litestream_config_renders_the_design_schedule(settings, tmp_path):
