@@ -7,8 +7,9 @@ an env file, and the image's own CMD as PID 1. Its network is slirp4netns (a nam
 own); `allow_host_loopback` lets it reach the test run's PostgreSQL, Redis and S3 server, which
 listen on this machine's loopback, at 10.0.2.2.
 
-Every container a test starts is removed afterwards, whatever happened, with the loop devices
-and the database it leaves behind.
+Every container a test starts is stopped (SIGTERM first, as Fly does) and removed afterwards,
+whatever happened, and its database dropped; a JuiceFS killed under its own loop-mounted image has
+its orphaned FUSE connection aborted, so that neither it nor the loop device is left stuck.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def podman(*args: str, timeout: float = 120, check: bool = True) -> runner.Compl
 def _ulimits() -> list[str]:
     """Limits podman may set. Without CAP_SYS_RESOURCE (a sandboxed CI) runc cannot raise a
     hard limit, and podman's defaults (1048576 files and processes) are above ours: pass our own
-    file limit, and the process limit conmon runs under (podman caps it at 32768)."""
+    file limit, and at most the process limit conmon was seen running under here (32768)."""
     files = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     processes = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)
     return ["--ulimit", f"nofile={files}:{files}", "--ulimit", f"nproc={processes}:{processes}"]

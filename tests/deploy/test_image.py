@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.deploy.conftest import HEALTH_GRACE, KILL_TIMEOUT, PREVIEW_PORT, Machine, podman
+from tests.deploy.conftest import HEALTH_GRACE, KILL_TIMEOUT, PREVIEW_PORT, REPO, Machine, podman
 from tests.previews.conftest import SERVER_JS, http_get
 from weldr_agent import runner, s3
 
@@ -113,3 +113,11 @@ def test_the_image_boots_serves_stops_and_a_new_machine_gets_the_workspace_back(
     assert read.status_code == 200 and read.text == "made by exec\n"
     sigterm(second)
     assert second.state()["exit_code"] == "0", second.logs()
+
+
+def test_build_script_has_help_and_refuses_bad_arguments():
+    script = REPO / "scripts" / "build-image.sh"
+    assert "Usage" in runner.run([script, "--help"], timeout=30).stdout
+    for bad in (["--bogus"], ["--tag"], ["--tag", "Not An Image"], ["--tag", "-x"]):
+        result = runner.run([script, *bad], timeout=30, check=False)
+        assert result.returncode == 2 and "build-image.sh:" in result.stderr, (bad, result)
