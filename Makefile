@@ -1,13 +1,14 @@
 # The two commands: `make run` and `make test`. Both install what they need first.
 PY := .venv/bin/python
 
-.PHONY: help setup run test lint bench
+.PHONY: help setup run test lint bench image
 
 help:
 	@echo "make run    start the agent on PORT (default 8080) with embedded defaults"
 	@echo "make test   run the whole test suite against real PostgreSQL, Redis, S3, FUSE, runc"
 	@echo "make lint   ruff"
 	@echo "make bench  run the benchmarks under bench/"
+	@echo "make image  build ./Dockerfile into containers-storage (buildah; no Docker, no registry)"
 
 setup:
 	scripts/setup.sh
@@ -25,3 +26,7 @@ lint: setup
 bench:
 	scripts/setup.sh --test
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+image:
+	scripts/setup.sh --image --system-only
+	scripts/build-image.sh

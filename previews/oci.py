@@ -212,6 +212,9 @@ def config(sandbox: SandboxConfig, *, rootfs: Path) -> dict[str, Any]:
         "mounts": [*system_mounts(tmp_mb=sandbox.tmp_mb), *sandbox.mounts],
         "linux": {
             "namespaces": namespaces,
+            # runc's default, spelled out for crun (whose default is rprivate): a warm sandbox's
+            # workspace is bound on the host after the container exists and must propagate in.
+            "rootfsPropagation": "rslave",
             "cgroupsPath": cgroup_path(sandbox.name),
             "resources": resources(memory_mb=sandbox.memory_mb, cpus=sandbox.cpus,
                                    pids=sandbox.pids),

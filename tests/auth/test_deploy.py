@@ -22,7 +22,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 def test_the_image_installs_with_the_script_ci_runs():
     instructions = dockerfile_instructions()
     runs = [args for op, args in instructions if op == "RUN"]
-    assert any(re.match(r"scripts/setup\.sh(\s|$)", run) for run in runs), runs
+    assert any(re.search(r"(^|&&\s*)scripts/setup\.sh(\s|$)", run) for run in runs), runs
     # CI: .ci/run -> make test -> scripts/setup.sh --test
     assert "make test" in (REPO / ".ci/run").read_text()
     assert "scripts/setup.sh --test" in (REPO / "Makefile").read_text()
@@ -33,13 +33,14 @@ def test_the_image_installs_with_the_script_ci_runs():
             break
         if op == "COPY":
             copied_before.append(args.split()[0])
-    assert {"requirements.lock", "scripts/"} <= set(copied_before)
+    assert {"requirements.lock", "scripts/setup.sh"} <= set(copied_before)
 
 
 def test_the_image_is_bookworm_python_311_for_amd64_and_serves():
+    # Debian bookworm's python3 is 3.11; tests/deploy builds this image and boots it.
     instructions = dockerfile_instructions()
     last = dict(instructions)
-    assert last["FROM"] == "--platform=linux/amd64 python:3.11-slim-bookworm"
+    assert last["FROM"] == "--platform=linux/amd64 debian:bookworm-slim"
     assert "manage.py" in last["CMD"] and "serve" in last["CMD"]
     # every script, whichever app adds it, lands in /usr/local/bin (the design's layout)
     assert any("install -m 0755 scripts/*.sh /usr/local/bin/" in args
