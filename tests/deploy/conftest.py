@@ -28,6 +28,7 @@ import httpx
 import psycopg
 import pytest
 
+from tests.auth.conftest import DEPLOYED, node
 from tests.services import free_port
 from weldr_agent import runner, s3
 
@@ -84,8 +85,12 @@ def shared_database() -> Iterator[str]:
     admin = os.environ["DATABASE_URL"]
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
     try:
-        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+        # The platform owns Better Auth's tables: the real package makes them, configured as the
+        # Weldr platform deploys it (an agent in production creates none of them itself).
+        node("--migrate", database=url, config=DEPLOYED)
+        yield url
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -270,6 +275,7 @@ def _env_file(shared_database: str) -> str:
         "S3_ACCESS_KEY_ID": os.environ["S3_ACCESS_KEY_ID"],
         "S3_SECRET_ACCESS_KEY": os.environ["S3_SECRET_ACCESS_KEY"],
         "BETTER_AUTH_SECRET": secrets.token_hex(24),
+        **DEPLOYED,
         "PROJECT_ID": "deploy-test",
         "ANTHROPIC_API_KEY": "sk-ant-placeholder",
         "OPENAI_API_KEY": "sk-placeholder",
