@@ -89,10 +89,10 @@ def parse_network(entry: str) -> Network | None:
 
 
 def is_host_name(entry: str) -> bool:
-    """A DNS name (RFC 1123), at least two labels, not all digits at the end."""
+    """A DNS name (RFC 1123 labels; one label is a local name, e.g. a service's); not numeric."""
     name = entry.rstrip(".").lower()
     labels = name.split(".")
-    return (len(name) <= 253 and len(labels) >= 2 and not labels[-1].isdigit()
+    return (0 < len(name) <= 253 and not labels[-1].isdigit()
             and all(_LABEL.fullmatch(label) for label in labels))
 
 
@@ -116,10 +116,13 @@ def check_entries(entries: object, *, field_name: str) -> list[str]:
 
 
 def check_allowed(networks: Iterable[tuple[str, Network]], *, host: Sequence[Network]) -> None:
-    """Allow entries may not name what is never reachable (loopback, sandboxes, the host)."""
+    """Allow entries may not name what is never reachable (loopback, sandboxes, the host).
+
+    A broader entry (0.0.0.0/0) is fine: those ranges are refused before any allow entry.
+    """
     for entry, network in networks:
         for never in (*NEVER, *host):
-            if network.version == never.version and network.overlaps(never):
+            if network.version == never.version and network.subnet_of(never):  # type: ignore[arg-type]
                 raise PolicyError(
                     f"`allow`: {entry!r} ({network}) reaches {never}, which a sandbox may never "
                     "reach (loopback, sandbox links, the host's own addresses).",
