@@ -245,9 +245,9 @@ def firewall_teardown_rules(*, version: int = 4) -> list[list[str]]:
 def egress_base_restore(*, version: int) -> str:
     """iptables-restore input: the chain that dispatches a sandbox's packets by veth (pure).
 
-    A veth with no slot chain yet is rejected; a slot's chain is made, rejecting everything,
-    with its netns and filled when a bucket's policy is applied to it (egress/services.py), so
-    a sandbox whose policy could not be applied has no network beyond the host.
+    A veth with no slot chain yet is rejected; a slot's chain is made with its netns, holding
+    the default policy, and given its bucket's when a sandbox starts there (egress/services.py);
+    a start whose policy cannot be applied fails, and a released slot rejects everything.
     """
     reject = ("REJECT --reject-with icmp-admin-prohibited" if version == 4
               else "REJECT --reject-with icmp6-adm-prohibited")
@@ -305,8 +305,8 @@ def firewall_down() -> None:
 def _netns_create(ns: Netns) -> None:
     ip = runner.tool("ip")
     _netns_delete(ns)
-    # A slot's chain may still hold the policy of its previous bucket: nothing until assigned.
-    egress.sandbox_detach(slot=ns.slot, interface=ns.host_if)
+    # A slot's chain may still hold the policy of its previous bucket: the default's now.
+    egress.sandbox_prepare(slot=ns.slot, interface=ns.host_if)
     host, inner = netns_create_batches(ns)
     runner.run([ip, "-batch", "-"], input=host, timeout=30)
     runner.run([ip, "-n", ns.name, "-batch", "-"], input=inner, timeout=30)
@@ -391,8 +391,8 @@ class NetnsPool:
     def acquire(self, *, bucket: str | None = None) -> Netns:
         """A ready namespace: from the pool when there is one, else made now.
 
-        With `bucket`, its egress policy is applied (`assign`); without, the namespace reaches
-        nothing beyond the host until it is assigned (a warm sandbox's).
+        With `bucket`, its egress policy is applied (`assign`); without, it holds the default
+        policy until it is assigned (a warm sandbox's, whose process has not started).
         """
         self.start()
         ns = self._take()

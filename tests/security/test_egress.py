@@ -24,7 +24,6 @@ import secrets
 import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,7 +100,8 @@ class Probe(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
         self.wfile.write(out.encode())
-http.server.ThreadingHTTPServer((os.environ["HOST"], int(os.environ["PORT"])), Probe).serve_forever()
+address = (os.environ["HOST"], int(os.environ["PORT"]))
+http.server.ThreadingHTTPServer(address, Probe).serve_forever()
 """
 
 
