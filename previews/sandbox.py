@@ -51,6 +51,7 @@ SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LINK_BLOCKS = ipaddress.ip_network("10.64.0.0/10")
 LINKS_PER_INSTANCE = 256
 POOL_SIZE = 2
+FENCE_WAIT_SECONDS = 120
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -329,6 +330,7 @@ class NetnsPool:
         self._ready: list[Netns] = []
         self._used: set[int] = set()
         self._started = False
+        self._fenced = threading.Event()
         self._closed = False
 
     def _free_slot(self) -> int:
@@ -341,11 +343,17 @@ class NetnsPool:
     def start(self) -> None:
         """Clear what a previous agent left, fence the instance, start filling the pool."""
         with self._lock:
-            if self._started:
-                return
-            self._started = True
-        self.reset()
-        firewall_up()
+            first, self._started = not self._started, True
+        if not first:
+            # A netns made before the fence is up would get its egress chain torn down with
+            # the previous agent's (or fail to jump to a dispatch chain not made yet).
+            self._fenced.wait(FENCE_WAIT_SECONDS)
+            return
+        try:
+            self.reset()
+            firewall_up()
+        finally:
+            self._fenced.set()
         threading.Thread(target=self._fill, name="netns-pool", daemon=True).start()
 
     def reset(self, *, everything: bool = False) -> None:
