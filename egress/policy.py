@@ -27,6 +27,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MODES = ("internet", "allowlist", "none")
 MAX_ENTRIES = 100
+# Each is resolved when the policy is set (side by side, within a few seconds).
+MAX_HOST_NAMES = 20
 MAX_ADDRESSES_PER_NAME = 16
 
 # Never reachable from a sandbox, whatever a policy says.

@@ -14,9 +14,11 @@ import json
 import logging
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -39,7 +41,7 @@ _attached: dict[int, str] = {}
 _chains: dict[int, str] = {}
 # netns slot -> the policy its chains hold now (None: reject everything).
 _applied: dict[int, rules.Policy | None] = {}
-_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="egress-resolve")
+_resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="egress-resolve")
 _restorer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="egress-restore")
 
 
@@ -78,8 +80,8 @@ def egress_policy_set(*, bucket: str, mode: str, allow: object, deny: object) ->
     try:
         allow_list = rules.check_entries(allow, field_name="allow")
         deny_list = rules.check_entries(deny, field_name="deny")
-        pinned = {name: resolve(name) for name in (*allow_list, *deny_list)
-                  if rules.parse_network(name) is None}
+        pinned = resolve_all([name for name in dict.fromkeys((*allow_list, *deny_list))
+                              if rules.parse_network(name) is None])
         rules.check_allowed(rules.networks_of(allow_list, pinned), host=host_facts().addresses)
     except rules.PolicyError as error:
         raise InvalidEgress(str(error), code=error.code) from None
@@ -97,14 +99,24 @@ def egress_policy_delete(*, bucket: str) -> dict[str, object]:
     return egress_policy_get(bucket=bucket)
 
 
-def resolve(name: str) -> list[str]:
-    """The addresses `name` resolves to now (at most 16, sorted); PolicyError when none.
+def resolve_all(names: list[str]) -> dict[str, list[str]]:
+    """Each host name's addresses now, side by side, all within RESOLVE_TIMEOUT_SECONDS."""
+    if len(names) > rules.MAX_HOST_NAMES:
+        raise rules.PolicyError(f"{len(names)} host names; at most {rules.MAX_HOST_NAMES} "
+                                "(CIDRs are not limited so).", code="too_many_entries")
+    deadline = time.monotonic() + RESOLVE_TIMEOUT_SECONDS
+    futures = {name: _resolver.submit(socket.getaddrinfo, name, None, proto=socket.IPPROTO_TCP)
+               for name in names}
+    return {name: resolve(name, future, deadline=deadline) for name, future in futures.items()}
+
+
+def resolve(name: str, future: Future[list[Any]], *, deadline: float) -> list[str]:
+    """The addresses `name` resolved to (at most 16, sorted); PolicyError when none.
 
     Bounded in time: getaddrinfo has no timeout of its own, so it runs in a worker.
     """
-    future = _resolver.submit(socket.getaddrinfo, name, None, proto=socket.IPPROTO_TCP)
     try:
-        infos = future.result(timeout=RESOLVE_TIMEOUT_SECONDS)
+        infos = future.result(timeout=max(0.0, deadline - time.monotonic()))
     except FutureTimeout:
         raise rules.PolicyError(f"{name!r} did not resolve within {RESOLVE_TIMEOUT_SECONDS:g}s.",
                                 code="unresolvable_host") from None

@@ -492,6 +492,8 @@ def _answers(port: int) -> bool:
     ({"allow": ["exa mple.com"]}, "invalid_host"),
     ({"allow": ["-bad-.example"]}, "invalid_host"),
     ({"allow": [f"198.51.{i // 256}.{i % 256}" for i in range(101)]}, "too_many_entries"),
+    # Refused before any name is looked up: no query leaves the machine.
+    ({"allow": [f"h{i}.example" for i in range(21)]}, "too_many_entries"),
     ({"allow": ["127.0.0.1"]}, "egress_forbidden"),
     ({"allow": ["localhost"]}, "egress_forbidden"),
     ({"allow": ["10.64.12.2"]}, "egress_forbidden"),
