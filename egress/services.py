@@ -32,6 +32,8 @@ logger = logging.getLogger("weldr.egress")
 
 RESOLVE_TIMEOUT_SECONDS = 5.0
 RESOLV_CONF = Path("/etc/resolv.conf")
+# Absent when the kernel runs without IPv6 (ipv6.disable=1): ip6tables cannot work there.
+IPV6_PRESENT = Path("/proc/net/if_inet6")
 
 _lock = threading.RLock()
 # netns slot -> bucket, for the sandboxes that run now.
@@ -177,7 +179,7 @@ def _restore(*, slot: int, policy: rules.Policy | None, interface: str) -> None:
         runner.run, [runner.tool(binary), "-w", "10", "--noflush"], timeout=30,
         input=slot_restore(slot=slot, policy=policy, version=version, host=host,
                            interface=interface if new else None))
-        for version, binary in ((4, "iptables-restore"), (6, "ip6tables-restore"))]
+        for version, binary in families(suffix="-restore")]
     try:
         for run in runs:
             run.result()
@@ -187,6 +189,14 @@ def _restore(*, slot: int, policy: rules.Policy | None, interface: str) -> None:
         raise
     _chains[slot] = interface
     _applied[slot] = policy
+
+
+def families(*, suffix: str = "") -> list[tuple[int, str]]:
+    """(IP version, iptables binary) pairs; no IPv6 ones on a kernel booted without IPv6."""
+    versions = [(4, f"iptables{suffix}")]
+    if IPV6_PRESENT.exists():
+        versions.append((6, f"ip6tables{suffix}"))
+    return versions
 
 
 def chains_forget() -> None:

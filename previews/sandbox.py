@@ -268,9 +268,6 @@ def egress_teardown_restore(listed: str) -> str:
         "".join(f"-X {n}\n" for n in names) + "COMMIT\n"
 
 
-FAMILIES = ((4, "iptables"), (6, "ip6tables"))
-
-
 def _iptables(rules: list[list[str]], *, check: bool, binary: str = "iptables") -> None:
     path = runner.tool(binary)
     for rule in rules:
@@ -289,7 +286,7 @@ def firewall_up() -> None:
     """(Re)install this instance's fence and its egress chains, IPv4 and IPv6; idempotent."""
     firewall_down()
     egress.chains_forget()
-    for version, binary in FAMILIES:
+    for version, binary in egress.families():
         runner.run([runner.tool(f"{binary}-restore"), "-w", "10", "--noflush"], timeout=60,
                    input=egress_base_restore(version=version))
         _iptables(firewall_rules(version=version), check=True, binary=binary)
@@ -298,7 +295,7 @@ def firewall_up() -> None:
 
 
 def firewall_down() -> None:
-    for version, binary in FAMILIES:
+    for version, binary in egress.families():
         _iptables(firewall_teardown_rules(version=version), check=False, binary=binary)
         _egress_teardown(binary)
 
