@@ -117,7 +117,8 @@ class Sandbox:
                                      code="oci_unavailable")
         self.runtime = runner.tool(name)
         self.remove()
-        self.netns = preview_sandbox.pool.acquire()
+        # With the bucket's egress policy applied (egress/services.py).
+        self.netns = preview_sandbox.pool.acquire(bucket=self.bucket)
         rootfs, daemon = _shared_files()
         _private_dir(self.bundle)
         _workspace_owner(self.workspace)

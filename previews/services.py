@@ -237,6 +237,8 @@ def _begin_warm(live: Live, ready: warm.Warm, *, workspace: Path, command: str,
     """Start the app in its warm sandbox; False (the sandbox discarded) when that failed."""
     ready.box.on_exit = _on_exit
     try:
+        # Its netns reached nothing while warm: now the bucket's egress policy.
+        sandbox.pool.assign(ready.ns, bucket=live.bucket)
         warm.pool.begin(ready, workspace=workspace, env=system.app_env(port=live.port, env=env),
                         run_script=system.run_script(command),
                         log_path=system.log_path(live.bucket))
@@ -257,7 +259,7 @@ def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
     """Start the container, then watch it; a container that cannot start is `failed`."""
     try:
         try:
-            live.ns = sandbox.pool.acquire()
+            live.ns = sandbox.pool.acquire(bucket=live.bucket)
             live.box.spec = _spec(bucket=live.bucket, workspace=workspace, port=live.port,
                                   env=env, ns=live.ns)
             live.box.start()

@@ -18,6 +18,7 @@ APP_DATABASES = {
     "weldr_agent": STATE_DB,
     "mounts": STATE_DB,
     "previews": STATE_DB,
+    "egress": STATE_DB,
     "workflows": SHARED_DB,
     "betterauth": SHARED_DB,
 }

@@ -153,6 +153,7 @@ INSTALLED_APPS = [
     "weldr_agent.betterauth",
     "mounts",
     "previews",
+    "egress",
     "workflows",
 ]
 
@@ -427,6 +428,28 @@ SANDBOX_CPUS = _float("SANDBOX_CPUS", 1.0, low=0.05, high=256)
 SANDBOX_PIDS = _int("SANDBOX_PIDS", 512, low=8, high=10**6)
 SANDBOX_UID = _int("SANDBOX_UID", 1000, low=1, high=2**31)
 SANDBOX_OUTBOUND = _bool("SANDBOX_OUTBOUND", default=PRODUCTION)
+# Egress (egress/policy.py, docs/security.md "Network"): the policy of a bucket that has none of
+# its own; the deny-list applies to every bucket, on top of its own.
+SANDBOX_EGRESS_MODE = _choice("SANDBOX_EGRESS_MODE", env.str("SANDBOX_EGRESS_MODE",
+                              default="internet"), ("internet", "allowlist", "none"))
+
+
+def _cidrs(name: str) -> list[str]:
+    import ipaddress
+
+    values = [v.strip() for v in env.list(name, default=[]) if v.strip()]
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as error:
+            raise ImproperlyConfigured(f"{name}: {value!r} is not a CIDR: {error}.") from error
+    if len(values) > 100:
+        raise ImproperlyConfigured(f"{name} holds {len(values)} CIDRs; at most 100.")
+    return values
+
+
+SANDBOX_EGRESS_ALLOW = _cidrs("SANDBOX_EGRESS_ALLOW")
+SANDBOX_EGRESS_DENY = _cidrs("SANDBOX_EGRESS_DENY")
 PREVIEW_STOP_GRACE_SECONDS = _int("PREVIEW_STOP_GRACE_SECONDS", 5, low=0, high=600)
 PREVIEW_READY_TIMEOUT_SECONDS = _int("PREVIEW_READY_TIMEOUT_SECONDS", 120, low=1, high=3600)
 # Previews are served by the agent's proxy on this address (every host address by default).
