@@ -132,7 +132,24 @@ PORT = _int("PORT", 8080, low=1, high=65535)
 # any anonymous caller cost at most one round of checks per window.
 HEALTH_CHECK_TIMEOUT_SECONDS = _float("HEALTH_CHECK_TIMEOUT_SECONDS", 0.8, low=0.05, high=30)
 HEALTH_CACHE_SECONDS = _float("HEALTH_CACHE_SECONDS", 5.0, low=0, high=300)
-CORS_ORIGIN = env.list("CORS_ORIGIN", default=["http://localhost:3000"])
+
+
+def _origins(name: str, default: list[str]) -> list[str]:
+    """Origins as a browser sends them (`scheme://host[:port]`): anything else never matches, and
+    `*` cannot go with credentials, so both stop start-up instead of silently refusing."""
+    values = [v.strip() for v in env.list(name, default=default) if v.strip()]
+    for value in values:
+        if not re.fullmatch(r"https?://[^/\s?#]+", value):
+            raise ImproperlyConfigured(
+                f"{name}: {value!r} is not an origin like https://app.example.com (scheme and "
+                "host, optional port, no path, no trailing slash, no '*').")
+    return values
+
+
+# Browser origins allowed to call the API with credentials (CORS) and to open cookie-authenticated
+# websockets. Production has no default: unset means no cross-origin access at all (only the
+# agent's own origin); the platform's origin must be named explicitly.
+CORS_ORIGIN = _origins("CORS_ORIGIN", [] if PRODUCTION else ["http://localhost:3000"])
 CORS_ALLOWED_ORIGINS = CORS_ORIGIN
 CORS_ALLOW_CREDENTIALS = True
 CORS_ALLOW_HEADERS = ("authorization", "content-type", "x-api-key", "last-event-id", "accept")
@@ -459,6 +476,26 @@ PREVIEW_LOG_MAX_BYTES = _int("PREVIEW_LOG_MAX_BYTES", 10 * 1024 * 1024, low=4096
 PREVIEW_WARM_POOL = _int("PREVIEW_WARM_POOL", 2, low=0, high=20)
 EXEC_MAX_CONCURRENT = _int("EXEC_MAX_CONCURRENT", 8, low=1, high=1000)
 EXEC_OUTPUT_MAX_BYTES = _int("EXEC_OUTPUT_MAX_BYTES", 1024 * 1024, low=1024, high=1024**3)
+
+# ---------------------------------------------------------------------------------------------
+# Limits against cheap denial of service (weldr_agent/limits.py, docs/security.md "Limits")
+# ---------------------------------------------------------------------------------------------
+
+# Open connections the preview proxy serves on one preview port, and from one client address
+# across all ports; beyond either, a new connection is closed at once (the proxy is TCP: no
+# status code to send). Connections held while the app starts count too.
+PREVIEW_MAX_CONNECTIONS_PER_PORT = _int("PREVIEW_MAX_CONNECTIONS_PER_PORT", 256, low=1,
+                                        high=100_000)
+PREVIEW_MAX_CONNECTIONS_PER_CLIENT = _int("PREVIEW_MAX_CONNECTIONS_PER_CLIENT", 64, low=1,
+                                          high=100_000)
+# How long a connection is held while the app does not listen yet (then it is closed).
+PREVIEW_HOLD_SECONDS = _float("PREVIEW_HOLD_SECONDS", 30.0, low=0, high=600)
+# Open event streams (SSE: /events, /exec, /exec/{id}/logs, /previews/{bucket}/logs; the events
+# websocket) per principal; one more answers 429 `too_many_streams` (websocket: close 4429).
+STREAMS_PER_PRINCIPAL = _int("STREAMS_PER_PRINCIPAL", 32, low=1, high=100_000)
+# Finished background commands whose output stays on disk (WELDR_ENV_VOL/exec-logs), oldest
+# removed first; each stream of a command is capped at EXEC_OUTPUT_MAX_BYTES there.
+EXEC_LOGS_KEEP = _int("EXEC_LOGS_KEEP", 200, low=1, high=100_000)
 
 # ---------------------------------------------------------------------------------------------
 # Workflows and LLM providers

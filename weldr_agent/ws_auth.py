@@ -3,6 +3,11 @@
 The handshake's headers (Authorization, Cookie, x-api-key) — or a `token` query parameter for
 browsers, which cannot set headers on a websocket — go through DRF's authentication classes.
 The principal (or None) lands in scope["principal"]; consumers close with 4401 without one.
+
+A browser sends the cookie on a websocket whatever page opened it (a websocket has no CORS), so
+a socket authenticated by the session cookie alone must come from an allowed Origin (CORS_ORIGIN
+or the agent's own origin); otherwise scope["refused"] holds 4403 and the principal is None. A
+token (query parameter or header) is not sent by the browser on its own: no Origin check.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 from rest_framework import exceptions
@@ -54,6 +60,24 @@ def authenticate_scope(scope: dict[str, Any]) -> Any:
     return None
 
 
+CLOSE_ORIGIN_REFUSED = 4403
+
+
+def _origin_refused(scope: dict[str, Any], principal: Any) -> bool:
+    """True for a cookie-authenticated socket whose Origin is neither allowed nor our own."""
+    request = _django_request(scope)
+    if principal is None or "HTTP_AUTHORIZATION" in request.META \
+            or "HTTP_X_API_KEY" in request.META or getattr(principal, "kind", "") != "session":
+        return False
+    origin = request.META.get("HTTP_ORIGIN")
+    if not origin:
+        # Not a browser (browsers always send Origin on a websocket): nothing to forge.
+        return False
+    scheme = "https" if scope.get("scheme") == "wss" else "http"
+    own = f"{scheme}://{request.META.get('HTTP_HOST', '')}"
+    return origin not in settings.CORS_ORIGIN and origin != own
+
+
 class WebsocketAuthMiddleware:
     """ASGI middleware: scope["principal"] for websocket connections."""
 
@@ -62,5 +86,9 @@ class WebsocketAuthMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         scope = dict(scope)
-        scope["principal"] = await database_sync_to_async(authenticate_scope)(scope)
+        principal = await database_sync_to_async(authenticate_scope)(scope)
+        if _origin_refused(scope, principal):
+            scope["refused"] = CLOSE_ORIGIN_REFUSED
+            principal = None
+        scope["principal"] = principal
         return await self.app(scope, receive, send)
