@@ -6,6 +6,11 @@ over DNAT because it needs no machine-wide sysctl (ip_forward, route_localnet fo
 and no per-port NAT rules, and it dies with the agent (docs/previews.md has the figures).
 
 One asyncio loop in a daemon thread serves every port, independent of the server's own loop.
+
+Connections are unauthenticated and cheap to open, so each port serves at most
+PREVIEW_MAX_CONNECTIONS_PER_PORT at once and each client address at most
+PREVIEW_MAX_CONNECTIONS_PER_CLIENT across all ports (held ones included); one more is answered
+429 and closed at once, before anything reaches the app.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import logging
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -22,7 +28,6 @@ from django.conf import settings
 logger = logging.getLogger("weldr.proxy")
 
 CHUNK = 64 * 1024
-HOLD_SECONDS = 30.0
 HOLD_POLL_SECONDS = 0.002
 
 
@@ -50,14 +55,17 @@ Target = Callable[[], "tuple[str, int] | None"]
 NOT_YET = ("", 0)
 
 
-async def _connect(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+async def _connect(target: Target, abandoned: Callable[[], bool],
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
     """The app's end of a connection; held while the app does not listen yet.
 
-    A client that connects while the app starts waits (up to HOLD_SECONDS) and is served the
-    moment the app listens, instead of being cut and retrying: no client polling loop
+    A client that connects while the app starts waits (up to PREVIEW_HOLD_SECONDS) and is served
+    the moment the app listens, instead of being cut and retrying: no client polling loop
     competes with the app's start-up for the CPU, and a browser sees a slow page, not an error.
+    A client that goes away meanwhile is let go at once: it must not keep its place (and a
+    poller) until the deadline.
     """
-    deadline = asyncio.get_running_loop().time() + HOLD_SECONDS
+    deadline = asyncio.get_running_loop().time() + settings.PREVIEW_HOLD_SECONDS
     attempt = 0
     while True:
         address = target()
@@ -69,7 +77,7 @@ async def _connect(target: Target) -> tuple[asyncio.StreamReader, asyncio.Stream
                 return await asyncio.open_connection(*address)
             except OSError:
                 pass
-        if asyncio.get_running_loop().time() > deadline:
+        if asyncio.get_running_loop().time() > deadline or abandoned():
             return None
         attempt += 1
         # Often at first (a small app listens within ~100 ms), then gentler: twenty apps
@@ -80,7 +88,8 @@ async def _connect(target: Target) -> tuple[asyncio.StreamReader, asyncio.Stream
 
 async def _splice(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
                   target: Target) -> None:
-    upstream = await _connect(target)
+    upstream = await _connect(target, lambda: client_reader.at_eof()
+                              or client_writer.is_closing())
     if upstream is None:
         client_writer.close()
         return
@@ -97,6 +106,56 @@ async def _splice(client_reader: asyncio.StreamReader, client_writer: asyncio.St
         upstream_writer.close()
 
 
+def _refusal(setting: str) -> bytes:
+    """What a refused client reads: previews are HTTP apps, so an HTTP answer naming the limit
+    (sent before the request is read; clients take it as the answer to their request)."""
+    body = f"Too many connections to this preview ({setting}); retry later.\n".encode()
+    return (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+class Connections:
+    """Open connections by port and by client address. Only the proxy's loop touches it, and
+    `admit` counts and takes in one step (no await between): no check-then-act."""
+
+    def __init__(self) -> None:
+        self.by_port: Counter[int] = Counter()
+        self.by_client: Counter[str] = Counter()
+
+    def admit(self, port: int, client: str) -> str | None:
+        """Take a place for a new connection, or name the setting that refuses it."""
+        if self.by_port[port] >= settings.PREVIEW_MAX_CONNECTIONS_PER_PORT:
+            return "PREVIEW_MAX_CONNECTIONS_PER_PORT"
+        if self.by_client[client] >= settings.PREVIEW_MAX_CONNECTIONS_PER_CLIENT:
+            return "PREVIEW_MAX_CONNECTIONS_PER_CLIENT"
+        self.by_port[port] += 1
+        self.by_client[client] += 1
+        return None
+
+    def leave(self, port: int, client: str) -> None:
+        for counter, key in ((self.by_port, port), (self.by_client, client)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+
+async def _serve(connections: Connections, port: int, target: Target,
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    peer = writer.get_extra_info("peername")
+    client = peer[0] if peer else ""
+    refused = connections.admit(port, client)
+    if refused is not None:
+        logger.warning("preview port %s: connection from %s refused (%s)", port, client, refused)
+        writer.write(_refusal(refused))
+        writer.close()
+        return
+    try:
+        await _splice(reader, writer, target)
+    finally:
+        connections.leave(port, client)
+
+
 class Proxy:
     """Listeners by host port; `open()` and `close()` are thread-safe and synchronous."""
 
@@ -104,6 +163,7 @@ class Proxy:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: dict[int, asyncio.base_events.Server] = {}
+        self.connections = Connections()
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -122,7 +182,7 @@ class Proxy:
         """Listen on `port`, forwarding to `target()`; raise PortBusy when the port is taken."""
         async def start() -> None:
             server = await asyncio.start_server(
-                lambda r, w: _splice(r, w, target),
+                lambda r, w: _serve(self.connections, port, target, r, w),
                 host=settings.PREVIEW_BIND_ADDRESS, port=port, reuse_address=True,
             )
             self._servers[port] = server
