@@ -20,6 +20,7 @@ from previews.serializers import (
     PreviewStartSerializer,
     PreviewStopSerializer,
 )
+from weldr_agent import limits
 from weldr_agent.serializers import error_responses
 from weldr_agent.sse import EventStreamRenderer, sse_response
 
@@ -83,7 +84,8 @@ class PreviewLogsView(APIView):
         parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
         responses={(200, "text/plain"): OpenApiTypes.STR,
                    (200, "text/event-stream"): OpenApiTypes.STR,
-                   400: ERRORS[400], 404: ERRORS[404]},
+                   400: ERRORS[400], 404: ERRORS[404],
+                   **error_responses(429, e429="too_many_streams")},
     )
     def get(self, request: Request, bucket: str) -> HttpResponse:
         query = LogQuerySerializer(data=request.query_params)
@@ -93,4 +95,4 @@ class PreviewLogsView(APIView):
             return HttpResponse(text, content_type="text/plain; charset=utf-8")
         stream = logs.follow(system.log_path(bucket), initial=text,
                              still_active=lambda: services.preview_active(bucket))
-        return sse_response(stream)
+        return sse_response(limits.counted(principal=request.user, stream=stream))

@@ -28,6 +28,7 @@ from previews.serializers_exec import (
     ExecResultSerializer,
     ExecStartedSerializer,
 )
+from weldr_agent import limits
 from weldr_agent.asyncdb import db_sync_to_async
 from weldr_agent.serializers import error_responses
 from weldr_agent.sse import EventStreamRenderer, sse_response
@@ -35,7 +36,8 @@ from weldr_agent.sse import EventStreamRenderer, sse_response
 ERRORS = error_responses(
     400, 404, 409, 429,
     e400="invalid / invalid_path", e404="no_exec", e409="not_mounted",
-    e429="too_many_commands (EXEC_MAX_CONCURRENT running on this bucket)",
+    e429="too_many_commands (EXEC_MAX_CONCURRENT running on this bucket) / too_many_streams "
+         "(STREAMS_PER_PRINCIPAL open event streams)",
 )
 
 
@@ -76,8 +78,9 @@ class AsyncAPIView(APIView):
         return request.accepted_renderer.media_type == EventStreamRenderer.media_type
 
 
-def event_stream(events: AsyncIterator[Event], *, first_id: int = 0) -> StreamingHttpResponse:
-    return sse_response(_sse(events, first_id))
+def event_stream(events: AsyncIterator[Event], *, slot: limits.StreamSlot,
+                 first_id: int = 0) -> StreamingHttpResponse:
+    return sse_response(slot.wrap(_sse(events, first_id)))
 
 
 async def _sse(events: AsyncIterator[Event], first_id: int) -> AsyncIterator[bytes]:
@@ -131,13 +134,16 @@ class ExecView(AsyncAPIView):
     )
     async def post(self, request: Request) -> HttpResponse:
         data, spec = self.data, self.spec
+        # Taken before the command starts: a refused stream starts nothing.
+        slot = None if data["background"] or not self.wants_events(request) else \
+            limits.stream_slot_take(principal=request.user)
         execution = await exec_start(spec=spec)
         if data["background"]:
             row = await exec_background.exec_background_start(execution=execution,
                                                               command=data["command"])
             return Response({"id": row.id, "status": row.status}, status=202)
-        if self.wants_events(request):
-            return event_stream(exec_stream(execution=execution))
+        if slot is not None:
+            return event_stream(exec_stream(execution=execution), slot=slot)
         collected = await exec_collect(execution=execution)
         body = {**text_fields(bytes(collected.stdout), "stdout"),
                 **text_fields(bytes(collected.stderr), "stderr"),
@@ -171,13 +177,14 @@ class ExecLogsView(AsyncAPIView):
         row = await db_sync_to_async(exec_background.exec_get)(exec_id=exec_id)
         log = exec_background.exec_log(exec_id=exec_id)
         start = _last_event_id(request) + 1
+        slot = limits.stream_slot_take(principal=request.user)
         if log is None:
             # Not seen by this process (the agent restarted): only the outcome is known.
             events = _single(Event("exit", info={"exit_code": row.exit_code, "timed_out":
                                                  row.status == "timed_out",
                                                  "duration_ms": row.duration_ms}))
-            return event_stream(events)
-        return event_stream(_follow(log, start), first_id=start)
+            return event_stream(events, slot=slot)
+        return event_stream(_follow(log, start), slot=slot, first_id=start)
 
 
 async def _follow(log: exec_background.Log, start: int) -> AsyncIterator[Event]:

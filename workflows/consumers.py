@@ -1,7 +1,9 @@
 """WS /ws/events/{project_id}/{branch_id}: the branch's events as {"id", "type", "data"}.
 
 The client resumes with `?last_event_id=N` on connect or by sending {"last_event_id": N}.
-Authentication happens in weldr_agent.ws_auth; without a principal the socket closes with 4401.
+Authentication happens in weldr_agent.ws_auth; without a principal the socket closes with 4401,
+a cookie-authenticated socket from a foreign Origin with 4403, and one more than
+STREAMS_PER_PRINCIPAL open streams with 4429 (weldr_agent.limits).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from weldr_agent import limits
 from workflows.events import branch_group
 from workflows.models import Branch
 from workflows.streams import EventCursor, last_seq
@@ -45,12 +48,18 @@ def _query_last_id(scope: dict[str, Any]) -> int | None:
 class EventConsumer(AsyncJsonWebsocketConsumer):
     cursor: EventCursor | None = None
     group: str | None = None
+    slot: limits.StreamSlot | None = None
 
     async def connect(self) -> None:
         principal = self.scope.get("principal")
         kwargs = self.scope["url_route"]["kwargs"]
-        refused = CLOSE_UNAUTHENTICATED if principal is None else \
+        refused = self.scope.get("refused", CLOSE_UNAUTHENTICATED) if principal is None else \
             await _branch_allowed(principal, kwargs["project_id"], kwargs["branch_id"])
+        if refused is None:
+            try:
+                self.slot = limits.stream_slot_take(principal=principal)
+            except limits.TooManyStreams:
+                refused = limits.CLOSE_TOO_MANY_STREAMS
         if refused is not None:
             # A close code can only be sent on an open socket: accept, then close.
             await self.accept()
@@ -82,6 +91,8 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
             await self._send_all(await self.cursor.on_live(message["event"]))
 
     async def disconnect(self, code: int) -> None:
+        if self.slot is not None:
+            self.slot.release()
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

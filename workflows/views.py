@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from weldr_agent import limits
 from weldr_agent.serializers import error_responses
 from weldr_agent.sse import EventStreamNegotiation, sse_response
 from workflows import serializers as s
@@ -136,10 +137,11 @@ class EventStreamView(EventStreamNegotiation, APIView):
 
     @extend_schema(parameters=[*BRANCH_QUERY, OpenApiParameter("last_event_id", int)],
                    responses={(200, "text/event-stream"): OpenApiTypes.STR,
-                              **error_responses(400, 404)})
+                              **error_responses(400, 404, 429, e429="too_many_streams")})
     def get(self, request: Request) -> StreamingHttpResponse:
         branch = services.branch_get(project_id=request.query_params.get("project_id", ""),
                                      branch_id=request.query_params.get("branch_id", ""))
         last_id = services.last_event_id_parse(
             request.headers.get("Last-Event-ID") or request.query_params.get("last_event_id"))
-        return sse_response(event_stream(branch_id=branch.id, last_id=last_id))
+        return sse_response(limits.counted(
+            principal=request.user, stream=event_stream(branch_id=branch.id, last_id=last_id)))
