@@ -1,8 +1,9 @@
 """Background commands: started by POST /exec {"background": true}, followed, killed.
 
 The command runs as an asyncio task on the server's event loop that outlives the request. Its
-status lives in the state database (ExecCommand); its output is kept in memory (each stream
-capped at EXEC_OUTPUT_MAX_BYTES) for GET /exec/{id}/logs, which replays and then follows it.
+status lives in the state database (ExecCommand); its output is spooled to disk (each stream
+capped at EXEC_OUTPUT_MAX_BYTES; previews/exec_spool.py) for GET /exec/{id}/logs, which replays
+and then follows it, also after an agent restart.
 Commands end with their sandbox: at the bucket's unmount and at agent shutdown.
 """
 
@@ -19,6 +20,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from previews.exec import Event, Execution, exec_stream
+from previews.exec_spool import Spool, spool_prune
 from previews.models_exec import ExecCommand
 from weldr_agent.errors import NotFoundError
 
@@ -37,7 +39,7 @@ class ExecNotFound(NotFoundError):
 class Log:
     """A command's events in order, and a way to wait for the next one."""
 
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] | Spool = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     truncated: bool = False
     done: bool = False
@@ -92,7 +94,7 @@ async def exec_background_start(*, execution: Execution, command: str | list[str
     row = await sync_to_async(ExecCommand.objects.create)(
         bucket=execution.spec.bucket, command=command, cwd=execution.spec.cwd,
         pid=execution.pid)
-    log = Log()
+    log = Log(events=Spool.create(row.id))
     registry.executions[row.id] = execution
     registry.logs[row.id] = log
     task = asyncio.get_running_loop().create_task(_run(row.id, execution, log))
@@ -135,6 +137,7 @@ def _forget_old() -> None:
     finished = [key for key, log in registry.logs.items() if log.done]
     for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
         del registry.logs[key]
+    spool_prune(keep=settings.EXEC_LOGS_KEEP, running=set(registry.executions))
 
 
 def exec_get(*, exec_id: str) -> ExecCommand:
@@ -156,5 +159,8 @@ async def exec_kill(*, exec_id: str) -> None:
 
 
 def exec_log(*, exec_id: str) -> Log | None:
-    """The command's output log, or None when this process never saw it (restarted)."""
-    return registry.logs.get(exec_id)
+    """The command's output log (from disk when an earlier process ran it), or None."""
+    log = registry.logs.get(exec_id)
+    if log is None and (spool := Spool.load(exec_id)) is not None:
+        log = Log(events=spool, done=True)
+    return log
