@@ -19,7 +19,8 @@ from rest_framework import exceptions
 
 CLOSE_TOO_MANY_STREAMS = 4429
 
-_lock = threading.Lock()
+# Re-entrant: a slot's __del__ may run (garbage collection) while this thread holds the lock.
+_lock = threading.RLock()
 _open: Counter[str] = Counter()
 
 
