@@ -73,9 +73,11 @@ def _origin_refused(scope: dict[str, Any], principal: Any) -> bool:
     if not origin:
         # Not a browser (browsers always send Origin on a websocket): nothing to forge.
         return False
-    scheme = "https" if scope.get("scheme") == "wss" else "http"
-    own = f"{scheme}://{request.META.get('HTTP_HOST', '')}"
-    return origin not in settings.CORS_ORIGIN and origin != own
+    # The agent's own pages, whatever the scheme: behind a TLS-terminating proxy (Fly) the socket
+    # arrives as ws:// while the page is https://; host and port are what tell origins apart.
+    host = request.META.get("HTTP_HOST", "")
+    own = {f"http://{host}", f"https://{host}"}
+    return origin not in settings.CORS_ORIGIN and origin not in own
 
 
 class WebsocketAuthMiddleware:

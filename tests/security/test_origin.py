@@ -74,6 +74,12 @@ def test_a_cookie_websocket_from_a_foreign_origin_is_refused(agent, user, branch
     # the platform's origin and the agent's own are accepted; so is a non-browser (no Origin)
     assert _close_code(agent, path, {**cookie, "Origin": PLATFORM}) is None
     assert _close_code(agent, path, {**cookie, "Origin": agent.url}) is None
+    # (behind a TLS-terminating proxy the page is https:// while the socket arrives as ws://)
+    https_self = agent.url.replace("http://", "https://")
+    assert _close_code(agent, path, {**cookie, "Origin": https_self}) is None
+    # another port of the agent's host (a preview) is another origin
+    other_port = agent.url.rsplit(":", 1)[0] + ":3001"
+    assert _close_code(agent, path, {**cookie, "Origin": other_port}) == 4403
     assert _close_code(agent, path, cookie) is None
 
 
