@@ -150,12 +150,19 @@ class BetterAuthSessionAuthentication(_BearerChallenge):
         return Principal(kind="session", name=user_id, user_id=user_id), None
 
 
+def origin_allowed(origin: str, host: str) -> bool:
+    """An allowed origin (CORS_ORIGIN) or the agent's own pages, whatever the scheme: behind a
+    TLS-terminating proxy (Fly) a request arrives over http while the page is https://; host and
+    port are what tell origins apart."""
+    return origin in settings.CORS_ORIGIN or origin in (f"http://{host}", f"https://{host}")
+
+
 def _check_origin(request: Request) -> None:
     """A cookie rides along on cross-site requests: unsafe ones must come from a known origin."""
     origin = request.headers.get("Origin")
     if request.method in permissions.SAFE_METHODS or not origin:
         return
-    if origin in settings.CORS_ORIGIN or origin == f"{request.scheme}://{request.get_host()}":
+    if origin_allowed(origin, request.get_host()):
         return
     raise exceptions.PermissionDenied(
         f"Cookie-authenticated {request.method} from origin {origin} is refused; "

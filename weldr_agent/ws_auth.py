@@ -16,12 +16,13 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
+
+from weldr_agent.auth import origin_allowed
 
 
 def _django_request(scope: dict[str, Any]) -> HttpRequest:
@@ -73,11 +74,7 @@ def _origin_refused(scope: dict[str, Any], principal: Any) -> bool:
     if not origin:
         # Not a browser (browsers always send Origin on a websocket): nothing to forge.
         return False
-    # The agent's own pages, whatever the scheme: behind a TLS-terminating proxy (Fly) the socket
-    # arrives as ws:// while the page is https://; host and port are what tell origins apart.
-    host = request.META.get("HTTP_HOST", "")
-    own = {f"http://{host}", f"https://{host}"}
-    return origin not in settings.CORS_ORIGIN and origin not in own
+    return not origin_allowed(origin, request.META.get("HTTP_HOST", ""))
 
 
 class WebsocketAuthMiddleware:

@@ -219,6 +219,9 @@ def test_a_cookie_request_from_a_foreign_origin_is_refused(platform, user):
     # the same request from the platform's own origin reaches the view (whoami is GET-only)
     allowed = client.post("/whoami", HTTP_ORIGIN="http://localhost:3000")
     assert (allowed.status_code, allowed.json()["code"]) == (405, "method_not_allowed")
+    # and from the agent's own pages served over TLS by a proxy (the request itself is http)
+    own = client.post("/whoami", HTTP_ORIGIN="https://agent.example", HTTP_HOST="agent.example")
+    assert (own.status_code, own.json()["code"]) == (405, "method_not_allowed")
 
 
 def test_a_bearer_wins_over_a_stale_cookie(platform, user):
