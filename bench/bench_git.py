@@ -45,6 +45,10 @@ import django  # noqa: E402
 django.setup()
 
 from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+
+# The sandbox's network namespace takes its bucket's egress policy from the state database.
+call_command("migrate", database="default", verbosity=0)
 
 from previews import sandbox as preview_sandbox  # noqa: E402
 from previews.exec import exec_bucket_cleanup  # noqa: E402
