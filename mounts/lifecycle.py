@@ -13,12 +13,15 @@ ORDER = 10
 
 
 def startup() -> None:
+    from mounts import renewal
     from mounts.services import mount_reconcile
 
     _loop_devices_report()
     outcome = mount_reconcile()
     if outcome:
         logger.info("reconciled mounts: %s", outcome)
+    # After reconcile took back this machine's leases, before any request can mount.
+    renewal.start()
 
 
 def _loop_devices_report() -> None:
@@ -38,9 +41,14 @@ def _loop_devices_report() -> None:
 
 
 def shutdown(deadline: float) -> None:
+    from mounts import renewal
     from mounts.services import mount_remove_all
 
-    mount_remove_all(deadline=deadline)
+    try:
+        # Unmounting releases each lease; renewal goes on meanwhile (a final flush writes).
+        mount_remove_all(deadline=deadline)
+    finally:
+        renewal.stop()
 
 
 def register() -> None:
