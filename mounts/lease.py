@@ -30,12 +30,13 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
 from mounts import system
 from mounts.errors import BucketInUse, LeaseLost, StorageUnavailable
-from weldr_agent import s3
 
 logger = logging.getLogger("weldr.mounts")
 
@@ -120,7 +121,7 @@ def machine_id() -> str:
     """
     path = settings.WELDR_ENV_VOL / MACHINE_ID_FILE
     own = _machine_id_read(path) or _machine_id_create(path)
-    fly = os.environ.get("FLY_MACHINE_ID", "")
+    fly = settings.FLY_MACHINE_ID
     return f"{own}@{fly}" if fly else own
 
 
@@ -159,6 +160,29 @@ class _Precondition(Exception):
     """The server refused a conditional write: someone else wrote the lease meanwhile."""
 
 
+def _client() -> Any:
+    """An S3 client for the lease alone, with short timeouts and one attempt: a renewal that
+    hangs must fail well before the lease could expire (weldr_agent.s3's client waits 30 s and
+    retries). Explicit keys, as everywhere: boto3 never walks its credential chain."""
+    key = (settings.S3_ENDPOINT, settings.S3_REGION, settings.S3_ACCESS_KEY_ID,
+           settings.S3_SECRET_ACCESS_KEY)
+    with _clients_lock:
+        if key not in _clients:
+            endpoint, region, key_id, secret = key
+            _clients[key] = boto3.session.Session().client(
+                "s3", endpoint_url=endpoint,
+                region_name=region if region != "auto" else "us-east-1",
+                aws_access_key_id=key_id, aws_secret_access_key=secret,
+                config=Config(s3={"addressing_style": "path"}, connect_timeout=3,
+                              read_timeout=5, retries={"max_attempts": 1, "mode": "standard"},
+                              signature_version="s3v4"))
+        return _clients[key]
+
+
+_clients: dict[tuple[str, str, str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
@@ -170,7 +194,7 @@ def _storage(error: Exception, bucket: str) -> StorageUnavailable:
 
 def read(bucket: str) -> Seen:
     try:
-        got = s3.client().get_object(Bucket=bucket, Key=system.LEASE_KEY)
+        got = _client().get_object(Bucket=bucket, Key=system.LEASE_KEY)
         body = got["Body"].read()
     except ClientError as error:
         if _code(error) in {"NoSuchKey", "404"}:
@@ -200,7 +224,7 @@ def _write(bucket: str, record: Record, *, etag: str | None, create: bool) -> st
         elif etag:
             extra["IfMatch"] = etag
     try:
-        put = s3.client().put_object(Bucket=bucket, Key=system.LEASE_KEY,
+        put = _client().put_object(Bucket=bucket, Key=system.LEASE_KEY,
                                      Body=record_body(record), ContentType="application/json",
                                      **extra)
     except ClientError as error:
@@ -234,7 +258,7 @@ def conditional_writes(bucket: str) -> bool:
 
 
 def _probe(bucket: str) -> bool:
-    client = s3.client()
+    client = _client()
     key = f"{system.LEASE_PROBE_PREFIX}{secrets.token_hex(8)}"
     try:
         client.put_object(Bucket=bucket, Key=key, Body=b"1", IfNoneMatch="*")
@@ -308,13 +332,15 @@ def acquire(bucket: str, *, force: bool = False) -> Record | None:
             seen = read(bucket)
             _refuse_unless_free(bucket, seen, force=force)
             mine = _record_new(secrets.token_hex(16))
+            # The lease counts from before the write was sent: never later than the server's.
+            sent = time.monotonic()
             try:
                 etag = _write(bucket, mine, etag=seen.etag, create=seen.record is None)
             except _Precondition:
                 continue  # someone wrote it between our read and write: look again
             if not conditional_writes(bucket):
                 etag = _settle_and_verify(bucket, mine, force=force)
-            _held[bucket] = Held(mine.token, etag, time.monotonic())
+            _held[bucket] = Held(mine.token, etag, sent)
             if force and seen.record is not None and not free_for(
                     seen, mine.machine, settings.MOUNT_LEASE_TTL_SECONDS):
                 logger.warning("FORCED takeover of %s from %s (lease %.0f s old)", bucket,
@@ -374,6 +400,7 @@ def renew(bucket: str) -> None:
         renewed = Record(machine=me, host=socket.gethostname(), instance=settings.INSTANCE_ID,
                          token=token, acquired_at=record.acquired_at if record else
                          datetime.now(UTC).isoformat(timespec="seconds"))
+        sent = time.monotonic()
         try:
             etag = _write(bucket, renewed, etag=seen.etag, create=record is None)
         except _Precondition:
@@ -382,7 +409,7 @@ def renew(bucket: str) -> None:
             holder = now.record.holder() if now.record else {}
             raise LeaseLost(f"The lease of bucket {bucket!r} was taken while renewing it.",
                             holder=holder, lease_age_seconds=round(now.age, 1)) from None
-        _held[bucket] = Held(token, etag, time.monotonic())
+        _held[bucket] = Held(token, etag, sent)
 
 
 def release(bucket: str) -> None:

@@ -418,6 +418,9 @@ def _lease_confirm(mount: Mount) -> None:
     except LeaseLost as error:
         _fence(mount, str(error.detail))
         raise
+    except StorageUnavailable as error:
+        # The sync itself then fails (sync_failed); fencing is the renewal loop's decision.
+        logger.error("lease of %s not renewed before a sync: %s", mount.bucket, error)
 
 
 def _fence(mount: Mount, reason: str) -> None:
@@ -444,20 +447,27 @@ def _fence(mount: Mount, reason: str) -> None:
 
 def _renew_one(bucket: str) -> str:
     mount = Mount.objects.filter(bucket=bucket).first()
+    if mount is None:
+        # Held by this process, yet no row mounts it (its row was removed): nothing writes it.
+        lease.release(bucket)
+        return "released"
     try:
         lease.renew(bucket)
         return "renewed"
     except LeaseLost as error:
-        if mount is not None and mount.status != Mount.Status.LEASE_LOST:
+        if mount.status != Mount.Status.LEASE_LOST:
             _fence(mount, str(error.detail))
         return "lost"
     except StorageUnavailable as error:
-        silent = lease.silent_for(bucket) or 0.0
+        silent = lease.silent_for(bucket)
+        if silent is None:
+            # Never confirmed by this process (mounted by manage.py): assume it is due.
+            silent = float(settings.MOUNT_LEASE_TTL_SECONDS)
         # Stop before the lease can expire: from then on another machine may take it.
         limit = settings.MOUNT_LEASE_TTL_SECONDS - settings.MOUNT_LEASE_RENEW_SECONDS
         logger.error("LEASE NOT RENEWED for %s (%.0f s since the last renewal; the writers stop "
                      "at %.0f s): %s", bucket, silent, limit, error)
-        if silent >= limit and mount is not None and mount.status != Mount.Status.LEASE_LOST:
+        if silent >= limit and mount.status != Mount.Status.LEASE_LOST:
             _fence(mount, f"the lease could not be renewed for {silent:.0f} s (S3 unreachable); "
                           "another machine may take the bucket over after "
                           f"{settings.MOUNT_LEASE_TTL_SECONDS} s.")
@@ -466,14 +476,26 @@ def _renew_one(bucket: str) -> str:
 
 
 def mount_leases_renew() -> dict[str, str]:
-    """Renew the lease of every bucket mounted (or being mounted) on this machine; fence those
-    lost. Run every MOUNT_LEASE_RENEW_SECONDS by mounts.renewal."""
+    """Renew the lease of every bucket mounted (or being mounted) on this machine, side by side
+    (S3 timing out for one must not delay the others past their expiry); fence those lost.
+    Run every MOUNT_LEASE_RENEW_SECONDS by mounts.renewal."""
     if local.enabled():
         return {}
     live = set(Mount.objects.filter(status__in=[Mount.Status.MOUNTED,
                                                 Mount.Status.UNMOUNTING])
                .values_list("bucket", flat=True))
-    return {bucket: _renew_one(bucket) for bucket in sorted(live | set(lease.held()))}
+    buckets = sorted(live | set(lease.held()))
+    if not buckets:
+        return {}
+
+    def renew(bucket: str) -> str:
+        try:
+            return _renew_one(bucket)
+        finally:
+            close_old_connections()
+
+    with ThreadPoolExecutor(max_workers=len(buckets)) as pool:
+        return dict(zip(buckets, pool.map(renew, buckets), strict=True))
 
 
 # ---------------------------------------------------------------------------------------------

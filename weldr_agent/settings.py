@@ -406,6 +406,9 @@ WORKSPACE_IMAGE_DIRECT_IO = _bool("WORKSPACE_IMAGE_DIRECT_IO", default=False)
 MOUNT_LEASE_TTL_SECONDS = _int("MOUNT_LEASE_TTL_SECONDS", 60, low=3, high=86400)
 MOUNT_LEASE_RENEW_SECONDS = _float("MOUNT_LEASE_RENEW_SECONDS", 15.0, low=0.2, high=43200.0)
 MOUNT_LEASE_SETTLE_SECONDS = _float("MOUNT_LEASE_SETTLE_SECONDS", 1.0, low=0.0, high=60.0)
+# Set by Fly on every machine: part of the lease holder's id (mounts/lease.py, machine_id), so
+# that two machines given copies of one volume are still two writers.
+FLY_MACHINE_ID = env.str("FLY_MACHINE_ID", default="")
 if MOUNT_LEASE_RENEW_SECONDS * 2 > MOUNT_LEASE_TTL_SECONDS:
     raise ImproperlyConfigured("MOUNT_LEASE_RENEW_SECONDS must be at most half of "
                                "MOUNT_LEASE_TTL_SECONDS (a renewal may fail once without the "

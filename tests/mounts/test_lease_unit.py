@@ -58,6 +58,9 @@ def test_the_machine_id_survives_on_the_volume_and_a_new_volume_is_a_new_machine
     assert first == lease.machine_id() and len(first) == 32
     settings.WELDR_ENV_VOL = tmp_path / "two"
     assert lease.machine_id() != first
+    # a copy of the first volume on another Fly machine is another writer
+    settings.WELDR_ENV_VOL, settings.FLY_MACHINE_ID = tmp_path / "one", "148e0e5b"
+    assert lease.machine_id() == f"{first}@148e0e5b"
 
 
 def test_rclone_serve_s3_ignores_conditional_writes(bucket):
