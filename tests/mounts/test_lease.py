@@ -203,3 +203,28 @@ def test_a_restarted_agent_takes_its_own_lease_back_without_waiting(machines):
     # and another machine is still kept out
     b.start()
     _in_use(b.mount(bucket), a)
+
+    # when A shuts down cleanly (SIGTERM), its lease is released: B mounts at once
+    assert a.agent.stop() == 0
+    assert b.mount(bucket).status_code == 201
+    assert (b.paths(bucket).mount_point / "kept.txt").read_text() == "kept"
+
+
+def test_a_restarted_agent_whose_bucket_was_taken_over_leaves_it_alone(machines):
+    a, b = machines("a", lease_ttl=60), machines("b", lease_ttl=60)
+    a.start()
+    b.start()
+    bucket = bucket_name()
+    assert a.mount(bucket).status_code == 201
+    assert a.call("POST", f"/mounts/{bucket}/sync").status_code == 200
+    # given A's machine crashed and an operator forced the bucket over to B
+    a.crash()
+    assert b.mount(bucket, force=True).status_code == 201
+    # when A's agent starts again, its state database still listing the bucket
+    a.start()
+    # then start-up reconcile did not remount it: the lease is B's, A's mount says lease_lost
+    body = a.call("GET", f"/mounts/{bucket}").json()
+    assert body["status"] == "lease_lost" and b.machine_id() in body["error"], body
+    assert not steps.daemons(a.paths(bucket))
+    assert "LEASE LOST" in a.agent.log.read_text()
+    assert b.call("GET", f"/mounts/{bucket}").json()["status"] == "mounted"
