@@ -287,7 +287,7 @@ def _probe(bucket: str) -> bool:
 class Held:
     token: str
     etag: str
-    renewed: float  # time.monotonic() of the last confirmed write
+    renewed: float  # time.monotonic() when the last confirmed write was sent
 
 
 _held: dict[str, Held] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from weldr_agent import lifecycle
 
@@ -48,7 +49,7 @@ def shutdown(deadline: float) -> None:
         # Unmounting releases each lease; renewal goes on meanwhile (a final flush writes).
         mount_remove_all(deadline=deadline)
     finally:
-        renewal.stop()
+        renewal.stop(timeout=deadline - time.monotonic())
 
 
 def register() -> None:

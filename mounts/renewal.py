@@ -43,9 +43,11 @@ def start() -> None:
     _thread.start()
 
 
-def stop() -> None:
+def stop(*, timeout: float) -> None:
+    """Stop the loop; wait at most `timeout` seconds for a renewal in flight (a daemon thread:
+    the process may exit under it)."""
     global _thread
     _stop.set()
     if _thread is not None:
-        _thread.join(timeout=settings.MOUNT_LEASE_RENEW_SECONDS + 30)
+        _thread.join(timeout=max(timeout, 0))
         _thread = None
