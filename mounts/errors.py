@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import status
 
 from weldr_agent.errors import APIError, ConflictError, NotFoundError
@@ -90,3 +92,26 @@ class LayoutUnavailable(ConflictError):
 
     default_code = "layout_unavailable"
     default_detail = "This machine cannot make loop devices, which the image layout needs."
+
+
+class BucketInUse(ConflictError):
+    """Another machine holds the bucket's lease (docs/mounts.md, "One writer per bucket"); the
+    body says which (`holder`) and how old its lease is (`lease_age_seconds`)."""
+
+    default_code = "bucket_in_use"
+    default_detail = "Another machine has this bucket mounted."
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.extra = extra
+
+
+class LeaseLost(ConflictError):
+    """This machine's lease on the bucket was taken over: it stopped writing the bucket."""
+
+    default_code = "lease_lost"
+    default_detail = "Another machine took this bucket over; this machine stopped writing it."
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.extra = extra

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from weldr_agent import lifecycle
 
@@ -13,12 +14,15 @@ ORDER = 10
 
 
 def startup() -> None:
+    from mounts import renewal
     from mounts.services import mount_reconcile
 
     _loop_devices_report()
     outcome = mount_reconcile()
     if outcome:
         logger.info("reconciled mounts: %s", outcome)
+    # After reconcile took back this machine's leases, before any request can mount.
+    renewal.start()
 
 
 def _loop_devices_report() -> None:
@@ -38,9 +42,14 @@ def _loop_devices_report() -> None:
 
 
 def shutdown(deadline: float) -> None:
+    from mounts import renewal
     from mounts.services import mount_remove_all
 
-    mount_remove_all(deadline=deadline)
+    try:
+        # Unmounting releases each lease; renewal goes on meanwhile (a final flush writes).
+        mount_remove_all(deadline=deadline)
+    finally:
+        renewal.stop(timeout=deadline - time.monotonic())
 
 
 def register() -> None:

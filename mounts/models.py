@@ -22,6 +22,9 @@ class Mount(models.Model):
         MOUNTED = "mounted"
         UNMOUNTING = "unmounting"
         FAILED = "failed"
+        # Another machine took the bucket's lease, or it could not be renewed before it expired:
+        # this machine stopped writing (docs/mounts.md, "One writer per bucket").
+        LEASE_LOST = "lease_lost"
 
     # One row per bucket and one row per slot: the table's size is the slot count (MAX_MOUNTS).
     bucket = models.CharField(max_length=63, unique=True)

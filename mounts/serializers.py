@@ -28,6 +28,12 @@ class MountCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
                   "`image` (an ext4 image inside the volume, loop-mounted: near local-disk "
                   "speed). Default: WORKSPACE_LAYOUT. An existing volume keeps its own layout; "
                   "asking for the other one is 409 layout_mismatch.")
+    force = serializers.BooleanField(
+        default=False,
+        help_text="Take the bucket over from another machine whose lease has not expired "
+                  "(409 bucket_in_use otherwise). For an operator who knows that machine is "
+                  "gone: if it still runs, both write the bucket until its next renewal "
+                  "(docs/mounts.md, \"One writer per bucket\").")
 
 
 class MountRemoveSerializer(serializers.Serializer):  # type: ignore[type-arg]

@@ -18,12 +18,14 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from mounts import capabilities, local, steps, system
+from mounts import capabilities, lease, local, steps, system
 from mounts.errors import (
+    BucketInUse,
     InvalidBucket,
     InvalidLayout,
     LayoutMismatch,
     LayoutUnavailable,
+    LeaseLost,
     MountFailed,
     MountLimitReached,
     MountNotFound,
@@ -171,8 +173,21 @@ def _image_volume_refuse(bucket: str) -> None:
         _image_layout_require(bucket)
 
 
-def _machine_mount(mount: Mount, requested: str | None = None) -> None:
-    """Run the mount procedure for a row in MOUNTING; on failure leave nothing running."""
+def _lease_take(bucket: str, *, force: bool) -> lease.Record | None:
+    """The bucket's lease for this machine (local mode has none); the last writer's record."""
+    if local.enabled():
+        return None
+    steps.ensure_bucket(bucket)
+    return lease.acquire(bucket, force=force)
+
+
+def _machine_mount(mount: Mount, requested: str | None = None, *,
+                   previous: lease.Record | None = None) -> None:
+    """Run the mount procedure for a row in MOUNTING; on failure leave nothing running.
+
+    `previous` is the lease found when it was taken: written by another machine, it means that
+    machine wrote the bucket after this one, and this machine's metadata is stale.
+    """
     p = system.paths(mount.bucket)
     budget = system.Budget(mount.cache_size_mb, mount.buffer_size_mb)
     if local.enabled():
@@ -185,6 +200,8 @@ def _machine_mount(mount: Mount, requested: str | None = None) -> None:
     try:
         steps.ensure_bucket(mount.bucket)
         _image_volume_refuse(mount.bucket)
+        if previous is not None and previous.machine != lease.machine_id():
+            steps.metadata_set_aside(p, f"machine {previous.machine} wrote the bucket since")
         origin = steps.metadata_prepare(p)
         # A volume made by an older agent: its settings held the S3 keys (steps, system).
         steps.format_secrets_remove(p.meta_db)
@@ -228,11 +245,14 @@ def _healthy(mount: Mount) -> bool:
             and steps.owns(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM)))
 
 
-def mount_create(*, bucket: str, layout: str | None = None) -> tuple[Mount, bool]:
+def mount_create(*, bucket: str, layout: str | None = None,
+                 force: bool = False) -> tuple[Mount, bool]:
     """Mount a bucket at WORKSPACE_BASE/{bucket}; (mount, True) when mounted now.
 
     `layout` (files | image) is for a new volume; an existing volume keeps its own, and asking
     for the other one is 409 layout_mismatch. None: the volume's own, else WORKSPACE_LAYOUT.
+    Mounting takes the bucket's lease: 409 bucket_in_use while another machine holds it,
+    unless `force` (an operator's takeover: docs/mounts.md, "One writer per bucket").
     """
     bucket = validate_bucket_name(bucket)
     if layout is not None and layout not in system.LAYOUTS:
@@ -257,10 +277,15 @@ def mount_create(*, bucket: str, layout: str | None = None) -> tuple[Mount, bool
             # a replica would be refused by every other machine (a volume, no metadata).
             _image_layout_require(bucket, requested=True)
         mount = _slot_take(bucket)
+        leased = False
         try:
-            _machine_mount(mount, layout)
+            previous = _lease_take(bucket, force=force)
+            leased = True
+            _machine_mount(mount, layout, previous=previous)
         except BaseException:
             mount.delete()
+            if leased:
+                lease.release(bucket)
             raise
     logger.info("mounted %s at %s (restored=%s)", bucket, mount.path, mount.restored)
     return mount, True
@@ -285,6 +310,8 @@ def mount_sync(*, bucket: str) -> Mount:
         mount = Mount.objects.filter(bucket=bucket, status=Mount.Status.MOUNTED).first()
         if mount is None:
             raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
+        if not local.enabled():
+            _lease_confirm(mount)
         if local.enabled():
             local.workspace_sync(bucket)
             mount.synced_at = timezone.now()
@@ -344,9 +371,17 @@ def mount_remove(*, bucket: str, force: bool = False) -> None:
             steps.teardown(p, juicefs_pid=mount.juicefs_pid,
                            litestream_pid=mount.litestream_pid)
             mount.delete()
+            _lease_release(mount)
             raise UnmountFailed(f"Unmounted {bucket}, but not cleanly: {error}") from error
         mount.delete()
+        _lease_release(mount)
     logger.info("unmounted %s", bucket)
+
+
+def _lease_release(mount: Mount) -> None:
+    # Only this machine's own record is marked released; another machine's is left alone.
+    if not local.enabled():
+        lease.release(mount.bucket)
 
 
 def mount_remove_all(*, deadline: float) -> None:
@@ -372,17 +407,133 @@ def mount_remove_all(*, deadline: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The lease: renewed while mounted, and a mount that lost it stops writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _lease_confirm(mount: Mount) -> None:
+    """Renew the lease before a sync: a machine that lost it never writes the bucket again."""
+    try:
+        lease.renew(mount.bucket)
+    except LeaseLost as error:
+        _fence(mount, str(error.detail))
+        raise
+    except StorageUnavailable as error:
+        # The sync itself then fails (sync_failed); fencing is the renewal loop's decision.
+        logger.error("lease of %s not renewed before a sync: %s", mount.bucket, error)
+
+
+def _fence(mount: Mount, reason: str) -> None:
+    """Stop every writer of the bucket on this machine, now, and say why on the mount's row.
+
+    Previews and commands in it are stopped (the guards, forced), then the ext4, JuiceFS and
+    Litestream (teardown): no more blocks, metadata or replica pages go to S3 from here. What
+    was staged stays in this machine's cache folder; the bucket belongs to its new holder.
+    """
+    logger.error("LEASE LOST: %s Stopping this machine's writers of %s (status lease_lost).",
+                 reason, mount.bucket)
+    for guard in list(_guards):
+        try:
+            guard(mount.bucket, True)
+        except Exception:
+            logger.exception("stopping the users of %s failed", mount.bucket)
+    p = _paths(mount)
+    steps.teardown(p, juicefs_pid=mount.juicefs_pid, litestream_pid=mount.litestream_pid,
+                   grace=10)
+    lease.forget(mount.bucket)
+    Mount.objects.filter(pk=mount.pk).update(status=Mount.Status.LEASE_LOST, error=reason,
+                                             juicefs_pid=None, litestream_pid=None)
+
+
+def _renew_one(bucket: str) -> str:
+    mount = Mount.objects.filter(bucket=bucket).first()
+    if mount is None:
+        # Held by this process, yet no row mounts it (its row was removed): nothing writes it.
+        lease.release(bucket)
+        return "released"
+    try:
+        lease.renew(bucket)
+        return "renewed"
+    except LeaseLost as error:
+        if mount.status != Mount.Status.LEASE_LOST:
+            _fence(mount, str(error.detail))
+        return "lost"
+    except StorageUnavailable as error:
+        silent = lease.silent_for(bucket)
+        if silent is None:
+            # Never confirmed by this process (mounted by manage.py): assume it is due.
+            silent = float(settings.MOUNT_LEASE_TTL_SECONDS)
+        # Stop before the lease can expire: from then on another machine may take it.
+        limit = settings.MOUNT_LEASE_TTL_SECONDS - settings.MOUNT_LEASE_RENEW_SECONDS
+        logger.error("LEASE NOT RENEWED for %s (%.0f s since the last renewal; the writers stop "
+                     "at %.0f s): %s", bucket, silent, limit, error)
+        if silent >= limit and mount.status != Mount.Status.LEASE_LOST:
+            _fence(mount, f"the lease could not be renewed for {silent:.0f} s (S3 unreachable); "
+                          "another machine may take the bucket over after "
+                          f"{settings.MOUNT_LEASE_TTL_SECONDS} s.")
+            return "expired"
+        return "unreachable"
+
+
+def mount_leases_renew() -> dict[str, str]:
+    """Renew the lease of every bucket mounted (or being mounted) on this machine, side by side
+    (S3 timing out for one must not delay the others past their expiry); fence those lost.
+    Run every MOUNT_LEASE_RENEW_SECONDS by mounts.renewal."""
+    if local.enabled():
+        return {}
+    live = set(Mount.objects.filter(status__in=[Mount.Status.MOUNTED,
+                                                Mount.Status.UNMOUNTING])
+               .values_list("bucket", flat=True))
+    buckets = sorted(live | set(lease.held()))
+    if not buckets:
+        return {}
+
+    def renew(bucket: str) -> str:
+        try:
+            return _renew_one(bucket)
+        finally:
+            close_old_connections()
+
+    with ThreadPoolExecutor(max_workers=len(buckets)) as pool:
+        return dict(zip(buckets, pool.map(renew, buckets), strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
 # Reconcile
 # ---------------------------------------------------------------------------------------------
 
 
+def _reconcile_lease(mount: Mount) -> tuple[bool, lease.Record | None]:
+    """(kept, last writer) for a mount the state database has: its own lease (an agent restarted
+    on the same volume) or a free one is taken back; another machine's fences the mount."""
+    if local.enabled():
+        return True, None
+    try:
+        return True, lease.acquire(mount.bucket)
+    except BucketInUse as error:
+        _fence(mount, str(error.detail))
+        return False, None
+    except StorageUnavailable as error:
+        # Unconfirmed: the renewal loop stops the writers if its first renewal fails too.
+        logger.error("LEASE NOT CONFIRMED for %s at start-up: %s", mount.bucket, error)
+        lease.track_unconfirmed(mount.bucket)
+        return True, None
+
+
 def _reconcile_one(mount: Mount) -> str:
+    if mount.status == Mount.Status.LEASE_LOST:
+        # Stopped for good: mounting it again (POST /mounts) takes the lease when it is free.
+        return "lease lost"
     p = _paths(mount)
-    if _healthy(mount):
+    kept, previous = _reconcile_lease(mount)
+    if not kept:
+        return "lease lost"
+    stale = previous is not None and previous.machine != lease.machine_id()
+    if _healthy(mount) and not stale:
         # A JuiceFS server restarted by its watchdog protected itself again (-1000).
         steps.oom_score_adjust(steps.daemons(p, system.JUICEFS))
         return "ok"
-    if mount.status == Mount.Status.MOUNTED and _serving(mount):
+    if mount.status == Mount.Status.MOUNTED and _serving(mount) and not stale:
         # JuiceFS serves, Litestream died: restart it on the same database.
         steps.pid_stop(mount.litestream_pid, system.daemon_tag(p, system.LITESTREAM),
                        grace=10)
@@ -393,12 +544,14 @@ def _reconcile_one(mount: Mount) -> str:
     mount.status, mount.juicefs_pid, mount.litestream_pid = Mount.Status.MOUNTING, None, None
     mount.save()
     try:
-        _machine_mount(mount, mount.layout)
+        _machine_mount(mount, mount.layout, previous=previous)
     except (MountFailed, StorageUnavailable, LayoutMismatch, LayoutUnavailable,
             OSError) as error:
         mount.status, mount.error = Mount.Status.FAILED, str(error)
         mount.juicefs_pid = mount.litestream_pid = None
         mount.save()
+        # Nothing writes the bucket from here: another machine may have it.
+        _lease_release(mount)
         return "failed"
     return "remounted"
 

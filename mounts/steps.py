@@ -256,6 +256,21 @@ def metadata_prepare(p: system.Paths) -> str:
     return "formatted"
 
 
+def metadata_set_aside(p: system.Paths, reason: str) -> None:
+    """Move this machine's metadata of the bucket out of the way, so that the mount restores
+    the replica: another machine wrote the bucket since (its lease said so), and mounting the
+    older local copy would fork the volume's history. Kept beside it for forensics."""
+    if not p.meta_db.exists():
+        return
+    aside = p.meta_db.with_name(f"{p.meta_db.name}.stale-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{p.meta_db}{suffix}")
+        if source.exists():
+            source.rename(f"{aside}{suffix}")
+    logger.warning("metadata of %s set aside as %s (%s); restoring the replica", p.bucket,
+                   aside, reason)
+
+
 def format_secrets_remove(db: Path) -> bool:
     """Remove the S3 keys from a volume's settings (made by an older agent); True if any were.
 

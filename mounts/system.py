@@ -30,6 +30,11 @@ DURABLE_MARKER_KEY = "weldr-meta/durable-at"
 # credentials and JuiceFS writes only under VOLUME_NAME/, so nothing in a workspace can change
 # it, and it survives the machine. Never inferred from the files (docs/mounts.md, "Layouts").
 LAYOUT_KEY = "weldr-meta/layout"
+# The bucket's lease (mounts/lease.py, docs/mounts.md "One writer per bucket"): which machine
+# writes the bucket. Released, it stays as the record of the last writer.
+LEASE_KEY = "weldr-meta/lease"
+# Where the conditional-write probe writes its throwaway objects.
+LEASE_PROBE_PREFIX = "weldr-meta/lease-probe-"
 # `juicefs format` writes this object; its absence means the volume is gone.
 VOLUME_UUID_KEY = f"{VOLUME_NAME}/juicefs_uuid"
 # After a metadata restore the block-ID counter jumps this far ahead: object keys derive from

@@ -42,11 +42,16 @@ class MountViewSet(viewsets.ViewSet):
 
     @extend_schema(
         summary="Mount a bucket at WORKSPACE_BASE/{bucket}",
-        description="Creates the bucket when missing, restores its metadata from S3 when the "
-                    "local copy is gone, and returns once the workspace answers.",
+        description="Creates the bucket when missing, takes its lease (one machine writes a "
+                    "bucket at a time: 409 bucket_in_use while another holds it; `force` "
+                    "takes it over), restores its metadata from S3 when the local copy is gone "
+                    "or another machine wrote the bucket since, and returns once the workspace "
+                    "answers.",
         request=MountCreateSerializer,
         responses={201: MountSerializer, 200: MountSerializer, 400: _error("invalid_bucket"),
-                   409: _error("mount_limit | mount_busy | volume_gone | layout_mismatch"),
+                   409: _error("mount_limit | mount_busy | volume_gone | layout_mismatch | "
+                               "bucket_in_use (with `holder`, `lease_age_seconds`, "
+                               "`lease_ttl_seconds`)"),
                    500: _error("mount_failed"),
                    502: _error("storage_unavailable")},
     )
@@ -54,7 +59,8 @@ class MountViewSet(viewsets.ViewSet):
         data = MountCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         mount, created = services.mount_create(bucket=data.validated_data["bucket"],
-                                               layout=data.validated_data.get("layout"))
+                                               layout=data.validated_data.get("layout"),
+                                               force=data.validated_data["force"])
         return Response(MountSerializer(mount).data,
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
@@ -80,7 +86,8 @@ class MountViewSet(viewsets.ViewSet):
                     "replica confirms it; returns when both are durable. `synced_at` is the "
                     "moment a restore after machine loss will reach at least.",
         request=None,
-        responses={200: MountSerializer, 404: _error("not_mounted"), 500: _error("sync_failed")},
+        responses={200: MountSerializer, 404: _error("not_mounted"),
+                   409: _error("lease_lost"), 500: _error("sync_failed")},
     )
     @action(detail=True, methods=["post"])
     def sync(self, request: Request, bucket: str) -> Response:

@@ -125,7 +125,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code = getattr(exc, "default_code", None) or "error"
         if isinstance(exc.detail, exceptions.ErrorDetail) and exc.detail.code:  # type: ignore[union-attr]
             code = exc.detail.code  # type: ignore[union-attr]
-    response.data = error_body(str(detail), code)
+    # Typed errors may carry more than a sentence (mounts' bucket_in_use names the holder).
+    response.data = error_body(str(detail), code, **getattr(exc, "extra", {}))
     return response
 
 

@@ -415,6 +415,21 @@ WORKSPACE_LAYOUT = _choice("WORKSPACE_LAYOUT", env.str("WORKSPACE_LAYOUT", defau
 WORKSPACE_IMAGE_SIZE_GB = _int("WORKSPACE_IMAGE_SIZE_GB", 20, low=1, high=16384)
 # Loop device over the image with O_DIRECT on the backing file (docs/performance.md measures it).
 WORKSPACE_IMAGE_DIRECT_IO = _bool("WORKSPACE_IMAGE_DIRECT_IO", default=False)
+# One writer per bucket (docs/mounts.md, "One writer per bucket"): mounting takes a lease, an S3
+# object in the bucket naming this machine, renewed every MOUNT_LEASE_RENEW_SECONDS. Another
+# machine may take it over once it is MOUNT_LEASE_TTL_SECONDS old; a holder that could not renew
+# for that long stops writing first. Without conditional writes at the S3 server, a new lease is
+# read back after MOUNT_LEASE_SETTLE_SECONDS to see that no other machine's write replaced it.
+MOUNT_LEASE_TTL_SECONDS = _int("MOUNT_LEASE_TTL_SECONDS", 60, low=3, high=86400)
+MOUNT_LEASE_RENEW_SECONDS = _float("MOUNT_LEASE_RENEW_SECONDS", 15.0, low=0.2, high=43200.0)
+MOUNT_LEASE_SETTLE_SECONDS = _float("MOUNT_LEASE_SETTLE_SECONDS", 1.0, low=0.0, high=60.0)
+# Set by Fly on every machine: part of the lease holder's id (mounts/lease.py, machine_id), so
+# that two machines given copies of one volume are still two writers.
+FLY_MACHINE_ID = env.str("FLY_MACHINE_ID", default="")
+if MOUNT_LEASE_RENEW_SECONDS * 2 > MOUNT_LEASE_TTL_SECONDS:
+    raise ImproperlyConfigured("MOUNT_LEASE_RENEW_SECONDS must be at most half of "
+                               "MOUNT_LEASE_TTL_SECONDS (a renewal may fail once without the "
+                               "lease expiring).")
 
 # ---------------------------------------------------------------------------------------------
 # Workspaces: a JuiceFS mount per bucket, or a local branch directory synced by rclone

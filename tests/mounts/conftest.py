@@ -30,6 +30,10 @@ def mount_dirs(settings, tmp_path: Path) -> Iterator[None]:
     settings.UPLOAD_DELAY = "2s"
     settings.LITESTREAM_SYNC_INTERVAL = "1s"
     settings.RESTORE_MARGIN_SECONDS = 2
+    # A lost machine's lease expires in seconds, not a minute (test_durability waits for it).
+    settings.MOUNT_LEASE_TTL_SECONDS = 3
+    settings.MOUNT_LEASE_RENEW_SECONDS = 1.0
+    settings.MOUNT_LEASE_SETTLE_SECONDS = 0.3
     # These tests are about JuiceFS itself (its mount answering, staging, faults): the `files`
     # layout, where the workspace is the JuiceFS mount. The image layout's tests ask for it.
     settings.WORKSPACE_LAYOUT = "files"

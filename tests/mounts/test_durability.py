@@ -36,6 +36,9 @@ def lose_the_machine(bucket: str, layout: str = system.FILES) -> None:
     shutil.rmtree(settings.WORKSPACE_BASE)
     settings.WELDR_ENV_VOL.mkdir(parents=True)
     assert machine_clean(bucket)
+    # The new machine (a new volume, a new machine id) may take the bucket once the lost
+    # machine's lease has expired (docs/mounts.md, "One writer per bucket").
+    time.sleep(settings.MOUNT_LEASE_TTL_SECONDS + 1.5)
 
 
 @LAYOUTS

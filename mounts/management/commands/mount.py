@@ -21,13 +21,16 @@ class Command(BaseCommand):
                             help="upload staged blocks and sync metadata now (zero RPO)")
         parser.add_argument("--layout", choices=["files", "image"], default=None,
                             help="workspace layout of a new volume (default WORKSPACE_LAYOUT)")
+        parser.add_argument("--force", action="store_true",
+                            help="take the bucket over from another machine whose lease has not "
+                                 "expired (only if that machine is gone: docs/mounts.md)")
 
-    def handle(self, *args: Any, bucket: str, sync: bool, layout: str | None,
+    def handle(self, *args: Any, bucket: str, sync: bool, layout: str | None, force: bool,
                **options: Any) -> None:
         state_db_ready()
         try:
             mount = (mount_sync(bucket=bucket) if sync
-                     else mount_create(bucket=bucket, layout=layout)[0])
+                     else mount_create(bucket=bucket, layout=layout, force=force)[0])
         except APIError as error:
             raise CommandError(f"{error.default_code}: {error.detail}") from error
         self.stdout.write(json.dumps(MountSerializer(mount).data, default=str))
