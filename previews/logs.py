@@ -21,6 +21,7 @@ logger = logging.getLogger("weldr.previews")
 
 POLL_SECONDS = 0.2
 CHUNK = 64 * 1024
+TAIL_MAX_BYTES = 4 * 1024 * 1024
 
 
 def _sse(event: str, data: object, *, event_id: int | None = None) -> bytes:
@@ -36,20 +37,26 @@ def _size(path: Path) -> int:
 
 
 def tail_start(path: Path, lines: int) -> int:
-    """The offset where the last `lines` complete lines of the file begin."""
+    """The offset where the last `lines` complete lines of the file begin, looking back at
+    most TAIL_MAX_BYTES (the app writes this file: it may hold one endless line)."""
     end = _size(path)
-    if end == 0:
-        return 0
-    with open(path, "rb") as log:
-        data, start = b"", end
-        while start > 0 and data.count(b"\n") <= lines:
-            start = max(0, start - CHUNK)
+    data, start = b"", end
+    with open(path, "rb") if end else open(os.devnull, "rb") as log:
+        while start > 0 and end - start < TAIL_MAX_BYTES and data.count(b"\n") <= lines:
+            step = min(CHUNK, start)
+            start -= step
             log.seek(start)
-            data = log.read(end - start)
-    # Only complete lines count; a partial last line is sent when it ends.
-    complete = data[: data.rfind(b"\n") + 1]
-    kept = complete.split(b"\n")[:-1][-lines:] if lines else []
-    return start + len(complete) - sum(len(line) + 1 for line in kept)
+            data = log.read(step) + data
+    # The newline before the first kept line: `lines` newlines back from the last one.
+    newline = data.rfind(b"\n")
+    for _ in range(lines):
+        if newline < 0:
+            break
+        newline = data.rfind(b"\n", 0, newline)
+    if newline >= 0:
+        return start + newline + 1
+    # Fewer lines than asked for: all of them, without a line cut off at the window's start.
+    return 0 if start == 0 else start + data.find(b"\n") + 1
 
 
 async def follow(path: Path, *, tail: int, last_id: int | None,
@@ -80,6 +87,13 @@ async def follow(path: Path, *, tail: int, last_id: int | None,
                     position += len(line) + 1
                     yield _sse("log", {"line": line.decode("utf-8", "replace")},
                                event_id=position)
+                if len(pending) >= CHUNK:
+                    # The app decides what it prints: a line that never ends is sent in
+                    # pieces rather than held in the agent's memory.
+                    position += len(pending)
+                    yield _sse("log", {"line": pending.decode("utf-8", "replace")},
+                               event_id=position)
+                    pending = b""
                 continue
             idle_checks += 1
             if idle_checks % 5 == 0 and not await sync_to_async(still_active)():
