@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from previews.exec import Event
 
 
 def complete_prefix(data: bytes) -> int:
@@ -55,3 +59,31 @@ def sse(event: str, payload: dict[str, Any], *, event_id: int | None = None) -> 
     """One server-sent event; `data` is a single JSON line."""
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+async def exec_frames(events: AsyncIterator[Event], *, first_id: int = 0,
+                      before: Iterable[Event] = ()) -> AsyncIterator[bytes]:
+    """SSE frames of a command's events; event number N (from 0) has `id: N`.
+
+    `before` are the events a resuming client already has (those up to its Last-Event-ID):
+    fed to the splitters without being sent, so that a character split across the resume point
+    is still sent whole. Output held back until `exit` is sent without an id: a client that
+    reconnects before `exit` gets it again, with `exit`.
+    """
+    splitters = {"stdout": Splitter(), "stderr": Splitter()}
+    for event in before:
+        if event.kind in splitters:
+            splitters[event.kind].feed(event.data)
+    event_id = first_id
+    async for event in events:
+        if event.kind in splitters:
+            chunk = splitters[event.kind].feed(event.data)
+            if chunk:
+                yield sse(event.kind, text_fields(chunk, "data"), event_id=event_id)
+        else:
+            if event.kind == "exit":
+                for kind, splitter in splitters.items():
+                    if rest := splitter.flush():
+                        yield sse(kind, text_fields(rest, "data"))
+            yield sse(event.kind, event.info, event_id=event_id)
+        event_id += 1

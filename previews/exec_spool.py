@@ -15,6 +15,7 @@ import os
 import re
 from array import array
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -106,8 +107,16 @@ class Spool:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def __getitem__(self, index: int) -> Event:
+    def __getitem__(self, index: int | slice) -> Any:
+        """One event, or a list of them for a slice (a resumed stream replays what came before
+        its start to cut the output at the same characters)."""
         with open(self.path, "rb") as reader:
+            if isinstance(index, slice):
+                events = []
+                for position in range(*index.indices(len(self))):
+                    reader.seek(self.offsets[position])
+                    events.append(_decode(reader.readline()))
+                return events
             reader.seek(self.offsets[index])
             return _decode(reader.readline())
 

@@ -93,6 +93,9 @@ class PreviewLogsView(APIView):
         text = services.log_tail(bucket=bucket, lines=query.validated_data["tail"])
         if "text/event-stream" not in request.headers.get("Accept", ""):
             return HttpResponse(text, content_type="text/plain; charset=utf-8")
-        stream = logs.follow(system.log_path(bucket), initial=text,
+        # Each line's id is its end offset in app.log: Last-Event-ID resumes after it.
+        last_id = request.headers.get("Last-Event-ID", "")
+        stream = logs.follow(system.log_path(bucket), tail=query.validated_data["tail"],
+                             last_id=int(last_id) if last_id.isdigit() else None,
                              still_active=lambda: services.preview_active(bucket))
         return sse_response(limits.counted(principal=request.user, stream=stream))

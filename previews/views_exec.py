@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from mounts import paths
 from previews import exec_background, exec_spec
 from previews.exec import CommandSpec, Event, exec_collect, exec_start, exec_stream
-from previews.exec_output import Splitter, sse, text_fields
+from previews.exec_output import exec_frames, text_fields
 from previews.serializers_exec import (
     EventStream,
     ExecCommandSerializer,
@@ -78,26 +78,9 @@ class AsyncAPIView(APIView):
         return request.accepted_renderer.media_type == EventStreamRenderer.media_type
 
 
-def event_stream(events: AsyncIterator[Event], *, slot: limits.StreamSlot,
-                 first_id: int = 0) -> StreamingHttpResponse:
-    return sse_response(slot.wrap(_sse(events, first_id)))
-
-
-async def _sse(events: AsyncIterator[Event], first_id: int) -> AsyncIterator[bytes]:
-    splitters = {"stdout": Splitter(), "stderr": Splitter()}
-    event_id = first_id
-    async for event in events:
-        if event.kind in splitters:
-            chunk = splitters[event.kind].feed(event.data)
-            if chunk:
-                yield sse(event.kind, text_fields(chunk, "data"), event_id=event_id)
-        else:
-            if event.kind == "exit":
-                for kind, splitter in splitters.items():
-                    if rest := splitter.flush():
-                        yield sse(kind, text_fields(rest, "data"), event_id=event_id)
-            yield sse(event.kind, event.info, event_id=event_id)
-        event_id += 1
+def event_stream(events: AsyncIterator[Event], *, slot: limits.StreamSlot, first_id: int = 0,
+                 before: list[Event] | None = None) -> StreamingHttpResponse:
+    return sse_response(slot.wrap(exec_frames(events, first_id=first_id, before=before or ())))
 
 
 class ExecView(AsyncAPIView):
@@ -184,7 +167,8 @@ class ExecLogsView(AsyncAPIView):
                                                  row.status == "timed_out",
                                                  "duration_ms": row.duration_ms}))
             return event_stream(events, slot=slot)
-        return event_stream(_follow(log, start), slot=slot, first_id=start)
+        return event_stream(_follow(log, start), slot=slot, first_id=start,
+                            before=log.events[:start])
 
 
 async def _follow(log: exec_background.Log, start: int) -> AsyncIterator[Event]:

@@ -3,11 +3,14 @@
 The client resumes with `?last_event_id=N` on connect or by sending {"last_event_id": N}.
 Authentication happens in weldr_agent.ws_auth; without a principal the socket closes with 4401,
 a cookie-authenticated socket from a foreign Origin with 4403, and one more than
-STREAMS_PER_PRINCIPAL open streams with 4429 (weldr_agent.limits).
+STREAMS_PER_PRINCIPAL open streams with 4429 (weldr_agent.limits). At agent shutdown the socket
+closes with 4012 (restarting, what 1012 says, which a server may not send): reconnect with the
+last id.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -16,6 +19,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from weldr_agent import limits
+from weldr_agent.sse import stream_closed, stream_opened
 from workflows.events import branch_group
 from workflows.models import Branch
 from workflows.streams import EventCursor, last_seq
@@ -23,6 +27,8 @@ from workflows.streams import EventCursor, last_seq
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+# 1012 (service restart) is what this means, but servers may only send 1000 or 3000-4999.
+CLOSE_RESTARTING = 4012
 
 
 @database_sync_to_async
@@ -74,6 +80,7 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         self.cursor = EventCursor(branch_id,
                                   await last_seq(branch_id) if last_id is None else last_id)
         await self.accept()
+        stream_opened(self, self._close_at_shutdown)
         await self._send_all(await self.cursor.catch_up())
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
@@ -90,7 +97,12 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         if self.cursor is not None:
             await self._send_all(await self.cursor.on_live(message["event"]))
 
+    def _close_at_shutdown(self) -> None:
+        stream_closed(self)
+        asyncio.ensure_future(self.close(code=CLOSE_RESTARTING))
+
     async def disconnect(self, code: int) -> None:
+        stream_closed(self)
         if self.slot is not None:
             self.slot.release()
         if self.group is not None:

@@ -20,7 +20,10 @@ def sse_frame(event: dict[str, Any]) -> str:
 
 
 async def event_stream(*, branch_id: str, last_id: int | None) -> AsyncIterator[str]:
-    """Events after `last_id` (or from now when None), then live ones, with keep-alives."""
+    """Events after `last_id` (or from now when None), then live ones.
+
+    Keep-alive comments, `retry:` and the end at shutdown come from weldr_agent.sse.guarded.
+    """
     layer = get_channel_layer()
     channel = await layer.new_channel("sse.")
     group = branch_group(branch_id)
@@ -40,7 +43,6 @@ async def event_stream(*, branch_id: str, last_id: int | None) -> AsyncIterator[
                 # Quiet: also look in the database, in case a published message was lost.
                 for event in await cursor.catch_up():
                     yield sse_frame(event)
-                yield ": keep-alive\n\n"
                 continue
             for event in await cursor.on_live(message["event"]):
                 yield sse_frame(event)

@@ -122,8 +122,8 @@ def test_sse_accepts_what_a_browser_sends(agent: Agent, accept: str | None) -> N
                       params={"project_id": project_id, "branch_id": branch_id}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        assert response.headers["cache-control"] == "no-cache"
-        assert next(response.iter_text()).startswith(": connected")
+        assert response.headers["cache-control"] == "no-cache, no-transform"
+        assert next(response.iter_text()).startswith("retry: 1000\n\n")
 
 
 def test_sse_errors_are_json_even_when_the_stream_was_asked_for(agent: Agent) -> None:

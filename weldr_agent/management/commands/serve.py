@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from weldr_agent import http_server, lifecycle
+from weldr_agent import http_server, lifecycle, sse
 from weldr_agent.s3 import LocalS3Server
 
 logger = logging.getLogger("weldr.serve")
@@ -59,6 +59,11 @@ class GracefulStop:
         try:
             self.clean = lifecycle.shutdown(max(self.timeout - CLOSE_RESERVE_SECONDS, 1.0))
         finally:
+            # Open event streams end cleanly (SSE bodies finish, websockets close with 4012)
+            # just before the server stops listening: their clients reconnect to the next
+            # agent with their last event id. Not earlier: until now new requests get 503,
+            # and an EventSource that gets a 503 gives up for good.
+            sse.streams_close(timeout=1.0)
             # Redis connections belong to the server's event loop: close them while it runs.
             loop = getattr(reactor, "_asyncioEventloop", None)
             if loop is not None:
