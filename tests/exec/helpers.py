@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -28,8 +29,10 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
-    """(event, data) pairs, parsed as the lines arrive."""
+def sse_events(response: httpx.Response,
+               deadline: float | None = None) -> Iterator[tuple[str, dict]]:
+    """(event, data) pairs, parsed as the lines arrive; until `deadline` (time.monotonic())
+    if given — keep-alive comments keep a quiet stream from ever timing out."""
     event, data = "message", ""
     for line in response.iter_lines():
         if line.startswith("event: "):
@@ -39,3 +42,5 @@ def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
         elif line == "" and data:
             yield event, json.loads(data)
             event, data = "message", ""
+        if deadline is not None and time.monotonic() > deadline:
+            return

@@ -185,13 +185,7 @@ def test_background_output_is_on_disk_and_survives_a_restart(agent: AgentProcess
     assert http.get(f"/exec/{running}").json()["status"] == "killed"
 
 
-def _partial(http: httpx.Client, exec_id: str) -> list[tuple[str, dict]]:
-    """The events of a running command so far (the stream is cut after a moment)."""
-    seen: list[tuple[str, dict]] = []
-    try:
-        with http.stream("GET", f"/exec/{exec_id}/logs", timeout=2) as response:
-            for event in sse_events(response):
-                seen.append(event)
-    except httpx.ReadTimeout:
-        pass
-    return seen
+def _partial(http: httpx.Client, exec_id: str, seconds: float = 2) -> list[tuple[str, dict]]:
+    """The events of a running command so far: the stream is left after `seconds`."""
+    with http.stream("GET", f"/exec/{exec_id}/logs", timeout=seconds) as response:
+        return list(sse_events(response, deadline=time.monotonic() + seconds))
