@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from workflows.models import Branch, Integration, Project, Version, WorkflowRun
@@ -15,7 +16,16 @@ class ProjectSerializer(serializers.ModelSerializer):
         extra_kwargs = {"owner_id": {"required": False}}
 
 
+@extend_schema_field({"type": "string", "pattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                      "description": "An S3 bucket name (checked by the service: 400 "
+                                     "`invalid_bucket`)."})
+class BucketNameField(serializers.CharField):
+    """A bucket name; declared with S3's pattern so that clients (and fuzzers) know it."""
+
+
 class BranchSerializer(serializers.ModelSerializer):
+    bucket = BucketNameField(max_length=63)
+
     class Meta:
         model = Branch
         fields = ["id", "project_id", "name", "bucket", "created_at"]
