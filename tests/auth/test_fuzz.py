@@ -8,7 +8,7 @@ time, so endpoints added by any app are fuzzed without touching this file). Per 
   containers and run commands with random names; those paths have their own tests. Invalid data
   must be refused before any side effect, which is exactly what this checks.
 - operations whose success is an event stream (`text/event-stream`): negative data only, since
-  a valid request opens a stream that does not end; their streams have their own tests.
+  a valid request opens a stream that does not end; real streams are checked below.
 
 Checks (explicit, so a schemathesis upgrade cannot silently change them): not_a_server_error,
 status_code_conformance (every status is documented), content_type_conformance,
@@ -23,9 +23,10 @@ Beyond one operation at a time, as an outside fuzzer run does:
   methods) and an undocumented method with 405 and `Allow`;
 - the stateful phase: schemathesis chains operations along the links it infers from the
   document (a project's id into its branches, a branch's into runs, ...), with valid data, over
-  the operations whose valid calls only touch the database (STATEFUL);
-- real event streams: POST /exec with `Accept: text/event-stream` and a background command's
-  /exec/{id}/logs, on a really mounted bucket, validated event by event.
+  the operations whose valid calls only touch the database (STATEFUL); every creation (201) is
+  sent a second time, so that a duplicate's answer (409) is checked as well;
+- real event streams: POST /exec with `Accept: text/event-stream`, a background command's
+  /exec/{id}/logs (on a really mounted bucket) and a branch's /events, validated event by event.
 
 Bounded: WELDR_FUZZ_EXAMPLES examples per operation and mode (default 15), WELDR_FUZZ_SCENARIOS
 stateful scenarios (default 25) of at most 6 steps, deterministic (derandomized, no example
@@ -193,6 +194,13 @@ def test_stateful_phase(live):
             return {"base_url": url, "headers": auth(token), "timeout": 30}
 
         def validate_response(self, response, case, additional_checks=None, **kwargs):
+            self.check(response, case, kwargs)
+            if case.method == "POST" and response.status_code == 201:
+                # The same creation again: a duplicate must get a documented answer too (a
+                # conflict is only reached by repeating what just succeeded).
+                self.check(case.call(**kwargs), case, kwargs)
+
+        def check(self, response, case, kwargs):
             # Recorded here rather than raised: the agent's state grows from one scenario to
             # the next, so Hypothesis cannot replay a scenario the same way (see below).
             seen.append((case.method, case.path, response.status_code))
@@ -219,6 +227,7 @@ def test_stateful_phase(live):
     assert not failures, "\n\n".join(failures[:5])
     assert len(seen) >= SCENARIOS, seen
     assert ("POST", "/projects/{project_id}/branches", 201) in seen, seen
+    assert ("POST", "/projects/{project_id}/branches", 409) in seen, seen
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +278,44 @@ def test_background_exec_logs_conform(live, bucket):
     for method in ("GET", "DELETE"):
         schema["/exec/{exec_id}"][method].Case(path_parameters={"exec_id": exec_id}) \
             .call_and_validate(base_url=url, headers=auth(token), checks=CHECKS[:-1], timeout=30)
+
+
+def read_events_until(response: httpx.Response, last: str) -> bytes:
+    """The raw stream up to and including the first event named `last` (the stream goes on)."""
+    raw, ended = b"", False
+    for line in response.iter_lines():
+        raw += line.encode() + b"\n"
+        ended = ended or line == f"event: {last}"
+        if ended and line == "":
+            return raw
+    raise AssertionError(f"the stream closed before `{last}`:\n{raw.decode()}")
+
+
+@pytest.mark.slow
+def test_branch_event_stream_conforms(live, bucket):
+    """GET /events of a branch with a run (that fails at once: its model has no provider)."""
+    schema, url, token = live
+    with httpx.Client(base_url=url, headers=auth(token), timeout=30) as http:
+        # given
+        project = http.post("/projects", json={"name": "fuzz-events"}).json()
+        branch = http.post(f"/projects/{project['id']}/branches",
+                           json={"name": "main", "bucket": bucket}).json()
+        query = {"project_id": project["id"], "branch_id": branch["id"]}
+        replay = {**query, "last_event_id": 0}  # from the first event
+        triggered = http.post("/trigger", json={
+            **query, "model": "fuzz/no-such-provider",
+            "message": {"content": [{"type": "text", "text": "Add a page"}]}})
+        assert triggered.status_code == 202, triggered.text
+        # when: read as a browser's EventSource would, until the run's end
+        with http.stream("GET", "/events", params=replay,
+                         headers={"Accept": "text/event-stream"}) as streaming:
+            raw = read_events_until(streaming, "run.failed")
+    # What was read, as a response of its own (the stream itself never ends).
+    response = httpx.Response(streaming.status_code, headers=streaming.headers, content=raw,
+                              request=streaming.request)
+    response.elapsed = streaming.elapsed
+    # then
+    case = schema["/events"]["GET"].Case(query=replay, headers={"Accept": "text/event-stream"})
+    case.validate_response(response, checks=CHECKS[:-1])
+    assert re.findall(r"^event: ([\w.]+)$", raw.decode(), re.MULTILINE) == [
+        "run.queued", "run.started", "run.failed"], raw
