@@ -19,7 +19,8 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_TIMEOUT = 3600
 
 
-@extend_schema_field({"oneOf": [{"type": "string"},
+# Not blank: a command of white space only is refused (400), like an empty argv.
+@extend_schema_field({"oneOf": [{"type": "string", "pattern": r"\S"},
                                 {"type": "array", "items": {"type": "string"}, "minItems": 1}],
                       "description": "A `sh -c` string, or an argv list run without a shell."})
 class CommandField(serializers.Field):

@@ -25,6 +25,9 @@ from rest_framework.permissions import AllowAny
 from weldr_agent.serializers import error_responses
 
 EVENT_STREAM = "text/event-stream"
+# S3's bucket names, as every app checks them (mounts.validators); declared on every `{bucket}`.
+BUCKET_SCHEMA = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                 "description": "An S3 bucket name (also without '..', and not an IP address)."}
 
 
 def sse_event(name: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +63,15 @@ class AutoSchema(SpectacularAutoSchema):
         if self.method == "GET" and "{" not in self.path and operation_id.endswith("_retrieve"):
             return operation_id.removesuffix("_retrieve") + "_list"
         return operation_id
+
+    def _resolve_path_parameters(self, variables: list[str]) -> list[dict[str, Any]]:
+        # A bucket is untyped in the URLconf (`<str:bucket>`); declare what the views accept, so
+        # a client (or a fuzzer) knows that "0" is refused with 400 rather than looked up.
+        parameters = super()._resolve_path_parameters(variables)
+        for parameter in parameters:
+            if parameter["name"] == "bucket":
+                parameter["schema"] = dict(BUCKET_SCHEMA)
+        return parameters
 
     def _plumbing_errors(self) -> list[int]:
         codes = []

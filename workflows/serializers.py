@@ -5,6 +5,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from weldr_agent.schema import BUCKET_SCHEMA
 from workflows.models import Branch, Integration, Project, Version, WorkflowRun
 
 
@@ -16,9 +17,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         extra_kwargs = {"owner_id": {"required": False}}
 
 
-@extend_schema_field({"type": "string", "pattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
-                      "description": "An S3 bucket name (checked by the service: 400 "
-                                     "`invalid_bucket`)."})
+@extend_schema_field(BUCKET_SCHEMA)
 class BucketNameField(serializers.CharField):
     """A bucket name; declared with S3's pattern so that clients (and fuzzers) know it."""
 
