@@ -8,18 +8,19 @@ import re
 from typing import Any
 
 from django.core.validators import ProhibitNullCharactersValidator
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema_field
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from previews.models_exec import ExecCommand
+from weldr_agent.schema import event_stream_response
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_TIMEOUT = 3600
 
 
-@extend_schema_field({"oneOf": [{"type": "string"},
+# Not blank: a command of white space only is refused (400), like an empty argv.
+@extend_schema_field({"oneOf": [{"type": "string", "pattern": r"\S"},
                                 {"type": "array", "items": {"type": "string"}, "minItems": 1}],
                       "description": "A `sh -c` string, or an argv list run without a shell."})
 class CommandField(serializers.Field):
@@ -115,10 +116,22 @@ class ExecCommandSerializer(serializers.ModelSerializer):
                   "finished_at", "duration_ms"]
 
 
-# The SSE body of /exec and /exec/{id}/logs, as a string schema: drf-spectacular renders an
-# empty serializer as "no body", which breaks a response with two media types.
-EventStream = OpenApiResponse(
-    OpenApiTypes.STR,
-    description="text/event-stream: events start {pid}, stdout {data, data_base64?}, stderr, "
-                "exit {exit_code, timed_out, duration_ms}.",
-)
+OUTPUT = {"type": "object", "required": ["data"], "properties": {
+    "data": {"type": "string", "description": "UTF-8 text (invalid bytes replaced by U+FFFD)."},
+    "data_base64": {"type": "string", "description": "Only when not UTF-8: the exact bytes."},
+}}
+
+# The SSE body of /exec and /exec/{id}/logs, one schema per event (weldr_agent.schema).
+EventStream = event_stream_response({
+    "start": {"type": "object", "required": ["pid"],
+              "properties": {"pid": {"type": "integer"}}},
+    "stdout": OUTPUT,
+    "stderr": OUTPUT,
+    "exit": {"type": "object", "required": ["exit_code", "timed_out"], "properties": {
+        "exit_code": {"type": "integer", "nullable": True},
+        "timed_out": {"type": "boolean"},
+        # Absent when the command's end was not seen (the agent stopped it at shutdown), null
+        # when the agent restarted since.
+        "duration_ms": {"type": "number", "nullable": True},
+    }},
+}, description="Events `start`, `stdout`/`stderr` (any number), then `exit` (always last).")

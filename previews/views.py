@@ -21,8 +21,9 @@ from previews.serializers import (
     PreviewStopSerializer,
 )
 from weldr_agent import limits
+from weldr_agent.schema import event_stream_response
 from weldr_agent.serializers import error_responses
-from weldr_agent.sse import EventStreamRenderer, sse_response
+from weldr_agent.sse import EventStreamNegotiation, EventStreamRenderer, sse_response
 
 ERRORS = error_responses(400, 404, 409, 503)
 
@@ -77,13 +78,17 @@ class PlainTextRenderer(_TextRenderer):
     format = "txt"
 
 
-class PreviewLogsView(APIView):
+class PreviewLogsView(EventStreamNegotiation, APIView):
     renderer_classes = [renderers.JSONRenderer, PlainTextRenderer, EventStreamRenderer]
 
     @extend_schema(
         parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
         responses={(200, "text/plain"): OpenApiTypes.STR,
-                   (200, "text/event-stream"): OpenApiTypes.STR,
+                   (200, "text/event-stream"): event_stream_response(
+                       {"log": {"type": "object", "required": ["line"],
+                                "properties": {"line": {"type": "string"}}},
+                        "end": {"type": "object"}},
+                       description="`log` {line} per line, then `end` when the preview stops."),
                    400: ERRORS[400], 404: ERRORS[404],
                    **error_responses(429, e429="too_many_streams")},
     )

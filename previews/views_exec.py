@@ -7,6 +7,7 @@ permissions still go through DRF (run in that thread, they are quick).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -56,7 +57,10 @@ class AsyncAPIView(APIView):
             # extra work (database reads); everything else stays on the event loop.
             await db_sync_to_async(self.initial)(request, *args, **kwargs)
             handler = getattr(self, request.method.lower(), self.http_method_not_allowed)
-            response = await handler(request, *args, **kwargs)
+            response = handler(request, *args, **kwargs)
+            # DRF's own handlers (OPTIONS, 405) are plain methods; ours are coroutines.
+            if inspect.isawaitable(response):
+                response = await response
         except Exception as exc:
             # Errors are JSON even when the client asked for an event stream.
             request.accepted_renderer = JSONRenderer()
@@ -137,6 +141,9 @@ class ExecView(AsyncAPIView):
 
 
 class ExecDetailView(AsyncAPIView):
+    # A status and a kill: JSON only, so the document does not offer an event stream here.
+    renderer_classes = [JSONRenderer]
+
     @extend_schema(summary="A background command's status",
                    responses={200: ExecCommandSerializer, **ERRORS})
     async def get(self, request: Request, exec_id: str) -> Response:

@@ -5,6 +5,11 @@ Apps declare their specific errors (`error_responses(404, 409)` from weldr_agent
 this adds the ones the plumbing produces, so the document never omits them:
 401/403 where credentials are required, 400/413/415 where a body is accepted, 404 where the
 path has a parameter.
+
+Event streams (`text/event-stream`) are declared one event at a time, the way OpenAPI 3.2's
+`itemSchema` does and what schemathesis reads from the `schema` of an OpenAPI 3.0 document: an
+object `{event, data, id?, retry?}`, one alternative per event name, whose `data` is a JSON
+document described by `contentMediaType`/`contentSchema`. `event_stream_response()` builds one.
 """
 
 from __future__ import annotations
@@ -14,9 +19,36 @@ from typing import Any
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
 from drf_spectacular.plumbing import is_list_serializer
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework.permissions import AllowAny
 
 from weldr_agent.serializers import error_responses
+
+EVENT_STREAM = "text/event-stream"
+# S3's bucket names, as every app checks them (mounts.validators); declared on every `{bucket}`.
+BUCKET_SCHEMA = {"type": "string", "pattern": r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                 "description": "An S3 bucket name (also without '..', and not an IP address)."}
+
+
+def sse_event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one server-sent event named `name` whose data is JSON matching `data`."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": [name]},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": data},
+        },
+    }
+
+
+def event_stream_response(events: dict[str, dict[str, Any]], description: str) -> OpenApiResponse:
+    """A `text/event-stream` response: each event is one of `events` (name -> data schema)."""
+    return OpenApiResponse({"oneOf": [sse_event(name, data) for name, data in events.items()]},
+                           description=description)
 
 
 class AutoSchema(SpectacularAutoSchema):
@@ -31,6 +63,15 @@ class AutoSchema(SpectacularAutoSchema):
         if self.method == "GET" and "{" not in self.path and operation_id.endswith("_retrieve"):
             return operation_id.removesuffix("_retrieve") + "_list"
         return operation_id
+
+    def _resolve_path_parameters(self, variables: list[str]) -> list[dict[str, Any]]:
+        # A bucket is untyped in the URLconf (`<str:bucket>`); declare what the views accept, so
+        # a client (or a fuzzer) knows that "0" is refused with 400 rather than looked up.
+        parameters = super()._resolve_path_parameters(variables)
+        for parameter in parameters:
+            if parameter["name"] == "bucket":
+                parameter["schema"] = dict(BUCKET_SCHEMA)
+        return parameters
 
     def _plumbing_errors(self) -> list[int]:
         codes = []
@@ -50,6 +91,11 @@ class AutoSchema(SpectacularAutoSchema):
             if str(code) not in responses:
                 responses[str(code)] = self._get_response_for_code(response, str(code),
                                                                    direction=direction)
+        for code, response in responses.items():
+            # An error is JSON even when the client asked for a stream (weldr_agent.sse); the
+            # per-event schema of a stream does not describe it.
+            if not code.startswith("2") and len(response.get("content", {})) > 1:
+                response["content"].pop(EVENT_STREAM, None)
         return dict(sorted(responses.items()))
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from weldr_agent.schema import BUCKET_SCHEMA
 from workflows.models import Branch, Integration, Project, Version, WorkflowRun
 
 
@@ -15,7 +17,14 @@ class ProjectSerializer(serializers.ModelSerializer):
         extra_kwargs = {"owner_id": {"required": False}}
 
 
+@extend_schema_field(BUCKET_SCHEMA)
+class BucketNameField(serializers.CharField):
+    """A bucket name; declared with S3's pattern so that clients (and fuzzers) know it."""
+
+
 class BranchSerializer(serializers.ModelSerializer):
+    bucket = BucketNameField(max_length=63)
+
     class Meta:
         model = Branch
         fields = ["id", "project_id", "name", "bucket", "created_at"]

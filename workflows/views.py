@@ -13,14 +13,20 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from weldr_agent import limits
+from weldr_agent.schema import event_stream_response
 from weldr_agent.serializers import error_responses
 from weldr_agent.sse import EventStreamNegotiation, sse_response
 from workflows import serializers as s
 from workflows import services
+from workflows.events import EVENT_TYPES
 from workflows.integrations import services as integrations
 from workflows.models import Project
 from workflows.sse import event_stream
 
+# Every event of a branch carries a JSON object whose fields depend on its type (docs/workflows.md).
+BRANCH_EVENTS = event_stream_response(
+    {name: {"type": "object"} for name in EVENT_TYPES},
+    description="The branch's events in order, each with its `id` (resume with Last-Event-ID).")
 BRANCH_QUERY = [OpenApiParameter("project_id", str, required=True),
                 OpenApiParameter("branch_id", str, required=True)]
 
@@ -51,7 +57,9 @@ class BranchListView(APIView):
         project = services.project_get(project_id=project_id)
         return Response({"branches": s.BranchSerializer(project.branches.all(), many=True).data})
 
-    @extend_schema(request=s.BranchSerializer, responses={201: s.BranchSerializer})
+    @extend_schema(request=s.BranchSerializer, responses={
+        201: s.BranchSerializer,
+        **error_responses(404, 409, e409="branch_exists")})
     def post(self, request: Request, project_id: str) -> Response:
         project = services.project_get(project_id=project_id)
         data = s.BranchSerializer(data=request.data)
@@ -136,7 +144,7 @@ class EventStreamView(EventStreamNegotiation, APIView):
     """Server-sent events of a branch; resume with Last-Event-ID or ?last_event_id=."""
 
     @extend_schema(parameters=[*BRANCH_QUERY, OpenApiParameter("last_event_id", int)],
-                   responses={(200, "text/event-stream"): OpenApiTypes.STR,
+                   responses={(200, "text/event-stream"): BRANCH_EVENTS,
                               **error_responses(400, 404, 429, e429="too_many_streams")})
     def get(self, request: Request) -> StreamingHttpResponse:
         branch = services.branch_get(project_id=request.query_params.get("project_id", ""),
