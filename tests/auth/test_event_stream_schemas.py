@@ -19,7 +19,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from previews.exec import Event
-from previews.views_exec import _sse
+from previews.exec_output import exec_frames
 
 STREAM = "text/event-stream"
 
@@ -82,7 +82,7 @@ async def _frames(events: list[Event]) -> bytes:
         for event in events:
             yield event
 
-    return b"".join([frame async for frame in _sse(source(), 0)])
+    return b"".join([frame async for frame in exec_frames(source())])
 
 
 def validate_logs_body(body: bytes) -> None:
