@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import secrets
 import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from rest_framework.test import APIClient
 
@@ -17,6 +20,8 @@ from weldr_agent import runner
 from weldr_agent.models import ApiToken
 
 REPO = Path(__file__).resolve().parent.parent
+# Host ports 3000-3019 are machine-global: one test run at a time may start previews.
+PORTS_LOCK = Path("/tmp/weldr-preview-ports.lock")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -38,6 +43,17 @@ def _sandbox_machinery() -> Iterator[None]:
     sandbox_exec.sandboxes.remove_all()
     warm.pool.shutdown()
     sandbox.pool.shutdown()
+
+
+@pytest.fixture
+def ports_lock() -> Iterator[None]:
+    """Host ports 3000-3019 are machine-global: one test run at a time may start previews."""
+    with open(PORTS_LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture
@@ -120,6 +136,41 @@ class AgentProcess:
         for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
             if name.startswith(f"weldr-{instance}-"):
                 runner.run(["ip", "netns", "del", name], timeout=30, check=False)
+
+
+def agent_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a real agent whose state, workspaces and runtime live under `root`, with
+    an instance id of its own (machine-global names never collide); `extra` settings win."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
+        "WELDR_ENV_VOL": str(root / "env"),
+        "WORKSPACE_BASE": str(root / "workspace"),
+        "WELDR_RUNTIME_DIR": str(root / "run"),
+        "WELDR_INSTANCE_ID": secrets.token_hex(3),
+        **extra,
+    })
+    return env
+
+
+def running_agent(root: Path, **extra: str) -> Iterator[AgentProcess]:
+    """Start a real agent (`agent_env(root, **extra)`) and stop it, and whatever it left, after.
+    For module-scoped fixtures: `yield from running_agent(tmp_path_factory.mktemp("x"))`."""
+    process = AgentProcess(agent_env(root, **extra), free_port(), root / "agent.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        process.remove_leftovers()
+
+
+def agent_client(agent: AgentProcess, *, timeout: float = 180) -> Iterator[httpx.Client]:
+    """An HTTP client of `agent` holding a fresh agent token."""
+    token = agent.manage("create_api_token", "--name", "tests").stdout.strip().splitlines()[-1]
+    with httpx.Client(base_url=agent.url, headers={"Authorization": f"Bearer {token}"},
+                      timeout=timeout) as client:
+        yield client
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 
 from tests.browser.chromium import Chromium
 from tests.browser.conftest import Site
-from tests.previews.conftest import ports_lock  # noqa: F401 (a fixture)
 from tests.workflows.conftest import write_script
 from weldr_agent import runner
 from workflows.events import EVENT_TYPES
@@ -144,7 +143,7 @@ def test_exec_output_resumes_after_a_network_cut(site: Site, browser: Chromium) 
 
 
 def test_preview_logs_resume_after_a_network_cut(site: Site, browser: Chromium,
-                                                 ports_lock: None) -> None:  # noqa: F811
+                                                 ports_lock: None) -> None:
     # given: a running preview that logs a line every 50 ms, followed by the page
     bucket = mounted(site)
     workspace = site.http.get(f"/mounts/{bucket}").json()["path"]

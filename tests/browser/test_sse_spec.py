@@ -14,7 +14,6 @@ import pytest
 
 from tests.browser.conftest import Site
 from tests.browser.test_follow import mounted
-from tests.previews.conftest import ports_lock  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,7 +64,7 @@ def test_exec_streams_speak_the_spec(site: Site) -> None:
     assert_spoken_to_spec(*stream_head(site.http, "GET", f"/exec/{started.json()['id']}/logs"))
 
 
-def test_preview_logs_speak_the_spec(site: Site, ports_lock: None) -> None:  # noqa: F811
+def test_preview_logs_speak_the_spec(site: Site, ports_lock: None) -> None:
     bucket = mounted(site)
     preview = site.http.post("/previews/start", json={"bucket": bucket,
                                                       "command": SILENT_SERVER})

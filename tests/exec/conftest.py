@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,32 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import AgentProcess
-from tests.services import free_port
+from tests.conftest import AgentProcess, running_agent
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """One real agent (daphne) per test module, with its own state, workspace and runtime dir."""
-    root = tmp_path_factory.mktemp("agent")
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-        "WELDR_ENV_VOL": str(root / "env"),
-        "WORKSPACE_BASE": str(root / "workspace"),
-        "WELDR_RUNTIME_DIR": str(root / "run"),
-        # A distinct instance id per agent: container names never collide across test runs.
-        "WELDR_INSTANCE_ID": secrets.token_hex(3),
-        "EXEC_MAX_CONCURRENT": "3",
-        "EXEC_OUTPUT_MAX_BYTES": str(64 * 1024),
-        "FILE_UPLOAD_MAX_BYTES": str(1024 * 1024),
-    })
-    process = AgentProcess(env, free_port(), root / "agent.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+    yield from running_agent(tmp_path_factory.mktemp("agent"), EXEC_MAX_CONCURRENT="3",
+                             EXEC_OUTPUT_MAX_BYTES=str(64 * 1024),
+                             FILE_UPLOAD_MAX_BYTES=str(1024 * 1024))
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,9 +15,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import AgentProcess
+from tests.conftest import AgentProcess, running_agent
 from tests.exec.helpers import sse_events
-from tests.services import free_port
 from weldr_agent import runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -30,25 +27,9 @@ OUTPUT_CAP = 16 * 1024
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """A real agent allowing 2 open streams per principal and keeping 3 finished logs."""
-    root = tmp_path_factory.mktemp("agent")
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-        "WELDR_ENV_VOL": str(root / "env"),
-        "WORKSPACE_BASE": str(root / "workspace"),
-        "WELDR_RUNTIME_DIR": str(root / "run"),
-        "WELDR_INSTANCE_ID": secrets.token_hex(3),
-        "STREAMS_PER_PRINCIPAL": "2",
-        "EXEC_LOGS_KEEP": "3",
-        "EXEC_OUTPUT_MAX_BYTES": str(OUTPUT_CAP),
-        "SSE_KEEPALIVE_SECONDS": "1",
-    })
-    process = AgentProcess(env, free_port(), root / "agent.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+    yield from running_agent(tmp_path_factory.mktemp("agent"), STREAMS_PER_PRINCIPAL="2",
+                             EXEC_LOGS_KEEP="3", EXEC_OUTPUT_MAX_BYTES=str(OUTPUT_CAP),
+                             SSE_KEEPALIVE_SECONDS="1")
 
 
 def _start(http: httpx.Client, bucket: str, command: str) -> str:

@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import PORTS_LOCK
 from tests.local.conftest import s3_keys
-from tests.previews.conftest import PORTS_LOCK, http_get, write_node_app
+from tests.previews.conftest import http_get, write_node_app
 from weldr_agent import runner
 
 

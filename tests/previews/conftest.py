@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 import textwrap
@@ -17,7 +16,6 @@ from django.conf import settings
 from previews import services
 from weldr_agent import runner
 
-PORTS_LOCK = Path("/tmp/weldr-preview-ports.lock")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 SERVER_JS = textwrap.dedent("""\
@@ -27,17 +25,6 @@ SERVER_JS = textwrap.dedent("""\
       res.end("hello from " + process.env.BUCKET_LABEL + " on " + process.env.PORT + "\\n");
     }).listen(Number(process.env.PORT), process.env.HOST);
 """)
-
-
-@pytest.fixture
-def ports_lock() -> Iterator[None]:
-    """Host ports 3000-3019 are machine-global: one test run at a time may start previews."""
-    with open(PORTS_LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture

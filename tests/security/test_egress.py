@@ -31,14 +31,12 @@ import httpx
 import pytest
 from django.test import override_settings
 
-from tests.conftest import AgentProcess
+from tests.conftest import AgentProcess, agent_client, running_agent
 from tests.exec.conftest import mount, unmount
-from tests.services import free_port
 from weldr_agent import runner
 
 pytestmark = pytest.mark.slow
 
-PORTS_LOCK = Path("/tmp/weldr-preview-ports.lock")
 PUBLIC = "203.0.113.7"
 METADATA = "169.254.169.254"
 PRIVATE = "10.213.7.2"
@@ -111,31 +109,13 @@ http.server.ThreadingHTTPServer(address, Probe).serve_forever()
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    root = tmp_path_factory.mktemp("agent")
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-        "WELDR_ENV_VOL": str(root / "env"),
-        "WORKSPACE_BASE": str(root / "workspace"),
-        "WELDR_RUNTIME_DIR": str(root / "run"),
-        "WELDR_INSTANCE_ID": secrets.token_hex(3),
-        # No NAT, no machine-wide ip_forward: the test routes and forwards for itself.
-        "SANDBOX_OUTBOUND": "0",
-    })
-    process = AgentProcess(env, free_port(), root / "agent.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+    # No NAT, no machine-wide ip_forward: the test routes and forwards for itself.
+    yield from running_agent(tmp_path_factory.mktemp("agent"), SANDBOX_OUTBOUND="0")
 
 
 @pytest.fixture(scope="module")
 def http(agent: AgentProcess) -> Iterator[httpx.Client]:
-    token = agent.manage("create_api_token", "--name", "security-egress").stdout
-    with httpx.Client(base_url=agent.url, timeout=60, headers={
-            "Authorization": f"Bearer {token.strip().splitlines()[-1]}"}) as client:
-        yield client
+    yield from agent_client(agent, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -154,19 +134,6 @@ def policy(http: httpx.Client, bucket: str) -> Iterator[None]:
     http.delete(f"/mounts/{bucket}/egress")
     yield
     http.delete(f"/mounts/{bucket}/egress")
-
-
-@pytest.fixture
-def ports() -> Iterator[None]:
-    """Preview ports 3000-3019 are machine-global: the previews tests' lock."""
-    import fcntl
-
-    with open(PORTS_LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,7 +403,7 @@ def test_none_reaches_nothing(http: httpx.Client, bucket: str, net: Beyond,
 
 
 def test_a_preview_app_gets_its_buckets_policy_and_its_changes(
-        http: httpx.Client, bucket: str, net: Beyond, policy: None, ports: None) -> None:
+        http: httpx.Client, bucket: str, net: Beyond, policy: None, ports_lock: None) -> None:
     # given a policy allowing one private address only, and an app that probes on request
     assert http.put(f"/mounts/{bucket}/egress", json={
         "mode": "allowlist", "allow": [PRIVATE]}).status_code == 200

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from tests.previews.conftest import ports_lock  # noqa: F401 - a fixture used by name
 from tests.workflows.conftest import (  # noqa: F401 - fixtures used by name
     Agent,
     agent,

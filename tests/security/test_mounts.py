@@ -27,8 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import AgentProcess
-from tests.services import free_port
+from tests.conftest import AgentProcess, agent_client, running_agent
 from weldr_agent import runner, s3
 
 pytestmark = pytest.mark.slow
@@ -38,52 +37,25 @@ LEGACY_MARKERS = (".weldr-bucket", ".weldr-inuse", ".weldr-synced", ".weldr-last
                   ".weldr-sync.lock")
 
 
-def _agent(root: Path, extra: dict[str, str]) -> Iterator[AgentProcess]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-        "WELDR_ENV_VOL": str(root / "env"),
-        "WORKSPACE_BASE": str(root / "workspace"),
-        "WELDR_RUNTIME_DIR": str(root / "run"),
-        "WELDR_INSTANCE_ID": secrets.token_hex(3),
-        **extra,
-    })
-    process = AgentProcess(env, free_port(), root / "agent.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        process.remove_leftovers()
-
-
-def _client(agent: AgentProcess) -> Iterator[httpx.Client]:
-    token = agent.manage("create_api_token", "--name", "security").stdout.strip().splitlines()[-1]
-    with httpx.Client(base_url=agent.url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=180) as client:
-        yield client
-
-
 @pytest.fixture(scope="module")
 def mounts_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    yield from _agent(tmp_path_factory.mktemp("mounts-agent"), {"WORKSPACE_LAYOUT": "files"})
+    yield from running_agent(tmp_path_factory.mktemp("mounts-agent"), WORKSPACE_LAYOUT="files")
 
 
 @pytest.fixture(scope="module")
 def mounts_http(mounts_agent: AgentProcess) -> Iterator[httpx.Client]:
-    yield from _client(mounts_agent)
+    yield from agent_client(mounts_agent)
 
 
 @pytest.fixture(scope="module")
 def local_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    yield from _agent(tmp_path_factory.mktemp("local-agent"), {
-        "WORKSPACE_MODE": "local", "WELDR_BRANCH_SYNC_INTERVAL_SECONDS": "1",
-        "WELDR_BRANCH_MIN_FREE_MB": "0"})
+    yield from running_agent(tmp_path_factory.mktemp("local-agent"), WORKSPACE_MODE="local",
+                             WELDR_BRANCH_SYNC_INTERVAL_SECONDS="1", WELDR_BRANCH_MIN_FREE_MB="0")
 
 
 @pytest.fixture(scope="module")
 def local_http(local_agent: AgentProcess) -> Iterator[httpx.Client]:
-    yield from _client(local_agent)
+    yield from agent_client(local_agent)
 
 
 @pytest.fixture

@@ -21,57 +21,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import AgentProcess
+from tests.conftest import AgentProcess, agent_client, running_agent
 from tests.exec.conftest import mount, unmount
-from tests.services import free_port
 from weldr_agent import runner
 
 pytestmark = pytest.mark.slow
 
 SANDBOX_UID = 1000
-PORTS_LOCK = Path("/tmp/weldr-preview-ports.lock")
-
-
-@pytest.fixture
-def ports() -> Iterator[None]:
-    """Preview ports 3000-3019 are machine-global: the previews tests' lock."""
-    import fcntl
-
-    with open(PORTS_LOCK, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """A real agent process (daphne) with its own state, workspace and runtime directory."""
-    root = tmp_path_factory.mktemp("agent")
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-        "WELDR_ENV_VOL": str(root / "env"),
-        "WORKSPACE_BASE": str(root / "workspace"),
-        "WELDR_RUNTIME_DIR": str(root / "run"),
-        "WELDR_INSTANCE_ID": secrets.token_hex(3),
-        "EXEC_MAX_CONCURRENT": "3",
-    })
-    process = AgentProcess(env, free_port(), root / "agent.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
+    yield from running_agent(tmp_path_factory.mktemp("agent"), EXEC_MAX_CONCURRENT="3")
 
 
 @pytest.fixture(scope="module")
 def http(agent: AgentProcess) -> Iterator[httpx.Client]:
-    token = agent.manage("create_api_token", "--name", "security-sandbox").stdout
-    with httpx.Client(base_url=agent.url, timeout=60, headers={
-            "Authorization": f"Bearer {token.strip().splitlines()[-1]}"}) as client:
-        yield client
+    yield from agent_client(agent, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +325,7 @@ def _preview(http: httpx.Client, bucket: str, workspace: Path, command: str) -> 
 
 
 def test_user_namespaces_and_setns_are_refused_to_previews(
-        http: httpx.Client, bucket: str, workspace: Path, ports: None) -> None:
+        http: httpx.Client, bucket: str, workspace: Path, ports_lock: None) -> None:
     results = _preview(http, bucket, workspace, USERNS_PROBE + "echo done\n")
 
     assert results.read_text().split()[:-1] == USERNS_REFUSED, results.read_text()
@@ -409,7 +376,7 @@ def test_exec_sees_its_own_etc_not_the_hosts(http: httpx.Client, bucket: str) ->
 
 
 def test_previews_see_their_own_etc_not_the_hosts(
-        http: httpx.Client, bucket: str, workspace: Path, ports: None) -> None:
+        http: httpx.Client, bucket: str, workspace: Path, ports_lock: None) -> None:
     results = _preview(http, bucket, workspace, ETC_PROBE)
 
     _etc_checks(results.read_text())

@@ -21,7 +21,6 @@ import base64
 import dataclasses
 import hashlib
 import json
-import os
 import secrets
 import shutil
 import sqlite3
@@ -34,8 +33,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mounts import system
-from tests.conftest import AgentProcess
-from tests.services import free_port
+from tests.conftest import AgentProcess, agent_client, running_agent
 from weldr_agent import runner, s3
 
 pytestmark = pytest.mark.slow
@@ -43,29 +41,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    root = tmp_path_factory.mktemp("secrets-agent")
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-        "WELDR_ENV_VOL": str(root / "env"), "WORKSPACE_BASE": str(root / "workspace"),
-        "WELDR_RUNTIME_DIR": str(root / "run"), "WELDR_INSTANCE_ID": secrets.token_hex(3),
-        "WORKSPACE_LAYOUT": "files", "LITESTREAM_SYNC_INTERVAL": "1s",
-    })
-    process = AgentProcess(env, free_port(), root / "agent.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        process.remove_leftovers()
+    yield from running_agent(tmp_path_factory.mktemp("secrets-agent"), WORKSPACE_LAYOUT="files",
+                             LITESTREAM_SYNC_INTERVAL="1s")
 
 
 @pytest.fixture(scope="module")
 def http(agent: AgentProcess) -> Iterator[httpx.Client]:
-    token = agent.manage("create_api_token", "--name", "secrets").stdout.split()[-1]
-    with httpx.Client(base_url=agent.url, headers={"Authorization": f"Bearer {token}"},
-                      timeout=180) as client:
-        yield client
+    yield from agent_client(agent)
 
 
 @pytest.fixture
