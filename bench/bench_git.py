@@ -3,9 +3,9 @@
     .venv/bin/python bench/bench_git.py [--files 1000] [--runs 5]
 
 Makes two identical workspaces of `--files` files (local disk, under a temporary directory),
-one whose repository is driven the old way — `git -c safe.directory=… -C ws …` run by the agent
-as root on the host, the commands `workflows/gitrepo.py` ran before — and one driven by
-`workflows/gitrepo.py` as it is now: every git command inside the bucket's exec sandbox (a real
+one whose repository is driven the old way — `git -C ws …` run by the agent as root on the host
+(the baseline's tree is root's own), the commands `workflows/gitrepo.py` ran before — and one
+driven by `workflows/gitrepo.py` as it is now: every git command inside the bucket's exec sandbox (a real
 runc container started by this process), as the sandbox user. Then, interleaved, `--runs` times:
 
 1. finalize: every file changed, then what a run's finalizing step does (status, then add +
@@ -57,8 +57,8 @@ from workflows import gitrepo, system  # noqa: E402
 
 
 class RootGit:
-    """The old way, for the baseline only: git as root on the host, safe.directory switched
-    off. Never do this on a workspace (docs/workflows.md says why)."""
+    """The old way, for the baseline only: git as root on the host, on a tree this benchmark made
+    as root. Never do this on a workspace (docs/security.md says why)."""
 
     def __init__(self, workspace: Path) -> None:
         self.workspace = workspace
@@ -69,8 +69,7 @@ class RootGit:
             "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"})
 
     def git(self, *args: str, check: bool = True) -> str:
-        argv = ["git", "-c", f"safe.directory={self.workspace}", "-c", "core.quotepath=off",
-                "-C", str(self.workspace), *args]
+        argv = ["git", "-c", "core.quotepath=off", "-C", str(self.workspace), *args]
         return runner.run(argv, timeout=600, check=check, env=self.env).stdout
 
     def repo_ensure(self) -> None:
