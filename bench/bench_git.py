@@ -6,7 +6,8 @@ Makes two identical workspaces of `--files` files (local disk, under a temporary
 one whose repository is driven the old way — `git -C ws …` run by the agent as root on the host
 (the baseline's tree is root's own), the commands `workflows/gitrepo.py` ran before — and one
 driven by `workflows/gitrepo.py` as it is now: every git command inside the bucket's exec
-sandbox (a real runc container started by this process), as the sandbox user. Then, interleaved, `--runs` times:
+sandbox (a real runc container started by this process), as the sandbox user. Then,
+interleaved, `--runs` times:
 
 1. finalize: every file changed, then what a run's finalizing step does (status, then add +
    commit of all of them);
