@@ -18,7 +18,10 @@ import secrets
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from weldr_agent import runner
 from weldr_agent.s3 import LocalS3Server, port_open
@@ -136,3 +139,36 @@ def ensure() -> None:
                                               ignore_errors=True))
     os.environ.setdefault("BETTER_AUTH_SECRET", "weldr-test-better-auth-secret-0123456789")
     os.environ["WELDR_TEST_SERVICES"] = str(os.getpid())
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new, empty database on the test run's PostgreSQL (its URL), dropped afterwards."""
+    import psycopg
+
+    base = os.environ["DATABASE_URL"]
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with psycopg.connect(base, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(base, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def fresh_bucket(prefix: str) -> Iterator[str]:
+    """A new bucket on the test run's S3 server, emptied and removed afterwards."""
+    from weldr_agent import s3
+
+    name = f"{prefix}-{secrets.token_hex(6)}"
+    client = s3.client()
+    client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=name, Key=item["Key"])
+        client.delete_bucket(Bucket=name)

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from tests.browser.chromium import Chromium, CuttableProxy
 from tests.conftest import AgentProcess
-from tests.services import free_port
+from tests.services import free_port, fresh_database
 from tests.workflows.conftest import agent_env
 
 PAGE = Path(__file__).resolve().parent / "follow.html"
@@ -79,15 +78,8 @@ class Site:
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    base = os.environ["DATABASE_URL"]
-    name = f"br_{secrets.token_hex(6)}"
-    with psycopg.connect(base, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield base.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("br") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import psycopg
 import pytest
 
 from tests.auth.conftest import DEPLOYED, node
-from tests.services import free_port
-from weldr_agent import runner, s3
+from tests.services import free_port, fresh_bucket, fresh_database
+from weldr_agent import runner
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/weldr-agent:test"
@@ -81,34 +80,18 @@ def image() -> str:
 def shared_database() -> Iterator[str]:
     """A database of its own on the test run's PostgreSQL, shared by every machine of a test (as
     the platform's database outlives machines), dropped afterwards."""
-    name = f"weldr_deploy_{secrets.token_hex(4)}"
-    admin = os.environ["DATABASE_URL"]
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
-    try:
+    with fresh_database("weldr_deploy") as url:
         # The platform owns Better Auth's tables: the real package makes them, configured as the
         # Weldr platform deploys it (an agent in production creates none of them itself).
         node("--migrate", database=url, config=DEPLOYED)
         yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def bucket() -> Iterator[str]:
     """A fresh bucket on the test run's S3 server, emptied and removed afterwards."""
-    name = f"deploy-{secrets.token_hex(6)}"
-    client = s3.client()
-    client.create_bucket(Bucket=name)
-    try:
+    with fresh_bucket("deploy") as name:
         yield name
-    finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for item in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=item["Key"])
-        client.delete_bucket(Bucket=name)
 
 
 @dataclass

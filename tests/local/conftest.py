@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.services import fresh_bucket
 from weldr_agent import runner, s3
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,16 +66,8 @@ def machine(tmp_path: Path) -> Machine:
 @pytest.fixture
 def bucket() -> Iterator[str]:
     """A fresh bucket on the test run's S3 server, emptied and removed afterwards."""
-    name = f"wl-{uuid.uuid4().hex[:12]}"
-    client = s3.client()
-    client.create_bucket(Bucket=name)
-    try:
+    with fresh_bucket("wl") as name:
         yield name
-    finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for item in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=item["Key"])
-        client.delete_bucket(Bucket=name)
 
 
 def s3_keys(bucket: str, prefix: str = "") -> set[str]:

@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import REPO, AgentProcess
-from tests.services import free_port
+from tests.services import free_port, fresh_database
 from weldr_agent import runner
 
 SCRIPTED = "scripted=tests.workflows.scripted.ScriptedProvider"
@@ -30,15 +29,8 @@ TERMINAL = ("run.completed", "run.failed")
 @pytest.fixture
 def shared_database() -> Iterator[str]:
     """A fresh PostgreSQL database (on the test server) for agents that must share data."""
-    base = os.environ["DATABASE_URL"]
-    name = f"wf_{secrets.token_hex(6)}"
-    with psycopg.connect(base, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield base.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("wf") as url:
+        yield url
 
 
 @pytest.fixture
