@@ -15,6 +15,7 @@ interfaces only (never the machine-wide `ip_forward`, which other agents on it s
 namespace, link, address, rule and route is removed afterwards, whatever happens.
 """
 
+# ruff: noqa: F811 - the exec tests' fixtures are imported by name and used as arguments
 from __future__ import annotations
 
 import errno
@@ -32,7 +33,7 @@ import pytest
 from django.test import override_settings
 
 from tests.conftest import AgentProcess, agent_client, running_agent
-from tests.exec.conftest import mount, unmount
+from tests.exec.conftest import bucket, mount, unmount  # noqa: F401 (a fixture)
 from weldr_agent import runner
 
 pytestmark = pytest.mark.slow
@@ -116,16 +117,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
 @pytest.fixture(scope="module")
 def http(agent: AgentProcess) -> Iterator[httpx.Client]:
     yield from agent_client(agent, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def bucket(http: httpx.Client) -> Iterator[str]:
-    name = f"egr-{secrets.token_hex(3)}"
-    mount(http, name)
-    try:
-        yield name
-    finally:
-        unmount(http, name)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ the agent never connects anywhere the sandbox chose, never talks to a process th
 sandbox's daemon, and the sandbox sees none of the host's configuration.
 """
 
+# ruff: noqa: F811 - the exec tests' fixtures are imported by name and used as arguments
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import AgentProcess, agent_client, running_agent
-from tests.exec.conftest import mount, unmount
+from tests.exec.conftest import bucket, mount, unmount, workspace  # noqa: F401 (fixtures)
 from weldr_agent import runner
 
 pytestmark = pytest.mark.slow
@@ -39,22 +40,6 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
 @pytest.fixture(scope="module")
 def http(agent: AgentProcess) -> Iterator[httpx.Client]:
     yield from agent_client(agent, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def bucket(http: httpx.Client) -> Iterator[str]:
-    """A really mounted bucket (JuiceFS over the test S3 server), for the whole module."""
-    name = f"sec-{secrets.token_hex(3)}"
-    mount(http, name)
-    try:
-        yield name
-    finally:
-        unmount(http, name)
-
-
-@pytest.fixture(scope="module")
-def workspace(http: httpx.Client, bucket: str) -> Path:
-    return Path(http.get(f"/mounts/{bucket}").json()["path"])
 
 
 def run(http: httpx.Client, bucket: str, command, **extra) -> dict:  # type: ignore[no-untyped-def]
