@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,15 +40,8 @@ def open_file(workspace: Path, path: str) -> tuple[int, int]:
     path = clean(path, allow_root=False)
     if path in JUICEFS_VIRTUAL:
         raise NotAFile(f"`{path}` is a virtual file of the filesystem, not the project's.")
-    with root(workspace) as root_fd:
-        path_fd, info = typed(root_fd, path, path)
-        try:
-            refuse_link(info, path)
-            if not stat.S_ISREG(info.st_mode):
-                raise NotAFile(f"`{path}` is not a regular file.")
-            fd = reopen(path_fd, os.O_RDONLY | os.O_NONBLOCK)
-        finally:
-            os.close(path_fd)
+    fd, info = _open_as(workspace, path, stat.S_ISREG,
+                        NotAFile(f"`{path}` is not a regular file."), os.O_RDONLY | os.O_NONBLOCK)
     return fd, info.st_size
 
 
@@ -77,18 +70,26 @@ def read_if_present(workspace: Path, path: str, *, limit: int) -> bytes | None:
         return None
 
 
-def entries(workspace: Path, path: str) -> list[Entry]:
-    """The entries of a directory, sorted by name; symlinks reported as such, never followed."""
-    path = clean(path)
+def _open_as(workspace: Path, path: str, is_kind: Callable[[int], bool], refusal: Exception,
+             flags: int) -> tuple[int, os.stat_result]:
+    """Open `path` only if it is of the kind `is_kind` says (never a link): its type comes from
+    an O_PATH descriptor (opening that opens no FIFO or device), then that inode is reopened."""
     with root(workspace) as root_fd:
         path_fd, info = typed(root_fd, path, path)
         try:
             refuse_link(info, path)
-            if not stat.S_ISDIR(info.st_mode):
-                raise NotADirectory(f"`{path}` is not a directory.")
-            fd = reopen(path_fd, os.O_RDONLY | os.O_DIRECTORY)
+            if not is_kind(info.st_mode):
+                raise refusal
+            return reopen(path_fd, flags), info
         finally:
             os.close(path_fd)
+
+
+def entries(workspace: Path, path: str) -> list[Entry]:
+    """The entries of a directory, sorted by name; symlinks reported as such, never followed."""
+    path = clean(path)
+    fd, _ = _open_as(workspace, path, stat.S_ISDIR,
+                     NotADirectory(f"`{path}` is not a directory."), os.O_RDONLY | os.O_DIRECTORY)
     try:
         return [Entry(name, kind_of(st.st_mode), st.st_size,
                       datetime.fromtimestamp(st.st_mtime, tz=UTC))
