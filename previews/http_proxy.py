@@ -60,6 +60,10 @@ class BadMessage(Exception):
     """A message that cannot be framed or parsed without guessing."""
 
 
+class NoAnswer(ConnectionError):
+    """The app closed the connection before answering at all (an idle keep-alive it dropped)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Messages
 # ---------------------------------------------------------------------------------------------
@@ -376,14 +380,19 @@ async def _exchange(request: Message, framing: Framing, client: Streams,
         else:
             await copy_body(framing, client_reader, up_writer)
     method = request.start.split(" ", 1)[0]
-    while True:
+    try:
         head = await up_reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as error:
+        if not error.partial:
+            raise NoAnswer() from None
+        raise
+    while True:
         response = Message(head)
         status = response.start[9:12]
-        if status.startswith("1") and status != "101":
-            client_writer.write(head)
-            continue
-        break
+        if not (status.startswith("1") and status != "101"):
+            break
+        client_writer.write(head)
+        head = await up_reader.readuntil(b"\r\n\r\n")
     if status == "101" and "upgrade" in request.tokens("connection"):
         client_writer.write(head)
         await relay(client, upstream)
@@ -431,13 +440,28 @@ async def serve(route: Route, client: Streams,
                 if close:
                     return
                 continue
+            # Apps drop idle keep-alive connections (node after 5 s): a new one then.
+            if upstream is not None and (upstream[0].at_eof() or upstream[1].is_closing()):
+                upstream[1].close()
+                upstream = None
+            reused = upstream is not None
             if upstream is None:
                 upstream = await connect()
                 if upstream is None:
                     writer.write(page(502, "The preview is not running.", close=True))
                     return
             try:
-                keep = await _exchange(request, framing, client, upstream)
+                try:
+                    keep = await _exchange(request, framing, client, upstream)
+                except NoAnswer:
+                    # Dropped as the request went out; only a request without a body can be
+                    # sent again (its body is gone).
+                    upstream[1].close()
+                    upstream = await connect() if reused and framing[0] is None else None
+                    if upstream is None:
+                        writer.write(page(502, "The app closed the connection.", close=True))
+                        return
+                    keep = await _exchange(request, framing, client, upstream)
             except BadMessage as error:
                 writer.write(page(502, f"The app's answer was malformed ({error}).", close=True))
                 return

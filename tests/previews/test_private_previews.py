@@ -25,11 +25,13 @@ pytestmark = [pytest.mark.django_db(databases="__all__", transaction=True),
 
 # Answers every request with what it received: the proxy's work is visible in its answer.
 ECHO_JS = """
-require("http").createServer((req, res) => {
+const server = require("http").createServer((req, res) => {
   res.setHeader("content-type", "application/json");
   res.setHeader("set-cookie", ["app=1; Path=/", "sessionid=planted; Path=/"]);
   res.end(JSON.stringify({url: req.url, headers: req.headers}));
-}).listen(Number(process.env.PORT), process.env.HOST);
+});
+server.keepAliveTimeout = 200;  // drops idle connections fast: the proxy must reconnect
+server.listen(Number(process.env.PORT), process.env.HOST);
 """
 
 
@@ -96,6 +98,8 @@ def test_a_token_opens_only_its_own_preview_until_it_expires_or_is_spent(
             assert echoed["url"] == "/page?x=1&y=2"
             assert echoed["headers"]["cookie"] == "theme=dark"
             assert response.msg.get_all("Set-Cookie") == ["app=1; Path=/"]
+        time.sleep(1.5)  # the app drops its idle connection (node: timeout + 1 s)
+        assert get(port, "/", kept, Cookie=jar)[0].status == 200
         assert kept.sock is sock  # the same connection all along
         response, body = get(port, X_Weldr_Preview_Token=minted["token"])
         assert response.status == 200 and "x-weldr-preview-token" not in json.loads(body)["headers"]
