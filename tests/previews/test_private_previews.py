@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -26,6 +27,16 @@ pytestmark = [pytest.mark.django_db(databases="__all__", transaction=True),
 # Answers every request with what it received: the proxy's work is visible in its answer.
 ECHO_JS = """
 const server = require("http").createServer((req, res) => {
+  if (req.url === "/stream") {  // a first piece now, the rest much later: no buffering
+    res.write("first piece\\n");
+    setTimeout(() => res.end("the rest\\n"), 20000).unref();
+    return;
+  }
+  if (req.method === "POST") {  // the body back, chunked both ways
+    res.setHeader("content-type", "text/plain");
+    req.pipe(res);
+    return;
+  }
   res.setHeader("content-type", "application/json");
   res.setHeader("set-cookie", ["app=1; Path=/", "sessionid=planted; Path=/"]);
   res.end(JSON.stringify({url: req.url, headers: req.headers}));
@@ -59,7 +70,7 @@ def mint(api: APIClient, bucket: str, **body: object) -> dict:
 
 
 def test_a_token_opens_only_its_own_preview_until_it_expires_or_is_spent(
-        api: APIClient, previews: None, workspace: Path) -> None:
+        api: APIClient, previews: None, workspace: Path, settings) -> None:  # type: ignore[no-untyped-def]
     # given two private previews, in two buckets, on two ports
     other = make_workspace(f"{workspace.name[:50]}-b")
     try:
@@ -101,6 +112,18 @@ def test_a_token_opens_only_its_own_preview_until_it_expires_or_is_spent(
         time.sleep(1.5)  # the app drops its idle connection (node: timeout + 1 s)
         assert get(port, "/", kept, Cookie=jar)[0].status == 200
         assert kept.sock is sock  # the same connection all along
+        kept.request("POST", "/echo", body=iter([b"chunked ", b"body"]), encode_chunked=True,
+                     headers={"Cookie": jar, "Transfer-Encoding": "chunked"})
+        echoed_post = kept.getresponse()
+        assert echoed_post.read() == b"chunked body"
+        assert echoed_post.getheader("Transfer-Encoding") == "chunked"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stream:
+            stream.sendall(f"GET /stream HTTP/1.1\r\nHost: x\r\nCookie: {jar}\r\n\r\n".encode())
+            received = b""
+            while b"first piece" not in received:
+                piece = stream.recv(4096)
+                assert piece, received
+                received += piece
         response, body = get(port, X_Weldr_Preview_Token=minted["token"])
         assert response.status == 200 and "x-weldr-preview-token" not in json.loads(body)["headers"]
         response, body = get(port, Authorization=f"Bearer {minted['token']}")
@@ -127,6 +150,16 @@ def test_a_token_opens_only_its_own_preview_until_it_expires_or_is_spent(
         assert get(port, Cookie=response.getheader("Set-Cookie").split(";")[0])[0].status == 200
         response, body = get(port, f"/?preview_token={once['token']}")
         assert response.status == 401 and b"already used" in body
+
+        # on its own host name (PREVIEW_DOMAIN), a port answers that name only
+        settings.PREVIEW_DOMAIN = "previews.test"
+        own = f"{workspace.name}-{port}.previews.test"
+        assert api.get(f"/previews/{workspace.name}").json()["url"] == f"http://{own}:{port}/"
+        assert get(port, Host=f"{own}:{port}", Cookie=jar)[0].status == 200
+        assert get(port, Host=f"127.0.0.1:{port}", Cookie=jar)[0].status == 404
+        assert get(port, Host=f"{other.name}-{other_port}.previews.test", Cookie=jar)[0].status \
+            == 404
+        settings.PREVIEW_DOMAIN = ""
 
         # the API's answers to bad input
         assert api.post("/previews/no-such-bucket/tokens", {}, format="json").json()["code"] \
