@@ -74,6 +74,10 @@ class Message:
     __slots__ = ("start", "headers")
 
     def __init__(self, head: bytes) -> None:
+        # A bare CR or LF is a line break to some parsers and not to others: a header hidden
+        # from the proxy behind one could frame the app's view of the request differently.
+        if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\n"):
+            raise BadMessage("bare CR or LF in the message head")
         lines = head.decode("latin-1").split("\r\n")
         self.start = lines[0]
         self.headers: list[tuple[str, str]] = []
@@ -222,7 +226,8 @@ def _strip_cookies(request: Message, port: int) -> str | None:
             continue
         kept = []
         for pair in value.split(";"):
-            cookie, _, cookie_value = pair.strip().partition("=")
+            cookie, _, cookie_value = pair.partition("=")
+            cookie = cookie.strip()
             if cookie == cookie_name(port):
                 found = cookie_value.strip().strip('"')
             if cookie and not _reserved(cookie):
@@ -428,6 +433,9 @@ async def serve(route: Route, client: Streams,
                 return
             try:
                 request = Message(head)
+                if len(request.start.split(" ")) != 3 or request.start[-9:] not in (
+                        " HTTP/1.1", " HTTP/1.0"):
+                    raise BadMessage("not an HTTP/1.x request line")
                 framing = request_framing(request)
             except BadMessage as error:
                 writer.write(page(400, str(error), close=True))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,43 @@ def test_a_preview_app_never_receives_the_agents_or_the_platforms_cookies(
     assert "x-weldr-preview-token" not in echoed and "authorization" not in echoed, echoed
     # and it cannot plant a session cookie on the host it shares with the agent
     assert response.msg.get_all("Set-Cookie") == ["app=1; Path=/"]
+
+
+def _exchange(port: int, raw: bytes) -> bytes:
+    """Send raw bytes on a new connection; everything answered until the proxy closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        received = b""
+        try:
+            while piece := sock.recv(65536):
+                received += piece
+        except TimeoutError:
+            pass
+        return received
+
+
+def test_a_request_cannot_be_smuggled_past_a_private_previews_token_check(
+        api: APIClient, previews: None, workspace: Path) -> None:
+    # given a private preview and a valid token for it (a visitor holding a link)
+    (workspace / "echo.js").write_text(ECHO_JS)
+    started = api.post("/previews/start", {"bucket": workspace.name, "command": "node echo.js",
+                                           "access": "token"}, format="json")
+    assert started.status_code == 201, started.json()
+    port = started.json()["port"]
+    assert wait_status(workspace.name, {"running"}) == "running"
+    token = api.post(f"/previews/{workspace.name}/tokens", {}, format="json").json()["token"]
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    # when a second request hides in a body framed two ways, or behind a bare LF
+    ambiguous = (b"POST / HTTP/1.1\r\nHost: x\r\nX-Weldr-Preview-Token: " + token.encode()
+                 + b"\r\nContent-Length: " + str(5 + len(smuggled)).encode()
+                 + b"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+    bare_lf = (b"POST / HTTP/1.1\r\nHost: x\r\nX-Weldr-Preview-Token: " + token.encode()
+               + b"\r\nX-Note: a\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+               + b"0\r\n\r\n" + smuggled)
+
+    # then the proxy refuses the message and closes: nothing reaches the app unchecked
+    for raw in (ambiguous, bare_lf):
+        answer = _exchange(port, raw)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+        assert b"/smuggled" not in answer and answer.count(b"HTTP/1.1 ") == 1, answer
