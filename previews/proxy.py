@@ -1,7 +1,7 @@
 """The host side of a preview: an HTTP proxy from the leased host port to the app's netns.
 
 Apps listen inside their own network namespace; the agent listens on the leased port on every
-host address (PREVIEW_BIND_ADDRESS) and splices each connection to `<sandbox ip>:<port>`. Chosen
+host address (PREVIEW_BIND_ADDRESS) and forwards each connection to `<sandbox ip>:<port>`. Chosen
 over DNAT because it needs no machine-wide sysctl (ip_forward, route_localnet for 127.0.0.1)
 and no per-port NAT rules, and it dies with the agent (docs/previews.md has the figures).
 

@@ -519,8 +519,8 @@ EXEC_OUTPUT_MAX_BYTES = _int("EXEC_OUTPUT_MAX_BYTES", 1024 * 1024, low=1024, hig
 # ---------------------------------------------------------------------------------------------
 
 # Open connections the preview proxy serves on one preview port, and from one client address
-# across all ports; beyond either, a new connection is closed at once (the proxy is TCP: no
-# status code to send). Connections held while the app starts count too.
+# across all ports; beyond either, a new connection is answered 429 and closed before its
+# request is read. Connections held while the app starts count too.
 PREVIEW_MAX_CONNECTIONS_PER_PORT = _int("PREVIEW_MAX_CONNECTIONS_PER_PORT", 256, low=1,
                                         high=100_000)
 PREVIEW_MAX_CONNECTIONS_PER_CLIENT = _int("PREVIEW_MAX_CONNECTIONS_PER_CLIENT", 64, low=1,
