@@ -150,6 +150,9 @@ def test_a_token_opens_only_its_own_preview_until_it_expires_or_is_spent(
         assert get(port, Cookie=response.getheader("Set-Cookie").split(";")[0])[0].status == 200
         response, body = get(port, f"/?preview_token={once['token']}")
         assert response.status == 401 and b"already used" in body
+        # spent on disk, not in memory: still spent after an agent restart
+        spent = tokens.token_decode(once["token"])
+        assert (settings.PREVIEW_TOKENS_USED_DIR / f"{spent.expires}-{spent.id}").is_file()
 
         # on its own host name (PREVIEW_DOMAIN), a port answers that name only
         settings.PREVIEW_DOMAIN = "previews.test"
