@@ -37,12 +37,18 @@ class Preview(models.Model):
         FAILED = "failed"
         STOPPED = "stopped"
 
+    class Access(models.TextChoices):
+        PUBLIC = "public"
+        # Only requests with a preview access token for this bucket and port (previews/tokens.py).
+        TOKEN = "token"
+
     ACTIVE = (Status.STARTING, Status.RUNNING)
 
     bucket = models.CharField(max_length=63, unique=True)
     port = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STARTING)
     command = models.TextField()
+    access = models.CharField(max_length=8, choices=Access.choices, default=Access.PUBLIC)
     container = models.CharField(max_length=128, blank=True)
     pid = models.IntegerField(null=True, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)

@@ -1,11 +1,13 @@
-"""The host side of a preview: a TCP proxy from the leased host port to the app's netns.
+"""The host side of a preview: an HTTP proxy from the leased host port to the app's netns.
 
 Apps listen inside their own network namespace; the agent listens on the leased port on every
-host address (PREVIEW_BIND_ADDRESS) and splices each connection to `<sandbox ip>:<port>`. Chosen
+host address (PREVIEW_BIND_ADDRESS) and forwards each connection to `<sandbox ip>:<port>`. Chosen
 over DNAT because it needs no machine-wide sysctl (ip_forward, route_localnet for 127.0.0.1)
 and no per-port NAT rules, and it dies with the agent (docs/previews.md has the figures).
 
 One asyncio loop in a daemon thread serves every port, independent of the server's own loop.
+What is said on a connection (HTTP/1.1, access tokens, cookies, websockets) is
+previews/http_proxy.py's; this module holds the listeners, the limits and the held connect.
 
 Connections are unauthenticated and cheap to open, so each port serves at most
 PREVIEW_MAX_CONNECTIONS_PER_PORT at once and each client address at most
@@ -25,9 +27,10 @@ from concurrent.futures import Future
 
 from django.conf import settings
 
+from previews.http_proxy import PUBLIC, Route, Streams, Target, serve
+
 logger = logging.getLogger("weldr.proxy")
 
-CHUNK = 64 * 1024
 HOLD_POLL_SECONDS = 0.002
 
 
@@ -35,28 +38,11 @@ class PortBusy(OSError):
     """Something else on the host already listens on the port."""
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        try:
-            if writer.can_write_eof():
-                writer.write_eof()
-        except OSError:
-            writer.close()
-
-
-Target = Callable[[], "tuple[str, int] | None"]
 # What a target answers while the app's sandbox is still being made: hold the client.
 NOT_YET = ("", 0)
 
 
-async def _connect(target: Target, abandoned: Callable[[], bool],
-                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+async def _connect(target: Target, abandoned: Callable[[], bool]) -> Streams | None:
     """The app's end of a connection; held while the app does not listen yet.
 
     A client that connects while the app starts waits (up to PREVIEW_HOLD_SECONDS) and is served
@@ -84,26 +70,6 @@ async def _connect(target: Target, abandoned: Callable[[], bool],
         # starting at once must not spend their CPU on the agent's refused connects.
         await asyncio.sleep(HOLD_POLL_SECONDS * (1 if attempt < 100 else 5 if attempt < 500
                                                  else 25))
-
-
-async def _splice(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
-                  target: Target) -> None:
-    upstream = await _connect(target, lambda: client_reader.at_eof()
-                              or client_writer.is_closing())
-    if upstream is None:
-        client_writer.close()
-        return
-    upstream_reader, upstream_writer = upstream
-    for writer in (client_writer, upstream_writer):
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        await asyncio.gather(_pipe(client_reader, upstream_writer),
-                             _pipe(upstream_reader, client_writer))
-    finally:
-        client_writer.close()
-        upstream_writer.close()
 
 
 def _refusal(setting: str) -> bytes:
@@ -140,20 +106,36 @@ class Connections:
                 del counter[key]
 
 
-async def _serve(connections: Connections, port: int, target: Target,
+def _nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _serve(connections: Connections, route: Route,
                  reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     peer = writer.get_extra_info("peername")
     client = peer[0] if peer else ""
-    refused = connections.admit(port, client)
+    refused = connections.admit(route.port, client)
     if refused is not None:
-        logger.warning("preview port %s: connection from %s refused (%s)", port, client, refused)
+        logger.warning("preview port %s: connection from %s refused (%s)", route.port, client,
+                       refused)
         writer.write(_refusal(refused))
         writer.close()
         return
+
+    async def connect() -> Streams | None:
+        upstream = await _connect(route.target,
+                                  lambda: reader.at_eof() or writer.is_closing())
+        if upstream is not None:
+            _nodelay(upstream[1])
+        return upstream
+
+    _nodelay(writer)
     try:
-        await _splice(reader, writer, target)
+        await serve(route, (reader, writer), connect)
     finally:
-        connections.leave(port, client)
+        connections.leave(route.port, client)
 
 
 class Proxy:
@@ -178,11 +160,15 @@ class Proxy:
         future: Future = asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())
         return future.result(timeout=30)
 
-    def open(self, port: int, *, target: Target) -> None:
-        """Listen on `port`, forwarding to `target()`; raise PortBusy when the port is taken."""
+    def open(self, port: int, *, target: Target, bucket: str = "",
+             access: str = PUBLIC) -> None:
+        """Listen on `port`, forwarding to `target()` what `access` lets through (the bucket
+        names the preview a token must be for); raise PortBusy when the port is taken."""
+        route = Route(port=port, target=target, bucket=bucket, access=access)
+
         async def start() -> None:
             server = await asyncio.start_server(
-                lambda r, w: _serve(self.connections, port, target, r, w),
+                lambda r, w: _serve(self.connections, route, r, w),
                 host=settings.PREVIEW_BIND_ADDRESS, port=port, reuse_address=True,
             )
             self._servers[port] = server

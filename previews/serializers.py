@@ -14,6 +14,20 @@ COMMAND_MAX_CHARS = 8192
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 
+def preview_url(request, *, bucket: str, port: int) -> str:  # type: ignore[no-untyped-def]
+    """Where a browser opens the preview: its own host name under PREVIEW_DOMAIN (https when
+    the API was called over https, as behind Fly's TLS), else the agent's host name and port."""
+    if settings.PREVIEW_DOMAIN:
+        secure = request is not None and (
+            request.is_secure() or request.headers.get("X-Forwarded-Proto") == "https")
+        return (f"{'https' if secure else 'http'}://{bucket}-{port}.{settings.PREVIEW_DOMAIN}"
+                f":{port}/")
+    host = request.get_host().rsplit(":", 1)[0] if request is not None else "127.0.0.1"
+    if host.startswith("[") is False and ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
+
+
 class PreviewSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
     exit_code = serializers.IntegerField(allow_null=True)
@@ -21,14 +35,11 @@ class PreviewSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Preview
-        fields = ["bucket", "port", "status", "command", "url", "started_at", "exit_code"]
+        fields = ["bucket", "port", "status", "access", "command", "url", "started_at",
+                  "exit_code"]
 
     def get_url(self, preview: Preview) -> str:
-        request = self.context.get("request")
-        host = request.get_host().rsplit(":", 1)[0] if request is not None else "127.0.0.1"
-        if host.startswith("[") is False and ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{preview.port}/"
+        return preview_url(self.context.get("request"), bucket=preview.bucket, port=preview.port)
 
 
 class PreviewListSerializer(serializers.Serializer):
@@ -41,6 +52,8 @@ class PreviewStartSerializer(serializers.Serializer):
     command = serializers.CharField(required=False, allow_null=True, allow_blank=False,
                                     max_length=COMMAND_MAX_CHARS, trim_whitespace=False)
     env = serializers.DictField(child=serializers.JSONField(), required=False, allow_null=True)
+    # Default PREVIEW_ACCESS (production: token).
+    access = serializers.ChoiceField(choices=Preview.Access.choices, required=False)
 
     def validate_port(self, value: object) -> int | None:
         if value is None:
@@ -61,6 +74,35 @@ class PreviewStartSerializer(serializers.Serializer):
         if errors:
             raise serializers.ValidationError(errors)
         return value
+
+
+class PreviewTokenCreateSerializer(serializers.Serializer):
+    port = serializers.JSONField(required=False, allow_null=True,
+                                 help_text="the preview's port (default: its current one)")
+    ttl_seconds = serializers.IntegerField(required=False, min_value=10,
+                                           help_text="default PREVIEW_TOKEN_TTL_SECONDS, at most "
+                                                     "PREVIEW_TOKEN_MAX_TTL_SECONDS")
+    one_shot = serializers.BooleanField(default=False,
+                                        help_text="the link opens the preview once (its cookie "
+                                                  "then carries on)")
+
+    validate_port = PreviewStartSerializer.validate_port
+
+    def validate_ttl_seconds(self, value: int) -> int:
+        if value > settings.PREVIEW_TOKEN_MAX_TTL_SECONDS:
+            limit = settings.PREVIEW_TOKEN_MAX_TTL_SECONDS
+            raise serializers.ValidationError(f"At most {limit} (PREVIEW_TOKEN_MAX_TTL_SECONDS).")
+        return value
+
+
+class PreviewTokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+    url = serializers.CharField(help_text="the preview's URL with the token (opens it once, then "
+                                          "a cookie for the preview's host carries on)")
+    bucket = serializers.CharField()
+    port = serializers.IntegerField()
+    one_shot = serializers.BooleanField()
 
 
 class PreviewStopSerializer(serializers.Serializer):

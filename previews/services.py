@@ -108,13 +108,14 @@ def port_lease_release(*, bucket: str, port: int) -> None:
     PortLease.objects.filter(bucket=bucket, port=port).delete()
 
 
-def _lease_and_listen(*, bucket: str, port: int | None, live_of) -> int:  # type: ignore[no-untyped-def]
+def _lease_and_listen(*, bucket: str, port: int | None, access: str, live_of) -> int:  # type: ignore[no-untyped-def]
     """A leased port the proxy listens on; a port something else holds is skipped."""
     skip: set[int] = set()
     while True:
         lease = port_lease_acquire(bucket=bucket, port=port, skip=skip)
         try:
-            proxy.open(lease.port, target=lambda p=lease.port: live_of(p))
+            proxy.open(lease.port, target=lambda p=lease.port: live_of(p), bucket=bucket,
+                       access=access)
             return lease.port
         except PortBusy:
             port_lease_release(bucket=bucket, port=lease.port)
@@ -184,15 +185,19 @@ def _cold_box(bucket: str, workspace: Path) -> sandbox.Sandbox:
 
 
 def preview_start(*, bucket: str, port: int | None = None, command: str | None = None,
-                  env: Mapping[str, str] | None = None) -> Preview:
+                  env: Mapping[str, str] | None = None, access: str | None = None) -> Preview:
     """Lease a port, start the app's container and return its Preview (`starting`).
+
+    `access` (default PREVIEW_ACCESS): `token` has the proxy let through only requests with a
+    preview access token for this bucket and port (previews/tokens.py).
 
     With a warm sandbox (previews/warm.py) the app is started before the answer, in ~1 ms;
     otherwise a background thread makes its netns and container (`runc run`).
     """
     workspace = workspaces.workspace_path(bucket)
     command = command or _start_command(workspace)
-    port = _lease_and_listen(bucket=bucket, port=port,
+    access = access or settings.PREVIEW_ACCESS
+    port = _lease_and_listen(bucket=bucket, port=port, access=access,
                              live_of=lambda p: _target(bucket, p))
     ready = warm.pool.take(workspace)
     box = ready.box if ready is not None else _cold_box(bucket, workspace)
@@ -219,6 +224,7 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
                          daemon=True).start()
         preview, _ = Preview.objects.update_or_create(bucket=bucket, defaults={
             "port": port, "status": Preview.Status.STARTING, "command": command,
+            "access": access,
             "container": live.box.name, "pid": live.box.pid if live.warm else None,
             "exit_code": None, "started_at": timezone.now(), "ended_at": None,
         })

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -12,13 +13,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from previews import logs, services, system
+from previews import http_proxy, logs, services, system, tokens
 from previews.serializers import (
     LogQuerySerializer,
     PreviewListSerializer,
     PreviewSerializer,
     PreviewStartSerializer,
     PreviewStopSerializer,
+    PreviewTokenCreateSerializer,
+    PreviewTokenSerializer,
+    preview_url,
 )
 from weldr_agent import limits
 from weldr_agent.schema import event_stream_response
@@ -62,6 +66,22 @@ class PreviewStopView(APIView):
         serializer.is_valid(raise_exception=True)
         preview = services.preview_stop(**serializer.validated_data)
         return Response(PreviewSerializer(preview, context={"request": request}).data)
+
+
+class PreviewTokenView(APIView):
+    @extend_schema(request=PreviewTokenCreateSerializer,
+                   responses={201: PreviewTokenSerializer, 400: ERRORS[400], 404: ERRORS[404]})
+    def post(self, request: Request, bucket: str) -> Response:
+        serializer = PreviewTokenCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token, claims = tokens.preview_token_create(bucket=bucket, **serializer.validated_data)
+        url = preview_url(request, bucket=claims.bucket, port=claims.port)
+        return Response(PreviewTokenSerializer({
+            "token": token, "url": f"{url}?{http_proxy.TOKEN_PARAM}={token}",
+            "expires_at": datetime.fromtimestamp(claims.expires, tz=UTC),
+            "bucket": claims.bucket, "port": claims.port,
+            "one_shot": claims.kind == tokens.ONE_SHOT,
+        }).data, status=status.HTTP_201_CREATED)
 
 
 class _TextRenderer(renderers.BaseRenderer):

@@ -487,6 +487,28 @@ PREVIEW_READY_TIMEOUT_SECONDS = _int("PREVIEW_READY_TIMEOUT_SECONDS", 120, low=1
 # Previews are served by the agent's proxy on this address (every host address by default).
 PREVIEW_BIND_ADDRESS = env.str("PREVIEW_BIND_ADDRESS", default="0.0.0.0")
 PREVIEW_LOG_MAX_BYTES = _int("PREVIEW_LOG_MAX_BYTES", 10 * 1024 * 1024, low=4096, high=1024**3)
+# Private previews (previews/tokens.py, docs/previews.md "Access"): a preview started without
+# `access` is `token` (the proxy answers 401 without a preview access token) in production and
+# `public` elsewhere, so that local development and tests open previews without minting tokens.
+PREVIEW_ACCESS = _choice("PREVIEW_ACCESS", env.str(
+    "PREVIEW_ACCESS", default="token" if PRODUCTION else "public"), ("public", "token"))
+# The HMAC key of preview access tokens; empty derives one from SECRET_KEY (set it to rotate the
+# tokens without touching Django's key, or to share it between machines behind one domain).
+PREVIEW_TOKEN_SECRET = env.str("PREVIEW_TOKEN_SECRET", default="")
+# Lifetime of a token minted without `ttl_seconds`, and the longest a caller may ask for.
+PREVIEW_TOKEN_TTL_SECONDS = _int("PREVIEW_TOKEN_TTL_SECONDS", 3600, low=10, high=30 * 86400)
+PREVIEW_TOKEN_MAX_TTL_SECONDS = _int("PREVIEW_TOKEN_MAX_TTL_SECONDS", 7 * 86400, low=10,
+                                     high=365 * 86400)
+# One-shot tokens already used, one empty file each until the token expires: a used link stays
+# used across an agent restart.
+PREVIEW_TOKENS_USED_DIR = WELDR_ENV_VOL / "preview-tokens-used"
+# Serve each preview on its own host name, `{bucket}-{port}.{PREVIEW_DOMAIN}` (wildcard DNS and
+# certificate: docs/previews.md), so that browsers give every preview its own origin and cookie
+# jar, apart from the agent's. Empty: previews are served on the agent's host name, one port each.
+PREVIEW_DOMAIN = env.str("PREVIEW_DOMAIN", default="").strip().strip(".").lower()
+if PREVIEW_DOMAIN and not re.match(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+                                   PREVIEW_DOMAIN):
+    raise ImproperlyConfigured(f"PREVIEW_DOMAIN must be a DNS name; got {PREVIEW_DOMAIN!r}.")
 # Preview containers created ahead of time (previews/warm.py); 0 starts every preview cold.
 PREVIEW_WARM_POOL = _int("PREVIEW_WARM_POOL", 2, low=0, high=20)
 EXEC_MAX_CONCURRENT = _int("EXEC_MAX_CONCURRENT", 8, low=1, high=1000)
@@ -497,8 +519,8 @@ EXEC_OUTPUT_MAX_BYTES = _int("EXEC_OUTPUT_MAX_BYTES", 1024 * 1024, low=1024, hig
 # ---------------------------------------------------------------------------------------------
 
 # Open connections the preview proxy serves on one preview port, and from one client address
-# across all ports; beyond either, a new connection is closed at once (the proxy is TCP: no
-# status code to send). Connections held while the app starts count too.
+# across all ports; beyond either, a new connection is answered 429 and closed before its
+# request is read. Connections held while the app starts count too.
 PREVIEW_MAX_CONNECTIONS_PER_PORT = _int("PREVIEW_MAX_CONNECTIONS_PER_PORT", 256, low=1,
                                         high=100_000)
 PREVIEW_MAX_CONNECTIONS_PER_CLIENT = _int("PREVIEW_MAX_CONNECTIONS_PER_CLIENT", 64, low=1,

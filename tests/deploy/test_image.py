@@ -80,8 +80,9 @@ def test_the_image_boots_serves_stops_and_a_new_machine_gets_the_workspace_back(
     assert api.put(f"/files/{bucket}/content", params={"path": "server.js"},
                    content=server.encode()).status_code == 200
     asked = time.monotonic()
+    # (public: production's default is a private preview, docs/previews.md "Access")
     preview = api.post("/previews/start", json={"bucket": bucket, "port": PREVIEW_PORT,
-                                                "command": "node server.js"})
+                                                "command": "node server.js", "access": "public"})
     assert preview.status_code == 201, preview.text
     print(f"first machine: preview started in {time.monotonic() - asked:.2f}s")
     # then it answers through the published port

@@ -6,8 +6,8 @@ anyone could hold thousands of them for PREVIEW_HOLD_SECONDS each.
 
 from __future__ import annotations
 
+import http.server
 import socket
-import socketserver
 import threading
 from collections.abc import Iterator
 
@@ -20,16 +20,23 @@ from weldr_agent import runner
 pytestmark = pytest.mark.timeout(120)
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(4096):
-            self.request.sendall(data)
+class _Pong(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+        self.wfile.write(b"pong")
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 @pytest.fixture
 def app() -> Iterator[tuple[str, int]]:
-    """A real app listening on loopback: it echoes what it gets."""
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
+    """A real HTTP app listening on loopback: it answers `pong`, keeping the connection."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Pong)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -53,6 +60,15 @@ def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=5,
                                     source_address=(source, 0))
     return sock
+
+
+def _ping(sock: socket.socket) -> bytes:
+    """One HTTP request on the connection (kept open); the answer's bytes."""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: preview\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b"pong"):
+        answer += sock.recv(4096)
+    return answer
 
 
 def _refused(sock: socket.socket) -> str:
@@ -103,8 +119,7 @@ def test_a_client_address_holds_at_most_its_limit_across_ports(settings, proxy: 
     proxy.open(second, target=lambda: app)
     mine = [_connect(first), _connect(second)]
     for sock in mine:
-        sock.sendall(b"ping")
-        assert sock.recv(4) == b"ping"
+        assert _ping(sock).endswith(b"pong")
 
     # when the same address opens a third connection
     third = _connect(first)
@@ -113,7 +128,6 @@ def test_a_client_address_holds_at_most_its_limit_across_ports(settings, proxy: 
     answer = _refused(third)
     assert answer.startswith("HTTP/1.1 429 ") and "PREVIEW_MAX_CONNECTIONS_PER_CLIENT" in answer
     other = _connect(first, source="127.0.0.2")
-    other.sendall(b"pong")
-    assert other.recv(4) == b"pong"
+    assert _ping(other).endswith(b"pong")
     for sock in [*mine, third, other]:
         sock.close()
