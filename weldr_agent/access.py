@@ -90,10 +90,15 @@ def ownership_register(provider: Ownership) -> None:
 
 
 def _scope(principal: Any) -> Scope | None:
-    """The token's scope; None for a platform user (ownership decides)."""
-    if getattr(principal, "user_id", None):
-        return None
-    return getattr(principal, "scope", OPERATOR)
+    """An agent token's scope; None for anyone else (ownership decides: a platform user owns
+    what their user id owns, anything else nothing)."""
+    if getattr(principal, "kind", None) == "agent_token":
+        return principal.scope
+    return None
+
+
+def _user_id(principal: Any) -> str | None:
+    return getattr(principal, "user_id", None) or None
 
 
 def is_operator(principal: Any) -> bool:
@@ -108,8 +113,8 @@ def project_allowed(principal: Any, project_id: str) -> bool:
         return scope.unscoped or project_id in scope.projects
     if settings.PROJECT_ID and project_id != settings.PROJECT_ID:
         return False
-    owner = _ownership.project_owner(project_id)
-    return owner is not None and owner == principal.user_id
+    user_id = _user_id(principal)
+    return user_id is not None and _ownership.project_owner(project_id) == user_id
 
 
 def bucket_allowed(principal: Any, bucket: str) -> bool:
@@ -126,7 +131,8 @@ def visible_projects(principal: Any) -> frozenset[str] | None:
     scope = _scope(principal)
     if scope is not None:
         return None if scope.unscoped else scope.projects
-    owned = _ownership.projects_owned(principal.user_id)
+    user_id = _user_id(principal)
+    owned = _ownership.projects_owned(user_id) if user_id else set()
     if settings.PROJECT_ID:
         owned &= {settings.PROJECT_ID}
     return frozenset(owned)

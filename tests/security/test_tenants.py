@@ -381,3 +381,54 @@ def test_no_view_went_undeclared(world):
     # A view naming no object and declaring no `tenant` is refused with ImproperlyConfigured.
     log = Path(world.agent.log).read_text()
     assert "ImproperlyConfigured" not in log, log[-3000:]
+
+
+def test_a_view_that_names_nothing_and_declares_nothing_is_refused_to_everyone():
+    # A new endpoint cannot skip the rule by forgetting it: even the operator gets an error.
+    from django.core.exceptions import ImproperlyConfigured
+    from rest_framework.response import Response
+    from rest_framework.test import APIRequestFactory, force_authenticate
+    from rest_framework.views import APIView
+
+    from weldr_agent.auth import Principal as Caller
+
+    class Undeclared(APIView):
+        def get(self, request):  # type: ignore[no-untyped-def]
+            return Response({"secret": "of every tenant"})
+
+    request = APIRequestFactory().get("/undeclared")
+    force_authenticate(request, user=Caller(kind="agent_token", name="operator"))
+    with pytest.raises(ImproperlyConfigured, match="declare `tenant`"):
+        Undeclared.as_view()(request)
+
+
+def test_project_id_keeps_a_user_to_that_project_and_its_buckets(settings):
+    from weldr_agent import access
+    from weldr_agent.auth import Principal as Caller
+    from workflows.models import Branch, Project
+
+    # given a user owning two projects, each naming a bucket, on an agent serving one of them
+    mine = Project.objects.create(name="served", owner_id="u-pid")
+    other = Project.objects.create(name="elsewhere", owner_id="u-pid")
+    Branch.objects.create(project=mine, name="main", bucket="pid-served")
+    Branch.objects.create(project=other, name="main", bucket="pid-elsewhere")
+    user = Caller(kind="session", name="u-pid", user_id="u-pid")
+    settings.PROJECT_ID = mine.id
+    # then only the served project and its bucket are theirs here
+    assert access.project_allowed(user, mine.id) and not access.project_allowed(user, other.id)
+    assert access.bucket_allowed(user, "pid-served")
+    assert not access.bucket_allowed(user, "pid-elsewhere")
+    assert access.visible_projects(user) == {mine.id}
+    assert access.visible_buckets(user) == {"pid-served"}
+    # and without PROJECT_ID both are
+    settings.PROJECT_ID = ""
+    assert access.visible_projects(user) == {mine.id, other.id}
+
+
+def test_something_that_is_no_principal_owns_nothing():
+    from weldr_agent import access
+
+    for nobody in (None, object()):
+        assert not access.is_operator(nobody)
+        assert not access.bucket_allowed(nobody, "any-bucket")
+        assert access.visible_projects(nobody) == frozenset()
