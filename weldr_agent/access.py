@@ -252,6 +252,15 @@ def _declared(view: Any, request: Request) -> Objects | None:
     return tenant
 
 
+def declares_objects(view: Any, method: str) -> bool:
+    """Does the view name objects in its body or query for `method` (the schema then lists the
+    404 a refused or missing one answers)."""
+    tenant = getattr(view, "tenant", None)
+    if isinstance(tenant, dict):
+        tenant = tenant.get(getattr(view, "action", None)) or tenant.get(method.lower())
+    return isinstance(tenant, Objects) and bool(tenant.body or tenant.query)
+
+
 def _value(source: Any, name: str, optional: bool) -> str | None:
     value = source.get(name) if hasattr(source, "get") else None
     if value is None and optional:

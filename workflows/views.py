@@ -58,7 +58,8 @@ class BranchListView(APIView):
 
     @extend_schema(request=s.BranchSerializer, responses={
         201: s.BranchSerializer,
-        **error_responses(404, 409, e409="branch_exists")})
+        **error_responses(404, 409, e409="branch_exists / bucket_taken (another tenant's "
+                                      "project names the bucket)")})
     def post(self, request: Request, project_id: str) -> Response:
         project = services.project_get(project_id=project_id)
         data = s.BranchSerializer(data=request.data)
