@@ -17,6 +17,7 @@ from mounts.serializers import (
     MountSerializer,
     UnmountedSerializer,
 )
+from weldr_agent import access
 
 Error = inline_serializer(name="MountError", fields={"detail": serializers.CharField(),
                                                 "code": serializers.CharField()})
@@ -29,10 +30,13 @@ def _error(description: str) -> OpenApiResponse:
 class MountViewSet(viewsets.ViewSet):
     lookup_field = "bucket"
     lookup_value_regex = "[^/]+"
+    # retrieve and sync name the bucket in their URL (weldr_agent.access checks it).
+    tenant = {"list": access.LISTS, "create": access.Objects(body=("bucket",)),
+              "unmount": access.Objects(body=("bucket",))}
 
     @extend_schema(summary="List mounts", responses={200: MountListSerializer})
     def list(self, request: Request) -> Response:
-        mounts = Mount.objects.all()
+        mounts = access.narrow(Mount.objects.all(), request.user, buckets="bucket")
         return Response({"mounts": MountSerializer(mounts, many=True).data})
 
     @extend_schema(summary="One mount", responses={

@@ -24,7 +24,7 @@ from previews.serializers import (
     PreviewTokenSerializer,
     preview_url,
 )
-from weldr_agent import limits
+from weldr_agent import access, limits
 from weldr_agent.schema import event_stream_response
 from weldr_agent.serializers import error_responses
 from weldr_agent.sse import EventStreamNegotiation, EventStreamRenderer, sse_response
@@ -33,9 +33,12 @@ ERRORS = error_responses(400, 404, 409, 503)
 
 
 class PreviewListView(APIView):
+    tenant = access.LISTS
+
     @extend_schema(operation_id="previews_list", responses={200: PreviewListSerializer})
     def get(self, request: Request) -> Response:
-        previews = services.preview_list()
+        visible = access.visible_buckets(request.user)
+        previews = [p for p in services.preview_list() if visible is None or p.bucket in visible]
         return Response({"previews": PreviewSerializer(previews, many=True,
                                                        context={"request": request}).data})
 
@@ -48,6 +51,8 @@ class PreviewDetailView(APIView):
 
 
 class PreviewStartView(APIView):
+    tenant = access.Objects(body=("bucket",))
+
     @extend_schema(request=PreviewStartSerializer,
                    responses={201: PreviewSerializer, **ERRORS})
     def post(self, request: Request) -> Response:
@@ -59,6 +64,8 @@ class PreviewStartView(APIView):
 
 
 class PreviewStopView(APIView):
+    tenant = access.Objects(body=("bucket",))
+
     @extend_schema(request=PreviewStopSerializer,
                    responses={200: PreviewSerializer, 404: ERRORS[404]})
     def post(self, request: Request) -> Response:

@@ -29,7 +29,7 @@ from previews.serializers_exec import (
     ExecResultSerializer,
     ExecStartedSerializer,
 )
-from weldr_agent import limits
+from weldr_agent import access, limits
 from weldr_agent.asyncdb import db_sync_to_async
 from weldr_agent.serializers import error_responses
 from weldr_agent.sse import EventStreamRenderer, sse_response
@@ -88,6 +88,8 @@ def event_stream(events: AsyncIterator[Event], *, slot: limits.StreamSlot, first
 
 
 class ExecView(AsyncAPIView):
+    tenant = {"post": access.Objects(body=("bucket",))}
+
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         if request.method != "POST":

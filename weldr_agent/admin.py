@@ -11,15 +11,20 @@ from weldr_agent.models import ApiToken
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
-    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    list_display = ("name", "prefix", "scope", "created_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "read_only")
     search_fields = ("name", "prefix")
-    readonly_fields = ("name", "prefix", "token_hash", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("name", "prefix", "scope", "projects", "buckets", "read_only",
+                       "token_hash", "created_at", "last_used_at", "revoked_at")
     actions = ("revoke",)
 
     # A token is shown once, by `manage.py create_api_token`; the admin cannot make one.
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.display(description="scope")
+    def scope(self, row: ApiToken) -> str:
+        return row.scope_text()
 
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:

@@ -23,6 +23,8 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from weldr_agent import access
+from weldr_agent.access import OPERATOR, Scope
 from weldr_agent.betterauth.checks import plugin_absent
 from weldr_agent.betterauth.models import ApiKey, Session, User
 from weldr_agent.models import TOKEN_PREFIX, ApiToken
@@ -40,6 +42,8 @@ class Principal:
     name: str
     user_id: str | None = None
     is_authenticated: bool = True
+    # An agent token's scope (weldr_agent.access); a platform user's objects are what they own.
+    scope: Scope = OPERATOR
 
     @property
     def is_platform_user(self) -> bool:
@@ -91,7 +95,7 @@ class AgentTokenAuthentication(_BearerChallenge):
         if row is None:
             raise _failed("The agent token is unknown or revoked.")
         row.touch()
-        return Principal(kind="agent_token", name=row.name), row
+        return Principal(kind="agent_token", name=row.name, scope=row.scope), row
 
 
 def unsign_session_cookie(value: str, secret: str) -> str | None:
@@ -243,14 +247,13 @@ class BetterAuthApiKeyAuthentication(authentication.BaseAuthentication):
         return principal, row
 
 
-def owns_project(user_id: str, project_id: str) -> bool:
-    from workflows.models import Project
-
-    return Project.objects.filter(id=project_id, owner_id=user_id).exists()
-
-
 class IsAgentOrProjectOwner(permissions.BasePermission):
-    """Authenticated; and when PROJECT_ID is set, a platform user must own that project."""
+    """Authenticated; and when PROJECT_ID is set, a platform user must own that project.
+
+    Which projects and buckets a request may touch is `weldr_agent.access.TenantAccess`'s
+    (the next permission class); this one keeps PROJECT_ID's meaning, an agent serving one
+    project: a user who does not own it may do nothing here (403 everywhere).
+    """
 
     message = "You do not have access to this project."
 
@@ -259,6 +262,6 @@ class IsAgentOrProjectOwner(permissions.BasePermission):
         if not isinstance(principal, Principal):
             return False
         if principal.is_platform_user and settings.PROJECT_ID:
-            if not owns_project(principal.user_id or "", settings.PROJECT_ID):
+            if not access.project_allowed(principal, settings.PROJECT_ID):
                 raise exceptions.PermissionDenied(self.message, code="forbidden")
         return True

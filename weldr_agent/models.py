@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 
 from django.db import models
 from django.utils import timezone
+
+from weldr_agent.access import Scope
 
 TOKEN_PREFIX = "wat_"
 
@@ -36,6 +39,13 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The scope (weldr_agent.access): none of them set is the operator's token (everything).
+    projects = models.JSONField(default=list, blank=True, editable=False,
+                                help_text="Project ids it may touch (and their buckets).")
+    buckets = models.JSONField(default=list, blank=True, editable=False,
+                               help_text="Bucket names it may touch.")
+    read_only = models.BooleanField(default=False, editable=False,
+                                    help_text="GET, HEAD and OPTIONS only.")
 
     objects = ApiTokenQuerySet.as_manager()
 
@@ -47,11 +57,27 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def issue(cls, name: str) -> tuple[ApiToken, str]:
-        """Create a token named `name`; return the row and the clear token (shown once)."""
+    def issue(cls, name: str, *, projects: Iterable[str] = (), buckets: Iterable[str] = (),
+              read_only: bool = False) -> tuple[ApiToken, str]:
+        """Create a token named `name` with its scope; return the row and the clear token
+        (shown once)."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        row = cls.objects.create(name=name, prefix=token[:10], token_hash=token_hash(token))
+        row = cls.objects.create(name=name, prefix=token[:10], token_hash=token_hash(token),
+                                 projects=sorted(set(projects)), buckets=sorted(set(buckets)),
+                                 read_only=read_only)
         return row, token
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(projects=frozenset(self.projects), buckets=frozenset(self.buckets),
+                     read_only=self.read_only)
+
+    def scope_text(self) -> str:
+        """The scope in a few words (admin, command output)."""
+        parts = [f"projects {', '.join(self.projects)}"] if self.projects else []
+        parts += [f"buckets {', '.join(self.buckets)}"] if self.buckets else []
+        text = "; ".join(parts) or "everything (operator)"
+        return f"{text}; read-only" if self.read_only else text
 
     def touch(self) -> None:
         now = timezone.now()

@@ -4,7 +4,7 @@ and the security schemes of weldr_agent.auth.
 Apps declare their specific errors (`error_responses(404, 409)` from weldr_agent.serializers);
 this adds the ones the plumbing produces, so the document never omits them:
 401/403 where credentials are required, 400/413/415 where a body is accepted, 404 where the
-path has a parameter.
+path has a parameter or the view names an object in its body or query (weldr_agent.access).
 
 Event streams (`text/event-stream`) are declared one event at a time, the way OpenAPI 3.2's
 `itemSchema` does and what schemathesis reads from the `schema` of an OpenAPI 3.0 document: an
@@ -22,6 +22,7 @@ from drf_spectacular.plumbing import is_list_serializer
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework.permissions import AllowAny
 
+from weldr_agent import access
 from weldr_agent.serializers import error_responses
 
 EVENT_STREAM = "text/event-stream"
@@ -81,7 +82,9 @@ class AutoSchema(SpectacularAutoSchema):
             isinstance(permission, AllowAny) for permission in self.view.get_permissions()
         ):
             codes += [401, 403]
-        if "{" in self.path:
+        # A path parameter, or an object named in the body or query (weldr_agent.access: a
+        # refused one answers 404 like a missing one).
+        if "{" in self.path or access.declares_objects(self.view, self.method):
             codes.append(404)
         return codes
 

@@ -21,8 +21,10 @@ from rest_framework import serializers
 ERROR_DESCRIPTIONS = {
     400: "The request is malformed or invalid (`code`: `invalid`, `parse_error`, …).",
     401: "No credential, or a bad one (`code`: `not_authenticated`).",
-    403: "The user does not own this machine's project (`code`: `forbidden`).",
-    404: "No such object (`code`: `not_found`).",
+    403: "The user does not own this machine's project (`code`: `forbidden`), or the agent "
+         "token is read-only (`read_only`) or scoped (`out_of_scope`).",
+    404: "No such object, or one the caller may not touch: the same answer "
+         "(`code`: `not_found`, `project_not_found`, `bucket_not_found`, …).",
     405: "The method is not allowed here (`code`: `method_not_allowed`).",
     409: "The request conflicts with the machine's state.",
     413: "The request body is larger than the cap (`code`: `payload_too_large`).",

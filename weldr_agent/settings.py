@@ -580,7 +580,9 @@ REST_FRAMEWORK = {
         "weldr_agent.auth.BetterAuthSessionAuthentication",
         "weldr_agent.auth.BetterAuthApiKeyAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["weldr_agent.auth.IsAgentOrProjectOwner"],
+    # Authenticated (and PROJECT_ID's owner), then the tenant rule on the objects a view names.
+    "DEFAULT_PERMISSION_CLASSES": ["weldr_agent.auth.IsAgentOrProjectOwner",
+                                   "weldr_agent.access.TenantAccess"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "weldr_agent.schema.AutoSchema",

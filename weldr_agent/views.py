@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from mounts.models import Mount
 from previews.models import Preview
 from previews.oci import detector
+from weldr_agent import access
 from weldr_agent.health import CAPABILITIES, CHECKS, run_checks
 
 HealthSerializer = inline_serializer(
@@ -105,6 +106,8 @@ WhoAmISerializer = inline_serializer(
 
 
 class WhoAmIView(APIView):
+    tenant = access.NOTHING
+
     @extend_schema(
         summary="Who is calling",
         description="The principal the agent authenticated this request as: useful to check a "

@@ -6,7 +6,10 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         from weldr_agent import lifecycle
-        from workflows import worker
+        from workflows import tenancy, worker
+
+        # Who owns which project and bucket, for the one authorization rule (weldr_agent.access).
+        tenancy.register()
 
         # After mounts and previews (lower orders): a run may need both.
         lifecycle.register("workflows", order=70, startup=worker_start_hook,

@@ -16,9 +16,8 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.conf import settings
 
-from weldr_agent import limits
+from weldr_agent import access, limits
 from weldr_agent.sse import stream_closed, stream_opened
 from workflows.events import branch_group
 from workflows.models import Branch
@@ -33,16 +32,12 @@ CLOSE_RESTARTING = 4012
 
 @database_sync_to_async
 def _branch_allowed(principal: Any, project_id: str, branch_id: str) -> int | None:
-    """None when the principal may read this branch, else the close code."""
-    branch = Branch.objects.filter(id=branch_id, project_id=project_id) \
-        .select_related("project").first()
-    if branch is None:
+    """None when the principal may read this branch, else the close code: the same 4404 for a
+    project it may not touch as for a missing one (weldr_agent.access: existence does not leak).
+    Reading events is safe: a read-only token may subscribe."""
+    if not access.project_allowed(principal, project_id) or not Branch.objects.filter(
+            id=branch_id, project_id=project_id).exists():
         return CLOSE_NOT_FOUND
-    user_id = getattr(principal, "user_id", None)
-    if user_id and branch.project.owner_id != user_id:
-        return CLOSE_FORBIDDEN
-    if user_id and settings.PROJECT_ID and settings.PROJECT_ID != project_id:
-        return CLOSE_FORBIDDEN
     return None
 
 

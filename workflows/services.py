@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from rest_framework import status
 
+from weldr_agent import access
 from weldr_agent.errors import APIError, ConflictError, NotFoundError
 from weldr_agent.routers import SHARED_DB
 from workflows import gitrepo
@@ -64,6 +65,18 @@ class InvalidBucket(APIError):
     status_code = status.HTTP_400_BAD_REQUEST
     default_code = "invalid_bucket"
     default_detail = "The bucket name is not a valid S3 bucket name."
+
+
+class BucketTaken(ConflictError):
+    default_code = "bucket_taken"
+    default_detail = "Another tenant's project names this bucket; choose another name."
+
+
+def bucket_claim_check(*, principal: Any, bucket: str) -> None:
+    """A new branch may not name a bucket of a project its creator may not touch: that would
+    be a way into another tenant's workspace (weldr_agent.access)."""
+    if not access.bucket_claimable(principal, bucket):
+        raise BucketTaken()
 
 
 def project_create(*, name: str, owner_id: str = "") -> Project:

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from weldr_agent import limits
+from weldr_agent import access, limits
 from weldr_agent.schema import event_stream_response
 from weldr_agent.serializers import error_responses
 from weldr_agent.sse import EventStreamNegotiation, sse_response
@@ -32,13 +32,12 @@ BRANCH_QUERY = [OpenApiParameter("project_id", str, required=True),
 
 
 class ProjectListView(APIView):
+    tenant = {"get": access.LISTS, "post": access.Objects(creates_project=True)}
+
     @extend_schema(responses=inline_serializer(
         "ProjectList", {"projects": s.ProjectSerializer(many=True)}))
     def get(self, request: Request) -> Response:
-        projects = Project.objects.all()
-        user_id = getattr(request.user, "user_id", None)
-        if user_id:  # a platform user sees their own projects
-            projects = projects.filter(owner_id=user_id)
+        projects = access.narrow(Project.objects.all(), request.user, projects="id")
         return Response({"projects": s.ProjectSerializer(projects, many=True).data})
 
     @extend_schema(request=s.ProjectSerializer, responses={201: s.ProjectSerializer})
@@ -59,16 +58,20 @@ class BranchListView(APIView):
 
     @extend_schema(request=s.BranchSerializer, responses={
         201: s.BranchSerializer,
-        **error_responses(404, 409, e409="branch_exists")})
+        **error_responses(404, 409, e409="branch_exists / bucket_taken (another tenant's "
+                                      "project names the bucket)")})
     def post(self, request: Request, project_id: str) -> Response:
         project = services.project_get(project_id=project_id)
         data = s.BranchSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        services.bucket_claim_check(principal=request.user, bucket=data.validated_data["bucket"])
         branch = services.branch_create(project=project, **data.validated_data)
         return Response(s.BranchSerializer(branch).data, status=status.HTTP_201_CREATED)
 
 
 class TriggerView(APIView):
+    tenant = access.Objects(body=("project_id",))
+
     @extend_schema(request=s.TriggerSerializer, responses={
         202: s.TriggerResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
@@ -84,6 +87,8 @@ class TriggerView(APIView):
 
 
 class RunListView(APIView):
+    tenant = access.Objects(query=("project_id",), optional=True, lists=True)
+
     @extend_schema(parameters=[OpenApiParameter("project_id", str),
                                OpenApiParameter("branch_id", str)],
                    responses={200: inline_serializer(
@@ -91,6 +96,7 @@ class RunListView(APIView):
     def get(self, request: Request) -> Response:
         runs = services.runs_list(project_id=request.query_params.get("project_id"),
                                   branch_id=request.query_params.get("branch_id"))
+        runs = access.narrow(runs, request.user, projects="branch__project_id")
         return Response({"runs": s.RunSerializer(runs[:200], many=True).data})
 
 
@@ -101,6 +107,8 @@ class RunDetailView(APIView):
 
 
 class RevertView(APIView):
+    tenant = access.Objects(body=("project_id",))
+
     @extend_schema(request=s.RevertSerializer, responses={
         200: s.RevertResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
@@ -115,12 +123,16 @@ class RevertView(APIView):
 
 
 class IntegrationListView(APIView):
+    tenant = access.NOTHING  # the catalogue of integrations, the same for everyone
+
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         return Response({"integrations": integrations.integrations_describe()})
 
 
 class InstallIntegrationsView(APIView):
+    tenant = access.Objects(body=("project_id",))
+
     @extend_schema(request=s.InstallSerializer, responses={
         200: s.InstallResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
@@ -142,6 +154,8 @@ class InstallIntegrationsView(APIView):
 
 class EventStreamView(EventStreamNegotiation, APIView):
     """Server-sent events of a branch; resume with Last-Event-ID or ?last_event_id=."""
+
+    tenant = access.Objects(query=("project_id",))
 
     @extend_schema(parameters=[*BRANCH_QUERY, OpenApiParameter("last_event_id", int)],
                    responses={(200, "text/event-stream"): BRANCH_EVENTS,

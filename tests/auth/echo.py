@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from weldr_agent import access
 from weldr_agent.serializers import StrictSerializer
 from weldr_agent.urls import urlpatterns as agent_urlpatterns
 
@@ -29,6 +30,8 @@ class EchoSerializer(StrictSerializer):
 
 
 class EchoView(APIView):
+    tenant = access.NOTHING  # a test view: it touches no project or bucket
+
     @extend_schema(request=EchoSerializer, responses=EchoSerializer)
     def post(self, request: Request) -> Response:
         serializer = EchoSerializer(data=request.data)
@@ -40,6 +43,7 @@ class UploadView(APIView):
     """Like a file upload: a larger cap, and the body read as a stream (not parsed as JSON)."""
 
     max_body_bytes = 8 * 1024 * 1024
+    tenant = access.NOTHING
 
     @extend_schema(request={"application/octet-stream": bytes},
                    responses=inline_serializer("Uploaded", {"bytes": serializers.IntegerField()}))

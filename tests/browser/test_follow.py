@@ -177,6 +177,12 @@ def test_preview_logs_resume_after_a_network_cut(site: Site, browser: Chromium,
 
 def mounted(site: Site) -> str:
     bucket = f"br-{secrets.token_hex(4)}"
+    # The signed-in user reaches a bucket through a project of theirs naming it (docs/security.md,
+    # "Tenants").
+    project = site.http.post("/projects", json={"name": "browser"}).json()["id"]
+    branch = site.http.post(f"/projects/{project}/branches",
+                            json={"name": "main", "bucket": bucket})
+    assert branch.status_code == 201, branch.text
     response = site.http.post("/mounts", json={"bucket": bucket}, timeout=180)
     assert response.status_code in (200, 201), response.text
     return bucket
