@@ -1,0 +1,105 @@
+"""What the sync and the async client share: configuration, building requests, the retry rule,
+turning answers into values or typed errors, and reading the command/event streams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from weldr_sdk import errors
+from weldr_sdk.api import Parse, json_body
+from weldr_sdk.config import Config
+from weldr_sdk.models import Event, ExitStatus, OutputChunk, ServerSentEvent
+from weldr_sdk.operations import OPERATIONS, Operation
+
+# Answers after which an idempotent call is sent again: the agent or a proxy in front of it
+# was momentarily unable to answer (a restart, a deploy).
+RETRY_STATUSES = {502, 503, 504}
+SSE = {"Accept": "text/event-stream"}
+FINISHED_RUN = {"run.completed", "run.failed"}
+
+
+def make_config(config: Config | None, **given: Any) -> Config:
+    return config or Config.load(**given)
+
+
+class BaseClient:
+    config: Config
+    _http: httpx.Client | httpx.AsyncClient
+
+    @property
+    def timeout(self) -> float:
+        return self.config.timeout
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    def _request(self, name: str, *, path: dict[str, str] | None = None,
+                 params: dict[str, Any] | None = None, json: Any = None, content: Any = None,
+                 headers: dict[str, str] | None = None, timeout: Any = None,
+                 ) -> tuple[Operation, httpx.Request]:
+        op = OPERATIONS[name]
+        request = self._http.build_request(
+            op.method, op.url(**(path or {})), params=params, json=json, content=content,
+            headers=headers, timeout=self.config.timeout if timeout is None else timeout)
+        return op, request
+
+    def _should_retry(self, op: Operation, attempt: int, *, response: httpx.Response | None = None,
+                      error: Exception | None = None, retry: bool = True) -> bool:
+        if not (retry and op.idempotent and attempt < self.config.retries):
+            return False
+        if error is not None:
+            return isinstance(error, httpx.TransportError)
+        return response is not None and response.status_code in RETRY_STATUSES
+
+    def _delay(self, attempt: int) -> float:
+        return self.config.backoff * (2 ** attempt)
+
+    @staticmethod
+    def _finish(response: httpx.Response, parse: Parse = json_body,
+                ok: tuple[int, ...] = ()) -> Any:
+        if response.is_error and response.status_code not in ok:
+            raise errors.error_from_response(response)
+        return parse(response)
+
+
+def transport_error(error: httpx.TransportError) -> errors.WeldrConnectionError:
+    if isinstance(error, httpx.TimeoutException):
+        return errors.WeldrTimeout(f"The agent did not answer in time: {error!r}")
+    return errors.WeldrConnectionError(f"Could not talk to the agent: {error!r}")
+
+
+def stream_timeout(config: Config) -> httpx.Timeout:
+    """Streams wait for events as long as they come (the agent sends keep-alives)."""
+    return httpx.Timeout(config.timeout, read=None)
+
+
+def exec_item(event: ServerSentEvent, status: ExitStatus) -> OutputChunk | None:
+    """One event of a command's stream: output to hand on, or `start`/`exit` noted in `status`."""
+    if event.event in ("stdout", "stderr"):
+        return OutputChunk.from_event(event)
+    payload = event.json()
+    if event.event == "start":
+        status.pid = payload.get("pid")
+    elif event.event == "exit":
+        status.exit_code = payload.get("exit_code")
+        status.timed_out = bool(payload.get("timed_out"))
+        status.duration_ms = payload.get("duration_ms")
+        status.extra = payload
+    return None
+
+
+def run_filter(run_id: str) -> tuple[Any, Any]:
+    """(keep, done) predicates on a branch's events for one run."""
+    def keep(event: ServerSentEvent) -> bool:
+        return Event.from_sse(event).data.get("run_id") == run_id
+
+    def done(event: ServerSentEvent) -> bool:
+        return event.event in FINISHED_RUN and keep(event)
+    return keep, done
+
+
+def preview_line(event: ServerSentEvent) -> str | None:
+    return event.json().get("line") if event.event == "log" else None
