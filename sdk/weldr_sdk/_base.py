@@ -92,12 +92,18 @@ def exec_item(event: ServerSentEvent, status: ExitStatus) -> OutputChunk | None:
 
 
 def run_filter(run_id: str) -> tuple[Any, Any]:
-    """(keep, done) predicates on a branch's events for one run."""
+    """(keep, done) predicates on a branch's events for one run. A branch runs one workflow at
+    a time (409 `run_active`), so every event from the run's first (`run.queued`, carrying its
+    id) to its last belongs to it, also those whose data names no run (`version.created`)."""
+    seen = False
+
     def keep(event: ServerSentEvent) -> bool:
-        return Event.from_sse(event).data.get("run_id") == run_id
+        nonlocal seen
+        seen = seen or Event.from_sse(event).data.get("run_id") == run_id
+        return seen
 
     def done(event: ServerSentEvent) -> bool:
-        return event.event in FINISHED_RUN and keep(event)
+        return event.event in FINISHED_RUN and Event.from_sse(event).data.get("run_id") == run_id
     return keep, done
 
 

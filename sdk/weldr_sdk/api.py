@@ -189,7 +189,7 @@ class PreviewsAPI(Namespace):
 class WorkflowsAPI(Namespace):
     @uses("projects.list")
     def projects(self) -> list[dict]:
-        return self._call("projects.list")
+        return self._call("projects.list", parse=key("projects"))
 
     @uses("projects.create")
     def create_project(self, name: str) -> dict:
@@ -197,7 +197,8 @@ class WorkflowsAPI(Namespace):
 
     @uses("branches.list")
     def branches(self, project_id: str) -> list[dict]:
-        return self._call("branches.list", path={"project_id": project_id})
+        return self._call("branches.list", path={"project_id": project_id},
+                          parse=key("branches"))
 
     @uses("branches.create")
     def create_branch(self, project_id: str, *, name: str, bucket: str) -> dict:
@@ -218,7 +219,7 @@ class WorkflowsAPI(Namespace):
     @uses("runs.list")
     def runs(self, *, project_id: str | None = None, branch_id: str | None = None) -> list:
         params = {k: v for k, v in (("project_id", project_id), ("branch_id", branch_id)) if v}
-        return self._call("runs.list", params=params)
+        return self._call("runs.list", params=params, parse=key("runs"))
 
     @uses("runs.get")
     def run(self, run_id: str) -> dict:
@@ -230,8 +231,8 @@ class WorkflowsAPI(Namespace):
                                           "version_id": version_id})
 
     @uses("integrations.list")
-    def integrations(self) -> Any:
-        return self._call("integrations.list")
+    def integrations(self) -> list[dict]:
+        return self._call("integrations.list", parse=key("integrations"))
 
     @uses("integrations.install")
     def install_integrations(self, project_id: str, branch_id: str,

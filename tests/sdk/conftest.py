@@ -65,3 +65,19 @@ def bucket(weldr: Client) -> Iterator[str]:
         yield name
     finally:
         weldr.mounts.unmount(name, force=True)
+
+
+@pytest.fixture(scope="package")
+def weldr_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `weldr` entry point as pip installs it: `pip install --no-deps ./sdk` into a fresh
+    virtualenv that sees this one's packages (httpx, click, rich, mcp) through a .pth file."""
+    import site
+
+    from weldr_agent import runner
+
+    venv = tmp_path_factory.mktemp("weldr-venv")
+    runner.run([sys.executable, "-m", "venv", venv], timeout=120)
+    packages = next(venv.glob("lib/python3*/site-packages"))
+    (packages / "suite.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    runner.run([venv / "bin" / "pip", "install", "-q", "--no-deps", REPO / "sdk"], timeout=300)
+    return venv / "bin" / "weldr"

@@ -165,8 +165,9 @@ class CuttingProxy:
 def test_a_run_handle_follows_its_events_across_a_disconnect(agent: AgentProcess, token: str,
                                                              weldr: Client, bucket: str,
                                                              scripts: Path):
-    # given: a project whose branch works in the mounted bucket, and a model with three turns
+    # given: a branch working in the mounted bucket; a model that plans, writes a file, ends
     model = write_script(scripts, "sdk-run", [
+        {"text": "The plan: one file."},
         {"text": "Writing it.", "tool_calls": [
             {"name": "write_file", "arguments": {"path": "made.txt", "content": "made\n"}}]},
         {"text": "Done."}])
