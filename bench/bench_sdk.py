@@ -47,22 +47,11 @@ try:
 except ImportError:
     sys.path.insert(0, str(REPO / "sdk"))
 
+from bench_exec import show  # noqa: E402  (the same figures as bench_exec)
 from weldr_sdk import AsyncClient, Client  # noqa: E402
 
-from tests.conftest import AgentProcess  # noqa: E402
+from tests.conftest import AgentProcess, agent_env  # noqa: E402
 from tests.services import free_port  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def show(name: str, values: list[float]) -> tuple[float, float]:
-    p50, p99 = pct(values, 0.5), pct(values, 0.99)
-    print(f"{name:<46} n={len(values):<4} min {min(values):7.2f}  p50 {p50:7.2f}  "
-          f"p99 {p99:7.2f} ms")
-    return p50, p99
 
 
 def timed(action: Callable[[], object]) -> float:
@@ -110,12 +99,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="weldr-bench-sdk-"))
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-                "WELDR_ENV_VOL": str(root / "env"), "WORKSPACE_BASE": str(root / "ws"),
-                "WELDR_RUNTIME_DIR": str(root / "run"),
-                "WELDR_INSTANCE_ID": secrets.token_hex(3), "LOG_LEVEL": "WARNING"})
-    agent = AgentProcess(env, free_port(), root / "agent.log")
+    agent = AgentProcess(agent_env(root, LOG_LEVEL="WARNING"), free_port(), root / "agent.log")
     agent.start()
     bucket = f"bench-{secrets.token_hex(3)}"
     try:
@@ -150,7 +134,7 @@ def main() -> None:
             if not values:
                 continue
             p50, p99 = show(name, values)
-            print(f"{'':<46} {p50 - raw50:+.2f} ms at p50 ({p50 / raw50:.2f}x), "
+            print(f"{'':<42} {p50 - raw50:+.2f} ms at p50 ({p50 / raw50:.2f}x), "
                   f"{p99 - raw99:+.2f} ms at p99")
         sdk.mounts.unmount(bucket, force=True)
         loop.run_until_complete(aio.aclose())

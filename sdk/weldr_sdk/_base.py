@@ -28,6 +28,17 @@ class BaseClient:
     config: Config
     _http: httpx.Client | httpx.AsyncClient
 
+    def _setup(self, http_class: type, *, config: Config | None, transport: Any,
+               headers: dict[str, str] | None, namespaces: dict[str, type],
+               **given: Any) -> None:
+        """The configuration, the httpx client and the namespaces (`mounts`, `files`, …)."""
+        self.config = make_config(config, **given)
+        self._http = http_class(base_url=self.config.url, transport=transport,
+                                headers={**self.config.headers(), **(headers or {})},
+                                timeout=self.config.timeout)
+        for name, namespace in namespaces.items():
+            setattr(self, name, namespace(self))
+
     @property
     def timeout(self) -> float:
         return self.config.timeout
@@ -63,6 +74,50 @@ class BaseClient:
         if response.is_error and response.status_code not in ok:
             raise errors.error_from_response(response)
         return parse(response)
+
+
+class CommandHandle:
+    """What a background command's handle holds: its id, and its exit once its logs end."""
+
+    def __init__(self, client: Any, exec_id: str) -> None:
+        self._client, self.id = client, exec_id
+        self.exit = ExitStatus()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
+
+
+class RunHandle:
+    """What a workflow run's handle holds."""
+
+    def __init__(self, client: Any, run_id: str, project_id: str, branch_id: str) -> None:
+        self._client, self.id = client, run_id
+        self.project_id, self.branch_id = project_id, branch_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
+
+    def _params(self) -> dict[str, str]:
+        return {"project_id": self.project_id, "branch_id": self.branch_id}
+
+
+class StreamedExit:
+    """A streamed command's end, once its output has been read."""
+
+    def __init__(self, client: Any, body: dict) -> None:
+        self._client, self._body, self.status = client, body, ExitStatus()
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.status.exit_code
+
+    @property
+    def timed_out(self) -> bool:
+        return self.status.timed_out
+
+    @property
+    def duration_ms(self) -> int | None:
+        return self.status.duration_ms
 
 
 def transport_error(error: httpx.TransportError) -> errors.WeldrConnectionError:

@@ -32,28 +32,28 @@ from weldr_sdk.api import (
 from weldr_sdk.client import CHUNK, Progress, _size_of
 from weldr_sdk.config import Config
 from weldr_sdk.errors import WeldrConnectionError
-from weldr_sdk.models import Event, ExecStatus, ExitStatus, OutputChunk, ServerSentEvent
+from weldr_sdk.models import Event, ExecStatus, OutputChunk, ServerSentEvent
 from weldr_sdk.sse import SSEDecoder
 
 
 class AsyncClient(_base.BaseClient, RootAPI):
     """Every API operation, awaited; `mounts`, `files`, `commands`, `previews`, `workflows`."""
 
+    mounts: MountsAPI
+    files: AsyncFiles
+    commands: AsyncCommands
+    previews: AsyncPreviews
+    workflows: AsyncWorkflows
+
     def __init__(self, url: str | None = None, *, token: str | None = None,
                  api_key: str | None = None, timeout: float | None = None,
                  retries: int | None = None, config: Config | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        self.config = _base.make_config(config, url=url, token=token, api_key=api_key,
-                                        timeout=timeout, retries=retries)
-        self._http = httpx.AsyncClient(base_url=self.config.url, transport=transport,
-                                       headers={**self.config.headers(), **(headers or {})},
-                                       timeout=self.config.timeout)
-        self.mounts = MountsAPI(self)
-        self.files = AsyncFiles(self)
-        self.commands = AsyncCommands(self)
-        self.previews = AsyncPreviews(self)
-        self.workflows = AsyncWorkflows(self)
+        self._setup(httpx.AsyncClient, config=config, transport=transport, headers=headers,
+                    url=url, token=token, api_key=api_key, timeout=timeout, retries=retries,
+                    namespaces={"mounts": MountsAPI, "files": AsyncFiles, "commands": AsyncCommands,
+                                "previews": AsyncPreviews, "workflows": AsyncWorkflows})
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -208,9 +208,8 @@ class AsyncCommands(CommandsAPI):
         return AsyncCommand(self._client, exec_id).logs()
 
 
-class AsyncExecStream:
-    def __init__(self, client: AsyncClient, body: dict) -> None:
-        self._client, self._body, self.status = client, body, ExitStatus()
+class AsyncExecStream(_base.StreamedExit):
+    """`async for` the `OutputChunk`s; then `exit_code`, `timed_out`, `duration_ms`."""
 
     async def __aiter__(self) -> AsyncIterator[OutputChunk]:
         async for event in self._client._events("exec", json=self._body, retry=False):
@@ -218,21 +217,9 @@ class AsyncExecStream:
             if chunk is not None:
                 yield chunk
 
-    @property
-    def exit_code(self) -> int | None:
-        return self.status.exit_code
 
-    @property
-    def timed_out(self) -> bool:
-        return self.status.timed_out
-
-
-class AsyncCommand:
+class AsyncCommand(_base.CommandHandle):
     """A background command: `await status()`, `await wait()`, `logs()`, `await kill()`."""
-
-    def __init__(self, client: AsyncClient, exec_id: str) -> None:
-        self._client, self.id = client, exec_id
-        self.exit = ExitStatus()
 
     async def status(self) -> ExecStatus:
         return await self._client.commands.get(self.id)
@@ -285,11 +272,8 @@ class AsyncWorkflows(WorkflowsAPI):
             yield Event.from_sse(event)
 
 
-class AsyncRun:
-    def __init__(self, client: AsyncClient, run_id: str, project_id: str,
-                 branch_id: str) -> None:
-        self._client, self.id = client, run_id
-        self.project_id, self.branch_id = project_id, branch_id
+class AsyncRun(_base.RunHandle):
+    """A workflow run: `await get()`, `events()`, `await wait()`."""
 
     async def get(self) -> dict:
         return await self._client.workflows.run(self.id)
@@ -297,9 +281,7 @@ class AsyncRun:
     async def events(self, *, last_event_id: int = 0) -> AsyncIterator[Event]:
         keep, done = _base.run_filter(self.id)
         async for event in self._client._follow("events", last_event_id=last_event_id,
-                                                done=done,
-                                                params={"project_id": self.project_id,
-                                                        "branch_id": self.branch_id}):
+                                                done=done, params=self._params()):
             if keep(event):
                 yield Event.from_sse(event)
 

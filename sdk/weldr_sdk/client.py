@@ -30,7 +30,7 @@ from weldr_sdk.api import (
 )
 from weldr_sdk.config import Config
 from weldr_sdk.errors import WeldrConnectionError
-from weldr_sdk.models import Event, ExecStatus, ExitStatus, OutputChunk, ServerSentEvent
+from weldr_sdk.models import Event, ExecStatus, OutputChunk, ServerSentEvent
 from weldr_sdk.sse import SSEDecoder
 
 CHUNK = 1 << 20
@@ -40,21 +40,21 @@ Progress = Callable[[int], None] | None
 class Client(_base.BaseClient, RootAPI):
     """Every API operation; `mounts`, `files`, `commands`, `previews`, `workflows`."""
 
+    mounts: MountsAPI
+    files: Files
+    commands: Commands
+    previews: Previews
+    workflows: Workflows
+
     def __init__(self, url: str | None = None, *, token: str | None = None,
                  api_key: str | None = None, timeout: float | None = None,
                  retries: int | None = None, config: Config | None = None,
                  transport: httpx.BaseTransport | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        self.config = _base.make_config(config, url=url, token=token, api_key=api_key,
-                                        timeout=timeout, retries=retries)
-        self._http = httpx.Client(base_url=self.config.url, transport=transport,
-                                  headers={**self.config.headers(), **(headers or {})},
-                                  timeout=self.config.timeout)
-        self.mounts = MountsAPI(self)
-        self.files = Files(self)
-        self.commands = Commands(self)
-        self.previews = Previews(self)
-        self.workflows = Workflows(self)
+        self._setup(httpx.Client, config=config, transport=transport, headers=headers,
+                    url=url, token=token, api_key=api_key, timeout=timeout, retries=retries,
+                    namespaces={"mounts": MountsAPI, "files": Files, "commands": Commands,
+                                "previews": Previews, "workflows": Workflows})
 
     def close(self) -> None:
         self._http.close()
@@ -214,11 +214,8 @@ class Commands(CommandsAPI):
         return Command(self._client, exec_id).logs()
 
 
-class ExecStream:
+class ExecStream(_base.StreamedExit):
     """Iterate for `OutputChunk`s; then `exit_code`, `timed_out`, `duration_ms`."""
-
-    def __init__(self, client: Client, body: dict) -> None:
-        self._client, self._body, self.status = client, body, ExitStatus()
 
     def __iter__(self) -> Iterator[OutputChunk]:
         for event in self._client._events("exec", json=self._body, retry=False):
@@ -226,28 +223,9 @@ class ExecStream:
             if chunk is not None:
                 yield chunk
 
-    @property
-    def exit_code(self) -> int | None:
-        return self.status.exit_code
 
-    @property
-    def timed_out(self) -> bool:
-        return self.status.timed_out
-
-    @property
-    def duration_ms(self) -> int | None:
-        return self.status.duration_ms
-
-
-class Command:
+class Command(_base.CommandHandle):
     """A background command: `status()`, `wait()`, `logs()`, `kill()`."""
-
-    def __init__(self, client: Client, exec_id: str) -> None:
-        self._client, self.id = client, exec_id
-        self.exit = ExitStatus()
-
-    def __repr__(self) -> str:
-        return f"Command({self.id!r})"
 
     def status(self) -> ExecStatus:
         return self._client.commands.get(self.id)
@@ -312,15 +290,8 @@ class Workflows(WorkflowsAPI):
         return Run(self._client, run_id, run["project_id"], run["branch_id"])
 
 
-class Run:
+class Run(_base.RunHandle):
     """A workflow run: `get()`, `events()`, `wait()`."""
-
-    def __init__(self, client: Client, run_id: str, project_id: str, branch_id: str) -> None:
-        self._client, self.id = client, run_id
-        self.project_id, self.branch_id = project_id, branch_id
-
-    def __repr__(self) -> str:
-        return f"Run({self.id!r})"
 
     def get(self) -> dict:
         return self._client.workflows.run(self.id)
@@ -330,8 +301,7 @@ class Run:
         `run.completed` or `run.failed`, resuming across disconnects."""
         keep, done = _base.run_filter(self.id)
         for event in self._client._follow("events", last_event_id=last_event_id, done=done,
-                                          params={"project_id": self.project_id,
-                                                  "branch_id": self.branch_id}):
+                                          params=self._params()):
             if keep(event):
                 yield Event.from_sse(event)
 
