@@ -102,8 +102,9 @@ def test_the_async_client(agent: AgentProcess, token: str, bucket: str):
             command = await weldr.commands.start(bucket, "echo bg")
             assert [c.text async for c in command.logs()] == ["bg\n"]
             assert (await command.wait(timeout=30))["status"] == "exited"
-            with pytest.raises(NotFoundError):
-                await weldr.previews.get(bucket)
+            with pytest.raises(NotFoundError) as unknown:
+                await weldr.commands.get("no-such-command")
+            assert unknown.value.code == "no_exec"
 
     asyncio.run(scenario())
 
