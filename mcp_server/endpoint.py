@@ -82,8 +82,9 @@ class MCPEndpoint:
 
     async def _authenticate(self, host: str, headers: dict[str, str]) -> httpx.Response | None:
         """None when the API accepts the credential, else its answer (401/403/503)."""
-        async with self._client(host, headers) as client:
-            response = await client._http.get("/whoami")
+        async with httpx.AsyncClient(base_url=f"http://{host}", headers=headers,
+                                     transport=httpx.ASGITransport(app=self.api)) as client:
+            response = await client.get("/whoami")
         return None if response.status_code == 200 else response
 
 
