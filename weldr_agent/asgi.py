@@ -1,4 +1,4 @@
-"""One ASGI application: HTTP through Django, websockets through Channels."""
+"""One ASGI application: HTTP through Django (and `/mcp`), websockets through Channels."""
 
 import os
 
@@ -9,10 +9,12 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()
 
+from mcp_server.routing import with_mcp  # noqa: E402
 from weldr_agent.routing import websocket_urlpatterns  # noqa: E402
 from weldr_agent.ws_auth import WebsocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter({
-    "http": django_application,
+    # `/mcp`: the MCP server (mcp_server/), authenticated by the API itself.
+    "http": with_mcp(django_application),
     "websocket": WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns)),
 })

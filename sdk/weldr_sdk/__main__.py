@@ -1,0 +1,3 @@
+from weldr_sdk.cli import main
+
+main()
