@@ -45,8 +45,10 @@ RUN --mount=type=secret,id=build_ca \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /root/.cache /root/.npm
 
 COPY . .
-# the design's layout: the system scripts in /usr/local/bin, their templates in /etc.
-RUN install -m 0755 scripts/*.sh /usr/local/bin/ \
+# the design's layout: the system scripts in /usr/local/bin, their templates in /etc; the SDK and
+# the `weldr` command (sdk/: its dependencies are in the layer above, so no index is needed).
+RUN .venv/bin/pip install --quiet --no-deps --no-build-isolation --no-cache-dir ./sdk \
+    && install -m 0755 scripts/*.sh /usr/local/bin/ \
     && find scripts -maxdepth 1 \( -name '*.yml' -o -name '*.yaml' \) \
         -exec install -m 0644 {} /etc/ \; \
     && mkdir -p /workspace

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from weldr_sdk.models import Egress, ExecResult, ExecStatus, Mount, Preview
+from weldr_sdk.models import Egress, ExecResult, ExecStatus, Mount, Preview, PreviewToken
 
 Parse = Callable[[httpx.Response], Any]
 
@@ -168,9 +168,11 @@ class PreviewsAPI(Namespace):
 
     @uses("previews.start")
     def start(self, bucket: str, *, port: int | None = None, command: str | None = None,
-              env: dict[str, str] | None = None) -> Preview:
+              env: dict[str, str] | None = None, access: str | None = None) -> Preview:
+        """`access`: "public" or "token" (default: the agent's PREVIEW_ACCESS)."""
         body: dict[str, Any] = {"bucket": bucket}
-        for name, value in (("port", port), ("command", command), ("env", env)):
+        for name, value in (("port", port), ("command", command), ("env", env),
+                            ("access", access)):
             if value is not None:
                 body[name] = value
         return self._call("previews.start", json=body)
@@ -178,6 +180,16 @@ class PreviewsAPI(Namespace):
     @uses("previews.stop")
     def stop(self, bucket: str) -> Preview:
         return self._call("previews.stop", json={"bucket": bucket})
+
+    @uses("previews.tokens.create")
+    def token(self, bucket: str, *, port: int | None = None, ttl_seconds: int | None = None,
+              one_shot: bool = False) -> PreviewToken:
+        """An access token for a private preview; its `url` opens the preview in a browser."""
+        body: dict[str, Any] = {"one_shot": one_shot}
+        for name, value in (("port", port), ("ttl_seconds", ttl_seconds)):
+            if value is not None:
+                body[name] = value
+        return self._call("previews.tokens.create", path={"bucket": bucket}, json=body)
 
     @uses("previews.logs")
     def logs(self, bucket: str, *, tail: int = 200) -> str:

@@ -65,10 +65,20 @@ class Preview(TypedDict, total=False):
     bucket: str
     port: int
     status: Literal["starting", "running", "exited", "failed", "stopped"]
+    access: Literal["public", "token"]
     command: str
     url: str
     started_at: str | None
     exit_code: int | None
+
+
+class PreviewToken(TypedDict, total=False):
+    token: str
+    expires_at: str
+    url: str
+    bucket: str
+    port: int
+    one_shot: bool
 
 
 class Project(TypedDict, total=False):

@@ -53,6 +53,7 @@ OPERATIONS: dict[str, Operation] = {
     "previews.start": _op("POST", "/previews/start"),
     "previews.stop": _op("POST", "/previews/stop", idempotent=True),
     "previews.logs": _op("GET", "/previews/{bucket}/logs"),
+    "previews.tokens.create": _op("POST", "/previews/{bucket}/tokens"),
     "projects.list": _op("GET", "/projects"),
     "projects.create": _op("POST", "/projects"),
     "branches.list": _op("GET", "/projects/{project_id}/branches"),

@@ -60,6 +60,8 @@ def test_the_image_boots_serves_stops_and_a_new_machine_gets_the_workspace_back(
     # then the agent is PID 1 and healthy within the check's grace period
     up = healthy_after(first)
     assert "manage.py\0serve" in first.exec("cat", "/proc/1/cmdline").stdout
+    # and the image carries the SDK's `weldr` command
+    assert "weldr" in first.exec("/app/.venv/bin/weldr", "--help").stdout
     print(f"\nfirst machine: /health 200 {up:.1f}s after the container started")
     api = first.client()
     # when a bucket is mounted, a file written and a command run in the workspace

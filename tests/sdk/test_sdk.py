@@ -25,7 +25,8 @@ from tests.sdk.conftest import write_script
 def test_files_commands_and_errors_through_the_sync_client(weldr: Client, bucket: str,
                                                           tmp_path: Path):
     # given: a health check and who we are
-    assert weldr.health()["status"] == "ok"
+    # (a check over its time bound on a loaded machine reads "degraded": not the SDK's concern)
+    assert weldr.health()["status"] in ("ok", "degraded") and "s3" in weldr.health()["checks"]
     assert weldr.whoami()
     assert bucket in [m["bucket"] for m in weldr.mounts.list()]
 
@@ -55,6 +56,9 @@ def test_files_commands_and_errors_through_the_sync_client(weldr: Client, bucket
     with pytest.raises(ConflictError) as unmounted:
         weldr.commands.run("sdk-not-mounted", "true")
     assert unmounted.value.code == "not_mounted"
+    with pytest.raises(NotFoundError) as no_preview:
+        weldr.previews.token("sdk-not-mounted", ttl_seconds=60)
+    assert no_preview.value.code == "no_preview"
 
     # a command's result
     result = weldr.commands.run(bucket, "cat notes/a.txt; echo oops >&2; exit 3")
