@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from mounts.models import Mount
+from mounts.models import Mount, Snapshot
 
 
 @admin.register(Mount)
@@ -11,6 +11,26 @@ class MountAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                     "mounted_at", "synced_at"]
     list_filter = ["status", "restored"]
     search_fields = ["bucket"]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Read-only: a row caches a sidecar in the bucket's volume; the API takes, restores and
+    deletes snapshots."""
+
+    list_display = ["bucket", "snapshot_id", "name", "kind", "created_at", "frozen_ms",
+                    "size_bytes"]
+    list_filter = ["kind", "bucket"]
+    search_fields = ["bucket", "snapshot_id", "name"]
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False

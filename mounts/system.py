@@ -514,3 +514,52 @@ def restore_point(now: datetime, durable_at: datetime | None) -> datetime | None
     if durable_at is not None and durable_at > point:
         point = durable_at
     return point
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots (image layout): clones of the image in a root-only folder of the volume
+# ---------------------------------------------------------------------------------------------
+
+# Beside the image, inside the root-only IMAGE_DIR of the JuiceFS volume: in S3 with the volume,
+# never under WORKSPACE_BASE, so no sandbox has a path to it (docs/snapshots.md).
+SNAPSHOT_DIR = "snapshots"
+# A snapshot's id names its two files: the agent makes it (uuid4 hex), never a caller.
+_SNAPSHOT_ID = re.compile(r"^[0-9a-f]{32}$")
+# A caller's label for a snapshot: stored in its sidecar, never used in a path.
+_SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}$")
+
+
+def snapshot_dir(p: Paths) -> Path:
+    return p.volume_dir / IMAGE_DIR / SNAPSHOT_DIR
+
+
+def snapshot_id_valid(value: str) -> bool:
+    return bool(_SNAPSHOT_ID.fullmatch(value))
+
+
+def snapshot_name_valid(value: str) -> bool:
+    return bool(_SNAPSHOT_NAME.fullmatch(value))
+
+
+def snapshot_image(p: Paths, snapshot_id: str) -> Path:
+    """The clone of the image for a snapshot id (checked: it is joined into a path)."""
+    if not snapshot_id_valid(snapshot_id):
+        raise ValueError(f"not a snapshot id: {snapshot_id[:40]!r}")
+    return snapshot_dir(p) / f"{snapshot_id}.ext4"
+
+
+def snapshot_sidecar(p: Paths, snapshot_id: str) -> Path:
+    return snapshot_image(p, snapshot_id).with_suffix(".json")
+
+
+def juicefs_clone_argv(juicefs: str, source: Path, target: Path) -> list[str]:
+    # A metadata-only copy-on-write clone (both paths inside one JuiceFS mount); --preserve
+    # keeps root:root 0600/0644 of the image instead of the caller's umask.
+    return [juicefs, "clone", "--preserve", str(source), str(target)]
+
+
+def chunk_slice_ids(blob: bytes) -> list[int]:
+    """The slice ids in a jfs_chunk.slices blob: 24-byte records, big-endian pos (4), id (8),
+    size (4), off (4), len (4) — JuiceFS's SQL engine's format; id 0 is a hole."""
+    return [int.from_bytes(blob[index + 4:index + 12], "big")
+            for index in range(0, len(blob) - len(blob) % 24, 24)]
