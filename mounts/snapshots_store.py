@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -24,7 +25,7 @@ from django.conf import settings
 
 from mounts import system
 from mounts.snapshots_errors import SnapshotFailed
-from weldr_agent import runner
+from weldr_agent import lifecycle, runner
 
 logger = logging.getLogger("weldr.snapshots")
 
@@ -62,6 +63,11 @@ def frozen(mount_point: Path) -> Iterator[None]:
     dirty page, commits the journal and marks the superblock clean, ending with a cache flush of
     the loop device — which the loop driver turns into fsync() of the image file, so JuiceFS
     holds every frozen write in its metadata. Writers block (in the kernel) until the thaw.
+
+    Nothing in the block may write to the frozen filesystem: that write would wait for the thaw
+    that only comes after it. A watchdog thread thaws it anyway after
+    SNAPSHOT_CLONE_TIMEOUT_SECONDS + 5 s, so no mistake and no hung clone keeps the workspace's
+    writers waiting for longer.
     """
     fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
@@ -69,9 +75,14 @@ def frozen(mount_point: Path) -> Iterator[None]:
             fcntl.ioctl(fd, FIFREEZE, 0)
         except OSError as error:
             raise SnapshotFailed(f"Freezing {mount_point} failed: {error}") from error
+        watchdog = threading.Timer(settings.SNAPSHOT_CLONE_TIMEOUT_SECONDS + 5, thaw,
+                                   args=(mount_point,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             yield
         finally:
+            watchdog.cancel()
             thaw_fd(fd, mount_point)
     finally:
         os.close(fd)
@@ -100,6 +111,23 @@ def thaw(mount_point: Path) -> bool:
         os.close(fd)
 
 
+def thaw_all() -> None:
+    """At start-up, before reconcile: an agent that died between freeze and thaw left its ext4
+    frozen (the kernel keeps it so), and every writer of that workspace — reconcile's own sync
+    too — would wait forever. Thawing a filesystem that is not frozen does nothing."""
+    from mounts import steps
+
+    base = f"{settings.WORKSPACE_BASE}/"
+    for point, kind in steps.mount_table().items():
+        if kind == "ext4" and point.startswith(base):
+            thaw(Path(point))
+
+
+def register() -> None:
+    # Before the mounts' reconcile (order 10), which syncs workspaces.
+    lifecycle.register("snapshots", order=5, startup=thaw_all)
+
+
 def image_fsync(image: Path) -> None:
     """fsync() the image file in JuiceFS: the freeze already did (the loop device's flush), but
     a clone that missed one frozen write would be a silent hole, and this costs one round trip
@@ -112,8 +140,8 @@ def image_fsync(image: Path) -> None:
 
 
 def clone(source: Path, target: Path) -> None:
-    """`juicefs clone` of one file of the volume into another (metadata only)."""
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """`juicefs clone` of one file of the volume into another (metadata only); the target's
+    folder exists already (made before any freeze)."""
     try:
         runner.run(system.juicefs_clone_argv(runner.tool("juicefs"), source, target),
                    timeout=settings.SNAPSHOT_CLONE_TIMEOUT_SECONDS)
@@ -126,6 +154,7 @@ def clone(source: Path, target: Path) -> None:
 def take(p: system.Paths, target: Path) -> float:
     """Freeze the workspace, make the image durable in JuiceFS, clone it, thaw; the frozen
     milliseconds."""
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     started = time.monotonic()
     with frozen(p.mount_point):
         image_fsync(p.image)
