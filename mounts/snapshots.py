@@ -195,7 +195,9 @@ def snapshot_restore(*, bucket: str, snapshot_id: str) -> dict[str, Any]:
         report = _users_stop(bucket)
         image_swap(p, system.snapshot_image(p, sidecar.id))
     logger.info("workspace of %s restored to snapshot %s", bucket, snapshot_id)
-    return {"bucket": bucket, "snapshot_id": snapshot_id, **report}
+    result = {"bucket": bucket, "snapshot_id": snapshot_id, **report}
+    snapshot_restored_publish(result)
+    return result
 
 
 def image_swap(p: system.Paths, source: Path) -> None:
@@ -282,3 +284,77 @@ def _retention_apply(p: system.Paths, keep_id: str = "") -> list[str]:
         logger.info("retention: deleting snapshot %s of %s", snapshot_id, p.bucket)
         snapshots_store.remove(p, snapshot_id)
     return victims
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints around workflow runs, and events
+# ---------------------------------------------------------------------------------------------
+
+
+def _publish(bucket: str, type: str, data: dict[str, Any], branch_id: str | None = None) -> None:
+    """Tell the branches on this bucket (or the one given); an event that cannot be recorded
+    never undoes the snapshot or the restore it reports."""
+    from workflows.events import event_publish
+    from workflows.models import Branch
+
+    try:
+        branches = [branch_id] if branch_id else list(
+            Branch.objects.filter(bucket=bucket).values_list("id", flat=True))
+        for branch in branches:
+            event_publish(branch=branch, type=type, data=data)
+    except Exception:
+        logger.exception("%s of %s not published", type, bucket)
+
+
+def snapshot_created_publish(row: Snapshot, branch_id: str | None = None) -> None:
+    _publish(row.bucket, "snapshot.created",
+             {"bucket": row.bucket, "snapshot_id": row.snapshot_id, "name": row.name,
+              "kind": row.kind, "run_id": row.run_id}, branch_id)
+
+
+def snapshot_restored_publish(report: dict[str, Any]) -> None:
+    _publish(report["bucket"], "snapshot.restored", report)
+
+
+def checkpoint_before_run(*, bucket: str, run_id: str, branch_id: str) -> Snapshot | None:
+    """The snapshot a workflow run starts with (SNAPSHOT_BEFORE_RUN), so that `POST /revert
+    {"mode": "snapshot"}` can bring back the whole workspace as it was, untracked and ignored
+    files included. None when it is off or the workspace cannot have one (the files layout);
+    a failure is logged and the run goes on: a checkpoint must not cost the user their run."""
+    if not settings.SNAPSHOT_BEFORE_RUN:
+        return None
+    try:
+        row = snapshot_create(bucket=bucket, name="before run", kind=Snapshot.Kind.CHECKPOINT,
+                              run_id=run_id)
+    except SnapshotsUnavailable:
+        return None
+    except Exception:
+        logger.exception("checkpoint of %s before run %s failed; the run goes on", bucket,
+                         run_id)
+        return None
+    snapshot_created_publish(row, branch_id)
+    return row
+
+
+def branch_revert_snapshot(*, branch: Any, version_id: str) -> dict[str, Any]:
+    """`POST /revert {"mode": "snapshot"}`: the whole workspace back to the checkpoint taken
+    before the run that made this version — untracked and ignored files too (node_modules,
+    build output), which a git revert cannot bring back. Later versions' rows stay, as with
+    a git revert; the workspace's .git is the checkpoint's."""
+    from workflows.models import Version
+    from workflows.services import VersionNotFound
+
+    version = Version.objects.filter(id=version_id, branch=branch).first()
+    if version is None:
+        raise VersionNotFound()
+    bucket = validate_bucket_name(branch.bucket)
+    _mount, p = _mounted_image(bucket)
+    checkpoint = next((item for item in reversed(snapshots_store.sidecars(p))
+                       if item.kind == Snapshot.Kind.CHECKPOINT and version.run_id
+                       and item.run_id == version.run_id), None)
+    if checkpoint is None:
+        raise SnapshotNotFound(f"No checkpoint of the run that made version {version.number} "
+                               "(SNAPSHOT_BEFORE_RUN off then, deleted by retention, or not "
+                               "made by a run).")
+    return {"success": True, "mode": "snapshot",
+            **snapshot_restore(bucket=bucket, snapshot_id=checkpoint.id)}

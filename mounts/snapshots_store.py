@@ -23,7 +23,7 @@ from typing import Any
 
 from django.conf import settings
 
-from mounts import system
+from mounts import steps, system
 from mounts.snapshots_errors import SnapshotFailed
 from weldr_agent import lifecycle, runner
 
@@ -115,8 +115,6 @@ def thaw_all() -> None:
     """At start-up, before reconcile: an agent that died between freeze and thaw left its ext4
     frozen (the kernel keeps it so), and every writer of that workspace — reconcile's own sync
     too — would wait forever. Thawing a filesystem that is not frozen does nothing."""
-    from mounts import steps
-
     base = f"{settings.WORKSPACE_BASE}/"
     for point, kind in steps.mount_table().items():
         if kind == "ext4" and point.startswith(base):
@@ -155,6 +153,10 @@ def take(p: system.Paths, target: Path) -> float:
     """Freeze the workspace, make the image durable in JuiceFS, clone it, thaw; the frozen
     milliseconds."""
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Most dirty data goes to JuiceFS before the freeze, while writers still run: the freeze
+    # then only flushes what was written since (measured: the pause with 50 MB unflushed
+    # drops from ~440 ms to the 0 MB figure, docs/snapshots.md).
+    steps.filesystem_sync(p.mount_point)
     started = time.monotonic()
     with frozen(p.mount_point):
         image_fsync(p.image)

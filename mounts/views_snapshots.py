@@ -50,6 +50,7 @@ class SnapshotListView(APIView):
                                         note=data.validated_data["note"])
         if data.validated_data["durable"]:
             services.mount_sync(bucket=bucket)
+        snapshots.snapshot_created_publish(row)
         return Response(SnapshotSerializer(row).data, status=status.HTTP_201_CREATED)
 
 
