@@ -4,8 +4,8 @@
 Runs the agent's own services in-process (mounts.snapshots) against its own `rclone serve s3`
 on a free loopback port, in a temporary directory, with the production JuiceFS options
 (writeback, UPLOAD_DELAY=5m). The workspace: --npm-copies copies of npm's own package tree
-(/usr/lib/node_modules/npm: ~2,470 files, 20 MB each) and --vite-copies of the preview tests'
-Vite node_modules (tests/previews/fixtures: ~225 files, 19 MB each) under node_modules/, plus
+(/usr/lib/node_modules/npm: ~1,940 files, 14 MB each) and --vite-copies of the preview tests'
+Vite node_modules (tests/previews/fixtures: ~185 files, 19 MB each) under node_modules/, plus
 --sources source files tracked by git.
 
 Prints, for each amount of unflushed writes (MB written just before the snapshot, still in
@@ -14,7 +14,7 @@ p50 and max of --repeat; the restore time; the time to mount the bucket on a "ne
 (local state deleted, metadata restored from S3 after a zero-RPO sync), list and restore a
 snapshot; and in the same run `cp -a` of the tree, `git stash -u` + `pop`, `git worktree add`.
 
-Usage: .venv/bin/python bench/bench_snapshots.py [--npm-copies 13] [--vite-copies 3]
+Usage: .venv/bin/python bench/bench_snapshots.py [--npm-copies 14] [--vite-copies 6]
        [--sources 2000] [--dirty 0,10,25,50,100] [--repeat 5]
 """
 
@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 NPM = Path("/usr/lib/node_modules/npm")
-VITE = ROOT / "tests" / "previews" / "fixtures" / "node_modules"
+# (resolved: in a worktree the fixture folder is a link to the main checkout's)
+VITE = (ROOT / "tests" / "previews" / "fixtures" / "node_modules").resolve()
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid",
        "-c", "safe.directory=*"]
 
@@ -138,8 +139,8 @@ def lose_the_machine(bucket: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--npm-copies", type=int, default=13)
-    parser.add_argument("--vite-copies", type=int, default=3)
+    parser.add_argument("--npm-copies", type=int, default=14)
+    parser.add_argument("--vite-copies", type=int, default=6)
     parser.add_argument("--sources", type=int, default=2000)
     parser.add_argument("--dirty", default="0,10,25,50,100",
                         help="MB of unflushed writes before each snapshot, comma-separated")

@@ -586,7 +586,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": VERSION,
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    # POST /revert's `mode` (git | snapshot) beside the egress policy's `mode`.
+    "ENUM_NAME_OVERRIDES": {"RevertModeEnum": ["git", "snapshot"],
+                            "EgressModeEnum": "egress.policy.MODES"},
     # Security schemes come from weldr_agent.schema's extensions, one per authentication class.
 }
 
