@@ -42,6 +42,9 @@ class Mount(models.Model):
     mounted_at = models.DateTimeField(null=True, blank=True)
     # The last moment up to which every write was confirmed durable in S3 (zero-RPO sync).
     synced_at = models.DateTimeField(null=True, blank=True)
+    # A fork (docs/snapshots.md, "Forks"): the bucket whose volume holds this workspace's image.
+    # Empty for a bucket's own workspace. A fork has no JuiceFS, Litestream or lease of its own.
+    parent = models.CharField(max_length=63, blank=True, default="", db_index=True)
 
     objects = MountQuerySet.as_manager()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from mounts.models import Snapshot
+from mounts.models import Mount, Snapshot
+from mounts.serializers import MountSerializer
 
 
 class SnapshotSerializer(serializers.ModelSerializer[Snapshot]):
@@ -67,3 +68,16 @@ class PolicySerializer(serializers.Serializer):  # type: ignore[type-arg]
 class PolicySetSerializer(PolicySerializer):
     deleted = serializers.ListField(child=serializers.CharField(), read_only=True,
                                     help_text="Snapshots deleted by applying it now.")
+
+
+class ForkCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    # Checked by the service with the bucket-name rules (400 invalid_bucket): the fork is
+    # addressed where a bucket is (/exec, /previews, /files, /mounts/unmount).
+    name = serializers.CharField(max_length=255, trim_whitespace=False)
+
+
+class ForkSerializer(MountSerializer):
+    class Meta(MountSerializer.Meta):
+        model = Mount
+        fields = [*MountSerializer.Meta.fields, "parent"]
+        read_only_fields = fields

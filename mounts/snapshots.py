@@ -48,6 +48,9 @@ def _mounted_image(bucket: str) -> tuple[Mount, system.Paths]:
     mount = services.mount_get(bucket=bucket)
     if mount.status != Mount.Status.MOUNTED:
         raise NotMounted(f"Bucket {bucket!r} is {mount.status}, not mounted.")
+    if mount.parent:
+        raise SnapshotsUnavailable(f"{bucket!r} is a fork of {mount.parent!r}: forks have no "
+                                   "snapshots of their own (yet).")
     if mount.layout != system.IMAGE:
         raise SnapshotsUnavailable(
             f"Bucket {bucket!r} has the files layout: its workspace is the JuiceFS volume "

@@ -37,3 +37,8 @@ class RestoreFailed(APIError):
     status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
     default_code = "restore_failed"
     default_detail = "The snapshot could not be restored."
+
+
+class ForkExists(ConflictError):
+    default_code = "fork_conflict"
+    default_detail = "A workspace with this name is mounted already, or the bucket is a fork."

@@ -563,3 +563,15 @@ def chunk_slice_ids(blob: bytes) -> list[int]:
     size (4), off (4), len (4) — JuiceFS's SQL engine's format; id 0 is a hole."""
     return [int.from_bytes(blob[index + 4:index + 12], "big")
             for index in range(0, len(blob) - len(blob) % 24, 24)]
+
+
+FORK_DIR = "forks"
+
+
+def fork_paths(parent: str, name: str) -> Paths:
+    """A fork's paths: its workspace at WORKSPACE_BASE/{name}, its image inside the parent's
+    volume at .weldr/forks/{name}/.weldr/workspace.ext4 (so `image` and the image steps work
+    unchanged); no JuiceFS, Litestream or metadata of its own."""
+    own = paths(name, IMAGE)
+    volume = paths(parent, IMAGE).volume_dir / IMAGE_DIR / FORK_DIR / name
+    return Paths(**{**own.__dict__, "volume_dir": volume})

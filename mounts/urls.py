@@ -5,6 +5,7 @@ from mounts.views import MountViewSet
 from mounts.views_files import FileContentView, FilesView
 from mounts.views_snapshots import (
     SnapshotDetailView,
+    SnapshotForkView,
     SnapshotListView,
     SnapshotPolicyView,
     SnapshotRestoreView,
@@ -23,6 +24,8 @@ urlpatterns = [
          name="snapshot-detail"),
     path("mounts/<str:bucket>/snapshots/<str:snapshot_id>/restore",
          SnapshotRestoreView.as_view(), name="snapshot-restore"),
+    path("mounts/<str:bucket>/snapshots/<str:snapshot_id>/fork", SnapshotForkView.as_view(),
+         name="snapshot-fork"),
     path("files/<str:bucket>", FilesView.as_view(), name="files"),
     path("files/<str:bucket>/content", FileContentView.as_view(), name="file-content"),
 ]

@@ -8,8 +8,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mounts import services, snapshots
+from mounts import services, snapshots, snapshots_forks
 from mounts.serializers_snapshots import (
+    ForkCreateSerializer,
+    ForkSerializer,
     PolicySerializer,
     PolicySetSerializer,
     RestoredSerializer,
@@ -99,3 +101,24 @@ class SnapshotPolicyView(APIView):
         policy, deleted = snapshots.policy_set(bucket=bucket, **data.validated_data)
         return Response({"keep": policy.keep, "max_age_days": policy.max_age_days,
                          "deleted": deleted})
+
+
+class SnapshotForkView(APIView):
+    @extend_schema(summary="Mount a new workspace from a snapshot (a fork)",
+                   description="Clones the snapshot's image in the bucket's volume and mounts "
+                               "it at WORKSPACE_BASE/{name}: its own sandbox, previews, exec "
+                               "and files, addressed by `name` like a bucket; it takes one "
+                               "mount slot and shares the bucket's JuiceFS. POST "
+                               "/mounts/unmount {name} unmounts and deletes it.",
+                   request=ForkCreateSerializer,
+                   responses={201: ForkSerializer,
+                              **error_responses(400, 404, 409, 500, e400="invalid_bucket",
+                                                e404=E404, e409=E409 + " / mount_limit / "
+                                                "fork_conflict", e500="snapshot_failed / "
+                                                "mount_failed")})
+    def post(self, request: Request, bucket: str, snapshot_id: str) -> Response:
+        data = ForkCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fork = snapshots_forks.fork_create(bucket=bucket, snapshot_id=snapshot_id,
+                                           name=data.validated_data["name"])
+        return Response(ForkSerializer(fork).data, status=status.HTTP_201_CREATED)

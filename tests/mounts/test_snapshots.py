@@ -223,3 +223,43 @@ def test_the_files_layout_refuses_snapshots(http):
         assert "image layout" in response.json()["detail"]
     finally:
         http.post("/mounts/unmount", json={"bucket": name, "force": True})
+
+
+def test_a_fork_is_an_independent_workspace_from_a_snapshot(agent, http, bucket, tmp_path):
+    # given an app and a snapshot of it
+    workspace = _workspace(agent, bucket)
+    _app(http, bucket, workspace)
+    snap = http.post(f"/mounts/{bucket}/snapshots", json={"name": "base"}).json()
+    with snapshot_view(_snapshot_image(agent, bucket, snap["id"]), tmp_path / "v") as view:
+        expected = tree_digest(view)
+    fork = f"{bucket}-try2"
+    # when it is forked
+    made = http.post(f"/mounts/{bucket}/snapshots/{snap['id']}/fork", json={"name": fork})
+    # then a new workspace is mounted, byte for byte the snapshot, with its own sandbox
+    assert made.status_code == 201, made.text
+    assert (made.json()["parent"], made.json()["status"]) == (bucket, "mounted")
+    forked = Path(made.json()["path"])
+    assert forked == _workspace(agent, fork) and tree_digest(forked) == expected
+    assert {m["bucket"] for m in http.get("/mounts").json()["mounts"]} >= {bucket, fork}
+    done = _exec(http, fork, "echo fork > src/index.js && git log --oneline | wc -l")
+    assert done["exit_code"] == 0 and done["stdout"].strip() == "1", done
+    (workspace / "src" / "index.js").write_text("console.log('parent')\n")
+    assert (forked / "src" / "index.js").read_text() == "fork\n"
+    assert (workspace / "src" / "index.js").read_text() == "console.log('parent')\n"
+    assert http.post(f"/mounts/{fork}/sync").status_code == 200
+    # and bad input, the parent's unmount while it is mounted, then its own unmount
+    again = http.post(f"/mounts/{bucket}/snapshots/{snap['id']}/fork", json={"name": fork})
+    assert again.status_code == 409 and again.json()["code"] == "fork_conflict", again.text
+    bad = http.post(f"/mounts/{bucket}/snapshots/{snap['id']}/fork", json={"name": "../x"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_bucket", bad.text
+    unknown = http.post(f"/mounts/{bucket}/snapshots/{secrets.token_hex(16)}/fork",
+                        json={"name": f"{bucket}-x"})
+    assert unknown.status_code == 404, unknown.text
+    busy = http.post("/mounts/unmount", json={"bucket": bucket})
+    assert busy.status_code == 409 and "forks" in busy.json()["detail"], busy.text
+    gone = http.post("/mounts/unmount", json={"bucket": fork})
+    assert gone.status_code == 200, gone.text
+    assert fork not in {m["bucket"] for m in http.get("/mounts").json()["mounts"]}
+    assert not forked.is_mount() and (workspace / "src" / "index.js").is_file()
+    assert not (Path(agent.env["WELDR_ENV_VOL"]) / "volumes" / bucket / ".weldr" / "forks"
+                / fork).exists()
