@@ -12,7 +12,8 @@ Prints, for each amount of unflushed writes (MB written just before the snapshot
 the page cache), the snapshot time (service call) and the writers' pause (freeze to thaw),
 p50 and max of --repeat; the restore time; the time to mount the bucket on a "new machine"
 (local state deleted, metadata restored from S3 after a zero-RPO sync), list and restore a
-snapshot; and in the same run `cp -a` of the tree, `git stash -u` + `pop`, `git worktree add`.
+snapshot; a fork to a mounted, writable workspace; and in the same run `cp -a` of the tree,
+`git stash -u` + `pop`, `git worktree add`.
 
 Usage: .venv/bin/python bench/bench_snapshots.py [--npm-copies 14] [--vite-copies 6]
        [--sources 2000] [--dirty 0,10,25,50,100] [--repeat 5]
@@ -167,7 +168,7 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
-    from mounts import services, snapshots, steps, system
+    from mounts import services, snapshots, snapshots_forks, steps, system
 
     settings.WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)
     call_command("migrate", database="default", verbosity=0)
@@ -199,6 +200,15 @@ def main() -> None:
                     for _ in range(args.repeat)]
         row("restore (unmount, clone, e2fsck -p, mount)", restores)
         assert (workspace / "node_modules" / "npm0" / "package.json").is_file()
+        forks = []
+        for index in range(min(args.repeat, 3)):
+            name = f"{bucket}-f{index}"
+            forks.append(seconds(lambda name=name: snapshots_forks.fork_create(
+                bucket=bucket, snapshot_id=taken[0], name=name)))
+            assert (settings.WORKSPACE_BASE / name / "node_modules" / "npm0").is_dir()
+            (settings.WORKSPACE_BASE / name / "written.txt").write_text("writable\n")
+            services.mount_remove(bucket=name)
+        row("fork to a mounted, writable workspace", forks)
         listing = seconds(lambda: snapshots.snapshot_list(bucket=bucket))
         print(f"{'list ' + str(len(taken)) + ' snapshots with sizes':<48} {listing * 1000:8.0f} ms")
         baselines(workspace, tmp)
