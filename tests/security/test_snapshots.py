@@ -9,41 +9,16 @@ listed or restored. A hostile snapshot name never becomes a path.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import AgentProcess, agent_client, running_agent
+from tests.mounts import test_snapshots as functional
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    yield from running_agent(tmp_path_factory.mktemp("snap-sec-agent"), WORKSPACE_LAYOUT="image")
-
-
-@pytest.fixture(scope="module")
-def http(agent: AgentProcess) -> Iterator[httpx.Client]:
-    yield from agent_client(agent)
-
-
-@pytest.fixture
-def bucket(http: httpx.Client) -> Iterator[str]:
-    name = f"snapsec-{secrets.token_hex(3)}"
-    assert http.post("/mounts", json={"bucket": name, "layout": "image"}).status_code == 201
-    try:
-        yield name
-    finally:
-        http.post("/mounts/unmount", json={"bucket": name, "force": True})
-
-
-def _exec(http: httpx.Client, bucket: str, script: str) -> dict:
-    response = http.post("/exec", json={"bucket": bucket, "command": script, "timeout": 120})
-    assert response.status_code == 200, response.text
-    return response.json()
+# One real agent per module (image layout, short durability windows), a fresh image bucket per
+# test, and POST /exec in its sandbox: the same fixtures as the functional tests.
+agent, http, bucket, _exec = functional.agent, functional.http, functional.bucket, functional._exec
 
 
 # Run as uid 1000 in the sandbox: forge the agent's snapshot area inside the workspace, at
