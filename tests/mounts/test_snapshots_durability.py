@@ -65,3 +65,47 @@ def test_snapshots_and_their_policy_survive_machine_loss(api, bucket):
     assert restored.status_code == 200, restored.json()
     assert read_tree(workspace, tree) == tree
     assert (workspace / "step.txt").read_text() == "1"
+
+
+def test_a_run_checkpoint_brings_back_untracked_and_ignored_files(api, bucket, settings):
+    from workflows.models import Branch, Event, Project, Version, WorkflowRun
+
+    # given a workspace with a build output and node_modules, and a run on a branch of it
+    mount = api.post("/mounts", {"bucket": bucket, "layout": "image"}, format="json").json()
+    workspace = Path(mount["path"])
+    tree = write_tree(workspace)
+    project = Project.objects.create(name="p", owner_id="o")
+    branch = Branch.objects.create(project=project, name="main", bucket=bucket)
+    run = WorkflowRun.objects.create(branch=branch, model="m", status="running")
+    version = Version.objects.create(branch=branch, number=1, commit_hash="a" * 40, run=run)
+    # when the run's checkpoint is taken (what workflows/engine.py calls) and the run changes
+    # tracked, untracked and ignored files
+    checkpoint = snapshots.checkpoint_before_run(bucket=bucket, run_id=run.id,
+                                                 branch_id=branch.id)
+    assert checkpoint is not None and checkpoint.kind == "checkpoint"
+    (workspace / "README.md").write_text("rewritten by the run\n")
+    (workspace / "node_modules" / "left-pad").mkdir(parents=True)
+    (workspace / "node_modules" / "left-pad" / "index.js").write_text("x\n")
+    (workspace / "big" / "blob.bin").unlink()
+    run.status = "completed"
+    run.save()
+    # then POST /revert in snapshot mode puts the whole workspace back
+    reverted = api.post("/revert", {"project_id": project.id, "branch_id": branch.id,
+                                    "version_id": version.id, "mode": "snapshot"},
+                        format="json")
+    assert reverted.status_code == 200, reverted.json()
+    assert (reverted.json()["mode"], reverted.json()["snapshot_id"]) == (
+        "snapshot", checkpoint.snapshot_id)
+    assert read_tree(workspace, tree) == tree
+    assert not (workspace / "node_modules").exists()
+    types = list(Event.objects.filter(branch=branch).values_list("type", flat=True))
+    assert types == ["snapshot.created", "snapshot.restored"]
+    # and with SNAPSHOT_BEFORE_RUN off there is no checkpoint, so snapshot mode is 404
+    settings.SNAPSHOT_BEFORE_RUN = False
+    other = WorkflowRun.objects.create(branch=branch, model="m", status="completed")
+    later = Version.objects.create(branch=branch, number=2, commit_hash="b" * 40, run=other)
+    assert snapshots.checkpoint_before_run(bucket=bucket, run_id=other.id,
+                                           branch_id=branch.id) is None
+    missing = api.post("/revert", {"project_id": project.id, "branch_id": branch.id,
+                                   "version_id": later.id, "mode": "snapshot"}, format="json")
+    assert missing.status_code == 404 and missing.json()["code"] == "snapshot_not_found"
