@@ -86,3 +86,26 @@ def test_a_hostile_name_never_becomes_a_path(agent, http, bucket):
     for bad_id in ("..", "..%2F..%2Fworkspace.ext4", "0" * 31, "G" * 32, "policy"):
         response = http.post(f"/mounts/{bucket}/snapshots/{bad_id}/restore")
         assert response.status_code == 404, (bad_id, response.text)
+
+
+def test_a_fork_sees_neither_its_parent_nor_the_snapshot_area(agent, http, bucket):
+    # given a parent with a secret written after the snapshot, and a fork of that snapshot
+    assert _exec(http, bucket, "echo shared > shared.txt")["exit_code"] == 0
+    snap = http.post(f"/mounts/{bucket}/snapshots", json={}).json()
+    secret = f"parent-only-{secrets.token_hex(8)}"
+    assert _exec(http, bucket, f"echo {secret} > secret.txt")["exit_code"] == 0
+    fork = f"{bucket}-f"
+    made = http.post(f"/mounts/{bucket}/snapshots/{snap['id']}/fork", json={"name": fork})
+    assert made.status_code == 201, made.text
+    env = Path(agent.env["WELDR_ENV_VOL"])
+    parent_ws = Path(agent.env["WORKSPACE_BASE"]) / bucket
+    try:
+        # when the fork's sandbox looks for the parent's workspace, the snapshot and its own image
+        looked = _exec(http, fork, f"cat '{parent_ws}/secret.txt'; ls '{env}/volumes/{bucket}'; "
+                                   f"grep -rs {secret} / --exclude-dir=proc 2>/dev/null "
+                                   "| head -1; cat shared.txt; ls -a")
+        # then it has its own files only
+        assert secret not in looked["stdout"], looked
+        assert looked["stdout"].split() == ["shared", ".", "..", "shared.txt"], looked
+    finally:
+        assert http.post("/mounts/unmount", json={"bucket": fork}).status_code == 200
