@@ -261,7 +261,12 @@ def mount_create(*, bucket: str, layout: str | None = None,
     with steps.bucket_lock(p, timeout=_lock_timeout()):
         mount = Mount.objects.filter(bucket=bucket).first()
         if mount is not None and mount.parent:  # --- a fork (mounts/snapshots_forks.py) ---
-            return mount, False
+            # Never hand a fork out as the bucket of that name: whoever mounts the bucket would
+            # write into the fork's parent's volume.
+            from mounts.snapshots_errors import ForkExists
+
+            raise ForkExists(f"{bucket!r} is a fork of {mount.parent!r} mounted here, not a "
+                             "bucket; unmount the fork to mount the bucket.")
         if mount is not None and _healthy(mount):
             if layout and not local.enabled() and layout != mount.layout:
                 raise LayoutMismatch(f"Bucket {bucket!r} is mounted with the {mount.layout!r} "

@@ -255,6 +255,10 @@ def test_a_fork_is_an_independent_workspace_from_a_snapshot(agent, http, bucket,
     unknown = http.post(f"/mounts/{bucket}/snapshots/{secrets.token_hex(16)}/fork",
                         json={"name": f"{bucket}-x"})
     assert unknown.status_code == 404, unknown.text
+    # a fork is never handed out as the bucket of its name (that bucket's writes would land in
+    # the parent's volume)
+    squat = http.post("/mounts", json={"bucket": fork})
+    assert squat.status_code == 409 and squat.json()["code"] == "fork_conflict", squat.text
     busy = http.post("/mounts/unmount", json={"bucket": bucket})
     assert busy.status_code == 409 and "forks" in busy.json()["detail"], busy.text
     gone = http.post("/mounts/unmount", json={"bucket": fork})
