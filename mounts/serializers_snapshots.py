@@ -81,3 +81,10 @@ class ForkSerializer(MountSerializer):
         model = Mount
         fields = [*MountSerializer.Meta.fields, "parent"]
         read_only_fields = fields
+
+
+class PromotedSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    bucket = serializers.CharField(help_text="The parent bucket, whose workspace the fork is now.")
+    promoted = serializers.CharField(help_text="The fork's name (gone now).")
+    previews_stopped = StoppedPreviewSerializer(many=True)
+    commands_stopped = StoppedCommandSerializer(many=True)

@@ -42,3 +42,8 @@ class RestoreFailed(APIError):
 class ForkExists(ConflictError):
     default_code = "fork_conflict"
     default_detail = "A workspace with this name is mounted already, or the bucket is a fork."
+
+
+class ForkNotFound(NotFoundError):
+    default_code = "fork_not_found"
+    default_detail = "No fork of this name is mounted."

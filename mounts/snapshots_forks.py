@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from contextlib import ExitStack
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -18,7 +20,7 @@ from django.utils import timezone
 from mounts import services, snapshots, snapshots_store, steps, system
 from mounts.errors import MountBusy
 from mounts.models import Mount
-from mounts.snapshots_errors import ForkExists
+from mounts.snapshots_errors import ForkExists, ForkNotFound
 from mounts.validators import validate_bucket_name
 from weldr_agent.routers import STATE_DB
 
@@ -74,6 +76,40 @@ def fork_remove(*, fork: Mount, force: bool) -> None:
     _machine_remove(_paths(fork))
     fork.delete()
     logger.info("fork %s of %s removed", fork.bucket, fork.parent)
+
+
+def fork_promote(*, name: str) -> dict[str, Any]:
+    """Make a fork its parent bucket's workspace: both are unmounted (their previews and
+    commands stopped and reported; 409 run_active while a run is on the parent), the fork's image
+    is renamed over the parent's (one JuiceFS rename; the old image goes to the trash) and the
+    parent is mounted again with it. The fork is gone afterwards; the snapshots stay."""
+    name = validate_bucket_name(name)
+    fork = Mount.objects.filter(bucket=name).exclude(parent="").first()
+    if fork is None:
+        raise ForkNotFound(f"{name!r} is not a mounted fork.")
+    parent, p = snapshots._mounted_image(fork.parent)
+    fp = _paths(fork)
+    with ExitStack() as stack:
+        snapshots._runs_held(parent.bucket, stack)
+        stack.enter_context(snapshots._lock(p))
+        report, forked = snapshots._users_report(parent.bucket), snapshots._users_report(name)
+        # Both workspaces' previews and commands stop; not parent_guard, which would remove
+        # this very fork with the parent's other forks (those stay mounted).
+        for guard in [guard for guard in services._guards if guard is not parent_guard]:
+            guard(parent.bucket, True)
+            guard(name, True)
+        steps.image_release(fp)
+        steps.image_release(p)
+        try:
+            fp.image.rename(p.image)
+        finally:
+            steps.image_mount(p)
+        shutil.rmtree(fp.volume_dir, ignore_errors=True)
+        fork.delete()
+    logger.info("fork %s promoted to be the workspace of %s", name, parent.bucket)
+    return {"bucket": parent.bucket, "promoted": name,
+            "previews_stopped": report["previews_stopped"] + forked["previews_stopped"],
+            "commands_stopped": report["commands_stopped"] + forked["commands_stopped"]}
 
 
 def fork_sync(*, fork: Mount) -> Mount:

@@ -4,6 +4,7 @@ from egress.views import EgressPolicyView
 from mounts.views import MountViewSet
 from mounts.views_files import FileContentView, FilesView
 from mounts.views_snapshots import (
+    ForkPromoteView,
     SnapshotDetailView,
     SnapshotForkView,
     SnapshotListView,
@@ -26,6 +27,7 @@ urlpatterns = [
          SnapshotRestoreView.as_view(), name="snapshot-restore"),
     path("mounts/<str:bucket>/snapshots/<str:snapshot_id>/fork", SnapshotForkView.as_view(),
          name="snapshot-fork"),
+    path("mounts/<str:bucket>/promote", ForkPromoteView.as_view(), name="fork-promote"),
     path("files/<str:bucket>", FilesView.as_view(), name="files"),
     path("files/<str:bucket>/content", FileContentView.as_view(), name="file-content"),
 ]

@@ -14,6 +14,7 @@ from mounts.serializers_snapshots import (
     ForkSerializer,
     PolicySerializer,
     PolicySetSerializer,
+    PromotedSerializer,
     RestoredSerializer,
     SnapshotCreateSerializer,
     SnapshotListSerializer,
@@ -122,3 +123,18 @@ class SnapshotForkView(APIView):
         fork = snapshots_forks.fork_create(bucket=bucket, snapshot_id=snapshot_id,
                                            name=data.validated_data["name"])
         return Response(ForkSerializer(fork).data, status=status.HTTP_201_CREATED)
+
+
+class ForkPromoteView(APIView):
+    @extend_schema(summary="Make a fork its bucket's main workspace",
+                   description="`bucket` is the fork's name. Both workspaces are unmounted "
+                               "(their previews and commands stopped and listed), the fork's "
+                               "image replaces the bucket's, the bucket is mounted again; the "
+                               "fork is gone. 409 run_active while a workflow run is active on "
+                               "a branch of the bucket.",
+                   request=None,
+                   responses={200: PromotedSerializer,
+                              **error_responses(400, 404, 409, e404="fork_not_found",
+                                                e409="run_active / mount_busy")})
+    def post(self, request: Request, bucket: str) -> Response:
+        return Response(snapshots_forks.fork_promote(name=bucket))

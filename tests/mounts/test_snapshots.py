@@ -267,3 +267,28 @@ def test_a_fork_is_an_independent_workspace_from_a_snapshot(agent, http, bucket,
     assert not forked.is_mount() and (workspace / "src" / "index.js").is_file()
     assert not (Path(agent.env["WELDR_ENV_VOL"]) / "volumes" / bucket / ".weldr" / "forks"
                 / fork).exists()
+
+
+def test_a_promoted_fork_becomes_the_buckets_workspace(agent, http, bucket):
+    # given a fork that went another way than its parent
+    workspace = _workspace(agent, bucket)
+    assert _exec(http, bucket, "echo base > app.txt")["exit_code"] == 0
+    snap = http.post(f"/mounts/{bucket}/snapshots", json={}).json()
+    fork = f"{bucket}-b"
+    assert http.post(f"/mounts/{bucket}/snapshots/{snap['id']}/fork",
+                     json={"name": fork}).status_code == 201
+    assert _exec(http, fork, "echo approach-b > app.txt && mkdir -p dist && "
+                             "echo built > dist/out.js")["exit_code"] == 0
+    (workspace / "app.txt").write_text("approach-a\n")
+    # when it is promoted
+    promoted = http.post(f"/mounts/{fork}/promote")
+    # then the bucket's workspace is the fork's, the fork is gone, the snapshot stays
+    assert promoted.status_code == 200, promoted.text
+    assert (promoted.json()["bucket"], promoted.json()["promoted"]) == (bucket, fork)
+    assert (workspace / "app.txt").read_text() == "approach-b\n"
+    assert (workspace / "dist" / "out.js").read_text() == "built\n"
+    assert fork not in {m["bucket"] for m in http.get("/mounts").json()["mounts"]}
+    assert [s["id"] for s in http.get(f"/mounts/{bucket}/snapshots").json()["snapshots"]] \
+        == [snap["id"]]
+    assert _exec(http, bucket, "cat app.txt")["stdout"] == "approach-b\n"
+    assert http.post(f"/mounts/{fork}/promote").status_code == 404
