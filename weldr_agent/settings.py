@@ -588,7 +588,9 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # POST /revert's `mode` (git | snapshot) beside the egress policy's `mode`.
     "ENUM_NAME_OVERRIDES": {"RevertModeEnum": ["git", "snapshot"],
-                            "EgressModeEnum": "egress.policy.MODES"},
+                            "EgressModeEnum": "egress.policy.MODES",
+                            # a mount's status, shown by the mounts and the forks (snapshots)
+                            "MountStatusEnum": "mounts.models.Mount.Status"},
     # Security schemes come from weldr_agent.schema's extensions, one per authentication class.
 }
 
