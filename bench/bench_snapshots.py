@@ -209,7 +209,7 @@ def main() -> None:
             (settings.WORKSPACE_BASE / name / "written.txt").write_text("writable\n")
             services.mount_remove(bucket=name)
         row("fork to a mounted, writable workspace", forks)
-        listing = seconds(lambda: snapshots.snapshot_list(bucket=bucket))
+        listing = seconds(lambda: snapshots.snapshot_list(bucket=bucket, sizes=True))
         print(f"{'list ' + str(len(taken)) + ' snapshots with sizes':<48} {listing * 1000:8.0f} ms")
         baselines(workspace, tmp)
         services.mount_sync(bucket=bucket)

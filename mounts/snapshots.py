@@ -111,12 +111,13 @@ def snapshot_create(*, bucket: str, name: str = "", note: str = "",
     return next(row for row in rows if row.snapshot_id == snapshot_id)
 
 
-def snapshot_list(*, bucket: str) -> list[Snapshot]:
-    """The bucket's snapshots as its volume lists them (the rows are refreshed from it)."""
+def snapshot_list(*, bucket: str, sizes: bool = False) -> list[Snapshot]:
+    """The bucket's snapshots as its volume lists them (the rows are refreshed from it); with
+    `sizes`, each one's data it alone holds is measured (one `juicefs info` of every image)."""
     bucket = validate_bucket_name(bucket)
     _mount, p = _mounted_image(bucket)
     with _lock(p):
-        return _rows_refresh(p, sizes=True)
+        return _rows_refresh(p, sizes=sizes)
 
 
 def snapshot_delete(*, bucket: str, snapshot_id: str) -> None:

@@ -13,7 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -235,29 +234,27 @@ def orphans_remove(p: system.Paths) -> None:
 
 
 def sizes(p: system.Paths, snapshot_ids: list[str]) -> dict[str, int]:
-    """Bytes held only by each snapshot's image (slices nothing else references), read from the
-    volume's metadata database (read-only; JuiceFS keeps writing it: WAL readers do not block).
-    A snapshot taken and never diverged from holds 0; one the workspace moved away from holds
-    what changed since."""
-    inodes = {}
-    for snapshot_id in snapshot_ids:
-        with contextlib.suppress(OSError):
-            inodes[snapshot_id] = os.stat(system.snapshot_image(p, snapshot_id)).st_ino
-    if not inodes:
+    """Bytes held only by each snapshot's image: slices that neither the workspace's image, nor
+    another snapshot, nor a fork references (`juicefs info --raw`, asked of the mount). A
+    snapshot never diverged from holds 0; one the workspace moved away from, what changed.
+
+    Asked of the mount, not read from JuiceFS's metadata database: nothing but JuiceFS and
+    Litestream opens it while they run (storage hazard 8: concurrent users of one SQLite WAL).
+    Slice granularity: a slice the workspace still uses in part counts as shared, so this is a
+    lower bound of what deleting the snapshot frees.
+    """
+    images = {snapshot_id: system.snapshot_image(p, snapshot_id) for snapshot_id in snapshot_ids}
+    others = [p.image, *p.volume_dir.glob(f"{system.IMAGE_DIR}/{system.FORK_DIR}/*/"
+                                          f"{system.IMAGE_DIR}/{system.IMAGE_NAME}")]
+    files = [path for path in [*images.values(), *others] if path.is_file()]
+    if not images or not files:
         return {}
-    connection = sqlite3.connect(f"file:{p.meta_db}?mode=ro", uri=True, timeout=5)
-    connection.text_factory = bytes
     try:
-        # Slices referenced once: by this file alone (a clone adds a reference to each slice).
-        alone = dict(connection.execute(
-            "SELECT chunkid, size FROM jfs_chunk_ref WHERE refs = 1"))
-        result = {}
-        for snapshot_id, inode in inodes.items():
-            rows = connection.execute("SELECT CAST(slices AS BLOB) FROM jfs_chunk "
-                                      "WHERE inode = ?", (inode,))
-            ids = {slice_id for (blob,) in rows
-                   for slice_id in system.chunk_slice_ids(bytes(blob))}
-            result[snapshot_id] = sum(alone.get(slice_id, 0) for slice_id in ids)
-        return result
-    finally:
-        connection.close()
+        output = runner.run(system.juicefs_info_argv(runner.tool("juicefs"), files),
+                            timeout=120).stdout
+    except runner.CommandError as error:
+        logger.warning("sizes of %s's snapshots unknown: %s", p.bucket, error)
+        return {}
+    alone = system.exclusive_bytes(system.info_slices(output))
+    return {snapshot_id: alone[str(path)] for snapshot_id, path in images.items()
+            if str(path) in alone}

@@ -558,11 +558,39 @@ def juicefs_clone_argv(juicefs: str, source: Path, target: Path) -> list[str]:
     return [juicefs, "clone", "--preserve", str(source), str(target)]
 
 
-def chunk_slice_ids(blob: bytes) -> list[int]:
-    """The slice ids in a jfs_chunk.slices blob: 24-byte records, big-endian pos (4), id (8),
-    size (4), off (4), len (4) — JuiceFS's SQL engine's format; id 0 is a hole."""
-    return [int.from_bytes(blob[index + 4:index + 12], "big")
-            for index in range(0, len(blob) - len(blob) % 24, 24)]
+def juicefs_info_argv(juicefs: str, files: list[Path]) -> list[str]:
+    # --raw lists every slice of each file (chunk, slice id, slice size, offset, length),
+    # asked of the mount itself: nothing opens JuiceFS's metadata database beside it.
+    return [juicefs, "info", "--raw", *(str(path) for path in files)]
+
+
+_INFO_FILE = re.compile(r"^(\S.*) :$")
+_INFO_SLICE = re.compile(r"^\|\s*\d+\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|")
+
+
+def info_slices(output: str) -> dict[str, dict[int, int]]:
+    """`juicefs info --raw` output → {path as given: {slice id: slice size}} (id 0: a hole)."""
+    found: dict[str, dict[int, int]] = {}
+    current: dict[int, int] | None = None
+    for line in output.splitlines():
+        header = _INFO_FILE.match(line)
+        if header:
+            current = found.setdefault(header.group(1), {})
+            continue
+        row = _INFO_SLICE.match(line.strip())
+        if row and current is not None and int(row.group(1)):
+            current[int(row.group(1))] = int(row.group(2))
+    return found
+
+
+def exclusive_bytes(slices: dict[str, dict[int, int]]) -> dict[str, int]:
+    """For each file, the bytes of the slices no other listed file references."""
+    holders: dict[int, int] = {}
+    for table in slices.values():
+        for slice_id in table:
+            holders[slice_id] = holders.get(slice_id, 0) + 1
+    return {path: sum(size for slice_id, size in table.items() if holders[slice_id] == 1)
+            for path, table in slices.items()}
 
 
 FORK_DIR = "forks"

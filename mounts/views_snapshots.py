@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -29,12 +29,16 @@ E409 = ("snapshots_unavailable (the files layout has no snapshots) / not_mounted
 class SnapshotListView(APIView):
     @extend_schema(summary="The bucket's snapshots, as its volume lists them",
                    description="Read from the sidecars in the volume (so in S3): a new machine "
-                               "that mounts the bucket lists the same. `size_bytes`: the data "
-                               "only that snapshot holds.",
+                               "that mounts the bucket lists the same. With `?sizes=1`, "
+                               "`size_bytes` is measured: the data only that snapshot holds "
+                               "(otherwise the last measured value, or null).",
+                   parameters=[OpenApiParameter("sizes", bool, required=False,
+                                                description="Measure size_bytes now.")],
                    responses={200: SnapshotListSerializer,
                               **error_responses(400, 404, 409, e404=E404, e409=E409)})
     def get(self, request: Request, bucket: str) -> Response:
-        rows = snapshots.snapshot_list(bucket=bucket)
+        sizes = request.query_params.get("sizes", "") in ("1", "true")
+        rows = snapshots.snapshot_list(bucket=bucket, sizes=sizes)
         return Response({"snapshots": SnapshotSerializer(rows, many=True).data})
 
     @extend_schema(summary="Take a snapshot of the workspace",

@@ -45,8 +45,9 @@ def test_snapshots_and_their_policy_survive_machine_loss(api, bucket):
         assert made.status_code == 201, made.json()
         ids.append(made.json()["id"])
     # then retention deleted the oldest, and only it (its image and sidecar gone)
-    listed = api.get(f"/mounts/{bucket}/snapshots").json()["snapshots"]
+    listed = api.get(f"/mounts/{bucket}/snapshots?sizes=1").json()["snapshots"]
     assert [item["id"] for item in listed] == ids[1:]
+    assert all(isinstance(item["size_bytes"], int) for item in listed), listed
     area = system.snapshot_dir(system.paths(bucket, system.IMAGE))
     assert sorted(path.name for path in area.iterdir()) == sorted(
         [f"{i}.{ext}" for i in ids[1:] for ext in ("ext4", "json")] + ["policy.json"])
@@ -109,3 +110,27 @@ def test_a_run_checkpoint_brings_back_untracked_and_ignored_files(api, bucket, s
     missing = api.post("/revert", {"project_id": project.id, "branch_id": branch.id,
                                    "version_id": later.id, "mode": "snapshot"}, format="json")
     assert missing.status_code == 404 and missing.json()["code"] == "snapshot_not_found"
+
+
+INFO = """/v/.weldr/snapshots/a.ext4 :
+  inode: 5
+ chunks:
++------------+---------+----------+----------+----------+
+| chunkIndex | sliceId |   size   |  offset  |  length  |
++------------+---------+----------+----------+----------+
+|          0 |     154 |     4096 |        0 |     4096 |
+|          0 |     139 | 37920768 |     8192 |  4268032 |
+|          1 |       0 | 67108864 |        0 | 67108864 |
+/v/.weldr/workspace.ext4 :
+  inode: 9
+|          0 |     139 | 37920768 |  4280320 |    61440 |
+|          0 |     160 |     8192 |        0 |     8192 |
+"""
+
+
+def test_sizes_count_the_slices_no_other_image_references():
+    slices = system.info_slices(INFO)
+    assert slices == {"/v/.weldr/snapshots/a.ext4": {154: 4096, 139: 37920768},
+                      "/v/.weldr/workspace.ext4": {139: 37920768, 160: 8192}}
+    assert system.exclusive_bytes(slices) == {"/v/.weldr/snapshots/a.ext4": 4096,
+                                              "/v/.weldr/workspace.ext4": 8192}
