@@ -42,6 +42,9 @@ class Mount(models.Model):
     mounted_at = models.DateTimeField(null=True, blank=True)
     # The last moment up to which every write was confirmed durable in S3 (zero-RPO sync).
     synced_at = models.DateTimeField(null=True, blank=True)
+    # A fork (docs/snapshots.md, "Forks"): the bucket whose volume holds this workspace's image.
+    # Empty for a bucket's own workspace. A fork has no JuiceFS, Litestream or lease of its own.
+    parent = models.CharField(max_length=63, blank=True, default="", db_index=True)
 
     objects = MountQuerySet.as_manager()
 
@@ -58,3 +61,33 @@ class Mount(models.Model):
 
             return str(branch_dir(self.bucket))
         return str(settings.WORKSPACE_BASE / self.bucket)
+
+
+class Snapshot(models.Model):
+    """A cached copy of one snapshot's sidecar (docs/snapshots.md). The volume's sidecars are
+    the truth: GET /mounts/{bucket}/snapshots rebuilds these rows from them, so a new machine
+    lists what the bucket holds."""
+
+    class Kind(models.TextChoices):
+        MANUAL = "manual"
+        CHECKPOINT = "checkpoint"  # taken before a workflow run
+
+    snapshot_id = models.CharField(max_length=32)
+    bucket = models.CharField(max_length=63, db_index=True)
+    name = models.CharField(max_length=64, blank=True, default="")
+    note = models.TextField(blank=True, default="")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.MANUAL)
+    run_id = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField()
+    frozen_ms = models.FloatField(default=0)
+    # The bytes only this snapshot holds (its slices nobody else references), when last listed.
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["bucket", "created_at"]
+        constraints = [models.UniqueConstraint(fields=["bucket", "snapshot_id"],
+                                               name="snapshot_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.bucket}/{self.snapshot_id}"
+

@@ -260,6 +260,13 @@ def mount_create(*, bucket: str, layout: str | None = None,
     p = system.paths(bucket)
     with steps.bucket_lock(p, timeout=_lock_timeout()):
         mount = Mount.objects.filter(bucket=bucket).first()
+        if mount is not None and mount.parent:  # --- a fork (mounts/snapshots_forks.py) ---
+            # Never hand a fork out as the bucket of that name: whoever mounts the bucket would
+            # write into the fork's parent's volume.
+            from mounts.snapshots_errors import ForkExists
+
+            raise ForkExists(f"{bucket!r} is a fork of {mount.parent!r} mounted here, not a "
+                             "bucket; unmount the fork to mount the bucket.")
         if mount is not None and _healthy(mount):
             if layout and not local.enabled() and layout != mount.layout:
                 raise LayoutMismatch(f"Bucket {bucket!r} is mounted with the {mount.layout!r} "
@@ -310,6 +317,10 @@ def mount_sync(*, bucket: str) -> Mount:
         mount = Mount.objects.filter(bucket=bucket, status=Mount.Status.MOUNTED).first()
         if mount is None:
             raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
+        if mount.parent:  # --- a fork: its writes are its parent volume's (snapshots_forks) ---
+            from mounts.snapshots_forks import fork_sync
+
+            return fork_sync(fork=mount)
         if not local.enabled():
             _lease_confirm(mount)
         if local.enabled():
@@ -360,6 +371,11 @@ def mount_remove(*, bucket: str, force: bool = False) -> None:
         mount = Mount.objects.filter(bucket=bucket).first()
         if mount is None:
             raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
+        if mount.parent:  # --- a fork: no JuiceFS, Litestream or lease of its own ---
+            from mounts.snapshots_forks import fork_remove
+
+            fork_remove(fork=mount, force=force)
+            return
         for guard in list(_guards):
             guard(bucket, force)
         mount.status = Mount.Status.UNMOUNTING
@@ -483,6 +499,7 @@ def mount_leases_renew() -> dict[str, str]:
         return {}
     live = set(Mount.objects.filter(status__in=[Mount.Status.MOUNTED,
                                                 Mount.Status.UNMOUNTING])
+               .filter(parent="")  # a fork holds no lease (mounts/snapshots_forks.py)
                .values_list("bucket", flat=True))
     buckets = sorted(live | set(lease.held()))
     if not buckets:
@@ -559,7 +576,7 @@ def _reconcile_one(mount: Mount) -> str:
 def mount_reconcile() -> dict[str, str]:
     """Compare the state database with the machine; remount or mark failed what died."""
     outcome = {}
-    for mount in Mount.objects.all():
+    for mount in Mount.objects.filter(parent=""):  # forks: after their parents, below
         p = system.paths(mount.bucket)
         lock = steps.try_bucket_lock(p)
         if lock is None:
@@ -572,6 +589,9 @@ def mount_reconcile() -> dict[str, str]:
             outcome[mount.bucket] = "gone"
         finally:
             lock.__exit__(None, None, None)
+    from mounts.snapshots_forks import forks_reconcile
+
+    outcome.update(forks_reconcile())
     _stale_clean(set(outcome))
     return outcome
 

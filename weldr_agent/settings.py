@@ -415,6 +415,17 @@ WORKSPACE_LAYOUT = _choice("WORKSPACE_LAYOUT", env.str("WORKSPACE_LAYOUT", defau
 WORKSPACE_IMAGE_SIZE_GB = _int("WORKSPACE_IMAGE_SIZE_GB", 20, low=1, high=16384)
 # Loop device over the image with O_DIRECT on the backing file (docs/performance.md measures it).
 WORKSPACE_IMAGE_DIRECT_IO = _bool("WORKSPACE_IMAGE_DIRECT_IO", default=False)
+# Snapshots of image workspaces (docs/snapshots.md). Writers of the workspace wait while it is
+# frozen: a clone that hangs must not hold them for long (the thaw runs whatever happens).
+SNAPSHOT_CLONE_TIMEOUT_SECONDS = _int("SNAPSHOT_CLONE_TIMEOUT_SECONDS", 30, low=1, high=600)
+# A snapshot before every workflow run, so that the whole workspace (untracked and ignored files
+# too, which git cannot bring back) can go back to the state before it; 0 turns it off.
+SNAPSHOT_BEFORE_RUN = _bool("SNAPSHOT_BEFORE_RUN", default=True)
+# Retention of buckets without their own policy (PUT /mounts/{bucket}/snapshots/policy): keep
+# at most this many (0: no limit) and none older than this many days (0: no limit). Every
+# snapshot holds the blocks the workspace has changed since: unbounded, they grow the bucket.
+SNAPSHOT_KEEP = _int("SNAPSHOT_KEEP", 20, low=0, high=100000)
+SNAPSHOT_MAX_AGE_DAYS = _int("SNAPSHOT_MAX_AGE_DAYS", 30, low=0, high=36500)
 # One writer per bucket (docs/mounts.md, "One writer per bucket"): mounting takes a lease, an S3
 # object in the bucket naming this machine, renewed every MOUNT_LEASE_RENEW_SECONDS. Another
 # machine may take it over once it is MOUNT_LEASE_TTL_SECONDS old; a holder that could not renew
@@ -599,7 +610,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": VERSION,
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    # POST /revert's `mode` (git | snapshot) beside the egress policy's `mode`.
+    "ENUM_NAME_OVERRIDES": {"RevertModeEnum": ["git", "snapshot"],
+                            "EgressModeEnum": "egress.policy.MODES",
+                            # a mount's status, shown by the mounts and the forks (snapshots)
+                            "MountStatusEnum": "mounts.models.Mount.Status"},
     # Security schemes come from weldr_agent.schema's extensions, one per authentication class.
 }
 

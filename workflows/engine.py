@@ -235,6 +235,7 @@ def run_fail(run: WorkflowRun, error: str) -> None:
 
 def run_execute(run_id: str) -> None:
     """Claim a queued run and execute it to completion or failure."""
+    from mounts.snapshots import checkpoint_before_run
     from workflows.services import branch_workspace
 
     claimed = WorkflowRun.objects.filter(id=run_id, status=WorkflowRun.Status.QUEUED).update(
@@ -249,6 +250,8 @@ def run_execute(run_id: str) -> None:
         provider, model, retries = provider_resolve(run.model)
         state = RunState(run=run, provider=provider, model=model, retries=retries)
         workspace = branch_workspace(run.branch)
+        # --- snapshots (issue #15): the whole workspace as it was before this run ---
+        checkpoint_before_run(bucket=run.branch.bucket, run_id=run.id, branch_id=run.branch_id)
         gitrepo.repo_ensure(gitrepo.Repo(bucket=run.branch.bucket, workspace=workspace))
         context = ToolContext(
             workspace=workspace, bucket=run.branch.bucket,

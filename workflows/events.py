@@ -25,6 +25,8 @@ logger = logging.getLogger("weldr.workflows.events")
 EVENT_TYPES = (
     "run.queued", "run.started", "step.started", "message.delta", "tool.call", "tool.result",
     "file.changed", "version.created", "run.completed", "run.failed",
+    # mounts/snapshots.py (issue #15): a snapshot of the branch's bucket, and a restore of one.
+    "snapshot.created", "snapshot.restored",
 )
 
 

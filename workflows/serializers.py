@@ -75,6 +75,12 @@ class TriggerResponseSerializer(serializers.Serializer):
 
 class RevertSerializer(BranchRefSerializer):
     version_id = serializers.CharField(max_length=64)
+    # --- snapshots (issue #15, mounts/snapshots.py) ---
+    mode = serializers.ChoiceField(
+        choices=["git", "snapshot"], default="git",
+        help_text="git: a new commit with the version's tree. snapshot: the whole workspace as "
+                  "it was before the run that made the version (its checkpoint), untracked "
+                  "and ignored files included; answers like a snapshot restore.")
 
 
 class RevertResponseSerializer(serializers.Serializer):

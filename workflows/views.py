@@ -116,6 +116,11 @@ class RevertView(APIView):
         data.is_valid(raise_exception=True)
         branch = services.branch_get(project_id=data.validated_data["project_id"],
                                      branch_id=data.validated_data["branch_id"])
+        if data.validated_data["mode"] == "snapshot":  # --- snapshots (issue #15) ---
+            from mounts.snapshots import branch_revert_snapshot
+
+            return Response(branch_revert_snapshot(
+                branch=branch, version_id=data.validated_data["version_id"]))
         version = services.branch_revert(branch=branch,
                                          version_id=data.validated_data["version_id"])
         return Response({"success": True, "commit_hash": version.commit_hash,

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Snapshot, restore and machine-loss restore of an image workspace, beside cp -a and git.
+
+Runs the agent's own services in-process (mounts.snapshots) against its own `rclone serve s3`
+on a free loopback port, in a temporary directory, with the production JuiceFS options
+(writeback, UPLOAD_DELAY=5m). The workspace: --npm-copies copies of npm's own package tree
+(/usr/lib/node_modules/npm: ~1,940 files, 14 MB each) and --vite-copies of the preview tests'
+Vite node_modules (tests/previews/fixtures: ~185 files, 19 MB each) under node_modules/, plus
+--sources source files tracked by git.
+
+Prints, for each amount of unflushed writes (MB written just before the snapshot, still in
+the page cache), the snapshot time (service call) and the writers' pause (freeze to thaw),
+p50 and max of --repeat; the restore time; the time to mount the bucket on a "new machine"
+(local state deleted, metadata restored from S3 after a zero-RPO sync), list and restore a
+snapshot; a fork to a mounted, writable workspace; and in the same run `cp -a` of the tree,
+`git stash -u` + `pop`, `git worktree add`.
+
+Usage: .venv/bin/python bench/bench_snapshots.py [--npm-copies 14] [--vite-copies 6]
+       [--sources 2000] [--dirty 0,10,25,50,100] [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NPM = Path("/usr/lib/node_modules/npm")
+# (resolved: in a worktree the fixture folder is a link to the main checkout's)
+VITE = (ROOT / "tests" / "previews" / "fixtures" / "node_modules").resolve()
+GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid",
+       "-c", "safe.directory=*"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def seconds(fn: Callable[[], object]) -> float:
+    start = time.monotonic()
+    fn()
+    return time.monotonic() - start
+
+
+def build(workspace: Path, args: argparse.Namespace) -> tuple[int, int]:
+    """The app: node_modules copies and a git repository of source files; (files, bytes)."""
+    from weldr_agent import runner
+
+    modules = workspace / "node_modules"
+    modules.mkdir()
+    for index in range(args.npm_copies):
+        runner.run(["cp", "-a", str(NPM), str(modules / f"npm{index}")], timeout=600)
+    for index in range(args.vite_copies):
+        runner.run(["cp", "-a", str(VITE), str(modules / f"vite{index}")], timeout=600)
+    for index in range(args.sources):
+        folder = workspace / "src" / f"pkg{index % 40}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"mod{index}.ts").write_text(f"export const v{index} = {index};\n" * 20)
+    (workspace / ".gitignore").write_text("node_modules\n")
+    runner.run([*GIT, "init", "-q"], cwd=workspace, timeout=60)
+    runner.run([*GIT, "add", "-A"], cwd=workspace, timeout=600)
+    runner.run([*GIT, "commit", "-qm", "app"], cwd=workspace, timeout=600)
+    files = size = 0
+    for folder, _dirs, names in os.walk(workspace):
+        for name in names:
+            files += 1
+            size += os.lstat(os.path.join(folder, name)).st_size
+    return files, size
+
+
+def dirty(workspace: Path, megabytes: int) -> None:
+    """`megabytes` of new data in the page cache (written, not synced)."""
+    folder = workspace / "dirty"
+    folder.mkdir(exist_ok=True)
+    for index in range(megabytes):
+        (folder / f"{secrets.token_hex(4)}-{index}.bin").write_bytes(os.urandom(1024 * 1024))
+
+
+def row(label: str, values: list[float], note: str = "") -> None:
+    ms = [value * 1000 for value in values]
+    print(f"{label:<48} p50 {statistics.median(ms):8.0f} ms   max {max(ms):8.0f} ms   "
+          f"n={len(ms)} {note}", flush=True)
+
+
+def baselines(workspace: Path, scratch: Path) -> None:
+    from weldr_agent import runner
+
+    copy = scratch / "cp-a"
+    took = seconds(lambda: runner.run(["cp", "-a", str(workspace), str(copy)], timeout=1800))
+    print(f"{'baseline: cp -a of the tree (to the local disk)':<48} {took:8.2f} s")
+    shutil.rmtree(copy)
+    (workspace / "src" / "pkg0" / "mod0.ts").write_text("changed\n")
+    (workspace / "untracked.txt").write_text("new\n")
+    stash = seconds(lambda: runner.run([*GIT, "stash", "-u", "-q"], cwd=workspace, timeout=600))
+    pop = seconds(lambda: runner.run([*GIT, "stash", "pop", "-q"], cwd=workspace, timeout=600))
+    print(f"{'baseline: git stash -u / pop (tracked+untracked)':<48} {stash:8.2f} s / "
+          f"{pop:.2f} s  (node_modules ignored: not saved)")
+    worktree = scratch / "worktree"
+    add = seconds(lambda: runner.run([*GIT, "worktree", "add", "-q", str(worktree)],
+                                     cwd=workspace, timeout=600))
+    print(f"{'baseline: git worktree add (tracked files only)':<48} {add:8.2f} s")
+    runner.run([*GIT, "worktree", "remove", "--force", str(worktree)], cwd=workspace,
+               timeout=600)
+
+
+def lose_the_machine(bucket: str) -> None:
+    """SIGKILL the daemons, drop the mounts, delete every local file of the bucket."""
+    from django.conf import settings
+
+    from mounts import steps, system
+    from mounts.models import Mount, Snapshot
+    from weldr_agent import runner
+
+    p = system.paths(bucket, system.IMAGE)
+    for pid in steps.daemons(p):
+        os.kill(pid, signal.SIGKILL)
+    runner.wait_until(lambda: not steps.daemons(p), timeout=30)
+    steps.umount(p.mount_point, lazy=True)
+    runner.wait_until(lambda: not steps.loop_devices(p.image), timeout=30)
+    steps.umount(p.volume_dir, lazy=True)
+    Mount.objects.filter(bucket=bucket).delete()
+    Snapshot.objects.filter(bucket=bucket).delete()
+    shutil.rmtree(settings.WELDR_ENV_VOL)
+    settings.WELDR_ENV_VOL.mkdir(parents=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--npm-copies", type=int, default=14)
+    parser.add_argument("--vite-copies", type=int, default=6)
+    parser.add_argument("--sources", type=int, default=2000)
+    parser.add_argument("--dirty", default="0,10,25,50,100",
+                        help="MB of unflushed writes before each snapshot, comma-separated")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-snap-"))
+    key = "weldrbenchaccess" + secrets.token_hex(4)
+    secret = "weldrbenchsecret" + secrets.token_hex(12)
+    os.environ.update({
+        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings", "WELDR_ENV_VOL": str(tmp / "vol"),
+        "WORKSPACE_BASE": str(tmp / "ws"), "WELDR_RUNTIME_DIR": str(tmp / "run"),
+        "S3_ACCESS_KEY_ID": key, "S3_SECRET_ACCESS_KEY": secret, "LOG_LEVEL": "WARNING",
+        "WORKSPACE_LAYOUT": "image", "SNAPSHOT_KEEP": "0", "SNAPSHOT_MAX_AGE_DAYS": "0",
+    })
+    os.environ.pop("DATABASE_URL", None)
+    from weldr_agent.s3 import LocalS3Server
+
+    server = LocalS3Server(root=tmp / "s3", port=free_port(), key_id=key, secret=secret)
+    server.start()
+    os.environ["S3_ENDPOINT"] = server.endpoint
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from mounts import services, snapshots, snapshots_forks, steps, system
+
+    settings.WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)
+    call_command("migrate", database="default", verbosity=0)
+    call_command("migrate", database="shared", verbosity=0)
+    bucket = f"bench-{secrets.token_hex(4)}"
+    try:
+        mount, _ = services.mount_create(bucket=bucket, layout="image")
+        workspace = Path(mount.path)
+        files, size = build(workspace, args)
+        services.mount_sync(bucket=bucket)
+        print(f"workspace: {files} files, {size / 1e6:.0f} MB (node_modules: {args.npm_copies}x "
+              f"npm, {args.vite_copies}x vite fixture; {args.sources} git-tracked sources); "
+              f"UPLOAD_DELAY={settings.UPLOAD_DELAY}, S3 {server.endpoint} (rclone, loopback); "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        taken = []
+        for megabytes in [int(value) for value in args.dirty.split(",")]:
+            times, frozen = [], []
+            for _ in range(args.repeat):
+                dirty(workspace, megabytes)
+                start = time.monotonic()
+                snap = snapshots.snapshot_create(bucket=bucket, name=f"dirty {megabytes}")
+                times.append(time.monotonic() - start)
+                frozen.append(snap.frozen_ms / 1000)
+                taken.append(snap.snapshot_id)
+            row(f"snapshot, {megabytes:>3} MB unflushed", times)
+            row(f"  writers paused (freeze to thaw), {megabytes:>3} MB", frozen)
+        restores = [seconds(lambda: snapshots.snapshot_restore(bucket=bucket,
+                                                               snapshot_id=taken[0]))
+                    for _ in range(args.repeat)]
+        row("restore (unmount, clone, e2fsck -p, mount)", restores)
+        assert (workspace / "node_modules" / "npm0" / "package.json").is_file()
+        forks = []
+        for index in range(min(args.repeat, 3)):
+            name = f"{bucket}-f{index}"
+            forks.append(seconds(lambda name=name: snapshots_forks.fork_create(
+                bucket=bucket, snapshot_id=taken[0], name=name)))
+            assert (settings.WORKSPACE_BASE / name / "node_modules" / "npm0").is_dir()
+            (settings.WORKSPACE_BASE / name / "written.txt").write_text("writable\n")
+            services.mount_remove(bucket=name)
+        row("fork to a mounted, writable workspace", forks)
+        listing = seconds(lambda: snapshots.snapshot_list(bucket=bucket, sizes=True))
+        print(f"{'list ' + str(len(taken)) + ' snapshots with sizes':<48} {listing * 1000:8.0f} ms")
+        baselines(workspace, tmp)
+        services.mount_sync(bucket=bucket)
+        lose_the_machine(bucket)
+        start = time.monotonic()
+        services.mount_create(bucket=bucket, force=True)
+        mounted = time.monotonic() - start
+        listed = snapshots.snapshot_list(bucket=bucket)
+        listed_at = time.monotonic() - start
+        snapshots.snapshot_restore(bucket=bucket, snapshot_id=listed[0].snapshot_id)
+        total = time.monotonic() - start
+        assert (workspace / "node_modules" / "npm0" / "package.json").is_file()
+        print(f"{'new machine: mount (metadata from S3)':<48} {mounted:8.2f} s")
+        print(f"{'new machine: + list snapshots':<48} {listed_at:8.2f} s")
+        print(f"{'new machine: + restore one (total)':<48} {total:8.2f} s")
+    finally:
+        try:
+            services.mount_remove(bucket=bucket, force=True)
+        except Exception as error:  # noqa: BLE001
+            print(f"unmount: {error}", file=sys.stderr)
+        steps.teardown(system.paths(bucket), juicefs_pid=None, litestream_pid=None, grace=5)
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

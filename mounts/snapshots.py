@@ -1,0 +1,364 @@
+"""The verbs of snapshots: take, list, delete, restore, retention (docs/snapshots.md).
+
+A snapshot is a `juicefs clone` of the workspace's ext4 image, taken while the ext4 is frozen,
+kept with a JSON sidecar in the volume's root-only `.weldr/snapshots/`: in the bucket, listed
+and restored from there by any machine that mounts it. Every verb holds the bucket's lock, so
+it never interleaves with a mount, unmount or sync of the same bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from mounts import services, snapshots_store, steps, system
+from mounts.errors import NotMounted, SyncFailed
+from mounts.models import Mount, Snapshot
+from mounts.snapshots_errors import (
+    InvalidSnapshotName,
+    RestoreFailed,
+    SnapshotNotFound,
+    SnapshotsUnavailable,
+)
+from mounts.snapshots_store import Sidecar
+from mounts.validators import validate_bucket_name
+from weldr_agent.routers import STATE_DB
+
+logger = logging.getLogger("weldr.snapshots")
+POLICY_NAME = "policy.json"
+
+
+@dataclass(frozen=True)
+class Policy:
+    keep: int
+    max_age_days: int
+
+
+def _mounted_image(bucket: str) -> tuple[Mount, system.Paths]:
+    """The bucket's live image mount; 404 not mounted, 409 for the files layout."""
+    mount = services.mount_get(bucket=bucket)
+    if mount.status != Mount.Status.MOUNTED:
+        raise NotMounted(f"Bucket {bucket!r} is {mount.status}, not mounted.")
+    if mount.parent:
+        raise SnapshotsUnavailable(f"{bucket!r} is a fork of {mount.parent!r}: forks have no "
+                                   "snapshots of their own (yet).")
+    if mount.layout != system.IMAGE:
+        raise SnapshotsUnavailable(
+            f"Bucket {bucket!r} has the files layout: its workspace is the JuiceFS volume "
+            "itself, so a snapshot area there would be the sandbox's to read and forge, and a "
+            "directory clone cannot be frozen. Snapshots need the image layout.")
+    return mount, system.paths(bucket, mount.layout)
+
+
+def _lock(p: system.Paths) -> Any:
+    return steps.bucket_lock(p, timeout=float(settings.MOUNT_TIMEOUT_SECONDS * 2))
+
+
+def _name_check(name: str) -> str:
+    if name and not system.snapshot_name_valid(name):
+        raise InvalidSnapshotName()
+    return name
+
+
+def _sidecar_get(p: system.Paths, snapshot_id: str) -> Sidecar:
+    if not system.snapshot_id_valid(snapshot_id):
+        raise SnapshotNotFound(f"No snapshot {snapshot_id[:40]!r} in bucket {p.bucket!r}.")
+    for sidecar in snapshots_store.sidecars(p):
+        if sidecar.id == snapshot_id:
+            return sidecar
+    raise SnapshotNotFound(f"No snapshot {snapshot_id!r} in bucket {p.bucket!r}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Take, list, delete
+# ---------------------------------------------------------------------------------------------
+
+
+def snapshot_create(*, bucket: str, name: str = "", note: str = "",
+                    kind: str = Snapshot.Kind.MANUAL, run_id: str = "") -> Snapshot:
+    """Freeze the workspace, clone its image, thaw; record the sidecar; apply retention."""
+    bucket = validate_bucket_name(bucket)
+    name = _name_check(name)
+    _mount, p = _mounted_image(bucket)
+    with _lock(p):
+        _mounted_image(bucket)  # still mounted now that the lock is ours
+        if not steps.image_mounted(p):
+            raise SyncFailed(f"The workspace image of {bucket} is not mounted "
+                                      "read-write; no consistent snapshot can be taken.")
+        snapshots_store.orphans_remove(p)
+        snapshot_id = uuid.uuid4().hex
+        frozen_ms = snapshots_store.take(p, system.snapshot_image(p, snapshot_id))
+        sidecar = Sidecar(id=snapshot_id, bucket=bucket, name=name, note=note, kind=kind,
+                          created_at=datetime.now(UTC).isoformat(), run_id=run_id,
+                          frozen_ms=round(frozen_ms, 1))
+        try:
+            snapshots_store.sidecar_write(p, sidecar)
+        except OSError:
+            snapshots_store.remove(p, snapshot_id)
+            raise
+        _retention_apply(p, keep_id=snapshot_id)
+        rows = _rows_refresh(p, sizes=False)
+    logger.info("snapshot %s of %s taken (frozen %.0f ms)", snapshot_id, bucket, frozen_ms)
+    return next(row for row in rows if row.snapshot_id == snapshot_id)
+
+
+def snapshot_list(*, bucket: str, sizes: bool = False) -> list[Snapshot]:
+    """The bucket's snapshots as its volume lists them (the rows are refreshed from it); with
+    `sizes`, each one's data it alone holds is measured (one `juicefs info` of every image)."""
+    bucket = validate_bucket_name(bucket)
+    _mount, p = _mounted_image(bucket)
+    with _lock(p):
+        return _rows_refresh(p, sizes=sizes)
+
+
+def snapshot_delete(*, bucket: str, snapshot_id: str) -> None:
+    bucket = validate_bucket_name(bucket)
+    _mount, p = _mounted_image(bucket)
+    with _lock(p):
+        _sidecar_get(p, snapshot_id)
+        snapshots_store.remove(p, snapshot_id)
+        Snapshot.objects.filter(bucket=bucket, snapshot_id=snapshot_id).delete()
+
+
+def _rows_refresh(p: system.Paths, *, sizes: bool) -> list[Snapshot]:
+    """Make the bucket's rows what the volume's sidecars say; the rows, oldest first."""
+    found = snapshots_store.sidecars(p)
+    measured = snapshots_store.sizes(p, [item.id for item in found]) if sizes else {}
+    with transaction.atomic(using=STATE_DB):
+        Snapshot.objects.filter(bucket=p.bucket).exclude(
+            snapshot_id__in=[item.id for item in found]).delete()
+        rows = []
+        for item in found:
+            defaults: dict[str, Any] = {
+                "name": item.name, "note": item.note, "kind": item.kind, "run_id": item.run_id,
+                "created_at": datetime.fromisoformat(item.created_at),
+                "frozen_ms": item.frozen_ms}
+            if item.id in measured:
+                defaults["size_bytes"] = measured[item.id]
+            row, _created = Snapshot.objects.update_or_create(
+                bucket=p.bucket, snapshot_id=item.id, defaults=defaults)
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Restore
+# ---------------------------------------------------------------------------------------------
+
+
+def _users_report(bucket: str) -> dict[str, Any]:
+    """What runs in the workspace and will be stopped: its preview and its commands."""
+    from previews.models import Preview
+    from previews.models_exec import ExecCommand
+
+    previews = [{"bucket": row.bucket, "status": row.status, "port": row.port}
+                for row in Preview.objects.filter(bucket=bucket, status__in=Preview.ACTIVE)]
+    commands = [{"id": str(row.id), "status": row.status} for row in
+                ExecCommand.objects.filter(bucket=bucket, status=ExecCommand.Status.RUNNING)]
+    return {"previews_stopped": previews, "commands_stopped": commands}
+
+
+def _runs_held(bucket: str, stack: ExitStack) -> None:
+    """Hold every branch on this bucket against workflow runs (409 run_active while one is
+    active): no run may see its workspace swapped under it, nor start during the restore."""
+    from workflows.models import Branch
+    from workflows.services import branch_exclusive
+
+    for branch in Branch.objects.filter(bucket=bucket):
+        stack.enter_context(branch_exclusive(branch=branch, purpose="snapshot restore"))
+
+
+def _users_stop(bucket: str) -> dict[str, Any]:
+    report = _users_report(bucket)
+    # The unmount guards, forced: the preview is stopped, the commands killed and the exec
+    # sandbox removed, so nothing holds the ext4 that is about to be unmounted.
+    for guard in list(services._guards):
+        guard(bucket, True)
+    return report
+
+
+def snapshot_restore(*, bucket: str, snapshot_id: str) -> dict[str, Any]:
+    """Put the workspace back to a snapshot; the snapshot stays. The report says what was
+    stopped first."""
+    bucket = validate_bucket_name(bucket)
+    _mount, p = _mounted_image(bucket)
+    with ExitStack() as stack:
+        _runs_held(bucket, stack)
+        stack.enter_context(_lock(p))
+        _mounted_image(bucket)
+        sidecar = _sidecar_get(p, snapshot_id)
+        report = _users_stop(bucket)
+        image_swap(p, system.snapshot_image(p, sidecar.id))
+    logger.info("workspace of %s restored to snapshot %s", bucket, snapshot_id)
+    result = {"bucket": bucket, "snapshot_id": snapshot_id, **report}
+    snapshot_restored_publish(result)
+    return result
+
+
+def image_swap(p: system.Paths, source: Path) -> None:
+    """Unmount the workspace's ext4, replace its image by a clone of `source`, mount it again.
+
+    The clone goes to a temporary name and is renamed over the image in one JuiceFS rename:
+    a crash leaves either image whole. The workspace is mounted again whatever failed — the
+    old image when the clone did not happen.
+    """
+    draft = p.image.with_name(f"{p.image.name}.restoring")
+    draft.unlink(missing_ok=True)
+    steps.image_release(p)
+    try:
+        snapshots_store.clone(source, draft)
+        draft.rename(p.image)
+    except Exception as error:
+        draft.unlink(missing_ok=True)
+        steps.image_mount(p)
+        raise RestoreFailed(f"Restoring {p.bucket} failed; the workspace is as it was: "
+                            f"{error}") from error
+    steps.image_mount(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention
+# ---------------------------------------------------------------------------------------------
+
+
+def _policy_path(p: system.Paths) -> Path:
+    return system.snapshot_dir(p) / POLICY_NAME
+
+
+def policy_read(p: system.Paths) -> Policy:
+    """The bucket's policy from its volume (so it follows the bucket), else the settings'."""
+    try:
+        data = json.loads(_policy_path(p).read_text())
+        return Policy(keep=int(data["keep"]), max_age_days=int(data["max_age_days"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return Policy(keep=settings.SNAPSHOT_KEEP, max_age_days=settings.SNAPSHOT_MAX_AGE_DAYS)
+
+
+def policy_get(*, bucket: str) -> Policy:
+    bucket = validate_bucket_name(bucket)
+    _mount, p = _mounted_image(bucket)
+    return policy_read(p)
+
+
+def policy_set(*, bucket: str, keep: int, max_age_days: int) -> tuple[Policy, list[str]]:
+    """Record the bucket's policy in its volume and apply it now; (policy, deleted ids)."""
+    bucket = validate_bucket_name(bucket)
+    _mount, p = _mounted_image(bucket)
+    with _lock(p):
+        folder = system.snapshot_dir(p)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        draft = folder / f"{POLICY_NAME}.new"
+        draft.write_text(json.dumps({"keep": keep, "max_age_days": max_age_days}))
+        draft.rename(_policy_path(p))
+        deleted = _retention_apply(p)
+        _rows_refresh(p, sizes=False)
+    return Policy(keep=keep, max_age_days=max_age_days), deleted
+
+
+def retention_victims(items: list[Sidecar], policy: Policy, now: datetime,
+                      keep_id: str = "") -> list[str]:
+    """Ids to delete, oldest first: beyond the newest `keep`, or older than `max_age_days`.
+    The newest snapshot (and `keep_id`, the one just taken) always stays."""
+    ordered = sorted(items, key=lambda item: (item.created_at, item.id))
+    spared = {ordered[-1].id} if ordered else set()
+    spared.add(keep_id)
+    victims = []
+    if policy.keep:
+        victims += [item.id for item in ordered[:-policy.keep]]
+    if policy.max_age_days:
+        limit = now - timedelta(days=policy.max_age_days)
+        victims += [item.id for item in ordered
+                    if datetime.fromisoformat(item.created_at) < limit]
+    return [item.id for item in ordered if item.id in set(victims) - spared]
+
+
+def _retention_apply(p: system.Paths, keep_id: str = "") -> list[str]:
+    victims = retention_victims(snapshots_store.sidecars(p), policy_read(p), datetime.now(UTC),
+                                keep_id)
+    for snapshot_id in victims:
+        logger.info("retention: deleting snapshot %s of %s", snapshot_id, p.bucket)
+        snapshots_store.remove(p, snapshot_id)
+    return victims
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints around workflow runs, and events
+# ---------------------------------------------------------------------------------------------
+
+
+def _publish(bucket: str, type: str, data: dict[str, Any], branch_id: str | None = None) -> None:
+    """Tell the branches on this bucket (or the one given); an event that cannot be recorded
+    never undoes the snapshot or the restore it reports."""
+    from workflows.events import event_publish
+    from workflows.models import Branch
+
+    try:
+        branches = [branch_id] if branch_id else list(
+            Branch.objects.filter(bucket=bucket).values_list("id", flat=True))
+        for branch in branches:
+            event_publish(branch=branch, type=type, data=data)
+    except Exception:
+        logger.exception("%s of %s not published", type, bucket)
+
+
+def snapshot_created_publish(row: Snapshot, branch_id: str | None = None) -> None:
+    _publish(row.bucket, "snapshot.created",
+             {"bucket": row.bucket, "snapshot_id": row.snapshot_id, "name": row.name,
+              "kind": row.kind, "run_id": row.run_id}, branch_id)
+
+
+def snapshot_restored_publish(report: dict[str, Any]) -> None:
+    _publish(report["bucket"], "snapshot.restored", report)
+
+
+def checkpoint_before_run(*, bucket: str, run_id: str, branch_id: str) -> Snapshot | None:
+    """The snapshot a workflow run starts with (SNAPSHOT_BEFORE_RUN), so that `POST /revert
+    {"mode": "snapshot"}` can bring back the whole workspace as it was, untracked and ignored
+    files included. None when it is off or the workspace cannot have one (the files layout);
+    a failure is logged and the run goes on: a checkpoint must not cost the user their run."""
+    if not settings.SNAPSHOT_BEFORE_RUN:
+        return None
+    try:
+        row = snapshot_create(bucket=bucket, name="before run", kind=Snapshot.Kind.CHECKPOINT,
+                              run_id=run_id)
+    except SnapshotsUnavailable:
+        return None
+    except Exception:
+        logger.exception("checkpoint of %s before run %s failed; the run goes on", bucket,
+                         run_id)
+        return None
+    snapshot_created_publish(row, branch_id)
+    return row
+
+
+def branch_revert_snapshot(*, branch: Any, version_id: str) -> dict[str, Any]:
+    """`POST /revert {"mode": "snapshot"}`: the whole workspace back to the checkpoint taken
+    before the run that made this version — untracked and ignored files too (node_modules,
+    build output), which a git revert cannot bring back. Later versions' rows stay, as with
+    a git revert; the workspace's .git is the checkpoint's."""
+    from workflows.models import Version
+    from workflows.services import VersionNotFound
+
+    version = Version.objects.filter(id=version_id, branch=branch).first()
+    if version is None:
+        raise VersionNotFound()
+    bucket = validate_bucket_name(branch.bucket)
+    _mount, p = _mounted_image(bucket)
+    checkpoint = next((item for item in reversed(snapshots_store.sidecars(p))
+                       if item.kind == Snapshot.Kind.CHECKPOINT and version.run_id
+                       and item.run_id == version.run_id), None)
+    if checkpoint is None:
+        raise SnapshotNotFound(f"No checkpoint of the run that made version {version.number} "
+                               "(SNAPSHOT_BEFORE_RUN off then, deleted by retention, or not "
+                               "made by a run).")
+    return {"success": True, "mode": "snapshot",
+            **snapshot_restore(bucket=bucket, snapshot_id=checkpoint.id)}
