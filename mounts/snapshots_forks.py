@@ -147,5 +147,15 @@ def forks_reconcile() -> dict[str, str]:
     return outcome
 
 
+def owning_bucket(name: str) -> str:
+    """The bucket a workspace name belongs to for the tenant rule: a fork's parent, else itself."""
+    parent = Mount.objects.filter(bucket=name).exclude(parent="").values_list(
+        "parent", flat=True).first()
+    return parent or name
+
+
 def register() -> None:
+    from weldr_agent import access
+
     services.register_unmount_guard(parent_guard)
+    access.owning_bucket_register(owning_bucket)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.db.models import Q
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
@@ -36,7 +37,10 @@ class MountViewSet(viewsets.ViewSet):
 
     @extend_schema(summary="List mounts", responses={200: MountListSerializer})
     def list(self, request: Request) -> Response:
-        mounts = access.narrow(Mount.objects.all(), request.user, buckets="bucket")
+        mounts = Mount.objects.all()
+        if (visible := access.visible_buckets(request.user)) is not None:
+            # a fork (its `parent` set) is its parent bucket's
+            mounts = mounts.filter(Q(bucket__in=visible) | Q(parent__in=visible))
         return Response({"mounts": MountSerializer(mounts, many=True).data})
 
     @extend_schema(summary="One mount", responses={

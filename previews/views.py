@@ -38,7 +38,8 @@ class PreviewListView(APIView):
     @extend_schema(operation_id="previews_list", responses={200: PreviewListSerializer})
     def get(self, request: Request) -> Response:
         visible = access.visible_buckets(request.user)
-        previews = [p for p in services.preview_list() if visible is None or p.bucket in visible]
+        previews = [p for p in services.preview_list()
+                    if visible is None or access.owning_bucket(p.bucket) in visible]
         return Response({"previews": PreviewSerializer(previews, many=True,
                                                        context={"request": request}).data})
 

@@ -117,8 +117,28 @@ def project_allowed(principal: Any, project_id: str) -> bool:
     return user_id is not None and _ownership.project_owner(project_id) == user_id
 
 
+def _same_bucket(name: str) -> str:
+    return name
+
+
+# What a workspace name answers to: itself, or (a fork, registered by the mounts app) the bucket
+# it was forked from — a fork is its parent's to touch.
+_owning_bucket: Callable[[str], str] = _same_bucket
+
+
+def owning_bucket_register(resolve: Callable[[str], str]) -> None:
+    global _owning_bucket
+    _owning_bucket = resolve
+
+
+def owning_bucket(name: str) -> str:
+    return _owning_bucket(name)
+
+
 def bucket_allowed(principal: Any, bucket: str) -> bool:
-    """May `principal` touch this bucket: its own scope, or a project it may touch names it."""
+    """May `principal` touch this bucket (or fork of a bucket): its own scope, or a project it
+    may touch names it."""
+    bucket = _owning_bucket(bucket)
     scope = _scope(principal)
     if scope is not None and (scope.unscoped or bucket in scope.buckets):
         return True

@@ -24,6 +24,7 @@ from weldr_sdk.api import (
     Parse,
     PreviewsAPI,
     RootAPI,
+    SnapshotsAPI,
     WorkflowsAPI,
     exec_body,
     json_body,
@@ -37,9 +38,11 @@ from weldr_sdk.sse import SSEDecoder
 
 
 class AsyncClient(_base.BaseClient, RootAPI):
-    """Every API operation, awaited; `mounts`, `files`, `commands`, `previews`, `workflows`."""
+    """Every API operation, awaited; `mounts`, `snapshots`, `files`, `commands`, `previews`,
+    `workflows`."""
 
     mounts: MountsAPI
+    snapshots: SnapshotsAPI
     files: AsyncFiles
     commands: AsyncCommands
     previews: AsyncPreviews
@@ -52,7 +55,8 @@ class AsyncClient(_base.BaseClient, RootAPI):
                  headers: dict[str, str] | None = None) -> None:
         self._setup(httpx.AsyncClient, config=config, transport=transport, headers=headers,
                     url=url, token=token, api_key=api_key, timeout=timeout, retries=retries,
-                    namespaces={"mounts": MountsAPI, "files": AsyncFiles, "commands": AsyncCommands,
+                    namespaces={"mounts": MountsAPI, "snapshots": SnapshotsAPI,
+                                "files": AsyncFiles, "commands": AsyncCommands,
                                 "previews": AsyncPreviews, "workflows": AsyncWorkflows})
 
     async def aclose(self) -> None:

@@ -13,7 +13,15 @@ from typing import Any
 
 import httpx
 
-from weldr_sdk.models import Egress, ExecResult, ExecStatus, Mount, Preview, PreviewToken
+from weldr_sdk.models import (
+    Egress,
+    ExecResult,
+    ExecStatus,
+    Mount,
+    Preview,
+    PreviewToken,
+    Snapshot,
+)
 
 Parse = Callable[[httpx.Response], Any]
 
@@ -155,6 +163,57 @@ class CommandsAPI(Namespace):
     @uses("exec.kill")
     def kill(self, exec_id: str) -> None:
         return self._call("exec.kill", path={"exec_id": exec_id}, parse=no_body)
+
+
+class SnapshotsAPI(Namespace):
+    """Snapshots of a bucket's workspace (the `image` layout), kept in the bucket's volume."""
+
+    @uses("snapshots.list")
+    def list(self, bucket: str, *, sizes: bool = False) -> list[Snapshot]:
+        """`sizes=True` measures each snapshot's own data now (slower)."""
+        return self._call("snapshots.list", path={"bucket": bucket},
+                          params={"sizes": "1"} if sizes else None, parse=key("snapshots"))
+
+    @uses("snapshots.create")
+    def create(self, bucket: str, *, name: str = "", note: str = "") -> Snapshot:
+        return self._call("snapshots.create", path={"bucket": bucket},
+                          json={"name": name, "note": note})
+
+    @uses("snapshots.delete")
+    def delete(self, bucket: str, snapshot_id: str) -> None:
+        return self._call("snapshots.delete", path={"bucket": bucket, "snapshot_id": snapshot_id},
+                          parse=no_body)
+
+    @uses("snapshots.restore")
+    def restore(self, bucket: str, snapshot_id: str) -> dict:
+        """The workspace back to the snapshot; the report names the previews and commands that
+        were stopped first."""
+        return self._call("snapshots.restore",
+                          path={"bucket": bucket, "snapshot_id": snapshot_id}, json={},
+                          timeout=max(self._client.timeout, 300))
+
+    @uses("snapshots.fork")
+    def fork(self, bucket: str, snapshot_id: str, name: str) -> Mount:
+        """A new writable workspace `name` from the snapshot, addressed like a bucket."""
+        return self._call("snapshots.fork", path={"bucket": bucket, "snapshot_id": snapshot_id},
+                          json={"name": name}, timeout=max(self._client.timeout, 300))
+
+    @uses("mounts.promote")
+    def promote(self, fork: str) -> Mount:
+        """Make a fork its bucket's main workspace."""
+        return self._call("mounts.promote", path={"bucket": fork}, json={},
+                          timeout=max(self._client.timeout, 300))
+
+    @uses("snapshots.policy.get")
+    def policy(self, bucket: str) -> dict:
+        return self._call("snapshots.policy.get", path={"bucket": bucket})
+
+    @uses("snapshots.policy.set")
+    def set_policy(self, bucket: str, *, keep: int | None = None,
+                   max_age_days: int | None = None) -> dict:
+        body = {k: v for k, v in (("keep", keep), ("max_age_days", max_age_days))
+                if v is not None}
+        return self._call("snapshots.policy.set", path={"bucket": bucket}, json=body)
 
 
 class PreviewsAPI(Namespace):

@@ -23,6 +23,7 @@ from weldr_sdk.api import (
     Parse,
     PreviewsAPI,
     RootAPI,
+    SnapshotsAPI,
     WorkflowsAPI,
     exec_body,
     json_body,
@@ -38,9 +39,10 @@ Progress = Callable[[int], None] | None
 
 
 class Client(_base.BaseClient, RootAPI):
-    """Every API operation; `mounts`, `files`, `commands`, `previews`, `workflows`."""
+    """Every API operation; `mounts`, `snapshots`, `files`, `commands`, `previews`, `workflows`."""
 
     mounts: MountsAPI
+    snapshots: SnapshotsAPI
     files: Files
     commands: Commands
     previews: Previews
@@ -53,8 +55,9 @@ class Client(_base.BaseClient, RootAPI):
                  headers: dict[str, str] | None = None) -> None:
         self._setup(httpx.Client, config=config, transport=transport, headers=headers,
                     url=url, token=token, api_key=api_key, timeout=timeout, retries=retries,
-                    namespaces={"mounts": MountsAPI, "files": Files, "commands": Commands,
-                                "previews": Previews, "workflows": Workflows})
+                    namespaces={"mounts": MountsAPI, "snapshots": SnapshotsAPI, "files": Files,
+                                "commands": Commands, "previews": Previews,
+                                "workflows": Workflows})
 
     def close(self) -> None:
         self._http.close()

@@ -97,6 +97,27 @@ def build_server(client_for: ClientFor, *, name: str = "weldr-agent") -> MCPServ
     async def sync(bucket: Bucket, ctx: Context) -> dict[str, Any]:
         return await call(ctx, lambda w: w.mounts.sync(bucket))
 
+    @server.tool(description="Take a snapshot of the workspace (image layout): a point-in-time "
+                             "copy kept in the bucket, to restore or fork later.")
+    async def snapshot_create(bucket: Bucket, ctx: Context, name: str = "",
+                              note: str = "") -> dict[str, Any]:
+        return await call(ctx, lambda w: w.snapshots.create(bucket, name=name, note=note))
+
+    @server.tool(description="The workspace's snapshots, newest first.", annotations=READ_ONLY)
+    async def snapshot_list(bucket: Bucket, ctx: Context) -> dict[str, Any]:
+        return {"snapshots": await call(ctx, lambda w: w.snapshots.list(bucket))}
+
+    @server.tool(description="Put the whole workspace back to a snapshot (every file, "
+                             "node_modules, .git); its previews and commands are stopped first.")
+    async def snapshot_restore(bucket: Bucket, snapshot_id: str, ctx: Context) -> dict[str, Any]:
+        return await call(ctx, lambda w: w.snapshots.restore(bucket, snapshot_id))
+
+    @server.tool(description="A new writable workspace `name` from a snapshot, next to the "
+                             "original: use `name` as the bucket of exec, files and previews.")
+    async def snapshot_fork(bucket: Bucket, snapshot_id: str, name: Bucket,
+                            ctx: Context) -> dict[str, Any]:
+        return await call(ctx, lambda w: w.snapshots.fork(bucket, snapshot_id, name))
+
     @server.tool(description="Start the bucket's preview app (its package.json dev/start "
                              "script unless `command` is given) on a port 3000-3019; returns "
                              "its status and URL.")

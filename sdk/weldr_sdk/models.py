@@ -72,6 +72,15 @@ class Preview(TypedDict, total=False):
     exit_code: int | None
 
 
+class Snapshot(TypedDict, total=False):
+    id: str
+    name: str
+    note: str
+    kind: str
+    created_at: str
+    size_bytes: int | None
+
+
 class PreviewToken(TypedDict, total=False):
     token: str
     expires_at: str

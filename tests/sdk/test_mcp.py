@@ -43,7 +43,8 @@ def test_mcp_over_http_runs_commands_files_and_a_preview(agent: AgentProcess, to
         async with over_http(agent, token) as mcp:
             tools = {tool.name: tool for tool in (await mcp.list_tools()).tools}
             assert {"exec", "read_file", "write_file", "list_files", "preview_start",
-                    "trigger_workflow"} <= set(tools)
+                    "trigger_workflow", "snapshot_create", "snapshot_restore",
+                    "snapshot_fork"} <= set(tools)
             assert set(tools["exec"].input_schema["required"]) == {"bucket", "command"}
 
             ran = await mcp.call_tool("exec", {"bucket": bucket, "command": "echo mcp; exit 2"})

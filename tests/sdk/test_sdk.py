@@ -84,6 +84,26 @@ def test_files_commands_and_errors_through_the_sync_client(weldr: Client, bucket
     assert weldr.mounts.sync(bucket)
 
 
+def test_snapshots_restore_and_fork_through_the_sdk(weldr: Client, bucket: str):
+    weldr.files.write(bucket, "snap.txt", "before\n")
+    snapshot = weldr.snapshots.create(bucket, name="sdk")
+    assert snapshot["id"] in [s["id"] for s in weldr.snapshots.list(bucket)]
+    weldr.files.write(bucket, "snap.txt", "after\n")
+    weldr.snapshots.restore(bucket, snapshot["id"])
+    assert weldr.files.read(bucket, "snap.txt") == b"before\n"
+    fork = f"{bucket}-fork"
+    assert weldr.snapshots.fork(bucket, snapshot["id"], fork)["bucket"] == fork
+    try:
+        assert weldr.commands.run(fork, "cat snap.txt")["stdout"] == "before\n"
+    finally:
+        weldr.mounts.unmount(fork, force=True)
+    assert weldr.snapshots.set_policy(bucket, keep=5)["keep"] == 5
+    assert weldr.snapshots.policy(bucket)["keep"] == 5
+    weldr.snapshots.delete(bucket, snapshot["id"])
+    with pytest.raises(NotFoundError):
+        weldr.snapshots.restore(bucket, snapshot["id"])
+
+
 def test_a_bad_token_raises_the_authentication_error(agent: AgentProcess):
     with Client(agent.url, token="wat_not-a-token") as stranger, \
             pytest.raises(AuthenticationError) as refused:

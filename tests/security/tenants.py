@@ -35,8 +35,10 @@ class Tenant:
                    run_id=f"missingrun{tag}")
 
     def ids(self) -> dict[str, str]:
+        # snapshot_id: an id no snapshot has (the bucket decides before the snapshot is looked
+        # up; a tenant's own call answers 404 snapshot_not_found, which is no refusal)
         return {"project_id": self.project, "branch_id": self.branch, "bucket": self.bucket,
-                "exec_id": self.exec_id, "run_id": self.run_id}
+                "exec_id": self.exec_id, "run_id": self.run_id, "snapshot_id": "0" * 32}
 
 
 Call = Callable[[httpx.Client, Tenant], "Answer"]
@@ -139,6 +141,23 @@ OPERATIONS = [
         "PUT", "/mounts/{bucket}/egress", lambda t: {"mode": "internet"})),
     Operation("DELETE", "/mounts/{bucket}/egress", "bucket",
               _plain("DELETE", "/mounts/{bucket}/egress")),
+    Operation("GET", "/mounts/{bucket}/snapshots", "bucket",
+              _plain("GET", "/mounts/{bucket}/snapshots")),
+    Operation("POST", "/mounts/{bucket}/snapshots", "bucket", _json(
+        "POST", "/mounts/{bucket}/snapshots", lambda t: {"name": "tenant"})),
+    Operation("GET", "/mounts/{bucket}/snapshots/policy", "bucket",
+              _plain("GET", "/mounts/{bucket}/snapshots/policy")),
+    Operation("PUT", "/mounts/{bucket}/snapshots/policy", "bucket", _json(
+        "PUT", "/mounts/{bucket}/snapshots/policy", lambda t: {"keep": 20})),
+    Operation("DELETE", "/mounts/{bucket}/snapshots/{snapshot_id}", "bucket",
+              _plain("DELETE", "/mounts/{bucket}/snapshots/{snapshot_id}")),
+    Operation("POST", "/mounts/{bucket}/snapshots/{snapshot_id}/restore", "bucket", _json(
+        "POST", "/mounts/{bucket}/snapshots/{snapshot_id}/restore", lambda t: {})),
+    Operation("POST", "/mounts/{bucket}/snapshots/{snapshot_id}/fork", "bucket", _json(
+        "POST", "/mounts/{bucket}/snapshots/{snapshot_id}/fork",
+        lambda t: {"name": f"{t.bucket[:50]}-fork"})),
+    Operation("POST", "/mounts/{bucket}/promote", "bucket", _json(
+        "POST", "/mounts/{bucket}/promote", lambda t: {})),
     Operation("GET", "/files/{bucket}", "bucket", _plain("GET", "/files/{bucket}")),
     Operation("GET", "/files/{bucket}/content", "bucket",
               _plain("GET", "/files/{bucket}/content", path="hello.txt")),
