@@ -209,11 +209,11 @@ class SnapshotsAPI(Namespace):
         return self._call("snapshots.policy.get", path={"bucket": bucket})
 
     @uses("snapshots.policy.set")
-    def set_policy(self, bucket: str, *, keep: int | None = None,
-                   max_age_days: int | None = None) -> dict:
-        body = {k: v for k, v in (("keep", keep), ("max_age_days", max_age_days))
-                if v is not None}
-        return self._call("snapshots.policy.set", path={"bucket": bucket}, json=body)
+    def set_policy(self, bucket: str, *, keep: int, max_age_days: int) -> dict:
+        """Replace the retention policy (0: no limit) and apply it now; `deleted` names the
+        snapshots it removed."""
+        return self._call("snapshots.policy.set", path={"bucket": bucket},
+                          json={"keep": keep, "max_age_days": max_age_days})
 
 
 class PreviewsAPI(Namespace):

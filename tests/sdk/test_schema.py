@@ -4,7 +4,7 @@ that calls it, and no entry names an operation the agent does not serve."""
 from __future__ import annotations
 
 from weldr_sdk import aio, client
-from weldr_sdk.api import MountsAPI, covered_operations
+from weldr_sdk.api import MountsAPI, SnapshotsAPI, covered_operations
 from weldr_sdk.operations import OPERATIONS
 
 import tests.sdk.conftest  # noqa: F401  (puts the SDK on the path)
@@ -30,9 +30,9 @@ def test_every_served_operation_has_an_sdk_entry_and_every_entry_is_served():
 
 
 def test_every_entry_is_called_by_a_method_of_both_clients():
-    # Both clients share the plain namespaces (api.py): the mounts one has no subclass.
+    # Both clients share the plain namespaces (api.py): mounts and snapshots have no subclass.
     for flavour in ([c for c in CLASSES if c.__module__.endswith(".client")],
                     [c for c in CLASSES if c.__module__.endswith(".aio")]):
-        covered = covered_operations(MountsAPI, *flavour)
+        covered = covered_operations(MountsAPI, SnapshotsAPI, *flavour)
         assert sorted(set(OPERATIONS) - set(covered)) == []
         assert sorted(set(covered) - set(OPERATIONS)) == []

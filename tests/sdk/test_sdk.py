@@ -97,7 +97,7 @@ def test_snapshots_restore_and_fork_through_the_sdk(weldr: Client, bucket: str):
         assert weldr.commands.run(fork, "cat snap.txt")["stdout"] == "before\n"
     finally:
         weldr.mounts.unmount(fork, force=True)
-    assert weldr.snapshots.set_policy(bucket, keep=5)["keep"] == 5
+    assert weldr.snapshots.set_policy(bucket, keep=5, max_age_days=0)["keep"] == 5
     assert weldr.snapshots.policy(bucket)["keep"] == 5
     weldr.snapshots.delete(bucket, snapshot["id"])
     with pytest.raises(NotFoundError):

@@ -148,7 +148,7 @@ OPERATIONS = [
     Operation("GET", "/mounts/{bucket}/snapshots/policy", "bucket",
               _plain("GET", "/mounts/{bucket}/snapshots/policy")),
     Operation("PUT", "/mounts/{bucket}/snapshots/policy", "bucket", _json(
-        "PUT", "/mounts/{bucket}/snapshots/policy", lambda t: {"keep": 20})),
+        "PUT", "/mounts/{bucket}/snapshots/policy", lambda t: {"keep": 20, "max_age_days": 0})),
     Operation("DELETE", "/mounts/{bucket}/snapshots/{snapshot_id}", "bucket",
               _plain("DELETE", "/mounts/{bucket}/snapshots/{snapshot_id}")),
     Operation("POST", "/mounts/{bucket}/snapshots/{snapshot_id}/restore", "bucket", _json(
