@@ -1,14 +1,21 @@
-"""Event fan-out latency and the engine's overhead, measured against real agent processes.
+"""Live events: provider delta → subscriber latency, and the agent's overhead per tool call.
 
-    .venv/bin/python bench/bench_events.py [--seconds 3]
+    .venv/bin/python bench/bench_events.py [--seconds 3] [--only memory|redis] [--subscribers 2,100]
 
-1. Fan-out: a scripted model streams text deltas, each carrying time.time() at the moment the
-   model hands it to the engine; every delta becomes an event row (PostgreSQL) and a channel
-   layer message. One SSE client and one websocket client record arrival times. Reported: p50 /
-   p99 latency from the model's delta to each client, at 100 and 1,000 events/s, with the
-   in-memory channel layer (no REDIS_URL) and with Redis.
-2. Overhead: a scripted run of 50 tool calls (10 turns of 5 write/read calls) whose model answers
-   instantly: the run's wall time minus the model's own time is the agent's overhead.
+1. Latency. A provider server speaking Anthropic's real streaming wire format
+   (tests/workflows/llm_server.py) streams text deltas at 100 and 1,000 per second; each delta's
+   text is the time.time() at which the server wrote it. The agent's real Anthropic adapter reads
+   them, the engine publishes them, and subscribers in separate client processes (so that their
+   parsing does not slow the server's pacing) record when each delta arrives: 1 SSE + 1
+   websocket subscriber, then 50 + 50, all on the same branch. Every subscriber must receive
+   every event exactly once and in order (its ids 1, 2, 3… with no gap or repeat), checked.
+   Run with the in-memory channel layer (no REDIS_URL) and with Redis (channels-redis).
+2. Baseline, same run: a bare channel-layer round trip (group_send → receive on one group,
+   in this process) for each layer, the floor of any design that goes through the layer.
+3. Overhead. A run of 50 tool calls (10 turns of 3 write_file + 2 read_file) against an
+   instantly answering provider, minus a run of the same shape without tools, minus the tools' own
+   time and the provider calls' own time (both measured here, in-process, on the same inputs),
+   divided by 50.
 
 Starts its own PostgreSQL, Redis and S3 server (tests/services.py) and stops them on exit.
 """
@@ -16,36 +23,25 @@ Starts its own PostgreSQL, Redis and S3 server (tests/services.py) and stops the
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-from tests import services  # noqa: E402
-
-services.ensure()
-
-import django  # noqa: E402
-import psycopg  # noqa: E402
-
-django.setup()
-
-from tests.conftest import AgentProcess  # noqa: E402
-from tests.workflows.conftest import (  # noqa: E402
-    SCRIPTED,
-    Agent,
-    SSEClient,
-    WSClient,
-    connected,
-    write_script,
-)
+MODEL = "anthropic/claude-bench"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,108 +49,358 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def make_agent(root: Path, scripts: Path, database: str, *, redis: bool) -> Agent:
-    home = Path(tempfile.mkdtemp(dir=root))
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    if not redis:
-        env.pop("REDIS_URL", None)
-    env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings", "DATABASE_URL": database,
-                "WORKFLOW_EXTRA_PROVIDERS": SCRIPTED, "WELDR_SCRIPTED_DIR": str(scripts),
-                "WORKSPACE_MODE": "local", "WORKSPACE_BASE": str(home / "ws"),
-                "WELDR_ENV_VOL": str(home / "env"), "WELDR_RUNTIME_DIR": str(home / "run"),
-                "SSE_KEEPALIVE_SECONDS": "5"})
-    agent = Agent(AgentProcess(env, services.free_port(), home / "agent.log"))
-    agent.start()
-    return agent
+# ---------------------------------------------------------------------------------------------
+# Subscribers (run in child processes: `--client sse|ws`)
+# ---------------------------------------------------------------------------------------------
+
+class Received:
+    """What one subscriber got: latencies of the stamped deltas, and whether ids were 1, 2, 3…"""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.ids: list[int] = []
+        self.done = False
+
+    def event(self, at: float, event_id: int, kind: str, data: dict[str, Any]) -> None:
+        self.ids.append(event_id)
+        if kind == "message.delta" and data.get("step") == "planning":
+            for stamp in data["text"].split(";"):
+                if stamp:
+                    self.latencies.append((at - float(stamp)) * 1000)
+        if kind in ("run.completed", "run.failed"):
+            self.done = True
 
 
-def fanout(agent: Agent, scripts: Path, rate: int, seconds: float) -> dict[str, list[float]]:
-    project_id, branch_id = agent.project_branch()
-    sse = SSEClient(agent, project_id, branch_id)
-    ws = WSClient(agent, project_id, branch_id)
-    arrivals: dict[str, list[tuple[float, dict]]] = {"sse": [], "ws": []}
-    for name, client in (("sse", sse), ("ws", ws)):
-        original = client.events
+async def sse_subscriber(host: str, port: int, path: str, token: str, received: Received,
+                         ready: asyncio.Event) -> None:
+    """A raw HTTP/1.1 SSE reader (chunked), cheap enough that 50 of them keep up."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
+                  f"Authorization: Bearer {token}\r\n\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    chunked = b"transfer-encoding: chunked" in head.lower()
+    buffer = b""
+    while not received.done:
+        if chunked:
+            size = int((await reader.readline()).strip() or b"0", 16)
+            if size == 0:
+                break
+            data = await reader.readexactly(size + 2)
+            data = data[:-2]
+        else:
+            data = await reader.read(65536)
+            if not data:
+                break
+        at = time.time()
+        buffer += data
+        *frames, buffer = buffer.split(b"\n\n")
+        for frame in frames:
+            fields = dict(line.split(": ", 1) for line in frame.decode().split("\n")
+                          if ": " in line and not line.startswith(":"))
+            if frame.startswith(b":") or frame.startswith(b"retry"):
+                ready.set()
+            if "id" in fields:
+                received.event(at, int(fields["id"]), fields["event"], json.loads(fields["data"]))
+    writer.close()
 
-        class Stamped(list):  # records the arrival time of every event
-            def append(self, item, _name=name):  # type: ignore[no-untyped-def]
-                arrivals[_name].append((time.time(), item))
-                super().append(item)
 
-        client.events = Stamped(original)
-    connected(sse, ws)
-    count = int(rate * seconds)
-    model = write_script(scripts, f"fan{rate}{secrets.token_hex(2)}",
-                         [{"stream": {"count": count, "rate": rate}}])
-    run_id = agent.trigger(project_id, branch_id, model).json()["run_id"]
-    agent.run_wait(run_id, timeout=600)
-    sse.wait(600)
-    ws.wait(600)
-    latencies: dict[str, list[float]] = {}
-    for name, received in arrivals.items():
-        latencies[name] = [
-            (at - float(event["data"]["text"])) * 1000 for at, event in received
-            if event["type"] == "message.delta" and event["data"]["step"] == "planning"]
-    return latencies
+async def ws_subscriber(url: str, token: str, received: Received, ready: asyncio.Event) -> None:
+    from websockets.asyncio.client import connect
+
+    async with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                       max_size=None) as socket:
+        ready.set()
+        async for message in socket:
+            at = time.time()
+            event = json.loads(message)
+            received.event(at, event["id"], event["type"], event["data"])
+            if received.done:
+                return
 
 
-def overhead(agent: Agent, scripts: Path) -> tuple[float, int]:
-    project_id, branch_id = agent.project_branch()
-    turns = [{"text": "plan"}]
+async def clients_main(args: argparse.Namespace) -> None:
+    received = [Received() for _ in range(args.count)]
+    readies = [asyncio.Event() for _ in range(args.count)]
+    host, port = "127.0.0.1", args.port
+    if args.client == "sse":
+        path = f"/events?project_id={args.project}&branch_id={args.branch}"
+        tasks = [asyncio.create_task(sse_subscriber(host, port, path, args.token, r, e))
+                 for r, e in zip(received, readies, strict=True)]
+    else:
+        url = f"ws://{host}:{port}/ws/events/{args.project}/{args.branch}"
+        tasks = [asyncio.create_task(ws_subscriber(url, args.token, r, e))
+                 for r, e in zip(received, readies, strict=True)]
+    for ready in readies:
+        await ready.wait()
+    print("ready", flush=True)
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.timeout)
+    latencies = [value for r in received for value in r.latencies]
+    in_order = all(r.ids == list(range(r.ids[0], r.ids[0] + len(r.ids))) for r in received
+                   if r.ids)
+    Path(args.out).write_text(json.dumps({
+        "latencies": latencies, "in_order": in_order,
+        "events": [len(r.ids) for r in received], "first": [r.ids[:1] for r in received]}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The provider: stamped deltas at a rate, in Anthropic's wire format
+# ---------------------------------------------------------------------------------------------
+
+def _sse(event: str, payload: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(payload)}\n\n"
+
+
+def stamped_frames(count: int, rate: float) -> Iterator[str]:
+    """One streamed turn of `count` text deltas, each the time it was written, `rate` a second."""
+    yield _sse("message_start", {"type": "message_start", "message": {
+        "id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-bench",
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1}}})
+    yield _sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}})
+    start = time.monotonic()
+    for n in range(count):
+        pause = start + n / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+            "type": "text_delta", "text": f"{time.time():.6f};"}})
+    yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield _sse("message_delta", {"type": "message_delta",
+                                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                 "usage": {"output_tokens": count}})
+    yield _sse("message_stop", {"type": "message_stop"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------
+
+def start_clients(kind: str, count: int, agent: Any, project_id: str, branch_id: str,
+                  out: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(  # noqa: S603 - this script, fixed arguments
+        [sys.executable, __file__, "--client", kind, "--count", str(count),
+         "--port", str(agent.process.port), "--token", agent.token, "--project", project_id,
+         "--branch", branch_id, "--out", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    return process
+
+
+def latency_round(agent: Any, llm: Any, root: Path, rate: int, seconds: float,
+                  per_transport: int) -> dict[str, dict[str, Any]]:
+    from tests.workflows.llm_server import Reply
+
+    project_id, branch_id = agent.branch
+    clients = {kind: start_clients(kind, per_transport, agent, project_id, branch_id,
+                                   root / f"{kind}-{secrets.token_hex(3)}.json")
+               for kind in ("sse", "ws")}
+    for process in clients.values():
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    llm.script("anthropic", [Reply(frames=stamped_frames(int(rate * seconds), rate)),  # type: ignore[arg-type]
+                             Reply(text="Done.")])
+    run_id = agent.trigger(project_id, branch_id, MODEL).json()["run_id"]
+    run = agent.run_wait(run_id, timeout=600)
+    assert run["status"] == "completed", run
+    results = {}
+    for kind, process in clients.items():
+        assert process.wait(timeout=600) == 0, f"{kind} clients failed"
+        out = Path(process.args[-1])  # type: ignore[index]
+        results[kind] = json.loads(out.read_text())
+    return results
+
+
+def layer_round_trip(layer_config: dict[str, Any], count: int = 500) -> tuple[float, float]:
+    """p50 / p99 ms of group_send → receive on a bare channel layer, at about 1,000/s."""
+    from channels.layers import BaseChannelLayer
+    from django.utils.module_loading import import_string
+
+    layer: BaseChannelLayer = import_string(layer_config["BACKEND"])(
+        **layer_config.get("CONFIG", {}))
+
+    async def measure() -> list[float]:
+        channel = await layer.new_channel("bench.")
+        await layer.group_add("bench-group", channel)
+        values = []
+        for _ in range(count):
+            sent = time.perf_counter()
+            await layer.group_send("bench-group", {"type": "x", "t": sent})
+            await layer.receive(channel)
+            values.append((time.perf_counter() - sent) * 1000)
+            await asyncio.sleep(0.001)
+        await layer.group_discard("bench-group", channel)
+        return values
+
+    values = asyncio.run(measure())
+    return statistics.median(values), percentile(values, 0.99)
+
+
+def overhead(agent: Any, llm: Any, root: Path) -> dict[str, float]:
+    """Agent overhead per tool call, with the tools' and the provider's own time taken out."""
+    from tests.workflows.llm_server import Call, Reply
+    from workflows.providers.base import ToolCall, UserMessage
+    from workflows.providers.registry import get_provider
+    from workflows.tools import ToolContext, tool_execute
+
+    turns = []
     for turn in range(10):
-        calls = [{"name": "write_file", "arguments": {"path": f"f{turn}_{n}.txt",
-                                                      "content": "x" * 200}}
+        calls = [Call("write_file", {"path": f"f{turn}_{n}.txt", "content": "x" * 200})
                  for n in range(3)]
-        calls += [{"name": "read_file", "arguments": {"path": f"f{turn}_{n}.txt"}}
-                  for n in range(2)]
-        turns.append({"tool_calls": calls})
-    turns.append({"text": "Done."})
-    model = write_script(scripts, "fifty", turns)
-    started = time.monotonic()
-    run = agent.run_wait(agent.trigger(project_id, branch_id, model).json()["run_id"], 600)
-    wall = time.monotonic() - started
-    assert run["status"] == "completed" and run["tool_calls"] == 50, run
-    return wall, run["tool_calls"]
+        calls += [Call("read_file", {"path": f"f{turn}_{n}.txt"}) for n in range(2)]
+        turns.append(Reply(calls=calls))
+
+    def wall(replies: list[Any]) -> tuple[float, int]:
+        project_id, branch_id = agent.branch
+        llm.script("anthropic", [Reply(text="plan"), *replies, Reply(text="Done.")])
+        run = agent.run_wait(agent.trigger(project_id, branch_id, MODEL).json()["run_id"], 600)
+        assert run["status"] == "completed", run
+        started = _instant(run["started_at"])
+        return _instant(run["finished_at"]) - started, run["tool_calls"]
+
+    wall(turns)  # warm-up: imports, first mount, first git
+    with_tools, calls = wall(turns)
+    without = min(wall([])[0] for _ in range(3))
+    # The tools' own work, in this process, on the same inputs.
+    workspace = Path(tempfile.mkdtemp(dir=root))
+    workspace.chmod(0o755)
+    context = ToolContext(workspace=workspace, bucket="bench")
+    started = time.perf_counter()
+    for reply in turns:
+        for call in reply.calls:
+            tool_execute(context, ToolCall(call.id or "c", call.name, call.arguments, call.raw()))
+    tools = time.perf_counter() - started
+    # The provider calls' own time (SDK + HTTP), in this process: the ten extra turns.
+    provider, model = get_provider(MODEL)
+    llm.script("anthropic", turns)
+    started = time.perf_counter()
+    for _ in turns:
+        provider.complete(model=model, system="", messages=[UserMessage("x")], tools=[],
+                          on_text=lambda text: None, timeout=30)
+    model_time = time.perf_counter() - started
+    per_call = (with_tools - without - tools - model_time) / calls * 1000
+    return {"calls": calls, "with_tools": with_tools, "without": without, "tools": tools,
+            "model": model_time, "per_call_ms": per_call}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each rate")
-    args = parser.parse_args()
+def _instant(text: str) -> float:
+    from django.utils.dateparse import parse_datetime
+
+    moment = parse_datetime(text)
+    assert moment is not None, text
+    return moment.timestamp()
+
+
+def main(args: argparse.Namespace) -> None:
+    from tests import services
+
+    services.ensure()
+    import django
+    import psycopg
+
+    django.setup()
+    import logging
+
+    from django.conf import settings
+
+    for logger in ("httpx", "httpx2"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
+
+    from tests.conftest import AgentProcess
+    from tests.workflows.conftest import Agent
+    from tests.workflows.llm_server import LLMServer
+
     root = Path(tempfile.mkdtemp(prefix="bench-events-"))
     root.chmod(0o755)
-    scripts = root / "scripts"
-    scripts.mkdir()
     base = os.environ["DATABASE_URL"]
     name = f"bench_{secrets.token_hex(4)}"
     with psycopg.connect(base, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
     database = base.rsplit("/", 1)[0] + f"/{name}"
-    agents: list[Agent] = []
+    llm = LLMServer().start()
+    for key, value in llm.env().items():
+        os.environ[key] = value
+    settings.ANTHROPIC_API_KEY = llm.env()["ANTHROPIC_API_KEY"]
+    layers = [layer for layer in ("memory", "redis") if args.only in (None, layer)]
+    subscribers = [int(n) for n in args.subscribers.split(",")]
+    agents: list[Any] = []
     try:
-        print(f"{'layer':8} {'rate/s':>7} {'client':6} {'n':>6} {'p50 ms':>8} {'p99 ms':>8}")
-        for redis in (False, True):
-            agent = make_agent(root, scripts, database, redis=redis)
+        print(f"load average before: {os.getloadavg()[0]:.2f} (2 CPUs shared)", flush=True)
+        print("\nbaseline, bare channel layer round trip (group_send → receive), this process:")
+        memory = {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+        redis = {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                 "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "prefix": "bench"}}
+        for layer in layers:
+            p50, p99 = layer_round_trip(memory if layer == "memory" else redis)
+            print(f"  {layer:7} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
+        print(f"\n{'layer':7} {'rate/s':>6} {'subs':>5} {'client':6} {'deltas':>8} "
+              f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  once+in order")
+        for layer in layers:
+            home = Path(tempfile.mkdtemp(dir=root))
+            env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+            if layer == "memory":
+                env.pop("REDIS_URL", None)
+            env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings", "DATABASE_URL": database,
+                        "WORKSPACE_MODE": "local", "WORKSPACE_BASE": str(home / "ws"),
+                        "WELDR_ENV_VOL": str(home / "env"), "WELDR_RUNTIME_DIR": str(home / "run"),
+                        "STREAMS_PER_PRINCIPAL": "1000", "SSE_KEEPALIVE_SECONDS": "5"})
+            agent = Agent(AgentProcess(env, services.free_port(), home / "agent.log"))
             agents.append(agent)
-            layer = "redis" if redis else "memory"
-            for rate in (100, 1000):
-                result = fanout(agent, scripts, rate, args.seconds)
-                for client, values in result.items():
-                    print(f"{layer:8} {rate:>7} {client:6} {len(values):>6} "
-                          f"{statistics.median(values):>8.1f} {percentile(values, 0.99):>8.1f}",
-                          flush=True)
-            if redis:
-                wall, calls = overhead(agent, scripts)
-                print(f"\nscripted run, {calls} tool calls, instant model: {wall:.2f} s wall "
-                      f"= {wall / calls * 1000:.0f} ms of agent overhead per tool call "
-                      "(events, git, database)")
+            agent.start()
+            # One branch for every round: each new bucket would be one more mount.
+            agent.branch = agent.project_branch()
+            for subs in subscribers:
+                for rate in (100, 1000):
+                    results = latency_round(agent, llm, root, rate, args.seconds,
+                                            max(1, subs // 2))
+                    for client, result in results.items():
+                        values = result["latencies"]
+                        expected = int(rate * args.seconds) * max(1, subs // 2)
+                        whole = result["in_order"] and len(values) == expected
+                        print(f"{layer:7} {rate:>6} {subs:>5} {client:6} "
+                              f"{len(values):>8} {statistics.median(values):>7.1f} "
+                              f"{percentile(values, 0.99):>7.1f} {max(values):>7.1f}  "
+                              f"{'yes' if whole else 'NO'}",
+                              flush=True)
+            if layer == layers[-1] and not args.no_overhead:
+                figures = overhead(agent, llm, root)
+                print(f"\noverhead ({layer}): run with {figures['calls']} tool calls "
+                      f"{figures['with_tools']:.3f} s, without tools {figures['without']:.3f} s, "
+                      f"tools' own work {figures['tools']:.3f} s, 10 provider turns "
+                      f"{figures['model']:.3f} s → {figures['per_call_ms']:.1f} ms per tool call",
+                      flush=True)
+        print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     finally:
         for agent in agents:
             agent.stop()
+        llm.stop()
         with psycopg.connect(base, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(root, ignore_errors=True)
 
 
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    parser.add_argument("--seconds", type=float, default=3.0,
+                        help="how long the provider streams at each rate (default 3)")
+    parser.add_argument("--only", choices=("memory", "redis"), help="one channel layer only")
+    parser.add_argument("--subscribers", default="2,100",
+                        help="subscriber counts, half SSE and half websocket (default 2,100)")
+    parser.add_argument("--no-overhead", action="store_true", help="skip the tool-call overhead")
+    # Internal: this script started as a subscriber process.
+    parser.add_argument("--client", choices=("sse", "ws"), help=argparse.SUPPRESS)
+    for name in ("count", "port"):
+        parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
+    for name in ("token", "project", "branch", "out"):
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    parser.add_argument("--timeout", type=float, default=900, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    main()
+    arguments = parse()
+    if arguments.client:
+        asyncio.run(clients_main(arguments))
+    else:
+        main(arguments)

@@ -11,6 +11,7 @@ last id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -20,9 +21,8 @@ from django.conf import settings
 
 from weldr_agent import limits
 from weldr_agent.sse import stream_closed, stream_opened
-from workflows.events import branch_group
 from workflows.models import Branch
-from workflows.streams import EventCursor, last_seq
+from workflows.streams import EventCursor, last_seq, subscribed
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -52,9 +52,12 @@ def _query_last_id(scope: dict[str, Any]) -> int | None:
 
 
 class EventConsumer(AsyncJsonWebsocketConsumer):
+    """Live events come from this process's fan-out (streams.subscribed), not from the
+    consumer's own channel: one task per socket forwards them."""
+
     cursor: EventCursor | None = None
-    group: str | None = None
     slot: limits.StreamSlot | None = None
+    forwarder: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         principal = self.scope.get("principal")
@@ -71,31 +74,46 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
             await self.accept()
             await self.close(code=refused)
             return
-        branch_id = kwargs["branch_id"]
-        self.group = branch_group(branch_id)
-        # Join the group and fix the cursor before accepting: once the client sees the socket
-        # open, every later event reaches it.
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        last_id = _query_last_id(self.scope)
-        self.cursor = EventCursor(branch_id,
-                                  await last_seq(branch_id) if last_id is None else last_id)
-        await self.accept()
-        stream_opened(self, self._close_at_shutdown)
-        await self._send_all(await self.cursor.catch_up())
+        # Subscribe and fix the cursor before accepting: once the client sees the socket open,
+        # every later event reaches it.
+        # The lock keeps the cursor's decisions and their sends one at a time (replay, resume,
+        # live), so nothing is sent twice or out of order.
+        self.sending = asyncio.Lock()
+        async with self.sending:
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.forwarder = asyncio.ensure_future(self._forward(kwargs["branch_id"], ready))
+            await ready
+            await self.accept()
+            stream_opened(self, self._close_at_shutdown)
+            await self._send_all(await self.cursor.catch_up())  # type: ignore[union-attr]
+
+    async def _forward(self, branch_id: str, ready: asyncio.Future[None]) -> None:
+        """Hold the subscription and send what it brings, until the socket closes."""
+        try:
+            async with subscribed(branch_id) as subscription:
+                last_id = _query_last_id(self.scope)
+                self.cursor = EventCursor(
+                    branch_id, await last_seq(branch_id) if last_id is None else last_id)
+                ready.set_result(None)
+                while True:
+                    live = await subscription.next()
+                    async with self.sending:
+                        await self._send_all(await self.cursor.on_live(live))
+        except BaseException as error:
+            if not ready.done():
+                ready.set_exception(error) if isinstance(error, Exception) else ready.cancel()
+            raise
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if self.cursor is None or not isinstance(content, dict):
             return
         last_id = content.get("last_event_id")
         if isinstance(last_id, int) and last_id >= 0:
-            self.cursor.last_id = last_id
-            await self._send_all(await self.cursor.catch_up())
+            async with self.sending:
+                self.cursor.last_id = last_id
+                await self._send_all(await self.cursor.catch_up())
         else:
             await self.send_json({"error": "send {\"last_event_id\": <integer>} to resume"})
-
-    async def workflow_event(self, message: dict[str, Any]) -> None:
-        if self.cursor is not None:
-            await self._send_all(await self.cursor.on_live(message["event"]))
 
     def _close_at_shutdown(self) -> None:
         stream_closed(self)
@@ -105,8 +123,10 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         stream_closed(self)
         if self.slot is not None:
             self.slot.release()
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.forwarder is not None:
+            self.forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.forwarder
 
     async def _send_all(self, events: list[dict[str, Any]]) -> None:
         for event in events:

@@ -102,8 +102,10 @@ class RunState:
     texts: list[str] = field(default_factory=list)
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
+        """Publish without waiting for the database: the publisher keeps the order, and the
+        run's own start and end (event_publish, waiting) come after everything emitted."""
         event_publish(branch=self.run.branch_id, type=type, run=self.run,
-                      data={"run_id": self.run.id, **data})
+                      data={"run_id": self.run.id, **data}, wait=False)
 
     def step_start(self, name: str) -> Step:
         if stopping.is_set():

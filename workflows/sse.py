@@ -7,11 +7,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 
-from workflows.events import branch_group
-from workflows.streams import EventCursor, last_seq
+from workflows.streams import EventCursor, last_seq, subscribed
 
 
 def sse_frame(event: dict[str, Any]) -> str:
@@ -19,32 +17,31 @@ def sse_frame(event: dict[str, Any]) -> str:
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
 
 
+def sse_frames(events: list[dict[str, Any]]) -> str:
+    """Several events as one chunk: one write to the client, not one per event."""
+    return "".join(sse_frame(event) for event in events)
+
+
 async def event_stream(*, branch_id: str, last_id: int | None) -> AsyncIterator[str]:
     """Events after `last_id` (or from now when None), then live ones.
 
     Keep-alive comments, `retry:` and the end at shutdown come from weldr_agent.sse.guarded.
     """
-    layer = get_channel_layer()
-    channel = await layer.new_channel("sse.")
-    group = branch_group(branch_id)
     # Subscribe before reading the database: an event committed in between is seen twice at
     # worst (and dropped by the cursor), never missed.
-    await layer.group_add(group, channel)
-    try:
+    async with subscribed(branch_id) as subscription:
         cursor = EventCursor(branch_id, await last_seq(branch_id) if last_id is None else last_id)
         yield ": connected\n\n"
-        for event in await cursor.catch_up():
-            yield sse_frame(event)
+        if replay := await cursor.catch_up():
+            yield sse_frames(replay)
         while True:
             try:
-                message = await asyncio.wait_for(layer.receive(channel),
-                                                 timeout=settings.SSE_KEEPALIVE_SECONDS)
+                async with asyncio.timeout(settings.SSE_KEEPALIVE_SECONDS):
+                    live = await subscription.next()
             except TimeoutError:
-                # Quiet: also look in the database, in case a published message was lost.
-                for event in await cursor.catch_up():
-                    yield sse_frame(event)
+                # Quiet: also look in the database, in case a published batch was lost.
+                if missed := await cursor.catch_up():
+                    yield sse_frames(missed)
                 continue
-            for event in await cursor.on_live(message["event"]):
-                yield sse_frame(event)
-    finally:
-        await layer.group_discard(group, channel)
+            if events := await cursor.on_live(live):
+                yield sse_frames(events)
