@@ -36,7 +36,7 @@ from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.db import close_old_connections, connections, transaction
+from django.db import connections, transaction
 
 from weldr_agent.routers import SHARED_DB
 from workflows.models import Branch, Event, EventCounter, WorkflowRun
@@ -51,8 +51,9 @@ EVENT_TYPES = (
 PROCESS_ID = secrets.token_hex(8)
 # The most events one transaction writes (a burst after a slow commit is split).
 BATCH_MAX = 2000
-# Idle this long, the publisher's connection is checked before use (it may be stale).
-IDLE_CHECK_SECONDS = 1.0
+# Idle this long, the publisher closes its database connection (an idle agent holds none; it
+# costs a reconnect at the start of the next burst).
+IDLE_SECONDS = 1.0
 
 
 def branch_group(branch_id: str) -> str:
@@ -131,6 +132,11 @@ def events_record(branch_id: str, items: list[Pending]) -> list[Event]:
         return Event.objects.bulk_create(rows)
 
 
+def _holdable(item: Pending | Committed) -> bool:
+    """A text delta nobody waits for may be held for the window; anything else goes now."""
+    return isinstance(item, Pending) and item.type == "message.delta" and item.done is None
+
+
 class Publisher(threading.Thread):
     """This process's event writer: numbers, inserts and fans out batches, in queue order."""
 
@@ -138,7 +144,6 @@ class Publisher(threading.Thread):
         super().__init__(name="workflow-events", daemon=True)
         self.queue: queue.SimpleQueue[Pending | Committed] = queue.SimpleQueue()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.last_write = 0.0
 
     def run(self) -> None:
         # Its own event loop, kept: the channel layer's connections are per loop.
@@ -149,32 +154,35 @@ class Publisher(threading.Thread):
                 self._write(batch)
             except Exception:  # never die: the next batch may succeed
                 logger.exception("publishing %d event(s) failed", len(batch))
+                connections[SHARED_DB].close_if_unusable_or_obsolete()
 
     def _take(self) -> list[Pending | Committed]:
         """The next batch: whatever is queued, plus, while it is only deltas, what comes
         within the window after the first of them."""
-        batch = [self.queue.get()]
+        try:
+            batch = [self.queue.get(timeout=IDLE_SECONDS)]
+        except queue.Empty:
+            connections[SHARED_DB].close()
+            batch = [self.queue.get()]
         window = settings.WORKFLOW_EVENT_WINDOW_MS / 1000
         deadline = getattr(batch[0], "queued", 0.0) + window
+        deltas_only = _holdable(batch[0])
         while len(batch) < BATCH_MAX:
             try:
-                batch.append(self.queue.get_nowait())
-                continue
+                item = self.queue.get_nowait()
             except queue.Empty:
-                pass
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not all(isinstance(i, Pending) and i.type == "message.delta"
-                                    and i.done is None for i in batch):
-                break
-            try:
-                batch.append(self.queue.get(timeout=wait))
-            except queue.Empty:
-                break
+                wait = deadline - time.monotonic()
+                if wait <= 0 or not deltas_only:
+                    break
+                try:
+                    item = self.queue.get(timeout=wait)
+                except queue.Empty:
+                    break
+            batch.append(item)
+            deltas_only = deltas_only and _holdable(item)
         return batch
 
     def _write(self, batch: list[Pending | Committed]) -> None:
-        if time.monotonic() - self.last_write > IDLE_CHECK_SECONDS:
-            close_old_connections()
         # Per branch, in queue order; a branch's events are one transaction.
         branches: dict[str, list[Pending | Committed]] = {}
         for item in batch:
@@ -196,7 +204,6 @@ class Publisher(threading.Thread):
                 messages.extend(row.as_message() for row in rows)
             if messages:
                 self._fan_out(branch_id, sorted(messages, key=lambda m: m["id"]))
-        self.last_write = time.monotonic()
 
     def _fan_out(self, branch_id: str, messages: list[dict[str, Any]]) -> None:
         from workflows.streams import deliver_local

@@ -105,7 +105,10 @@ class _Feed:
 
     async def _join(self) -> None:
         layer = get_channel_layer()
-        self.channel = await layer.new_channel("events.")
+        # The default prefix: channels-redis reads all of a process's channels with one
+        # blocking pop on one key, and a channel of another prefix would never be read while a
+        # consumer holds that pop.
+        self.channel = await layer.new_channel()
         await layer.group_add(branch_group(self.branch_id), self.channel)
         self.reader = asyncio.ensure_future(self._read())
 
