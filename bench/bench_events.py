@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import statistics
@@ -199,15 +200,33 @@ def latency_round(agent: Any, llm: Any, root: Path, rate: int, seconds: float,
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     llm.script("anthropic", [Reply(frames=stamped_frames(int(rate * seconds), rate)),  # type: ignore[arg-type]
                              Reply(text="Done.")])
+    agent_cpu, clients_cpu, started = _cpu(agent.process.process.pid), _children_cpu(), \
+        time.monotonic()
     run_id = agent.trigger(project_id, branch_id, MODEL).json()["run_id"]
     run = agent.run_wait(run_id, timeout=600)
     assert run["status"] == "completed", run
-    results = {}
+    results: dict[str, Any] = {}
     for kind, process in clients.items():
         assert process.wait(timeout=600) == 0, f"{kind} clients failed"
         out = Path(process.args[-1])  # type: ignore[index]
         results[kind] = json.loads(out.read_text())
+    wall = time.monotonic() - started
+    results["cpu"] = {"agent": (_cpu(agent.process.process.pid) - agent_cpu) / wall,
+                      "clients": (_children_cpu() - clients_cpu) / wall}
     return results
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds a running process has used (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def layer_round_trip(layer_config: dict[str, Any], count: int = 500) -> tuple[float, float]:
@@ -235,12 +254,11 @@ def layer_round_trip(layer_config: dict[str, Any], count: int = 500) -> tuple[fl
     return statistics.median(values), percentile(values, 0.99)
 
 
-def overhead(agent: Any, llm: Any, root: Path) -> dict[str, float]:
-    """Agent overhead per tool call, with the tools' and the provider's own time taken out."""
+def overhead(agent: Any, llm: Any) -> dict[str, float]:
+    """Agent overhead per tool call: of a run's time, what the provider and the tools did not
+    use (the engine logs the split), with 50 tool calls, minus the same without tools."""
     from tests.workflows.llm_server import Call, Reply
-    from workflows.providers.base import ToolCall, UserMessage
-    from workflows.providers.registry import get_provider
-    from workflows.tools import ToolContext, tool_execute
+    from weldr_agent import runner
 
     turns = []
     for turn in range(10):
@@ -249,37 +267,32 @@ def overhead(agent: Any, llm: Any, root: Path) -> dict[str, float]:
         calls += [Call("read_file", {"path": f"f{turn}_{n}.txt"}) for n in range(2)]
         turns.append(Reply(calls=calls))
 
-    def wall(replies: list[Any]) -> tuple[float, int]:
+    def split(replies: list[Any]) -> dict[str, float]:
         project_id, branch_id = agent.branch
         llm.script("anthropic", [Reply(text="plan"), *replies, Reply(text="Done.")])
-        run = agent.run_wait(agent.trigger(project_id, branch_id, MODEL).json()["run_id"], 600)
+        run_id = agent.trigger(project_id, branch_id, MODEL).json()["run_id"]
+        run = agent.run_wait(run_id, 600)
         assert run["status"] == "completed", run
-        started = _instant(run["started_at"])
-        return _instant(run["finished_at"]) - started, run["tool_calls"]
+        found: list[str] = []
 
-    wall(turns)  # warm-up: imports, first mount, first git
-    with_tools, calls = wall(turns)
-    without = min(wall([])[0] for _ in range(3))
-    # The tools' own work, in this process, on the same inputs.
-    workspace = Path(tempfile.mkdtemp(dir=root))
-    workspace.chmod(0o755)
-    context = ToolContext(workspace=workspace, bucket="bench")
-    started = time.perf_counter()
-    for reply in turns:
-        for call in reply.calls:
-            tool_execute(context, ToolCall(call.id or "c", call.name, call.arguments, call.raw()))
-    tools = time.perf_counter() - started
-    # The provider calls' own time (SDK + HTTP), in this process: the ten extra turns.
-    provider, model = get_provider(MODEL)
-    llm.script("anthropic", turns)
-    started = time.perf_counter()
-    for _ in turns:
-        provider.complete(model=model, system="", messages=[UserMessage("x")], tools=[],
-                          on_text=lambda text: None, timeout=30)
-    model_time = time.perf_counter() - started
-    per_call = (with_tools - without - tools - model_time) / calls * 1000
-    return {"calls": calls, "with_tools": with_tools, "without": without, "tools": tools,
-            "model": model_time, "per_call_ms": per_call}
+        def logged() -> bool:
+            found[:] = [line for line in agent.process.log.read_text().splitlines()
+                        if f"run {run_id} completed" in line]
+            return bool(found)
+
+        assert runner.wait_until(logged, timeout=30, interval=0.1), run_id
+        line = found[0].split(" completed in ", 1)[1]
+        wall, provider, tools, calls = (float(n) for n in re.findall(r"[\d.]+(?= s| tool)",
+                                                                       line))
+        return {"wall": wall, "provider": provider, "tools": tools, "calls": calls,
+                "rest": wall - provider - tools}
+
+    split(turns)  # warm-up: imports, first mount, first git
+    with_tools = min((split(turns) for _ in range(3)), key=lambda r: r["rest"])
+    without = min((split([]) for _ in range(3)), key=lambda r: r["rest"])
+    per_call = (with_tools["rest"] - without["rest"]) / with_tools["calls"] * 1000
+    return {**{f"with_{k}": v for k, v in with_tools.items()},
+            **{f"without_{k}": v for k, v in without.items()}, "per_call_ms": per_call}
 
 
 def _instant(text: str) -> float:
@@ -333,7 +346,7 @@ def main(args: argparse.Namespace) -> None:
             p50, p99 = layer_round_trip(memory if layer == "memory" else redis)
             print(f"  {layer:7} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
         print(f"\n{'layer':7} {'rate/s':>6} {'subs':>5} {'client':6} {'deltas':>8} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  once+in order")
+              f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  once+in order agent clients (CPU)")
         for layer in layers:
             home = Path(tempfile.mkdtemp(dir=root))
             env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -349,9 +362,10 @@ def main(args: argparse.Namespace) -> None:
             # One branch for every round: each new bucket would be one more mount.
             agent.branch = agent.project_branch()
             for subs in subscribers:
-                for rate in (100, 1000):
+                for rate in (int(n) for n in args.rates.split(",")):
                     results = latency_round(agent, llm, root, rate, args.seconds,
                                             max(1, subs // 2))
+                    cpu = results.pop("cpu")
                     for client, result in results.items():
                         values = result["latencies"]
                         expected = int(rate * args.seconds) * max(1, subs // 2)
@@ -359,15 +373,16 @@ def main(args: argparse.Namespace) -> None:
                         print(f"{layer:7} {rate:>6} {subs:>5} {client:6} "
                               f"{len(values):>8} {statistics.median(values):>7.1f} "
                               f"{percentile(values, 0.99):>7.1f} {max(values):>7.1f}  "
-                              f"{'yes' if whole else 'NO'}",
-                              flush=True)
+                              f"{'yes' if whole else 'NO':13} {cpu['agent']:>5.0%} "
+                              f"{cpu['clients']:>5.0%}", flush=True)
             if layer == layers[-1] and not args.no_overhead:
-                figures = overhead(agent, llm, root)
-                print(f"\noverhead ({layer}): run with {figures['calls']} tool calls "
-                      f"{figures['with_tools']:.3f} s, without tools {figures['without']:.3f} s, "
-                      f"tools' own work {figures['tools']:.3f} s, 10 provider turns "
-                      f"{figures['model']:.3f} s → {figures['per_call_ms']:.1f} ms per tool call",
-                      flush=True)
+                f = overhead(agent, llm)
+                print(f"\noverhead ({layer}, best of 3): run with {f['with_calls']:.0f} tool calls "
+                      f"{f['with_wall']:.3f} s = provider {f['with_provider']:.3f} + tools "
+                      f"{f['with_tools']:.3f} + agent {f['with_rest']:.3f}; without tools "
+                      f"{f['without_wall']:.3f} s = provider {f['without_provider']:.3f} + agent "
+                      f"{f['without_rest']:.3f} → {f['per_call_ms']:.1f} ms of agent overhead "
+                      "per tool call", flush=True)
         print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     finally:
         for agent in agents:
@@ -387,6 +402,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--only", choices=("memory", "redis"), help="one channel layer only")
     parser.add_argument("--subscribers", default="2,100",
                         help="subscriber counts, half SSE and half websocket (default 2,100)")
+    parser.add_argument("--rates", default="100,1000",
+                        help="deltas per second to stream (default 100,1000)")
     parser.add_argument("--no-overhead", action="store_true", help="skip the tool-call overhead")
     # Internal: this script started as a subscriber process.
     parser.add_argument("--client", choices=("sse", "ws"), help=argparse.SUPPRESS)
