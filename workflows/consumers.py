@@ -22,7 +22,7 @@ from django.conf import settings
 from weldr_agent import limits
 from weldr_agent.sse import stream_closed, stream_opened
 from workflows.models import Branch
-from workflows.streams import EventCursor, last_seq, subscribed
+from workflows.streams import EventCursor, LiveEvent, last_seq, subscribed
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -130,4 +130,7 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
 
     async def _send_all(self, events: list[dict[str, Any]]) -> None:
         for event in events:
-            await self.send_json(event)
+            if isinstance(event, LiveEvent):
+                await self.send(text_data=event.json)
+            else:
+                await self.send_json(event)

@@ -9,10 +9,12 @@ from typing import Any
 
 from django.conf import settings
 
-from workflows.streams import EventCursor, last_seq, subscribed
+from workflows.streams import EventCursor, LiveEvent, last_seq, subscribed
 
 
 def sse_frame(event: dict[str, Any]) -> str:
+    if isinstance(event, LiveEvent):
+        return event.sse
     data = json.dumps(event["data"], separators=(",", ":"))
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -47,6 +48,17 @@ def events_after(branch_id: str, seq: int, limit: int = REPLAY_BATCH) -> list[di
 def last_seq(branch_id: str) -> int:
     row = Event.objects.filter(branch_id=branch_id).order_by("-seq").values_list("seq").first()
     return row[0] if row else 0
+
+
+class LiveEvent(dict):
+    """A live event with its SSE frame and websocket JSON made once, off the event loop, for
+    every subscriber (a plain dict from the database is encoded by whoever sends it)."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__(event)
+        data = json.dumps(event["data"], separators=(",", ":"))
+        self.sse = f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
+        self.json = json.dumps(event)
 
 
 class Subscription:
@@ -80,6 +92,9 @@ def deliver_local(branch_id: str, events: list[dict[str, Any]]) -> None:
     """Hand a batch to every subscriber of the branch in this process (from any thread)."""
     with _lock:
         subscribers = list(_subscribers.get(branch_id, ()))
+    if not subscribers:
+        return
+    events = [LiveEvent(event) for event in events]
     loops: dict[asyncio.AbstractEventLoop, list[Subscription]] = {}
     for subscriber in subscribers:
         loops.setdefault(subscriber.loop, []).append(subscriber)
