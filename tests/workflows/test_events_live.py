@@ -59,11 +59,18 @@ def test_coalesced_deltas_keep_every_text_in_order_and_stop_at_other_events() ->
     assert kinds[-1] == "run.completed"
 
 
-@pytest.mark.parametrize("layer", ["memory", "redis"])
+# embedded: what `make run` uses, SQLite and the in-memory layer; memory: PostgreSQL and the
+# in-memory layer; redis: PostgreSQL and channels-redis.
+SETUPS = {"embedded": {"DATABASE_URL": "", "REDIS_URL": ""}, "memory": {"REDIS_URL": ""},
+          "redis": {}}
+
+
+@pytest.mark.parametrize("layer", list(SETUPS))
 def test_live_late_and_resuming_subscribers_get_every_event_once_in_order(
         agent_factory: Callable[..., Agent], scripts: Path, layer: str) -> None:
-    # given an agent (in-memory layer or Redis) and live subscribers of both kinds
-    agent = agent_factory(**({"REDIS_URL": ""} if layer == "memory" else {}))
+    # given an agent (SQLite or PostgreSQL; in-memory layer or Redis) and live subscribers of
+    # both kinds
+    agent = agent_factory(**SETUPS[layer])
     project_id, branch_id = agent.project_branch()
     live = [SSEClient(agent, project_id, branch_id), WSClient(agent, project_id, branch_id)]
     connected(*live)
