@@ -1,6 +1,7 @@
 """Live events: provider delta → subscriber latency, and the agent's overhead per tool call.
 
-    .venv/bin/python bench/bench_events.py [--seconds 3] [--only memory|redis] [--subscribers 2,100]
+    .venv/bin/python bench/bench_events.py [--seconds 3] [--only embedded|memory|redis]
+                                           [--subscribers 2,100] [--rates 100,1000]
 
 1. Latency. A provider server speaking Anthropic's real streaming wire format
    (tests/workflows/llm_server.py) streams text deltas at 100 and 1,000 per second; each delta's
@@ -9,7 +10,8 @@
    parsing does not slow the server's pacing) record when each delta arrives: 1 SSE + 1
    websocket subscriber, then 50 + 50, all on the same branch. Every subscriber must receive
    every event exactly once and in order (its ids 1, 2, 3… with no gap or repeat), checked.
-   Run with the in-memory channel layer (no REDIS_URL) and with Redis (channels-redis).
+   Run on the embedded defaults (SQLite, in-memory channel layer, as `make run`), on
+   PostgreSQL with the in-memory layer, and on PostgreSQL with Redis (channels-redis).
 2. Baseline, same run: a bare channel-layer round trip (group_send → receive on one group,
    in this process) for each layer, the floor of any design that goes through the layer.
 3. Overhead. A run of 50 tool calls (10 turns of 3 write_file + 2 read_file) against an
@@ -333,7 +335,7 @@ def main(args: argparse.Namespace) -> None:
     for key, value in llm.env().items():
         os.environ[key] = value
     settings.ANTHROPIC_API_KEY = llm.env()["ANTHROPIC_API_KEY"]
-    layers = [layer for layer in ("memory", "redis") if args.only in (None, layer)]
+    layers = [layer for layer in ("embedded", "memory", "redis") if args.only in (None, layer)]
     subscribers = [int(n) for n in args.subscribers.split(",")]
     agents: list[Any] = []
     try:
@@ -342,17 +344,19 @@ def main(args: argparse.Namespace) -> None:
         memory = {"BACKEND": "channels.layers.InMemoryChannelLayer"}
         redis = {"BACKEND": "channels_redis.core.RedisChannelLayer",
                  "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "prefix": "bench"}}
-        for layer in layers:
+        for layer in ("memory", "redis"):
             p50, p99 = layer_round_trip(memory if layer == "memory" else redis)
             print(f"  {layer:7} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
-        print(f"\n{'layer':7} {'rate/s':>6} {'subs':>5} {'client':6} {'deltas':>8} "
+        print(f"\n{'setup':8} {'rate/s':>6} {'subs':>5} {'client':6} {'deltas':>8} "
               f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  once+in order agent clients (CPU)")
         for layer in layers:
             home = Path(tempfile.mkdtemp(dir=root))
             env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-            if layer == "memory":
+            if layer != "redis":
                 env.pop("REDIS_URL", None)
-            env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings", "DATABASE_URL": database,
+            if layer != "embedded":
+                env["DATABASE_URL"] = database
+            env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
                         "WORKSPACE_MODE": "local", "WORKSPACE_BASE": str(home / "ws"),
                         "WELDR_ENV_VOL": str(home / "env"), "WELDR_RUNTIME_DIR": str(home / "run"),
                         "STREAMS_PER_PRINCIPAL": "1000", "SSE_KEEPALIVE_SECONDS": "5"})
@@ -370,7 +374,7 @@ def main(args: argparse.Namespace) -> None:
                         values = result["latencies"]
                         expected = int(rate * args.seconds) * max(1, subs // 2)
                         whole = result["in_order"] and len(values) == expected
-                        print(f"{layer:7} {rate:>6} {subs:>5} {client:6} "
+                        print(f"{layer:8} {rate:>6} {subs:>5} {client:6} "
                               f"{len(values):>8} {statistics.median(values):>7.1f} "
                               f"{percentile(values, 0.99):>7.1f} {max(values):>7.1f}  "
                               f"{'yes' if whole else 'NO':13} {cpu['agent']:>5.0%} "
@@ -399,7 +403,10 @@ def parse() -> argparse.Namespace:
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="how long the provider streams at each rate (default 3)")
-    parser.add_argument("--only", choices=("memory", "redis"), help="one channel layer only")
+    parser.add_argument("--only", choices=("embedded", "memory", "redis"),
+                        help="one setup only (embedded: SQLite and the in-memory layer, as "
+                        "`make run`; memory: PostgreSQL and the in-memory layer; redis: "
+                        "PostgreSQL and channels-redis)")
     parser.add_argument("--subscribers", default="2,100",
                         help="subscriber counts, half SSE and half websocket (default 2,100)")
     parser.add_argument("--rates", default="100,1000",
