@@ -191,7 +191,7 @@ def start_clients(kind: str, count: int, agent: Any, project_id: str, branch_id:
 
 
 def latency_round(agent: Any, llm: Any, root: Path, rate: int, seconds: float,
-                  per_transport: int) -> dict[str, dict[str, Any]]:
+                  per_transport: int, database: str | None) -> dict[str, dict[str, Any]]:
     from tests.workflows.llm_server import Reply
 
     project_id, branch_id = agent.branch
@@ -200,6 +200,8 @@ def latency_round(agent: Any, llm: Any, root: Path, rate: int, seconds: float,
                for kind in ("sse", "ws")}
     for process in clients.values():
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    time.sleep(1)  # the subscribers' start-up reads are done: what is held now is held idle
+    connections = _connections(database) if database else 0
     llm.script("anthropic", [Reply(frames=stamped_frames(int(rate * seconds), rate)),  # type: ignore[arg-type]
                              Reply(text="Done.")])
     agent_cpu, clients_cpu, started = _cpu(agent.process.process.pid), _children_cpu(), \
@@ -214,8 +216,19 @@ def latency_round(agent: Any, llm: Any, root: Path, rate: int, seconds: float,
         results[kind] = json.loads(out.read_text())
     wall = time.monotonic() - started
     results["cpu"] = {"agent": (_cpu(agent.process.process.pid) - agent_cpu) / wall,
-                      "clients": (_children_cpu() - clients_cpu) / wall}
+                      "clients": (_children_cpu() - clients_cpu) / wall,
+                      "connections": connections}
     return results
+
+
+def _connections(database: str) -> int:
+    """PostgreSQL connections to the agent's database (the bench's own excluded)."""
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as connection:
+        return connection.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()").fetchone()[0]
 
 
 def _cpu(pid: int) -> float:
@@ -348,7 +361,8 @@ def main(args: argparse.Namespace) -> None:
             p50, p99 = layer_round_trip(memory if layer == "memory" else redis)
             print(f"  {layer:7} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms", flush=True)
         print(f"\n{'setup':8} {'rate/s':>6} {'subs':>5} {'client':6} {'deltas':>8} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  once+in order agent clients (CPU)")
+              f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  once+in order agent clients (CPU)  "
+              "DB connections held by the idle subscribed agent")
         for layer in layers:
             home = Path(tempfile.mkdtemp(dir=root))
             env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -368,7 +382,8 @@ def main(args: argparse.Namespace) -> None:
             for subs in subscribers:
                 for rate in (int(n) for n in args.rates.split(",")):
                     results = latency_round(agent, llm, root, rate, args.seconds,
-                                            max(1, subs // 2))
+                                            max(1, subs // 2),
+                                            None if layer == "embedded" else database)
                     cpu = results.pop("cpu")
                     for client, result in results.items():
                         values = result["latencies"]
@@ -378,7 +393,7 @@ def main(args: argparse.Namespace) -> None:
                               f"{len(values):>8} {statistics.median(values):>7.1f} "
                               f"{percentile(values, 0.99):>7.1f} {max(values):>7.1f}  "
                               f"{'yes' if whole else 'NO':13} {cpu['agent']:>5.0%} "
-                              f"{cpu['clients']:>5.0%}", flush=True)
+                              f"{cpu['clients']:>5.0%}  {cpu['connections']:>3}", flush=True)
             if layer == layers[-1] and not args.no_overhead:
                 f = overhead(agent, llm)
                 print(f"\noverhead ({layer}, best of 3): run with {f['with_calls']:.0f} tool calls "

@@ -96,9 +96,11 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
                     branch_id, await last_seq(branch_id) if last_id is None else last_id)
                 ready.set_result(None)
                 while True:
-                    live = await subscription.next()
+                    # Quiet for a keep-alive interval: the database is also read, in case a
+                    # published batch was lost. Waiting does not hold the lock.
+                    live = await subscription.receive(settings.SSE_KEEPALIVE_SECONDS)
                     async with self.sending:
-                        await self._send_all(await self.cursor.on_live(live))
+                        await self._send_all(await subscription.resolve(self.cursor, live))
         except BaseException as error:
             if not ready.done():
                 ready.set_exception(error) if isinstance(error, Exception) else ready.cancel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,13 +36,8 @@ async def event_stream(*, branch_id: str, last_id: int | None) -> AsyncIterator[
         if replay := await cursor.catch_up():
             yield sse_frames(replay)
         while True:
-            try:
-                async with asyncio.timeout(settings.SSE_KEEPALIVE_SECONDS):
-                    live = await subscription.next()
-            except TimeoutError:
-                # Quiet: also look in the database, in case a published batch was lost.
-                if missed := await cursor.catch_up():
-                    yield sse_frames(missed)
-                continue
-            if events := await cursor.on_live(live):
+            # Quiet for a keep-alive interval: the database is also read, in case a published
+            # batch was lost.
+            live = await subscription.receive(settings.SSE_KEEPALIVE_SECONDS)
+            if events := await subscription.resolve(cursor, live):
                 yield sse_frames(events)

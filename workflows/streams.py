@@ -68,18 +68,36 @@ class Subscription:
         self.branch_id = branch_id
         self.loop = asyncio.get_running_loop()
         self.inbox: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue(maxsize=BACKLOG)
+        self.overflowed = False
 
     def offer(self, events: list[dict[str, Any]]) -> None:
         try:
             self.inbox.put_nowait(events)
         except asyncio.QueueFull:
-            pass  # the cursor sees the gap and reads the database
+            self.overflowed = True  # dropped: the client reads the database instead
 
-    async def next(self) -> list[dict[str, Any]]:
-        """Every live event waiting (at least one batch), in arrival order."""
-        events = list(await self.inbox.get())
+    async def receive(self, quiet: float) -> list[dict[str, Any]] | None:
+        """The live events waiting (at least one batch), or None after `quiet` seconds."""
+        try:
+            async with asyncio.timeout(quiet):
+                live = list(await self.inbox.get())
+        except TimeoutError:
+            return None
         while not self.inbox.empty():
-            events.extend(self.inbox.get_nowait())
+            live.extend(self.inbox.get_nowait())
+        return live
+
+    async def resolve(self, cursor: EventCursor,
+                      live: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        """What the client gets for what `receive` brought: the live events through the cursor;
+        after an overflow, or when it was quiet, whatever the database has after the cursor
+        (a dropped batch, another process's lost message)."""
+        if live is None:
+            return await cursor.catch_up()
+        events = await cursor.on_live(live)
+        if self.overflowed:
+            self.overflowed = False
+            events.extend(await cursor.catch_up())
         return events
 
 

@@ -4,12 +4,15 @@ process) gets every event exactly once, in order, the same as the database holds
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connections
 
 from tests.workflows.conftest import Agent, SSEClient, WSClient, connected, write_script
 from workflows import services
@@ -124,3 +127,69 @@ def test_events_reach_another_process_without_waiting_for_the_keepalive(
     expected = history(first, project_id, branch_id)
     for client in clients:
         assert client.wait(timeout=10) == expected
+
+
+def test_a_subscriber_that_overflows_or_misses_a_batch_still_gets_everything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow client's backlog drops batches, and a batch can be lost (another process's
+    message, expired in Redis): the database fills both in, once and in order."""
+    from workflows import streams
+    from workflows.events import Pending, events_record
+
+    project = services.project_create(name="p")
+    branch = services.branch_create(project=project, name="main", bucket="overflow-test")
+    monkeypatch.setattr(streams, "BACKLOG", 3)
+
+    async def follow() -> list[int]:
+        async with streams.subscribed(branch.id) as subscription:
+            cursor = streams.EventCursor(branch.id, 0)
+            # given a subscriber that reads nothing while 20 events are published one by one
+            for n in range(20):
+                await asyncio.to_thread(event_publish, branch=branch, type="tool.call",
+                                        data={"n": n})
+            record = _closing(events_record)
+            await asyncio.sleep(0.2)
+            assert subscription.overflowed
+            # and an event committed without being published (a lost batch)
+            await asyncio.to_thread(record, branch.id,
+                                    [Pending(branch.id, "tool.result", {}, None)])
+            # when it reads until it is quiet
+            got: list[int] = []
+            while True:
+                live = await subscription.receive(0.5)
+                got += [event["id"] for event in await subscription.resolve(cursor, live)]
+                if live is None:
+                    return got
+
+    # then it got 1..21, each once, in order
+    try:
+        assert asyncio.run(follow()) == list(range(1, 22))
+    finally:
+        # The test database is dropped at the end: leave no connection open in other threads.
+        _close_pool_connections()
+        time.sleep(1.5)  # the publisher closes its own after a second of quiet
+
+
+def _closing(function: Callable[..., Any]) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        try:
+            return function(*args)
+        finally:
+            connections.close_all()
+
+    return run
+
+
+def _close_pool_connections() -> None:
+    """Close the connection of every thread of weldr_agent.asyncdb's pool (one task each)."""
+    from weldr_agent import asyncdb
+
+    count = len(asyncdb._executor._threads)
+    barrier = threading.Barrier(count)
+
+    def close() -> None:
+        barrier.wait(10)
+        connections.close_all()
+
+    for future in [asyncdb._executor.submit(close) for _ in range(count)]:
+        future.result()
