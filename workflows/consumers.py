@@ -4,14 +4,15 @@ The client resumes with `?last_event_id=N` on connect or by sending {"last_event
 Authentication happens in weldr_agent.ws_auth; without a principal the socket closes with 4401,
 a cookie-authenticated socket from a foreign Origin with 4403, and one more than
 STREAMS_PER_PRINCIPAL open streams with 4429 (weldr_agent.limits). At agent shutdown the socket
-closes with 4012 (restarting, what 1012 says, which a server may not send): reconnect with the
-last id.
+closes with 4012 (restarting, what 1012 says, which a server may not send), and when reading
+the events fails (the database refused a connection) with 1011: reconnect with the last id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,9 +25,12 @@ from weldr_agent.sse import stream_closed, stream_opened
 from workflows.models import Branch
 from workflows.streams import EventCursor, LiveEvent, last_seq, subscribed
 
+logger = logging.getLogger("weldr.workflows.consumers")
+
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_INTERNAL_ERROR = 1011
 # 1012 (service restart) is what this means, but servers may only send 1000 or 3000-4999.
 CLOSE_RESTARTING = 4012
 
@@ -101,9 +105,17 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
                     live = await subscription.receive(settings.SSE_KEEPALIVE_SECONDS)
                     async with self.sending:
                         await self._send_all(await subscription.resolve(self.cursor, live))
-        except BaseException as error:
+        except Exception as error:
             if not ready.done():
-                ready.set_exception(error) if isinstance(error, Exception) else ready.cancel()
+                ready.set_exception(error)
+                return
+            # A failed read (the database refused a connection…): the socket closes, and the
+            # client reconnects with its last id instead of waiting on a dead stream.
+            logger.exception("event websocket of %s failed", branch_id)
+            await self.close(code=CLOSE_INTERNAL_ERROR)
+        except BaseException:
+            if not ready.done():
+                ready.cancel()
             raise
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
