@@ -59,6 +59,10 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
     """Live events come from this process's fan-out (streams.subscribed), not from the
     consumer's own channel: one task per socket forwards them."""
 
+    # No channel of its own: nothing is sent to it. With channels-redis every consumer's
+    # channel is one more receiver woken for each message the process gets (an alias that is
+    # not configured gives no layer).
+    channel_layer_alias = "workflows-events-none"
     cursor: EventCursor | None = None
     slot: limits.StreamSlot | None = None
     forwarder: asyncio.Task[None] | None = None
