@@ -555,6 +555,9 @@ GEMINI_API_KEY = env.str("GEMINI_API_KEY", default="")
 DEFAULT_MODEL = env.str("DEFAULT_MODEL", default="anthropic/claude-sonnet-4-5")
 WORKFLOW_STEP_TIMEOUT_SECONDS = _int("WORKFLOW_STEP_TIMEOUT_SECONDS", 900, low=5, high=86400)
 WORKFLOW_MAX_TOOL_CALLS = _int("WORKFLOW_MAX_TOOL_CALLS", 200, low=1, high=10000)
+# How long the event publisher holds a text delta for more to join it in one event: fewer rows,
+# frames and sends at model speed (1,000 deltas/s → about 100 events/s), at most this much later.
+WORKFLOW_EVENT_WINDOW_MS = _float("WORKFLOW_EVENT_WINDOW_MS", 10.0, low=0, high=1000)
 SSE_KEEPALIVE_SECONDS = _float("SSE_KEEPALIVE_SECONDS", 15.0, low=0.1, high=600)
 # Provider calls: our own retries (the SDKs' are off), bounded attempts, exponential backoff.
 LLM_MAX_ATTEMPTS = _int("LLM_MAX_ATTEMPTS", 4, low=1, high=20)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
 from django.http import StreamingHttpResponse
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 
@@ -64,11 +65,25 @@ def sse_response(stream: AsyncIterator[bytes | str], *,
     """A streaming response of `stream` (an async iterator of SSE frames) with the SSE headers,
     `retry:`, keep-alives every `keepalive` seconds of quiet, and an end at shutdown."""
     seconds = settings.SSE_KEEPALIVE_SECONDS if keepalive is None else keepalive
+    connections_release()
     response = StreamingHttpResponse(guarded(stream, keepalive=seconds),
                                      content_type=CONTENT_TYPE)
     for name, value in SSE_HEADERS.items():
         response[name] = value
     return response
+
+
+def connections_release() -> None:
+    """Close this thread's database connections (outside a transaction).
+
+    A view runs on a thread of its own request (Django's ASGI handler), and its stream outlives
+    it by minutes or hours: the connections that thread opened (authentication, the lookups)
+    stayed open as long as the stream, one per subscriber, and were never used again. A
+    stream's own reads go through the shared pool (weldr_agent.asyncdb).
+    """
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ The client resumes with `?last_event_id=N` on connect or by sending {"last_event
 Authentication happens in weldr_agent.ws_auth; without a principal the socket closes with 4401,
 a cookie-authenticated socket from a foreign Origin with 4403, and one more than
 STREAMS_PER_PRINCIPAL open streams with 4429 (weldr_agent.limits). At agent shutdown the socket
-closes with 4012 (restarting, what 1012 says, which a server may not send): reconnect with the
-last id.
+closes with 4012 (restarting, what 1012 says, which a server may not send), and when reading
+the events fails (the database refused a connection) with 1011: reconnect with the last id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,13 +21,15 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from weldr_agent import access, limits
 from weldr_agent.sse import stream_closed, stream_opened
-from workflows.events import branch_group
 from workflows.models import Branch
-from workflows.streams import EventCursor, last_seq
+from workflows.streams import EventCursor, LiveEvent, last_seq, subscribed
+
+logger = logging.getLogger("weldr.workflows.consumers")
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_INTERNAL_ERROR = 1011
 # 1012 (service restart) is what this means, but servers may only send 1000 or 3000-4999.
 CLOSE_RESTARTING = 4012
 
@@ -47,9 +51,16 @@ def _query_last_id(scope: dict[str, Any]) -> int | None:
 
 
 class EventConsumer(AsyncJsonWebsocketConsumer):
+    """Live events come from this process's fan-out (streams.subscribed), not from the
+    consumer's own channel: one task per socket forwards them."""
+
+    # No channel of its own: nothing is sent to it. With channels-redis every consumer's
+    # channel is one more receiver woken for each message the process gets (an alias that is
+    # not configured gives no layer).
+    channel_layer_alias = "workflows-events-none"
     cursor: EventCursor | None = None
-    group: str | None = None
     slot: limits.StreamSlot | None = None
+    forwarder: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         principal = self.scope.get("principal")
@@ -66,31 +77,56 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
             await self.accept()
             await self.close(code=refused)
             return
-        branch_id = kwargs["branch_id"]
-        self.group = branch_group(branch_id)
-        # Join the group and fix the cursor before accepting: once the client sees the socket
-        # open, every later event reaches it.
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        last_id = _query_last_id(self.scope)
-        self.cursor = EventCursor(branch_id,
-                                  await last_seq(branch_id) if last_id is None else last_id)
-        await self.accept()
-        stream_opened(self, self._close_at_shutdown)
-        await self._send_all(await self.cursor.catch_up())
+        # Subscribe and fix the cursor before accepting: once the client sees the socket open,
+        # every later event reaches it.
+        # The lock keeps the cursor's decisions and their sends one at a time (replay, resume,
+        # live), so nothing is sent twice or out of order.
+        self.sending = asyncio.Lock()
+        async with self.sending:
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.forwarder = asyncio.ensure_future(self._forward(kwargs["branch_id"], ready))
+            await ready
+            await self.accept()
+            stream_opened(self, self._close_at_shutdown)
+            await self._send_all(await self.cursor.catch_up())  # type: ignore[union-attr]
+
+    async def _forward(self, branch_id: str, ready: asyncio.Future[None]) -> None:
+        """Hold the subscription and send what it brings, until the socket closes."""
+        try:
+            async with subscribed(branch_id) as subscription:
+                last_id = _query_last_id(self.scope)
+                self.cursor = EventCursor(
+                    branch_id, await last_seq(branch_id) if last_id is None else last_id)
+                ready.set_result(None)
+                while True:
+                    # Quiet for a keep-alive interval: the database is also read, in case a
+                    # published batch was lost. Waiting does not hold the lock.
+                    live = await subscription.receive(settings.SSE_KEEPALIVE_SECONDS)
+                    async with self.sending:
+                        await self._send_all(await subscription.resolve(self.cursor, live))
+        except Exception as error:
+            if not ready.done():
+                ready.set_exception(error)
+                return
+            # A failed read (the database refused a connection…): the socket closes, and the
+            # client reconnects with its last id instead of waiting on a dead stream.
+            logger.exception("event websocket of %s failed", branch_id)
+            await self.close(code=CLOSE_INTERNAL_ERROR)
+        except BaseException:
+            if not ready.done():
+                ready.cancel()
+            raise
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if self.cursor is None or not isinstance(content, dict):
             return
         last_id = content.get("last_event_id")
         if isinstance(last_id, int) and last_id >= 0:
-            self.cursor.last_id = last_id
-            await self._send_all(await self.cursor.catch_up())
+            async with self.sending:
+                self.cursor.last_id = last_id
+                await self._send_all(await self.cursor.catch_up())
         else:
             await self.send_json({"error": "send {\"last_event_id\": <integer>} to resume"})
-
-    async def workflow_event(self, message: dict[str, Any]) -> None:
-        if self.cursor is not None:
-            await self._send_all(await self.cursor.on_live(message["event"]))
 
     def _close_at_shutdown(self) -> None:
         stream_closed(self)
@@ -100,9 +136,14 @@ class EventConsumer(AsyncJsonWebsocketConsumer):
         stream_closed(self)
         if self.slot is not None:
             self.slot.release()
-        if self.group is not None:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        if self.forwarder is not None:
+            self.forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.forwarder
 
     async def _send_all(self, events: list[dict[str, Any]]) -> None:
         for event in events:
-            await self.send_json(event)
+            if isinstance(event, LiveEvent):
+                await self.send(text_data=event.json)
+            else:
+                await self.send_json(event)

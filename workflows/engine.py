@@ -100,10 +100,15 @@ class RunState:
     step: Step | None = None
     tool_calls: int = 0
     texts: list[str] = field(default_factory=list)
+    # Where the run's time went, logged at its end: the agent's own overhead is the rest.
+    provider_seconds: float = 0.0
+    tool_seconds: float = 0.0
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
+        """Publish without waiting for the database: the publisher keeps the order, and the
+        run's own start and end (event_publish, waiting) come after everything emitted."""
         event_publish(branch=self.run.branch_id, type=type, run=self.run,
-                      data={"run_id": self.run.id, **data})
+                      data={"run_id": self.run.id, **data}, wait=False)
 
     def step_start(self, name: str) -> Step:
         if stopping.is_set():
@@ -118,6 +123,7 @@ class RunState:
         assert self.step is not None
         step = self.step.name
         attempt = 0
+        started = time.monotonic()
         while True:
             try:
                 turn = self.provider.complete(
@@ -138,6 +144,7 @@ class RunState:
                 if pause >= self.step.remaining():
                     raise
                 time.sleep(pause)
+        self.provider_seconds += time.monotonic() - started
         WorkflowRun.objects.filter(id=self.run.id).update(
             input_tokens=F("input_tokens") + turn.usage.input_tokens,
             output_tokens=F("output_tokens") + turn.usage.output_tokens,
@@ -187,7 +194,9 @@ def coding_step(state: RunState, context: ToolContext, request: str, plan: str) 
             state.emit("tool.call", {"call_id": call.id, "name": call.name,
                                      "arguments": call.arguments if call.arguments is not None
                                      else call.raw_arguments})
+            started = time.monotonic()
             result = tool_execute(context, call)
+            state.tool_seconds += time.monotonic() - started
             state.tool_calls += 1
             state.emit("tool.result", {"call_id": call.id, "name": call.name,
                                        "content": result.content, "is_error": result.is_error})
@@ -244,6 +253,7 @@ def run_execute(run_id: str) -> None:
     if not claimed:
         return
     run = WorkflowRun.objects.select_related("branch").get(id=run_id)
+    started = time.monotonic()
     try:
         event_publish(branch=run.branch_id, type="run.started", run=run,
                       data={"run_id": run.id, "model": run.model})
@@ -273,6 +283,9 @@ def run_execute(run_id: str) -> None:
         return
     event_publish(branch=run.branch_id, type="run.completed", run=run,
                   data={"run_id": run.id, "tool_calls": state.tool_calls, **outcome})
+    logger.info("run %s completed in %.3f s: %.3f s in the provider, %.3f s in %d tool call(s)",
+                run.id, time.monotonic() - started, state.provider_seconds, state.tool_seconds,
+                state.tool_calls)
 
 
 def _error_text(error: Exception) -> str:

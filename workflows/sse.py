@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 
-from workflows.events import branch_group
-from workflows.streams import EventCursor, last_seq
+from workflows.streams import EventCursor, LiveEvent, last_seq, subscribed
 
 
 def sse_frame(event: dict[str, Any]) -> str:
+    if isinstance(event, LiveEvent):
+        return event.sse
     data = json.dumps(event["data"], separators=(",", ":"))
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {data}\n\n"
+
+
+def sse_frames(events: list[dict[str, Any]]) -> str:
+    """Several events as one chunk: one write to the client, not one per event."""
+    return "".join(sse_frame(event) for event in events)
 
 
 async def event_stream(*, branch_id: str, last_id: int | None) -> AsyncIterator[str]:
@@ -24,27 +28,16 @@ async def event_stream(*, branch_id: str, last_id: int | None) -> AsyncIterator[
 
     Keep-alive comments, `retry:` and the end at shutdown come from weldr_agent.sse.guarded.
     """
-    layer = get_channel_layer()
-    channel = await layer.new_channel("sse.")
-    group = branch_group(branch_id)
     # Subscribe before reading the database: an event committed in between is seen twice at
     # worst (and dropped by the cursor), never missed.
-    await layer.group_add(group, channel)
-    try:
+    async with subscribed(branch_id) as subscription:
         cursor = EventCursor(branch_id, await last_seq(branch_id) if last_id is None else last_id)
         yield ": connected\n\n"
-        for event in await cursor.catch_up():
-            yield sse_frame(event)
+        if replay := await cursor.catch_up():
+            yield sse_frames(replay)
         while True:
-            try:
-                message = await asyncio.wait_for(layer.receive(channel),
-                                                 timeout=settings.SSE_KEEPALIVE_SECONDS)
-            except TimeoutError:
-                # Quiet: also look in the database, in case a published message was lost.
-                for event in await cursor.catch_up():
-                    yield sse_frame(event)
-                continue
-            for event in await cursor.on_live(message["event"]):
-                yield sse_frame(event)
-    finally:
-        await layer.group_discard(group, channel)
+            # Quiet for a keep-alive interval: the database is also read, in case a published
+            # batch was lost.
+            live = await subscription.receive(settings.SSE_KEEPALIVE_SECONDS)
+            if events := await subscription.resolve(cursor, live):
+                yield sse_frames(events)
