@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from weldr_agent import access, limits
 from weldr_agent.sse import stream_closed, stream_opened
