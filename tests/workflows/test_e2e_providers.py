@@ -94,14 +94,15 @@ def test_run_end_to_end_through_the_sdk(llm_server: LLMServer, llm_agent: Agent,
     # usage as the provider reported it, summed over the turns
     assert (run["input_tokens"], run["output_tokens"]) == (1000, 100)
 
-    # and both clients saw the same ordered events, the plan streamed delta by delta
+    # and both clients saw the same ordered events, the plan streamed as deltas (those arriving
+    # within one WORKFLOW_EVENT_WINDOW_MS are coalesced into one event: the text is what counts)
     seen_sse, seen_ws = sse.wait(), ws.wait()
     assert seen_sse == seen_ws
     assert [e["id"] for e in seen_sse] == list(range(1, len(seen_sse) + 1))
     assert [e["type"] for e in seen_sse][-2:] == ["version.created", "run.completed"]
     planning = [e["data"]["text"] for e in by_type(seen_sse, "message.delta")
                 if e["data"]["step"] == "planning"]
-    assert planning == PLAN
+    assert "".join(planning) == "".join(PLAN) and planning
     calls = by_type(seen_sse, "tool.call")
     assert [c["data"]["name"] for c in calls] == [
         "write_file", "write_file", "edit_file", "run_command", "write_file", "done"]
