@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db import close_old_connections
 from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -120,6 +121,8 @@ class RunState:
         attempt = 0
         while True:
             try:
+                # footprint (#17): no pooled connection held while the model thinks.
+                close_old_connections()
                 turn = self.provider.complete(
                     model=self.model, system=system, messages=messages,
                     tools=tool_specs() if tools else [],
@@ -187,6 +190,8 @@ def coding_step(state: RunState, context: ToolContext, request: str, plan: str) 
             state.emit("tool.call", {"call_id": call.id, "name": call.name,
                                      "arguments": call.arguments if call.arguments is not None
                                      else call.raw_arguments})
+            # footprint (#17): nor while a tool runs (a command may take minutes).
+            close_old_connections()
             result = tool_execute(context, call)
             state.tool_calls += 1
             state.emit("tool.result", {"call_id": call.id, "name": call.name,
