@@ -72,9 +72,11 @@ def provider_resolve(model: str) -> tuple[Provider, str, int]:
     if extra:
         return import_string(extra)(), name, settings.WORKFLOW_PROVIDER_RETRIES
     try:
-        from workflows.providers.registry import get_provider
+        from workflows.providers.registry import get_provider, key_check
     except ImportError:
         raise UnknownModel(f"No provider adapters are installed for {model!r}.") from None
+    # footprint (#17): a missing key fails the run before the SDK is imported.
+    key_check(model)
     provider, name = get_provider(model)
     return provider, name, 0
 
