@@ -32,6 +32,7 @@ django.setup()
 
 import httpx  # noqa: E402
 
+from bench.bench_startup import tree  # noqa: E402
 from bench.results import report  # noqa: E402
 from tests.conftest import AgentProcess  # noqa: E402
 from tests.services import free_port  # noqa: E402
@@ -45,14 +46,6 @@ def rollup(pid: int) -> dict[str, int]:
         key, _, rest = line.partition(":")
         values[key] = int(rest.split()[0])
     return values
-
-
-def tree(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    found = [pid]
-    for child in children.read_text().split() if children.exists() else []:
-        found += tree(int(child))
-    return found
 
 
 def snapshot(pid: int) -> dict[str, float]:
