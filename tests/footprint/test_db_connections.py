@@ -140,6 +140,10 @@ def test_one_agent_holds_at_most_five_connections_at_peak_and_none_when_idle(
         assert failures == []
         assert 0 < counter.peak <= POOL_MAX, f"peak {counter.peak}, {after} {wait}s later"
         assert after <= 1, f"{after} connections {wait}s after the load"
+        # and a stopped agent leaves none behind, having shut down cleanly
+        assert agent.process.stop() == 0
+        # (a backend ends a moment after its client said goodbye)
+        assert runner.wait_until(lambda: counter.count() == 0, timeout=10, interval=0.2)
     finally:
         agent.stop()
 
