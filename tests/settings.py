@@ -11,3 +11,8 @@ from weldr_agent.settings import *  # noqa: E402,F403
 # shared cache answers with "database table is locked" instead.
 WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)  # noqa: F405
 DATABASES["default"]["TEST"] = {"NAME": str(WELDR_ENV_VOL / "test-state.sqlite3")}  # noqa: F405
+
+# The test process's own threads (tests of concurrent writers) each keep a connection to the shared
+# test database for the whole test, more than an agent's pool holds: no pool here. The agents the
+# tests start run with the pool (tests/footprint measures it).
+DATABASES["shared"]["OPTIONS"].pop("pool", None)  # noqa: F405

@@ -5,8 +5,9 @@ for that request (Django's ASGI handler opens a ThreadSensitiveContext per reque
 request opens a new database connection: for a SQLite file that is the connect, the
 init_command PRAGMAs and the function registrations — a third of an exec's round trip here. The
 threads of this pool live as long as the process, so with CONN_MAX_AGE their connections are
-reused; each call first drops a connection that is obsolete or broken (as Django does at the
-start of a request), so a restarted PostgreSQL is reconnected to, not failed on.
+reused (the shared PostgreSQL's pooled connection is given back after each call); each call
+first drops a connection that is obsolete or broken (as Django does at the start of a
+request), so a restarted PostgreSQL is reconnected to, not failed on.
 
 Use it for short, self-contained units of ORM work (authentication, a lookup, a write): a call
 must not expect the thread of an earlier call (open transactions do not span calls).
@@ -34,6 +35,11 @@ def db_sync_to_async(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     @wraps(func)
     def unit(*args: P.args, **kwargs: P.kwargs) -> R:
         close_old_connections()
-        return func(*args, **kwargs)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            # A pooled PostgreSQL connection (CONN_MAX_AGE 0) goes back to the pool now, not
+            # when this thread's next call comes; the local SQLite one (no max age) stays.
+            close_old_connections()
 
     return sync_to_async(unit, thread_sensitive=False, executor=_executor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,27 @@ from weldr_agent import runner
 logger = logging.getLogger("weldr.s3")
 
 
+_session_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _session() -> boto3.session.Session:
+    return boto3.session.Session()
+
+
+def new_client(*args: Any, **kwargs: Any) -> Any:
+    """A boto3 client of the agent's one session: clients of one session share its parsed
+    service models (each client of a session of its own cost 12-15 MB here, #17). Creation is
+    locked: a boto3 session is not safe to create clients from in parallel."""
+    with _session_lock:
+        return _session().client(*args, **kwargs)
+
+
 @lru_cache(maxsize=8)
 def _client(endpoint: str, region: str, key_id: str, secret: str) -> Any:
     # Keys are always given: boto3 must never walk its credential chain (it would probe the
     # instance metadata address). Path-style addressing works with every S3 server we meet.
-    return boto3.session.Session().client(
+    return new_client(
         "s3",
         endpoint_url=endpoint,
         region_name=region if region != "auto" else "us-east-1",

@@ -248,11 +248,31 @@ else:
         "NAME": str(WELDR_ENV_VOL / "shared.sqlite3"),
         "OPTIONS": dict(_SQLITE_OPTIONS),
     }
+# The platform's PostgreSQL is shared by every agent of the fleet: each agent holds at most
+# SHARED_DB_POOL_SIZE connections (psycopg's pool, Django's OPTIONS["pool"]), whatever its load.
+# A thread takes one for a unit of work and gives it back (request end, database_sync_to_async,
+# asyncdb, a workflow run before each model call); more threads than connections wait for one up
+# to SHARED_DB_POOL_TIMEOUT_SECONDS. An idle connection is closed after
+# SHARED_DB_POOL_MAX_IDLE_SECONDS (one per interval), so an idle agent holds none.
+SHARED_DB_POOL_SIZE = _int("SHARED_DB_POOL_SIZE", 5, low=1, high=1000)
+SHARED_DB_POOL_MAX_IDLE_SECONDS = _float("SHARED_DB_POOL_MAX_IDLE_SECONDS", 60.0, low=0.5,
+                                         high=86400)
+SHARED_DB_POOL_TIMEOUT_SECONDS = _float("SHARED_DB_POOL_TIMEOUT_SECONDS", 30.0, low=0.1,
+                                        high=3600)
 if _shared["ENGINE"] == "django.db.backends.postgresql":
     _shared.setdefault("OPTIONS", {})
-    # Kept open between requests (a connection costs milliseconds), checked before reuse.
-    _shared["CONN_MAX_AGE"] = 60
+    _shared["OPTIONS"]["pool"] = {
+        "min_size": 0, "max_size": SHARED_DB_POOL_SIZE, "name": "weldr-shared",
+        "max_idle": SHARED_DB_POOL_MAX_IDLE_SECONDS, "timeout": SHARED_DB_POOL_TIMEOUT_SECONDS,
+    }
+    # A pooled connection goes back to the pool when Django "closes" it (required by the pool).
+    _shared["CONN_MAX_AGE"] = 0
+    # The pool checks a connection before handing it out: a restarted PostgreSQL costs no error.
     _shared["CONN_HEALTH_CHECKS"] = True
+    # PgBouncer in transaction mode (docs/performance.md, "Database connections"): a named
+    # cursor cannot outlive its transaction there; prepared statements are off (Django's default
+    # prepare_threshold None with client-side binding).
+    _shared["DISABLE_SERVER_SIDE_CURSORS"] = True
 else:
     _shared["CONN_MAX_AGE"] = None
     if name := env.str("SHARED_TEST_DB_NAME", default=""):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db import close_old_connections
 from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -71,9 +72,11 @@ def provider_resolve(model: str) -> tuple[Provider, str, int]:
     if extra:
         return import_string(extra)(), name, settings.WORKFLOW_PROVIDER_RETRIES
     try:
-        from workflows.providers.registry import get_provider
+        from workflows.providers.registry import get_provider, key_check
     except ImportError:
         raise UnknownModel(f"No provider adapters are installed for {model!r}.") from None
+    # a missing key fails the run before the SDK is imported.
+    key_check(model)
     provider, name = get_provider(model)
     return provider, name, 0
 
@@ -126,6 +129,8 @@ class RunState:
         started = time.monotonic()
         while True:
             try:
+                # no pooled connection held while the model thinks
+                close_old_connections()
                 turn = self.provider.complete(
                     model=self.model, system=system, messages=messages,
                     tools=tool_specs() if tools else [],
@@ -194,6 +199,8 @@ def coding_step(state: RunState, context: ToolContext, request: str, plan: str) 
             state.emit("tool.call", {"call_id": call.id, "name": call.name,
                                      "arguments": call.arguments if call.arguments is not None
                                      else call.raw_arguments})
+            # no pooled connection held while a tool runs (a command may take minutes)
+            close_old_connections()
             started = time.monotonic()
             result = tool_execute(context, call)
             state.tool_seconds += time.monotonic() - started

@@ -11,13 +11,22 @@ import importlib
 from django.conf import settings
 
 from .base import Provider, UnknownModel
+from .wire import api_key
 
-# prefix → "module:Class"; imported by preload() at agent start-up, else on first use.
+# prefix → "module:Class"; imported on first use (preload() imports them all at once).
 PROVIDERS = {
     "anthropic": "workflows.providers.anthropic:AnthropicProvider",
     "openai": "workflows.providers.openai:OpenAIProvider",
     "google": "workflows.providers.gemini:GeminiProvider",
     "gemini": "workflows.providers.gemini:GeminiProvider",
+}
+
+# footprint (#17): the name and key setting each adapter passes to api_key(). A run whose key is
+# missing fails here, with the adapter's own error, before its SDK (up to ~60 MB) is imported.
+KEYS = {
+    "workflows.providers.anthropic:AnthropicProvider": ("anthropic", "ANTHROPIC_API_KEY"),
+    "workflows.providers.openai:OpenAIProvider": ("openai", "OPENAI_API_KEY"),
+    "workflows.providers.gemini:GeminiProvider": ("google", "GEMINI_API_KEY"),
 }
 
 _instances: dict[str, Provider] = {}
@@ -32,6 +41,15 @@ def get_provider(model: str | None) -> tuple[Provider, str]:
         known = ", ".join(f'"{p}/…"' for p in PROVIDERS)
         raise UnknownModel(f"unknown model {chosen!r}: expected one of {known}")
     return _instance(target), name.strip()
+
+
+def key_check(model: str | None) -> None:
+    """Raise the adapter's own ProviderError when `model`'s provider has no API key, without
+    importing the adapter (a run doomed to fail must not load its SDK)."""
+    chosen = (model or "").strip() or settings.DEFAULT_MODEL
+    target = PROVIDERS.get(chosen.partition("/")[0].lower())
+    if target in KEYS:
+        api_key(*KEYS[target])
 
 
 def _instance(target: str) -> Provider:

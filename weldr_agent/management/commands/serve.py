@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections
 
 from weldr_agent import http_server, lifecycle, sse
 from weldr_agent.s3 import LocalS3Server
@@ -81,6 +82,16 @@ class GracefulStop:
         return self.clean and not self.thread.is_alive()
 
 
+def _migrations_pending(alias: str) -> bool:
+    """Whether `alias` lacks a migration: checked in milliseconds, where `migrate` with nothing
+    to do still costs its post-migrate work (content types, permissions) at every start."""
+    from django.db import connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connections[alias])
+    return bool(executor.migration_plan(executor.loader.graph.leaf_nodes()))
+
+
 def _reactor_stop() -> None:
     from twisted.internet import reactor
     from twisted.internet.error import ReactorNotRunning
@@ -111,7 +122,8 @@ class Command(BaseCommand):
         settings.WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)
         settings.WORKSPACE_BASE.mkdir(parents=True, exist_ok=True)
         for alias in settings.DATABASES:
-            call_command("migrate", database=alias, interactive=False, verbosity=0)
+            if _migrations_pending(alias):
+                call_command("migrate", database=alias, interactive=False, verbosity=0)
 
         local_s3 = None
         if settings.S3_LOCAL:
@@ -123,6 +135,9 @@ class Command(BaseCommand):
         clean = False
         try:
             lifecycle.startup()
+            # This thread now runs the server and touches no database: its pooled PostgreSQL
+            # connection (migrations, start-up hooks) goes back to the pool.
+            close_old_connections()
             from weldr_agent.asgi import application
 
             self._banner(host, port)

@@ -1,0 +1,135 @@
+"""Resident memory of the agent process idle after activity (issue 17: ≤ 150 MB).
+
+A real agent (the test services: PostgreSQL for nothing here, Redis, S3; SQLite shared database
+as `make run`), measured idle right after start (the baseline of the same run), then after the
+activity of the issue: 5 buckets mounted (`image` layout by default), one `POST /exec`, and one
+workflow run that fails (a model of a provider without an API key). The figures: VmRSS of the
+agent process, and its smaps_rollup split (anonymous = Python heap and native allocations, file =
+mapped libraries and byte code), the whole tree's PSS, and where the agent's Python heap
+went (the largest modules it imported during the activity).
+
+    .venv/bin/python bench/bench_footprint.py [--mounts 5] [--idle 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import httpx  # noqa: E402
+
+from bench.bench_startup import tree  # noqa: E402
+from bench.results import report  # noqa: E402
+from tests.conftest import AgentProcess  # noqa: E402
+from tests.services import free_port  # noqa: E402
+from weldr_agent import runner  # noqa: E402
+
+
+def rollup(pid: int) -> dict[str, int]:
+    """smaps_rollup of one process, in KiB."""
+    values: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        values[key] = int(rest.split()[0])
+    return values
+
+
+def snapshot(pid: int) -> dict[str, float]:
+    own = rollup(pid)
+    pss_tree = 0
+    for member in tree(pid):
+        try:
+            pss_tree += rollup(member)["Pss"]
+        except (OSError, KeyError):
+            pass
+    return {"rss": own["Rss"] / 1024, "anon": own["Anonymous"] / 1024,
+            "file": (own["Rss"] - own["Anonymous"]) / 1024, "pss_tree": pss_tree / 1024}
+
+
+def show(name: str, figures: dict[str, float]) -> None:
+    print(f"{name:<28} RSS {figures['rss']:6.1f} MiB (anonymous {figures['anon']:6.1f}, "
+          f"file-backed {figures['file']:6.1f}); whole tree PSS {figures['pss_tree']:7.1f} MiB")
+
+
+def activity(http: httpx.Client, mounts: int, pid: int) -> None:
+    """The issue's activity, showing the agent's memory after each part."""
+    buckets = [f"fp-{secrets.token_hex(3)}" for _ in range(mounts)]
+    for bucket in buckets:
+        reply = http.post("/mounts", json={"bucket": bucket}, timeout=600)
+        reply.raise_for_status()
+    show(f"after {mounts} mounts", snapshot(pid))
+    reply = http.post("/exec", json={"bucket": buckets[0], "command": ["true"]}, timeout=300)
+    assert reply.status_code == 200 and reply.json()["exit_code"] == 0, reply.text
+    show("after an exec", snapshot(pid))
+    project = http.post("/projects", json={"name": "fp"}).json()["id"]
+    branch = http.post(f"/projects/{project}/branches",
+                       json={"name": "main", "bucket": buckets[0]}).json()["id"]
+    run = http.post("/trigger", json={
+        "project_id": project, "branch_id": branch, "model": "anthropic/claude-sonnet-4-5",
+        "message": {"content": [{"type": "text", "text": "hello"}]}}).json()["run_id"]
+
+    def failed() -> bool:
+        return http.get(f"/runs/{run}").json()["status"] == "failed"
+
+    assert runner.wait_until(failed, timeout=300, interval=0.5), "the run did not fail"
+    show("after a failed run", snapshot(pid))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mounts", type=int, default=5)
+    parser.add_argument("--idle", type=float, default=10.0, help="idle seconds before measuring")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="weldr-bench-footprint-"))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_URL", "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")}
+    env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
+                "WELDR_ENV_VOL": str(root / "env"), "WORKSPACE_BASE": str(root / "ws"),
+                "WELDR_RUNTIME_DIR": str(root / "run"),
+                "WELDR_INSTANCE_ID": secrets.token_hex(3), "LOG_LEVEL": "WARNING"})
+    agent = AgentProcess(env, free_port(), root / "agent.log")
+    agent.start(timeout=120)
+    try:
+        token = agent.manage("create_api_token", "--name", "bench").stdout.strip().split()[-1]
+        assert agent.process is not None
+        pid = agent.process.pid
+        time.sleep(args.idle)
+        before = snapshot(pid)
+        with httpx.Client(base_url=agent.url, timeout=120,
+                          headers={"Authorization": f"Bearer {token}"}) as http:
+            activity(http, args.mounts, pid)
+            time.sleep(args.idle)
+            after = snapshot(pid)
+            for item in http.get("/mounts").json().get("mounts", []):
+                http.post("/mounts/unmount", json={"bucket": item["bucket"], "force": True},
+                          timeout=300)
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        show("idle after start", before)
+        show("idle after activity", after)
+        report(key="rss_idle_after_activity",
+               what=f"agent RSS idle after activity ({args.mounts} mounts, exec, failed run)",
+               figure=after["rss"], unit="MiB", target="≤ 150 MB",
+               met=after["rss"] * 1.048576 <= 150,
+               baseline=f"idle after start {before['rss']:.0f} MiB")
+    finally:
+        agent.stop(grace=120)
+        agent.remove_leftovers()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
