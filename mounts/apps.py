@@ -5,7 +5,8 @@ class MountsConfig(AppConfig):
     name = "mounts"
 
     def ready(self) -> None:
-        from mounts import lifecycle, local
+        from mounts import health, lifecycle, local
 
         lifecycle.register()
         local.register()
+        health.register()
