@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import shutil
 import signal
 import socket
 import threading
@@ -20,18 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connections, transaction
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from previews import system, workspaces
+from previews import logs, system, workspaces
 from previews.errors import (
-    NoFreePort,
     NoPreview,
     NoStartCommand,
     PortInUse,
-    PreviewExists,
     PreviewRunning,
 )
+from previews.leases import port_lease_acquire, port_lease_release
 from previews.models import PortLease, Preview
 from previews.proxy import NOT_YET, PortBusy, proxy
 from sandbox import container, network, warm
@@ -69,45 +66,8 @@ _live_lock = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------------
-# Port leases: the database decides, never a look-then-write
+# A leased port the proxy listens on (the leases themselves: previews/leases.py)
 # ---------------------------------------------------------------------------------------------
-
-def _candidates(port: int | None, skip: set[int]) -> list[int]:
-    """Ports to try: the lowest free one first, then the other free ones in random order.
-
-    The lease insert decides; the order only keeps twenty racing starts from all trying the
-    same port (each loser costs a write transaction).
-    """
-    if port is not None:
-        return [port]
-    taken = set(PortLease.objects.values_list("port", flat=True)) | skip
-    free = [p for p in range(settings.PREVIEW_PORT_MIN, settings.PREVIEW_PORT_MAX + 1)
-            if p not in taken]
-    rest = free[1:]
-    random.shuffle(rest)
-    return free[:1] + rest
-
-
-def port_lease_acquire(*, bucket: str, port: int | None, skip: set[int]) -> PortLease:
-    """Lease `port`, or a free port of 3000-3019; one lease per bucket."""
-    for _ in range(3):
-        for candidate in _candidates(port, skip):
-            try:
-                with transaction.atomic(using="default"):
-                    return PortLease.objects.create(port=candidate, bucket=bucket)
-            except IntegrityError:
-                # Which constraint failed decides the error; the insert itself was the check.
-                if PortLease.objects.filter(bucket=bucket).exists():
-                    raise PreviewExists() from None
-        if port is not None:
-            raise PortInUse()
-    # Three rounds over every port that looked free, all taken by the time we tried.
-    raise NoFreePort()
-
-
-def port_lease_release(*, bucket: str, port: int) -> None:
-    PortLease.objects.filter(bucket=bucket, port=port).delete()
-
 
 def _lease_and_listen(*, bucket: str, port: int | None, access: str, live_of) -> int:  # type: ignore[no-untyped-def]
     """A leased port the proxy listens on; a port something else holds is skipped."""
@@ -161,7 +121,7 @@ def _prepare_files(*, bucket: str, command: str, workspace: Path) -> None:
     script = system.run_script_path(bucket)
     script.write_text(system.run_script(command))
     script.chmod(0o755)
-    log_rotate(system.log_path(bucket), max_bytes=0)
+    logs.log_rotate(system.log_path(bucket), max_bytes=0)
     # The sandbox's user must be able to write its workspace (npm install, build output).
     if workspace.stat().st_uid != settings.SANDBOX_UID:
         os.chown(workspace, settings.SANDBOX_UID, settings.SANDBOX_UID)
@@ -313,7 +273,8 @@ def _watch(live: Live) -> None:
         while live.box.running:
             now = time.monotonic()
             if now - rotated_at >= HOUSEKEEPING_SECONDS:
-                log_rotate(system.log_path(live.bucket), max_bytes=settings.PREVIEW_LOG_MAX_BYTES)
+                logs.log_rotate(system.log_path(live.bucket),
+                                max_bytes=settings.PREVIEW_LOG_MAX_BYTES)
                 rotated_at = now
             if ready:
                 live.box.wait(HOUSEKEEPING_SECONDS)
@@ -441,41 +402,10 @@ def unmount_guard(bucket: str, force: bool) -> None:
 # Logs
 # ---------------------------------------------------------------------------------------------
 
-def log_rotate(path: Path, *, max_bytes: int) -> bool:
-    """Copy-truncate `path` to `path.1` when it is larger than `max_bytes`.
-
-    The container holds the log open with O_APPEND, so truncating in place is safe: its next
-    write lands at the new end.
-    """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return False
-    if size <= max_bytes or size == 0:
-        return False
-    shutil.copyfile(path, path.with_name(path.name + ".1"))
-    os.truncate(path, 0)
-    return True
-
-
 def log_tail(*, bucket: str, lines: int) -> str:
     """The last `lines` lines of the bucket's app.log ('' when there is none)."""
     preview_get(bucket=bucket)
-    path = system.log_path(bucket)
-    try:
-        with open(path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            end = log.tell()
-            chunk, data = 64 * 1024, b""
-            while end > 0 and data.count(b"\n") <= lines:
-                start = max(0, end - chunk)
-                log.seek(start)
-                data = log.read(end - start) + data
-                end = start
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", "replace")
-    return "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
+    return logs.last_lines(system.log_path(bucket), lines)
 
 
 def preview_active(bucket: str) -> bool:

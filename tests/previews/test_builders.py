@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from previews import system
-from previews.services import log_rotate
+from previews.logs import log_rotate
 from sandbox import container, network, oci, warm
 from weldr_agent import runner
 
