@@ -159,10 +159,7 @@ class BucketSandbox:
             self.netns = None
 
     def _log_tail(self) -> str:
-        try:
-            return (self.bundle / "runtime.log").read_text(errors="replace")[-1000:].strip()
-        except OSError:
-            return "no runtime log"
+        return runner.log_tail(self.bundle / "runtime.log", 1000) or "no runtime log"
 
 
 def _reap(state: str) -> None:

@@ -260,7 +260,7 @@ class Container:
                                f"{binary} run timed out after {timeout:g}s.")
         code = process.wait()
         if code != 0 or not pid_file.exists():
-            tail = _log_tail(self.log_path)
+            tail = runner.log_tail(self.log_path)
             self.destroy()
             raise SandboxError([binary, "run"], f"The container did not start: {tail}",
                                returncode=code, stderr_tail=tail)
@@ -349,16 +349,6 @@ def _exits_within(pid: int, timeout: float) -> bool:
         return bool(poller.poll(timeout * 1000))
     finally:
         os.close(fd)
-
-
-def _log_tail(path: Path, size: int = 2000) -> str:
-    try:
-        with open(path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - size))
-            return log.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
 
 
 def container_prefix() -> str:
