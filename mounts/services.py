@@ -36,7 +36,7 @@ from mounts.errors import (
 )
 from mounts.models import Mount
 from mounts.validators import validate_bucket_name
-from weldr_agent.routers import STATE_DB
+from weldr_agent.databases import STATE_DB
 
 logger = logging.getLogger("weldr.mounts")
 

@@ -35,7 +35,7 @@ def database_for(app_label: str) -> str:
         return APP_DATABASES[app_label]
     except KeyError:
         raise UnknownAppError(
-            f"App {app_label!r} has no database; add it to weldr_agent.routers.APP_DATABASES."
+            f"App {app_label!r} has no database; add it to weldr_agent.databases.APP_DATABASES."
         ) from None
 
 

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import connections
 
 from weldr_agent import s3
-from weldr_agent.routers import SHARED_DB, STATE_DB
+from weldr_agent.databases import SHARED_DB, STATE_DB
 
 
 def _database(alias: str) -> str:

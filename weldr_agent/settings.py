@@ -271,7 +271,7 @@ DATABASES = {
     },
     "shared": _shared,
 }
-DATABASE_ROUTERS = ["weldr_agent.routers.StateSharedRouter"]
+DATABASE_ROUTERS = ["weldr_agent.databases.StateSharedRouter"]
 
 # ---------------------------------------------------------------------------------------------
 # Better Auth as the platform configures it (BETTER_AUTH_SECRET and _URL are above)
