@@ -10,7 +10,7 @@
 2. Overhead: a scripted run of 50 tool calls (10 turns of 5 write/read calls) whose model answers
    instantly: the run's wall time minus the model's own time is the agent's overhead.
 
-Starts its own PostgreSQL, Redis and S3 server (tests/services.py) and stops them on exit.
+Starts its own PostgreSQL, Redis and S3 server (tests/servers.py) and stops them on exit.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 
-from tests import services  # noqa: E402
+from tests import servers  # noqa: E402
 
-services.ensure()
+servers.ensure()
 
 import django  # noqa: E402
 import psycopg  # noqa: E402
@@ -63,7 +63,7 @@ def make_agent(root: Path, scripts: Path, database: str, *, redis: bool) -> Agen
                 "WORKSPACE_MODE": "local", "WORKSPACE_BASE": str(home / "ws"),
                 "WELDR_ENV_VOL": str(home / "env"), "WELDR_RUNTIME_DIR": str(home / "run"),
                 "SSE_KEEPALIVE_SECONDS": "5"})
-    agent = Agent(AgentProcess(env, services.free_port(), home / "agent.log"))
+    agent = Agent(AgentProcess(env, servers.free_port(), home / "agent.log"))
     agent.start()
     return agent
 

@@ -46,7 +46,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request i
 from sandbox import bucket_spec  # noqa: E402
 from sandbox.oci import hosts_file, rootfs_skeleton  # noqa: E402
 from tests.conftest import AgentProcess  # noqa: E402
-from tests.services import free_port  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite. Everything talks to real services (tests/services.py)."""
+"""Fixtures shared by the whole suite. Everything talks to real services (tests/servers.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from rest_framework.test import APIClient
 
-from tests.services import free_port
+from tests.servers import free_port
 from weldr_agent import runner
 from weldr_agent.models import ApiToken
 
