@@ -19,7 +19,7 @@
    time and the provider calls' own time (both measured here, in-process, on the same inputs),
    divided by 50.
 
-Starts its own PostgreSQL, Redis and S3 server (tests/services.py) and stops them on exit.
+Starts its own PostgreSQL, Redis and S3 server (tests/servers.py) and stops them on exit.
 """
 
 from __future__ import annotations
@@ -319,9 +319,9 @@ def _instant(text: str) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-    from tests import services
+    from tests import servers
 
-    services.ensure()
+    servers.ensure()
     import django
     import psycopg
 
@@ -374,7 +374,7 @@ def main(args: argparse.Namespace) -> None:
                         "WORKSPACE_MODE": "local", "WORKSPACE_BASE": str(home / "ws"),
                         "WELDR_ENV_VOL": str(home / "env"), "WELDR_RUNTIME_DIR": str(home / "run"),
                         "STREAMS_PER_PRINCIPAL": "1000", "SSE_KEEPALIVE_SECONDS": "5"})
-            agent = Agent(AgentProcess(env, services.free_port(), home / "agent.log"))
+            agent = Agent(AgentProcess(env, servers.free_port(), home / "agent.log"))
             agents.append(agent)
             agent.start()
             # One branch for every round: each new bucket would be one more mount.

@@ -45,10 +45,10 @@ import httpx  # noqa: E402
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request is client CPU
 
-from previews import exec_spec  # noqa: E402
-from previews.oci import hosts_file, rootfs_skeleton  # noqa: E402
+from sandbox import bucket_spec  # noqa: E402
+from sandbox.oci import hosts_file, rootfs_skeleton  # noqa: E402
 from tests.conftest import AgentProcess  # noqa: E402
-from tests.services import free_port  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 
 
@@ -80,10 +80,10 @@ class RuncTrue:
         rootfs = root / "rootfs"
         rootfs_skeleton(rootfs)
         hosts_file()
-        for mountpoint in exec_spec.rootfs_mountpoints(rootfs):
+        for mountpoint in bucket_spec.rootfs_mountpoints(rootfs):
             mountpoint.mkdir(parents=True, exist_ok=True)
         (rootfs / "opt" / "weldr" / "sandboxd.py").touch()
-        spec = exec_spec.sandbox_spec(
+        spec = bucket_spec.sandbox_spec(
             name="weldr-bench", rootfs=rootfs, workspace=workspace,
             daemon=REPO / "previews" / "sandboxd.py", uid=1000, memory_mb=512, cpus=1.0,
             pids=512, hostname="bench")
@@ -95,7 +95,7 @@ class RuncTrue:
     def once(self) -> float:
         name = f"weldr-bench-{secrets.token_hex(4)}"
         start = time.perf_counter()
-        runner.run(exec_spec.runtime_argv(self.runc, root=self.root / "state", verb="run",
+        runner.run(bucket_spec.runtime_argv(self.runc, root=self.root / "state", verb="run",
                                           name=name, bundle=self.bundle), timeout=60)
         return (time.perf_counter() - start) * 1000
 

@@ -51,8 +51,8 @@ from django.core.management import call_command  # noqa: E402
 # The sandbox's network namespace takes its bucket's egress policy from the state database.
 call_command("migrate", database="default", verbosity=0)
 
-from previews import sandbox as preview_sandbox  # noqa: E402
-from previews.exec import exec_bucket_cleanup  # noqa: E402
+from commands.services import exec_bucket_cleanup  # noqa: E402
+from sandbox import network  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 from workflows import gitrepo, system  # noqa: E402
 
@@ -193,7 +193,7 @@ def main() -> None:
             print(f"{step:<10} {'after / before':<22} {'':>8} {after / before:9.2f}")
     finally:
         exec_bucket_cleanup(bucket)
-        preview_sandbox.pool.shutdown()
+        network.netns_pool.shutdown()
         shutil.rmtree(ROOT, ignore_errors=True)
 
 

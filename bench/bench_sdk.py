@@ -51,7 +51,7 @@ from bench_exec import show  # noqa: E402  (the same figures as bench_exec)
 from weldr_sdk import AsyncClient, Client  # noqa: E402
 
 from tests.conftest import AgentProcess, agent_env  # noqa: E402
-from tests.services import free_port  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 
 def timed(action: Callable[[], object]) -> float:

@@ -34,7 +34,7 @@ MAX_ADDRESSES_PER_NAME = 16
 # Never reachable from a sandbox, whatever a policy says.
 NEVER = tuple(ipaddress.ip_network(n) for n in (
     "127.0.0.0/8", "::1/128",
-    # Every agent's sandbox links (previews/sandbox.py: LINK_BLOCKS): other sandboxes.
+    # Every agent's sandbox links (sandbox/network.py: LINK_BLOCKS): other sandboxes.
     "10.64.0.0/10",
 ))
 

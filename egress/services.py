@@ -1,7 +1,7 @@
 """Egress policies: set, read, resolve, and apply to the sandboxes that run (docs/security.md).
 
 A policy is applied per sandbox, on the host: its veth's packets that leave the host go through
-the chain of its netns slot (previews/sandbox.py makes one per slot, rejecting everything until
+the chain of its netns slot (sandbox/network.py makes one per slot, rejecting everything until
 a bucket's policy fills it). `sandbox_attach` fills it when a sandbox of a bucket starts (exec,
 cold and warm previews), `sandbox_detach` empties it when the netns is released, and a changed
 policy is applied at once to every running sandbox of its bucket.
@@ -200,7 +200,7 @@ def families(*, suffix: str = "") -> list[tuple[int, str]]:
 
 
 def chains_forget() -> None:
-    """The firewall was (re)made without any slot chain (previews/sandbox.py: firewall_up)."""
+    """The firewall was (re)made without any slot chain (sandbox/network.py: firewall_up)."""
     with _lock:
         _chains.clear()
         _attached.clear()

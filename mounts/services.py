@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -36,12 +37,25 @@ from mounts.errors import (
 )
 from mounts.models import Mount
 from mounts.validators import validate_bucket_name
-from weldr_agent.routers import STATE_DB
+from weldr_agent.databases import STATE_DB
 
 logger = logging.getLogger("weldr.mounts")
 
 UnmountGuard = Callable[[str, bool], None]
 _guards: list[UnmountGuard] = []
+
+
+@dataclass
+class ForkOps:
+    """How a fork (a mount with a `parent`) is synced, removed and reconciled: by
+    mounts/snapshots_forks.py, which builds on this module and registers them here."""
+
+    sync: Callable[..., Mount] = lambda *, fork: fork
+    remove: Callable[..., None] = lambda *, fork, force: None
+    reconcile: Callable[[], dict[str, str]] = dict
+
+
+forks = ForkOps()
 
 
 def register_unmount_guard(fn: UnmountGuard) -> None:
@@ -317,10 +331,8 @@ def mount_sync(*, bucket: str) -> Mount:
         mount = Mount.objects.filter(bucket=bucket, status=Mount.Status.MOUNTED).first()
         if mount is None:
             raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
-        if mount.parent:  # --- a fork: its writes are its parent volume's (snapshots_forks) ---
-            from mounts.snapshots_forks import fork_sync
-
-            return fork_sync(fork=mount)
+        if mount.parent:  # a fork: its writes are its parent volume's
+            return forks.sync(fork=mount)
         if not local.enabled():
             _lease_confirm(mount)
         if local.enabled():
@@ -371,10 +383,8 @@ def mount_remove(*, bucket: str, force: bool = False) -> None:
         mount = Mount.objects.filter(bucket=bucket).first()
         if mount is None:
             raise MountNotFound(f"Bucket {bucket!r} is not mounted.")
-        if mount.parent:  # --- a fork: no JuiceFS, Litestream or lease of its own ---
-            from mounts.snapshots_forks import fork_remove
-
-            fork_remove(fork=mount, force=force)
+        if mount.parent:  # a fork: no JuiceFS, Litestream or lease of its own
+            forks.remove(fork=mount, force=force)
             return
         for guard in list(_guards):
             guard(bucket, force)
@@ -589,9 +599,7 @@ def mount_reconcile() -> dict[str, str]:
             outcome[mount.bucket] = "gone"
         finally:
             lock.__exit__(None, None, None)
-    from mounts.snapshots_forks import forks_reconcile
-
-    outcome.update(forks_reconcile())
+    outcome.update(forks.reconcile())
     _stale_clean(set(outcome))
     return outcome
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from contextlib import ExitStack
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +32,7 @@ from mounts.snapshots_errors import (
 )
 from mounts.snapshots_store import Sidecar
 from mounts.validators import validate_bucket_name
-from weldr_agent.routers import STATE_DB
+from weldr_agent.databases import STATE_DB
 
 logger = logging.getLogger("weldr.snapshots")
 POLICY_NAME = "policy.json"
@@ -41,6 +42,37 @@ POLICY_NAME = "policy.json"
 class Policy:
     keep: int
     max_age_days: int
+
+
+# ---------------------------------------------------------------------------------------------
+# What snapshots need of the floors above, registered in their AppConfig.ready(): mounts import
+# none of them (docs/architecture.md)
+# ---------------------------------------------------------------------------------------------
+
+# reporter(bucket) -> {"previews_stopped": [...]} or {"commands_stopped": [...]}: what runs there
+Reporter = Callable[[str], dict[str, list[dict[str, Any]]]]
+# hold(bucket) -> a context manager held for the whole restore (refusing with a 409 if it must)
+Hold = Callable[[str], AbstractContextManager[Any]]
+# listener(bucket, type, data, branch_id or None): "snapshot.created" / "snapshot.restored"
+Listener = Callable[[str, str, dict[str, Any], "str | None"], None]
+_reporters: list[Reporter] = []
+_holds: list[Hold] = []
+_listeners: list[Listener] = []
+
+
+def users_report_register(reporter: Reporter) -> None:
+    if reporter not in _reporters:
+        _reporters.append(reporter)
+
+
+def restore_hold_register(hold: Hold) -> None:
+    if hold not in _holds:
+        _holds.append(hold)
+
+
+def listener_register(listener: Listener) -> None:
+    if listener not in _listeners:
+        _listeners.append(listener)
 
 
 def _mounted_image(bucket: str) -> tuple[Mount, system.Paths]:
@@ -156,25 +188,20 @@ def _rows_refresh(p: system.Paths, *, sizes: bool) -> list[Snapshot]:
 
 
 def _users_report(bucket: str) -> dict[str, Any]:
-    """What runs in the workspace and will be stopped: its preview and its commands."""
-    from previews.models import Preview
-    from previews.models_exec import ExecCommand
-
-    previews = [{"bucket": row.bucket, "status": row.status, "port": row.port}
-                for row in Preview.objects.filter(bucket=bucket, status__in=Preview.ACTIVE)]
-    commands = [{"id": str(row.id), "status": row.status} for row in
-                ExecCommand.objects.filter(bucket=bucket, status=ExecCommand.Status.RUNNING)]
-    return {"previews_stopped": previews, "commands_stopped": commands}
+    """What runs in the workspace and will be stopped: its preview and its commands, as the
+    apps that run them report it."""
+    report: dict[str, Any] = {"previews_stopped": [], "commands_stopped": []}
+    for reporter in _reporters:
+        for key, items in reporter(bucket).items():
+            report.setdefault(key, []).extend(items)
+    return report
 
 
 def _runs_held(bucket: str, stack: ExitStack) -> None:
-    """Hold every branch on this bucket against workflow runs (409 run_active while one is
-    active): no run may see its workspace swapped under it, nor start during the restore."""
-    from workflows.models import Branch
-    from workflows.services import branch_exclusive
-
-    for branch in Branch.objects.filter(bucket=bucket):
-        stack.enter_context(branch_exclusive(branch=branch, purpose="snapshot restore"))
+    """Hold off whatever must not see the workspace swapped under it (workflow runs: 409
+    run_active while one is active), as the apps that start them registered."""
+    for hold in _holds:
+        stack.enter_context(hold(bucket))
 
 
 def _users_stop(bucket: str) -> dict[str, Any]:
@@ -296,18 +323,13 @@ def _retention_apply(p: system.Paths, keep_id: str = "") -> list[str]:
 
 
 def _publish(bucket: str, type: str, data: dict[str, Any], branch_id: str | None = None) -> None:
-    """Tell the branches on this bucket (or the one given); an event that cannot be recorded
-    never undoes the snapshot or the restore it reports."""
-    from workflows.events import event_publish
-    from workflows.models import Branch
-
-    try:
-        branches = [branch_id] if branch_id else list(
-            Branch.objects.filter(bucket=bucket).values_list("id", flat=True))
-        for branch in branches:
-            event_publish(branch=branch, type=type, data=data)
-    except Exception:
-        logger.exception("%s of %s not published", type, bucket)
+    """Tell the listeners (the branches' event streams); an event that cannot be recorded never
+    undoes the snapshot or the restore it reports."""
+    for listener in _listeners:
+        try:
+            listener(bucket, type, data, branch_id)
+        except Exception:
+            logger.exception("%s of %s not published", type, bucket)
 
 
 def snapshot_created_publish(row: Snapshot, branch_id: str | None = None) -> None:
@@ -340,25 +362,14 @@ def checkpoint_before_run(*, bucket: str, run_id: str, branch_id: str) -> Snapsh
     return row
 
 
-def branch_revert_snapshot(*, branch: Any, version_id: str) -> dict[str, Any]:
-    """`POST /revert {"mode": "snapshot"}`: the whole workspace back to the checkpoint taken
-    before the run that made this version — untracked and ignored files too (node_modules,
-    build output), which a git revert cannot bring back. Later versions' rows stay, as with
-    a git revert; the workspace's .git is the checkpoint's."""
-    from workflows.models import Version
-    from workflows.services import VersionNotFound
-
-    version = Version.objects.filter(id=version_id, branch=branch).first()
-    if version is None:
-        raise VersionNotFound()
-    bucket = validate_bucket_name(branch.bucket)
+def run_checkpoint(*, bucket: str, run_id: str) -> str:
+    """The id of the checkpoint taken before run `run_id` on this bucket's workspace."""
     _mount, p = _mounted_image(bucket)
     checkpoint = next((item for item in reversed(snapshots_store.sidecars(p))
-                       if item.kind == Snapshot.Kind.CHECKPOINT and version.run_id
-                       and item.run_id == version.run_id), None)
+                       if item.kind == Snapshot.Kind.CHECKPOINT and run_id
+                       and item.run_id == run_id), None)
     if checkpoint is None:
-        raise SnapshotNotFound(f"No checkpoint of the run that made version {version.number} "
+        raise SnapshotNotFound("No checkpoint of the run that made this version "
                                "(SNAPSHOT_BEFORE_RUN off then, deleted by retention, or not "
                                "made by a run).")
-    return {"success": True, "mode": "snapshot",
-            **snapshot_restore(bucket=bucket, snapshot_id=checkpoint.id)}
+    return checkpoint.id

@@ -22,7 +22,7 @@ from mounts.errors import MountBusy
 from mounts.models import Mount
 from mounts.snapshots_errors import ForkExists, ForkNotFound
 from mounts.validators import validate_bucket_name
-from weldr_agent.routers import STATE_DB
+from weldr_agent.databases import STATE_DB
 
 logger = logging.getLogger("weldr.snapshots")
 
@@ -158,4 +158,6 @@ def register() -> None:
     from weldr_agent import access
 
     services.register_unmount_guard(parent_guard)
+    services.forks.sync, services.forks.remove = fork_sync, fork_remove
+    services.forks.reconcile = forks_reconcile
     access.owning_bucket_register(owning_bucket)

@@ -40,16 +40,6 @@ STAGED_UPLOAD_THREADS = 10  # boto3 keeps 10 connections per client
 _uploaded: dict[str, set[str]] = {}
 
 
-def log_tail(path: Path, size: int = LOG_TAIL) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(handle.tell() - size, 0))
-            return handle.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
 # ---------------------------------------------------------------------------------------------
 # Locking: one operation per bucket at a time, across processes (agent, manage.py, scripts)
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +362,8 @@ def litestream_start(p: system.Paths) -> int:
     )
     if not ready or process.poll() is not None:
         runner.stop(process, grace=5)
-        raise MountFailed(f"Litestream did not start for {p.bucket}: {log_tail(p.litestream_log)}")
+        tail = runner.log_tail(p.litestream_log, LOG_TAIL)
+        raise MountFailed(f"Litestream did not start for {p.bucket}: {tail}")
     return process.pid
 
 
@@ -447,7 +438,8 @@ def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
     if not ready or process.poll() is not None:
         runner.stop(process, grace=5)
         umount(p.volume_point, lazy=True)
-        raise MountFailed(f"JuiceFS did not mount {p.bucket}: {log_tail(p.juicefs_log)}")
+        tail = runner.log_tail(p.juicefs_log, LOG_TAIL)
+        raise MountFailed(f"JuiceFS did not mount {p.bucket}: {tail}")
     oom_score_adjust(daemons(p, system.JUICEFS))
     return process.pid
 

@@ -1,6 +1,5 @@
 from django.urls import path
 
-from egress.views import EgressPolicyView
 from mounts.views import MountViewSet
 from mounts.views_files import FileContentView, FilesView
 from mounts.views_snapshots import (
@@ -16,7 +15,6 @@ urlpatterns = [
     path("mounts", MountViewSet.as_view({"get": "list", "post": "create"}), name="mount-list"),
     path("mounts/unmount", MountViewSet.as_view({"post": "unmount"}), name="mount-unmount"),
     path("mounts/<str:bucket>", MountViewSet.as_view({"get": "retrieve"}), name="mount-detail"),
-    path("mounts/<str:bucket>/egress", EgressPolicyView.as_view(), name="mount-egress"),
     path("mounts/<str:bucket>/sync", MountViewSet.as_view({"post": "sync"}), name="mount-sync"),
     path("mounts/<str:bucket>/snapshots", SnapshotListView.as_view(), name="snapshot-list"),
     path("mounts/<str:bucket>/snapshots/policy", SnapshotPolicyView.as_view(),

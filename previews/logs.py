@@ -3,7 +3,8 @@
 Each line's event id is the byte offset just past it in app.log, so a client that reconnects
 with `Last-Event-ID` continues at the next line: nothing repeated, nothing skipped. An offset
 beyond the file's end means the log was rotated (copy-truncate) since: it starts at the top.
-Keep-alive comments and `retry:` come from weldr_agent.sse.guarded.
+Keep-alive comments and `retry:` come from weldr_agent.sse.guarded. Also the log's plain tail
+and its rotation (copy-truncate).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -57,6 +59,41 @@ def tail_start(path: Path, lines: int) -> int:
         return start + newline + 1
     # Fewer lines than asked for: all of them, without a line cut off at the window's start.
     return 0 if start == 0 else start + data.find(b"\n") + 1
+
+
+def log_rotate(path: Path, *, max_bytes: int) -> bool:
+    """Copy-truncate `path` to `path.1` when it is larger than `max_bytes`.
+
+    The container holds the log open with O_APPEND, so truncating in place is safe: its next
+    write lands at the new end.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size <= max_bytes or size == 0:
+        return False
+    shutil.copyfile(path, path.with_name(path.name + ".1"))
+    os.truncate(path, 0)
+    return True
+
+
+def last_lines(path: Path, lines: int) -> str:
+    """The last `lines` lines of `path` ('' when there is none): GET /previews/{bucket}/logs."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            end = log.tell()
+            chunk, data = 64 * 1024, b""
+            while end > 0 and data.count(b"\n") <= lines:
+                start = max(0, end - chunk)
+                log.seek(start)
+                data = log.read(end - start) + data
+                end = start
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
 
 
 async def follow(path: Path, *, tail: int, last_id: int | None,

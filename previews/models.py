@@ -63,5 +63,3 @@ class Preview(models.Model):
     def active(self) -> bool:
         return self.status in self.ACTIVE
 
-
-from previews.models_exec import ExecCommand  # noqa: E402,F401  (background commands)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import shutil
 import signal
 import socket
 import threading
@@ -20,20 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, connections, transaction
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from previews import sandbox, system, warm, workspaces
+from previews import logs, system, workspaces
 from previews.errors import (
-    NoFreePort,
     NoPreview,
     NoStartCommand,
     PortInUse,
-    PreviewExists,
     PreviewRunning,
 )
+from previews.leases import port_lease_acquire, port_lease_release
 from previews.models import PortLease, Preview
 from previews.proxy import NOT_YET, PortBusy, proxy
+from sandbox import container, network, warm
 from weldr_agent import runner
 
 logger = logging.getLogger("weldr.previews")
@@ -47,9 +45,9 @@ RECORDED_WAIT_SECONDS = 60.0
 class Live:
     bucket: str
     port: int
-    box: sandbox.Sandbox
-    ns: sandbox.Netns | None = None
-    # Started from the warm pool (previews/warm.py): its slot is released with it.
+    box: container.Container
+    ns: network.Netns | None = None
+    # Started from the warm pool (sandbox/warm.py): its slot is released with it.
     warm: warm.Warm | None = None
     stopping: bool = False
     torn_down: bool = False
@@ -68,45 +66,8 @@ _live_lock = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------------
-# Port leases: the database decides, never a look-then-write
+# A leased port the proxy listens on (the leases themselves: previews/leases.py)
 # ---------------------------------------------------------------------------------------------
-
-def _candidates(port: int | None, skip: set[int]) -> list[int]:
-    """Ports to try: the lowest free one first, then the other free ones in random order.
-
-    The lease insert decides; the order only keeps twenty racing starts from all trying the
-    same port (each loser costs a write transaction).
-    """
-    if port is not None:
-        return [port]
-    taken = set(PortLease.objects.values_list("port", flat=True)) | skip
-    free = [p for p in range(settings.PREVIEW_PORT_MIN, settings.PREVIEW_PORT_MAX + 1)
-            if p not in taken]
-    rest = free[1:]
-    random.shuffle(rest)
-    return free[:1] + rest
-
-
-def port_lease_acquire(*, bucket: str, port: int | None, skip: set[int]) -> PortLease:
-    """Lease `port`, or a free port of 3000-3019; one lease per bucket."""
-    for _ in range(3):
-        for candidate in _candidates(port, skip):
-            try:
-                with transaction.atomic(using="default"):
-                    return PortLease.objects.create(port=candidate, bucket=bucket)
-            except IntegrityError:
-                # Which constraint failed decides the error; the insert itself was the check.
-                if PortLease.objects.filter(bucket=bucket).exists():
-                    raise PreviewExists() from None
-        if port is not None:
-            raise PortInUse()
-    # Three rounds over every port that looked free, all taken by the time we tried.
-    raise NoFreePort()
-
-
-def port_lease_release(*, bucket: str, port: int) -> None:
-    PortLease.objects.filter(bucket=bucket, port=port).delete()
-
 
 def _lease_and_listen(*, bucket: str, port: int | None, access: str, live_of) -> int:  # type: ignore[no-untyped-def]
     """A leased port the proxy listens on; a port something else holds is skipped."""
@@ -160,15 +121,15 @@ def _prepare_files(*, bucket: str, command: str, workspace: Path) -> None:
     script = system.run_script_path(bucket)
     script.write_text(system.run_script(command))
     script.chmod(0o755)
-    log_rotate(system.log_path(bucket), max_bytes=0)
+    logs.log_rotate(system.log_path(bucket), max_bytes=0)
     # The sandbox's user must be able to write its workspace (npm install, build output).
     if workspace.stat().st_uid != settings.SANDBOX_UID:
         os.chown(workspace, settings.SANDBOX_UID, settings.SANDBOX_UID)
 
 
 def _spec(*, bucket: str, workspace: Path, port: int, env: Mapping[str, str] | None,
-          ns: sandbox.Netns) -> sandbox.Spec:
-    return sandbox.Spec(
+          ns: network.Netns) -> container.Spec:
+    return container.Spec(
         name=system.container_name(bucket), workspace=workspace,
         args=["/bin/sh", system.RUN_SCRIPT_INSIDE], env=system.app_env(port=port, env=env),
         netns=ns.path, hostname="preview",  # as a warm sandbox's (oci.SANDBOX_HOSTNAMES)
@@ -176,12 +137,12 @@ def _spec(*, bucket: str, workspace: Path, port: int, env: Mapping[str, str] | N
     )
 
 
-def _cold_box(bucket: str, workspace: Path) -> sandbox.Sandbox:
+def _cold_box(bucket: str, workspace: Path) -> container.Container:
     # The full spec needs the netns, which `_launch` takes from the pool.
-    return sandbox.Sandbox(sandbox.Spec(name=system.container_name(bucket), workspace=workspace,
-                                        args=[]),
-                           log_path=system.log_path(bucket), on_exit=_on_exit,
-                           launcher=system.start_app_argv)
+    spec = container.Spec(name=system.container_name(bucket), workspace=workspace, args=[])
+    return container.Container(spec,
+                               log_path=system.log_path(bucket), on_exit=_on_exit,
+                               launcher=system.start_app_argv)
 
 
 def preview_start(*, bucket: str, port: int | None = None, command: str | None = None,
@@ -191,7 +152,7 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
     `access` (default PREVIEW_ACCESS): `token` has the proxy let through only requests with a
     preview access token for this bucket and port (previews/tokens.py).
 
-    With a warm sandbox (previews/warm.py) the app is started before the answer, in ~1 ms;
+    With a warm sandbox (sandbox/warm.py) the app is started before the answer, in ~1 ms;
     otherwise a background thread makes its netns and container (`runc run`).
     """
     workspace = workspaces.workspace_path(bucket)
@@ -199,7 +160,7 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
     access = access or settings.PREVIEW_ACCESS
     port = _lease_and_listen(bucket=bucket, port=port, access=access,
                              live_of=lambda p: _target(bucket, p))
-    ready = warm.pool.take(workspace)
+    ready = warm.warm_pool.take(workspace)
     box = ready.box if ready is not None else _cold_box(bucket, workspace)
     live = Live(bucket=bucket, port=port, box=box, warm=ready,
                 ns=ready.ns if ready is not None else None)
@@ -244,10 +205,11 @@ def _begin_warm(live: Live, ready: warm.Warm, *, workspace: Path, command: str,
     ready.box.on_exit = _on_exit
     try:
         # Its netns reached nothing while warm: now the bucket's egress policy.
-        sandbox.pool.assign(ready.ns, bucket=live.bucket)
-        warm.pool.begin(ready, workspace=workspace, env=system.app_env(port=live.port, env=env),
-                        run_script=system.run_script(command),
-                        log_path=system.log_path(live.bucket))
+        network.netns_pool.assign(ready.ns, bucket=live.bucket)
+        warm.warm_pool.begin(ready, workspace=workspace,
+                             env=system.app_env(port=live.port, env=env),
+                             run_script=system.run_script(command),
+                             log_path=system.log_path(live.bucket))
     except (OSError, runner.CommandError) as error:
         logger.warning("warm sandbox %s failed to start (%s); starting %s cold", ready.box.name,
                        error, live.bucket)
@@ -255,7 +217,7 @@ def _begin_warm(live: Live, ready: warm.Warm, *, workspace: Path, command: str,
         ready.box.on_exit = None
         live.box, live.ns, live.warm = _cold_box(live.bucket, workspace), None, None
         ready.box.destroy()
-        warm.pool.release(ready)
+        warm.warm_pool.release(ready)
         return False
     live.launched.set()
     return True
@@ -265,7 +227,7 @@ def _launch(live: Live, workspace: Path, env: Mapping[str, str] | None) -> None:
     """Start the container, then watch it; a container that cannot start is `failed`."""
     try:
         try:
-            live.ns = sandbox.pool.acquire(bucket=live.bucket)
+            live.ns = network.netns_pool.acquire(bucket=live.bucket)
             live.box.spec = _spec(bucket=live.bucket, workspace=workspace, port=live.port,
                                   env=env, ns=live.ns)
             live.box.start()
@@ -311,7 +273,8 @@ def _watch(live: Live) -> None:
         while live.box.running:
             now = time.monotonic()
             if now - rotated_at >= HOUSEKEEPING_SECONDS:
-                log_rotate(system.log_path(live.bucket), max_bytes=settings.PREVIEW_LOG_MAX_BYTES)
+                logs.log_rotate(system.log_path(live.bucket),
+                                max_bytes=settings.PREVIEW_LOG_MAX_BYTES)
                 rotated_at = now
             if ready:
                 live.box.wait(HOUSEKEEPING_SECONDS)
@@ -332,7 +295,7 @@ def _watch(live: Live) -> None:
         logger.exception("watcher of preview %s failed", live.bucket)
 
 
-def _on_exit(box: sandbox.Sandbox, code: int) -> None:
+def _on_exit(box: container.Container, code: int) -> None:
     """The container's init ended (reaper thread): record how, then tear everything down."""
     close_old_connections()
     with _live_lock:
@@ -362,9 +325,9 @@ def _teardown(live: Live) -> None:
     proxy.close(live.port)
     live.box.destroy()
     if live.warm is not None:
-        warm.pool.release(live.warm)
+        warm.warm_pool.release(live.warm)
     elif live.ns is not None:
-        sandbox.pool.release(live.ns)
+        network.netns_pool.release(live.ns)
     port_lease_release(bucket=live.bucket, port=live.port)
     with _live_lock:
         if _live.get(live.bucket) is live:
@@ -383,7 +346,7 @@ def _stop_live(live: Live, *, status: str = Preview.Status.STOPPED,
     # what it started.
     live.recorded.wait(RECORDED_WAIT_SECONDS)
     live.launched.wait(120)
-    binary, root = sandbox.runtime()
+    binary, root = container.runtime()
     argv = system.stop_app_argv(binary=binary, root=root, name=live.box.name, grace=int(grace))
     try:
         runner.run(argv, timeout=grace + 60)
@@ -408,7 +371,7 @@ def preview_stop(*, bucket: str, grace: float | None = None) -> Preview:
     else:
         # Nothing of ours runs it (a start that died half-way): make sure nothing is left.
         if preview.container:
-            sandbox.container_delete(preview.container)
+            container.container_delete(preview.container)
         PortLease.objects.filter(bucket=bucket).delete()
     Preview.objects.filter(bucket=bucket).update(
         status=Preview.Status.STOPPED, ended_at=preview.ended_at or timezone.now())
@@ -439,41 +402,10 @@ def unmount_guard(bucket: str, force: bool) -> None:
 # Logs
 # ---------------------------------------------------------------------------------------------
 
-def log_rotate(path: Path, *, max_bytes: int) -> bool:
-    """Copy-truncate `path` to `path.1` when it is larger than `max_bytes`.
-
-    The container holds the log open with O_APPEND, so truncating in place is safe: its next
-    write lands at the new end.
-    """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return False
-    if size <= max_bytes or size == 0:
-        return False
-    shutil.copyfile(path, path.with_name(path.name + ".1"))
-    os.truncate(path, 0)
-    return True
-
-
 def log_tail(*, bucket: str, lines: int) -> str:
     """The last `lines` lines of the bucket's app.log ('' when there is none)."""
     preview_get(bucket=bucket)
-    path = system.log_path(bucket)
-    try:
-        with open(path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            end = log.tell()
-            chunk, data = 64 * 1024, b""
-            while end > 0 and data.count(b"\n") <= lines:
-                start = max(0, end - chunk)
-                log.seek(start)
-                data = log.read(end - start) + data
-                end = start
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", "replace")
-    return "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")
+    return logs.last_lines(system.log_path(bucket), lines)
 
 
 def preview_active(bucket: str) -> bool:
@@ -486,11 +418,11 @@ def preview_active(bucket: str) -> bool:
 
 def previews_reconcile() -> None:
     """At start-up: nothing of a previous agent runs on, every lease is free again."""
-    for name in sandbox.containers():
+    for name in container.containers():
         if name.startswith(system.container_name("")):
-            sandbox.container_delete(name)
+            container.container_delete(name)
     # Warm sandboxes a previous agent created or started (not this pool's own).
-    warm.pool.reset()
+    warm.warm_pool.reset()
     PortLease.objects.all().delete()
     Preview.objects.filter(status__in=Preview.ACTIVE).update(
         status=Preview.Status.STOPPED, ended_at=timezone.now())

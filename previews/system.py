@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from previews import sandbox
+from sandbox import container
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 RUN_SCRIPT_INSIDE = "/.weldr/run.sh"
@@ -35,7 +35,7 @@ def run_script_path(bucket: str) -> Path:
 
 
 def container_name(bucket: str) -> str:
-    return f"{sandbox.container_prefix()}preview-{bucket}"
+    return f"{container.container_prefix()}preview-{bucket}"
 
 
 def app_env(*, port: int, env: Mapping[str, str] | None) -> dict[str, str]:

@@ -1,11 +1,12 @@
-"""The previews' view of the mounts app: where a bucket's workspace is, and unmount guards."""
+"""The previews' view of the mounts app: where a bucket's workspace is, unmount guards, and what
+a snapshot restore reports."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from mounts import services
+from mounts import services, snapshots
 
 
 def workspace_path(bucket: str) -> Path:
@@ -15,3 +16,7 @@ def workspace_path(bucket: str) -> Path:
 
 def register_unmount_guard(guard: Callable[[str, bool], None]) -> None:
     services.register_unmount_guard(guard)
+
+
+def register_users_report(reporter: Callable[[str], dict[str, list[dict]]]) -> None:
+    snapshots.users_report_register(reporter)

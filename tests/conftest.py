@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite. Everything talks to real services (tests/services.py)."""
+"""Fixtures shared by the whole suite. Everything talks to real services (tests/servers.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from rest_framework.test import APIClient
 
-from tests.services import free_port
+from tests.servers import free_port
 from weldr_agent import runner
 from weldr_agent.models import ApiToken
 
@@ -37,12 +37,12 @@ def _sandbox_machinery() -> Iterator[None]:
     of workflow and files tests, warm previews), then its network namespaces and firewall
     chain: tests of every package start them, not only the previews'."""
     yield
-    from previews import exec as sandbox_exec
-    from previews import sandbox, warm
+    from sandbox import network, warm
+    from sandbox.bucket import bucket_sandboxes
 
-    sandbox_exec.sandboxes.remove_all()
-    warm.pool.shutdown()
-    sandbox.pool.shutdown()
+    bucket_sandboxes.remove_all()
+    warm.warm_pool.shutdown()
+    network.netns_pool.shutdown()
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""Test settings: start (or find) the real services first, then load the agent's settings."""
+"""Test settings: start (or find) the real servers first (tests/servers.py), then the settings."""
 
-from tests import services
+from tests import servers
 
-services.ensure()
+servers.ensure()
 
 from weldr_agent.settings import *  # noqa: E402,F403
 

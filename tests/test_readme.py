@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# Read by the test set-up only (tests/services.py), not a knob of the agent.
+# Read by the test set-up only (tests/servers.py), not a knob of the agent.
 TEST_ONLY = {"SHARED_TEST_DB_NAME"}
 
 

@@ -10,16 +10,22 @@ requests costs one round of checks per window.
 Capabilities (CAPABILITIES) run in the same round, bounded and cached alike, but are reported
 apart: they say what this machine offers beyond the required dependencies (loop devices for the
 image layout), and the agent works without them, so a missing one never makes /health 503.
+
+The base checks only what it owns (the databases, the channel layer, S3). Apps register their
+own checks, capabilities and the figures /health reports (`check_register`, `figure_register`)
+in their AppConfig.ready(), as they register lifecycle hooks: the base imports no app
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -27,7 +33,7 @@ from django.conf import settings
 from django.db import connections
 
 from weldr_agent import s3
-from weldr_agent.routers import SHARED_DB, STATE_DB
+from weldr_agent.databases import SHARED_DB, STATE_DB
 
 
 def _database(alias: str) -> str:
@@ -76,44 +82,56 @@ def check_s3() -> str:
         return f"S3 endpoint unreachable or credentials rejected: {error}"
 
 
-def check_fuse() -> str:
-    try:
-        fd = os.open("/dev/fuse", os.O_RDWR)
-        os.close(fd)
-        return "ok"
-    except OSError as error:
-        return f"/dev/fuse is not usable: {error.strerror}"
-
-
-def check_oci_runtime() -> str:
-    from previews.oci import detector
-
-    name = detector.detect()
-    return "ok" if name else f"no OCI runtime starts a container: {detector.error}"
-
-
-def check_loop_devices() -> str:
-    from mounts import capabilities
-
-    reason = capabilities.loop_devices()
-    if reason == capabilities.OK:
-        return "ok"
-    return f"{reason}: the image layout is off; new volumes get the files layout"
-
-
 CHECKS: dict[str, Callable[[], str]] = {
     "state_db": check_state_db,
     "shared_db": check_shared_db,
     "channel_layer": check_channel_layer,
     "s3": check_s3,
-    "fuse": check_fuse,
-    "oci_runtime": check_oci_runtime,
 }
 # Informational: "ok" or why not; never part of the status.
-CAPABILITIES: dict[str, Callable[[], str]] = {
-    "loop_devices": check_loop_devices,
-}
-_ALL = {**CHECKS, **CAPABILITIES}
+CAPABILITIES: dict[str, Callable[[], str]] = {}
+_ALL: dict[str, Callable[[], str]] = {}
+
+
+def check_register(name: str, check: Callable[[], str], *, required: bool = True) -> None:
+    """Add an app's check to /health: required ones decide its status, the others are
+    capabilities (reported, never a 503). Call from AppConfig.ready(), before the first round."""
+    (CHECKS if required else CAPABILITIES)[name] = check
+    _ALL.clear()
+    _ALL.update({**CHECKS, **CAPABILITIES})
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A value /health reports beside its checks (a count, the runtime's name)."""
+
+    value: Callable[[], Any]
+    # The DRF field that documents it in /openapi.json.
+    field: Any
+
+
+FIGURES: dict[str, Figure] = {}
+
+
+def figure_register(name: str, value: Callable[[], Any], *, field: Any) -> None:
+    FIGURES[name] = Figure(value, field)
+
+
+def figure_count(queryset: Callable[[], Any]) -> Callable[[], int]:
+    """A figure counting rows; 0 when the state database fails (its check says why)."""
+    def count() -> int:
+        try:
+            return queryset().count()
+        except Exception:  # the state DB check already reports why
+            return 0
+    return count
+
+
+def figures() -> dict[str, Any]:
+    return {name: figure.value() for name, figure in FIGURES.items()}
+
+
+_ALL.update({**CHECKS, **CAPABILITIES})
 
 
 class Checks:
@@ -121,8 +139,8 @@ class Checks:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=len(_ALL),
-                                            thread_name_prefix="health")
+        # One thread per check; apps register theirs after this module is imported.
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="health")
         self._running: dict[str, Future[str]] = {}
         self._answers: dict[str, str] = {}
         # None until a round has finished: never "fresh" because the clock is near zero.

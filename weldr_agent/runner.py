@@ -170,6 +170,18 @@ def spawn(argv: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None 
             raise CommandNotFound(argv, f"{argv[0]} is not installed.") from error
 
 
+def log_tail(path: Path, size: int = STDERR_TAIL_BYTES) -> str:
+    """The end of a daemon's log file ('' when there is none): what a failure to start reports,
+    as `run` reports the tail of stderr. Only the last `size` bytes are read."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - size, 0))
+            return handle.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
 def popen(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
           cwd: str | Path | None = None, stdin: int | None = DEVNULL, stdout: int | None = PIPE,
           stderr: int | None = PIPE, pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:

@@ -169,7 +169,9 @@ INSTALLED_APPS = [
     "weldr_agent",
     "weldr_agent.betterauth",
     "mounts",
+    "sandbox",
     "previews",
+    "commands",
     "egress",
     "workflows",
 ]
@@ -289,7 +291,7 @@ DATABASES = {
     },
     "shared": _shared,
 }
-DATABASE_ROUTERS = ["weldr_agent.routers.StateSharedRouter"]
+DATABASE_ROUTERS = ["weldr_agent.databases.StateSharedRouter"]
 
 # ---------------------------------------------------------------------------------------------
 # Better Auth as the platform configures it (BETTER_AUTH_SECRET and _URL are above)
@@ -540,7 +542,7 @@ PREVIEW_DOMAIN = env.str("PREVIEW_DOMAIN", default="").strip().strip(".").lower(
 if PREVIEW_DOMAIN and not re.match(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
                                    PREVIEW_DOMAIN):
     raise ImproperlyConfigured(f"PREVIEW_DOMAIN must be a DNS name; got {PREVIEW_DOMAIN!r}.")
-# Preview containers created ahead of time (previews/warm.py); 0 starts every preview cold.
+# Preview containers created ahead of time (sandbox/warm.py); 0 starts every preview cold.
 PREVIEW_WARM_POOL = _int("PREVIEW_WARM_POOL", 2, low=0, high=20)
 EXEC_MAX_CONCURRENT = _int("EXEC_MAX_CONCURRENT", 8, low=1, high=1000)
 EXEC_OUTPUT_MAX_BYTES = _int("EXEC_OUTPUT_MAX_BYTES", 1024 * 1024, low=1024, high=1024**3)

@@ -14,7 +14,9 @@ urlpatterns = [
                                                 permission_classes=[]), name="docs"),
     path("admin/", admin.site.urls),
     path("", include("mounts.urls")),
+    path("", include("egress.urls")),
     path("", include("previews.urls")),
+    path("", include("commands.urls")),
     path("", include("workflows.urls")),
 ]
 

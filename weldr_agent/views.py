@@ -10,11 +10,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mounts.models import Mount
-from previews.models import Preview
-from previews.oci import detector
 from weldr_agent import access
-from weldr_agent.health import CAPABILITIES, CHECKS, run_checks
+from weldr_agent.health import CAPABILITIES, CHECKS, FIGURES, figures, run_checks
 
 HealthSerializer = inline_serializer(
     name="Health",
@@ -33,9 +30,8 @@ HealthSerializer = inline_serializer(
                       "layout needs them; without, new volumes get the files layout and an "
                       "image volume answers 409 `layout_unavailable`.",
         ),
-        "oci_runtime": serializers.CharField(allow_null=True),
-        "mounts": serializers.IntegerField(),
-        "previews": serializers.IntegerField(),
+        # The apps' figures (health.figure_register): oci_runtime, mounts, previews.
+        **{name: figure.field for name, figure in FIGURES.items()},
     },
 )
 
@@ -61,9 +57,7 @@ class HealthView(APIView):
             "version": settings.VERSION,
             "checks": checks,
             "capabilities": capabilities,
-            "oci_runtime": detector.detect(),
-            "mounts": _count(Mount, status="mounted"),
-            "previews": _count(Preview, status__in=["starting", "running"]),
+            **figures(),
         }
         return Response(body, status=200 if healthy else 503)
 
@@ -85,13 +79,6 @@ class LivenessView(APIView):
     )
     def get(self, request: Request) -> Response:
         return Response({"status": "ok", "version": settings.VERSION})
-
-
-def _count(model, **filters) -> int:  # type: ignore[no-untyped-def]
-    try:
-        return model.objects.filter(**filters).count()
-    except Exception:  # the state DB check already reports why
-        return 0
 
 
 WhoAmISerializer = inline_serializer(

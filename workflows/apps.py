@@ -6,10 +6,12 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         from weldr_agent import lifecycle
-        from workflows import tenancy, worker
+        from workflows import checkpoints, tenancy, worker
 
         # Who owns which project and bucket, for the one authorization rule (weldr_agent.access).
         tenancy.register()
+        # Runs held off during a snapshot restore; snapshot events on the branches' streams.
+        checkpoints.register()
 
         # After mounts and previews (lower orders): a run may need both.
         lifecycle.register("workflows", order=70, startup=worker_start_hook,

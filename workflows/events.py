@@ -27,19 +27,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import secrets
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections, transaction
 
-from weldr_agent.routers import SHARED_DB
+from weldr_agent.databases import SHARED_DB
 from workflows.models import Branch, Event, EventCounter, WorkflowRun
+from workflows.streams import PROCESS_ID, branch_group, deliver_local, layer_crosses_processes
 
 logger = logging.getLogger("weldr.workflows.events")
 
@@ -50,23 +50,11 @@ EVENT_TYPES = (
     "snapshot.created", "snapshot.restored",
 )
 # This process, on the channel layer: a process skips its own batches (delivered locally).
-PROCESS_ID = secrets.token_hex(8)
 # The most events one transaction writes (a burst after a slow commit is split).
 BATCH_MAX = 2000
 # Idle this long, the publisher closes its database connection (an idle agent holds none; it
 # costs a reconnect at the start of the next burst).
 IDLE_SECONDS = 1.0
-
-
-def branch_group(branch_id: str) -> str:
-    """The channel layer group of a branch's events (ASCII, under 100 characters)."""
-    return f"workflow-events.{branch_id}"
-
-
-def layer_crosses_processes() -> bool:
-    """True when the channel layer reaches other agent processes (Redis), not only this one."""
-    layer = get_channel_layer()
-    return layer is not None and not isinstance(layer, InMemoryChannelLayer)
 
 
 @dataclass
@@ -208,8 +196,6 @@ class Publisher(threading.Thread):
                 self._fan_out(branch_id, sorted(messages, key=lambda m: m["id"]))
 
     def _fan_out(self, branch_id: str, messages: list[dict[str, Any]]) -> None:
-        from workflows.streams import deliver_local
-
         deliver_local(branch_id, messages)
         if not layer_crosses_processes():
             return

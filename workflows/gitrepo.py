@@ -1,7 +1,7 @@
 """The workspace's git repository: init, commit everything, restore a tree.
 
 Every git command runs inside the bucket's exec sandbox, as the sandbox user, on a repository
-that user owns (previews/exec.py: sandbox_run). Whatever the workspace's `.git` holds — hooks,
+that user owns (commands/services.py: sandbox_run). Whatever the workspace's `.git` holds — hooks,
 `core.fsmonitor`, `include.path`, filters, a `.git` swapped for another — can therefore do no
 more than code in the sandbox already can. The agent only reads what git prints.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from previews.exec import sandbox_run
+from commands.services import sandbox_run
 from weldr_agent.errors import SystemCommandError
 from workflows import system
 

@@ -13,9 +13,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from rest_framework import status
 
+from mounts.validators import validate_bucket_name
 from weldr_agent import access
+from weldr_agent.databases import SHARED_DB
 from weldr_agent.errors import APIError, ConflictError, NotFoundError
-from weldr_agent.routers import SHARED_DB
 from workflows import gitrepo
 from workflows.events import event_publish
 from workflows.models import (
@@ -61,12 +62,6 @@ class BranchExists(ConflictError):
     default_detail = "The project already has a branch with this name."
 
 
-class InvalidBucket(APIError):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "invalid_bucket"
-    default_detail = "The bucket name is not a valid S3 bucket name."
-
-
 class BucketTaken(ConflictError):
     default_code = "bucket_taken"
     default_detail = "Another tenant's project names this bucket; choose another name."
@@ -91,14 +86,8 @@ def project_get(*, project_id: str) -> Project:
 
 
 def _bucket_validate(bucket: str) -> None:
-    try:
-        from mounts.validators import validate_bucket_name
-    except ImportError:  # the mounts app's validator is not merged yet: the same S3 rules
-        from workflows.validators import validate_bucket_name
-    try:
-        validate_bucket_name(bucket)
-    except Exception as error:
-        raise InvalidBucket(str(getattr(error, "detail", None) or error)) from error
+    """400 `invalid_bucket` (mounts.errors.InvalidBucket) unless a valid S3 bucket name."""
+    validate_bucket_name(bucket)
 
 
 def branch_create(*, project: Project, name: str, bucket: str) -> Branch:

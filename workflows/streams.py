@@ -21,17 +21,32 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from weldr_agent.asyncdb import db_sync_to_async
-from workflows.events import PROCESS_ID, branch_group, layer_crosses_processes
 from workflows.models import Event
 
 logger = logging.getLogger("weldr.workflows.streams")
+# Tells this process's own batches apart on the channel layer (they were delivered locally).
+PROCESS_ID = secrets.token_hex(8)
+
+
+def branch_group(branch_id: str) -> str:
+    """The channel layer group of a branch's events (ASCII, under 100 characters)."""
+    return f"workflow-events.{branch_id}"
+
+
+def layer_crosses_processes() -> bool:
+    """True when the channel layer reaches other agent processes (Redis), not only this one."""
+    layer = get_channel_layer()
+    return layer is not None and not isinstance(layer, InMemoryChannelLayer)
+
+
 
 REPLAY_BATCH = 500
 # Batches a subscriber may have waiting; past that it drops them and reads the database.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from previews.exec_spec import WORKSPACE
+from sandbox.bucket_spec import WORKSPACE
 
 GIT_AUTHOR_NAME = "Weldr Agent"
 GIT_AUTHOR_EMAIL = "agent@weldr.local"

@@ -18,9 +18,10 @@ from typing import Any
 import jsonschema
 from asgiref.sync import async_to_sync
 
+from commands import argv as command_argvs
+from commands import services as commands
+from commands.execution import CommandSpec
 from mounts import workspace_fs
-from previews import exec as sandbox_exec
-from previews import exec_spec
 from weldr_agent.errors import APIError
 from workflows import system
 from workflows.providers.base import ToolCall, ToolResult, ToolSpec
@@ -230,14 +231,14 @@ def grep(context: ToolContext, args: dict[str, Any]) -> str:
 def command_run(context: ToolContext, command: str, timeout: int) -> dict[str, Any]:
     """Run a shell command in the workspace, in the bucket's exec sandbox (as its user); each
     stream is cut at EXEC_OUTPUT_MAX_BYTES, like POST /exec (the result is capped anyway)."""
-    spec = sandbox_exec.CommandSpec(
+    spec = CommandSpec(
         bucket=context.bucket, workspace=context.workspace,
-        argv=exec_spec.command_argv(command), cwd="", env=exec_spec.command_env({}),
+        argv=command_argvs.command_argv(command), cwd="", env=command_argvs.command_env({}),
         timeout=timeout, stdin=None)
 
-    async def collect() -> sandbox_exec.Collected:
-        execution = await sandbox_exec.exec_start(spec=spec)
-        return await sandbox_exec.exec_collect(execution=execution)
+    async def collect() -> commands.Collected:
+        execution = await commands.exec_start(spec=spec)
+        return await commands.exec_collect(execution=execution)
 
     collected = async_to_sync(collect)()
     return {"exit_code": collected.exit.get("exit_code"),

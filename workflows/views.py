@@ -16,8 +16,8 @@ from weldr_agent import access, limits
 from weldr_agent.schema import event_stream_response
 from weldr_agent.serializers import error_responses
 from weldr_agent.sse import EventStreamNegotiation, sse_response
+from workflows import checkpoints, services
 from workflows import serializers as s
-from workflows import services
 from workflows.events import EVENT_TYPES
 from workflows.integrations import services as integrations
 from workflows.models import Project
@@ -116,10 +116,8 @@ class RevertView(APIView):
         data.is_valid(raise_exception=True)
         branch = services.branch_get(project_id=data.validated_data["project_id"],
                                      branch_id=data.validated_data["branch_id"])
-        if data.validated_data["mode"] == "snapshot":  # --- snapshots (issue #15) ---
-            from mounts.snapshots import branch_revert_snapshot
-
-            return Response(branch_revert_snapshot(
+        if data.validated_data["mode"] == "snapshot":
+            return Response(checkpoints.branch_revert_snapshot(
                 branch=branch, version_id=data.validated_data["version_id"]))
         version = services.branch_revert(branch=branch,
                                          version_id=data.validated_data["version_id"])

@@ -186,7 +186,7 @@ def module_agent(tmp_path_factory) -> Iterator[tuple[str, str]]:
     database), but started once: fuzzing restarts nothing between operations.
     """
     from tests.conftest import AgentProcess
-    from tests.services import free_port
+    from tests.servers import free_port
 
     root = tmp_path_factory.mktemp("agent")
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}

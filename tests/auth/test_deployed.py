@@ -30,7 +30,7 @@ from tests.auth.conftest import (
     node,
 )
 from tests.conftest import AgentProcess
-from tests.services import free_port
+from tests.servers import free_port
 
 
 @dataclass

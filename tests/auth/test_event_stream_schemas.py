@@ -18,8 +18,8 @@ from drf_spectacular.generators import SchemaGenerator
 from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from previews.exec import Event
-from previews.exec_output import exec_frames
+from commands.execution import Event
+from commands.output import exec_frames
 
 STREAM = "text/event-stream"
 

@@ -21,7 +21,7 @@ from django.db.utils import ConnectionHandler
 from tests.auth.conftest import DEPLOYED, new_databases, node
 from tests.auth.test_deployed import agent_env
 from tests.conftest import AgentProcess
-from tests.services import free_port
+from tests.servers import free_port
 from weldr_agent import runner
 from weldr_agent.betterauth.checks import schema_check
 

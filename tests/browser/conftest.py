@@ -17,7 +17,7 @@ import pytest
 
 from tests.browser.chromium import Chromium, CuttableProxy
 from tests.conftest import AgentProcess
-from tests.services import free_port, fresh_database
+from tests.servers import free_port, fresh_database
 from tests.workflows.conftest import agent_env
 
 PAGE = Path(__file__).resolve().parent / "follow.html"

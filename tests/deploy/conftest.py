@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from tests.auth.conftest import DEPLOYED, node
-from tests.services import free_port, fresh_bucket, fresh_database
+from tests.servers import free_port, fresh_bucket, fresh_database
 from weldr_agent import runner
 
 REPO = Path(__file__).resolve().parents[2]

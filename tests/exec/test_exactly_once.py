@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from previews.exec import exec_bucket_cleanup, sandbox_run
+from commands.services import exec_bucket_cleanup, sandbox_run
 
 
 def test_three_hundred_commands_run_three_hundred_times(tmp_path: Path) -> None:

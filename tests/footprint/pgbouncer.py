@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.services import free_port
+from tests.servers import free_port
 from weldr_agent import runner
 from weldr_agent.s3 import port_open
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import AgentProcess
 from tests.footprint.pgbouncer import Pgbouncer
-from tests.services import free_port, fresh_database
+from tests.servers import free_port, fresh_database
 from tests.workflows.conftest import Agent, SSEClient, agent_env, connected, write_script
 from weldr_agent import runner
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import fresh_bucket
+from tests.servers import fresh_bucket
 from weldr_agent import runner, s3
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from mounts import services, steps, system
 from mounts.models import Mount
 from tests.mounts.conftest import machine_clean
 from tests.mounts.test_system import BAD_NAMES
-from tests.services import free_port
+from tests.servers import free_port
 from weldr_agent import runner
 
 

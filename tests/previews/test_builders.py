@@ -7,21 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from previews import oci, sandbox, system, warm
-from previews.services import log_rotate
+from previews import system
+from previews.logs import log_rotate
+from sandbox import container, network, oci, warm
 from weldr_agent import runner
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def spec(tmp_path: Path, **extra) -> sandbox.Spec:  # type: ignore[no-untyped-def]
-    return sandbox.Spec(name="weldr-x-preview-site", workspace=tmp_path / "ws",
+def spec(tmp_path: Path, **extra) -> container.Spec:  # type: ignore[no-untyped-def]
+    return container.Spec(name="weldr-x-preview-site", workspace=tmp_path / "ws",
                         args=["/bin/sh", "/.weldr/run.sh"], env={"PORT": "3001"},
                         netns=Path("/run/netns/weldr-x-1"), **extra)
 
 
 def test_bundle_isolates_the_app(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
-    config = sandbox.bundle_config(spec(tmp_path), rootfs=tmp_path / "rootfs")
+    config = container.bundle_config(spec(tmp_path), rootfs=tmp_path / "rootfs")
 
     process = config["process"]
     assert process["user"] == {"uid": settings.SANDBOX_UID, "gid": settings.SANDBOX_UID}
@@ -41,7 +42,7 @@ def test_bundle_isolates_the_app(tmp_path: Path, settings) -> None:  # type: ign
 
 def test_bundle_mounts_system_dirs_read_only_and_the_workspace_read_write(
         tmp_path: Path) -> None:
-    config = sandbox.bundle_config(spec(tmp_path, binds=[(tmp_path / "run.sh",
+    config = container.bundle_config(spec(tmp_path, binds=[(tmp_path / "run.sh",
                                                           "/.weldr/run.sh", True)]),
                                    rootfs=tmp_path / "rootfs")
 
@@ -71,7 +72,7 @@ def test_the_environment_is_clean(tmp_path: Path, monkeypatch) -> None:  # type:
     monkeypatch.setenv("NODE_EXTRA_CA_CERTS", "/etc/ssl/x.pem")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
 
-    env = sandbox.bundle_config(spec(tmp_path), rootfs=tmp_path)["process"]["env"]
+    env = container.bundle_config(spec(tmp_path), rootfs=tmp_path)["process"]["env"]
 
     names = {item.split("=", 1)[0] for item in env}
     assert names == {"PATH", "HOME", "LANG", "TMPDIR", "PORT"}
@@ -79,30 +80,30 @@ def test_the_environment_is_clean(tmp_path: Path, monkeypatch) -> None:  # type:
 
 def test_netns_names_fit_ifnamsiz_and_carry_the_instance(settings) -> None:  # type: ignore[no-untyped-def]
     settings.INSTANCE_ID = "abcdefgh"
-    ns = sandbox.netns_for(255)
+    ns = network.netns_for(255)
 
     assert len(ns.host_if) <= 15 and len(ns.inner_if) <= 15
     assert "abcdefgh" in ns.name and "abcdefgh" in ns.host_if
     assert ns.ip != ns.host_ip and ns.ip.startswith("10.")
-    host, inner = sandbox.netns_create_batches(ns)
+    host, inner = network.netns_create_batches(ns)
     assert f"netns add {ns.name}" in host and f"route add default via {ns.host_ip}" in inner
 
 
 def test_firewall_drops_everything_from_sandboxes_but_replies(settings) -> None:  # type: ignore[no-untyped-def]
     settings.SANDBOX_OUTBOUND = False
-    rules = sandbox.firewall_rules()
+    rules = network.firewall_rules()
 
-    chain = sandbox.firewall_chain()
+    chain = network.firewall_chain()
     assert ["-A", chain, "-j", "DROP"] in rules
     assert ["-I", "INPUT", "-i", f"w{settings.INSTANCE_ID}+", "-j", chain] in rules
     assert not any("MASQUERADE" in rule for rule in rules)
     settings.SANDBOX_OUTBOUND = True
-    assert any("MASQUERADE" in rule for rule in sandbox.firewall_rules())
+    assert any("MASQUERADE" in rule for rule in network.firewall_rules())
 
 
 def test_warm_bundle_mounts_the_slot_read_only_in_place_of_the_workspaces(
         tmp_path: Path) -> None:
-    config = sandbox.bundle_config(spec(tmp_path, workspace_from=tmp_path / "slot" / "ws"),
+    config = container.bundle_config(spec(tmp_path, workspace_from=tmp_path / "slot" / "ws"),
                                    rootfs=tmp_path / "rootfs")
 
     mounts = {m["destination"]: m for m in config["mounts"]}

@@ -15,7 +15,8 @@ from rest_framework.test import APIClient
 
 from egress import services as egress_services
 from egress.policy import slot_chain
-from previews import services, warm
+from previews import services
+from sandbox import warm
 from tests.previews.conftest import http_get, write_node_app
 from weldr_agent import runner
 
@@ -35,8 +36,8 @@ def test_a_previews_chain_holds_its_buckets_policy_and_follows_its_changes(
         api: APIClient, previews: None, workspace: Path, path: str, settings) -> None:  # type: ignore[no-untyped-def]
     # given a bucket allowing one address only
     if path == "warm":
-        warm.pool.start()
-        assert runner.wait_until(lambda: warm.pool.ready_count() > 0, timeout=120)
+        warm.warm_pool.start()
+        assert runner.wait_until(lambda: warm.warm_pool.ready_count() > 0, timeout=120)
     else:
         settings.PREVIEW_WARM_POOL = 0
     put = api.put(f"/mounts/{workspace.name}/egress",

@@ -12,7 +12,7 @@ import pytest
 
 from egress import policy
 from egress.policy import Host, Policy, PolicyError, chain_rules
-from previews import sandbox
+from sandbox import network as sandbox_network
 
 HOST = Host(addresses=[ipaddress.ip_network("192.0.2.2/32"), ipaddress.ip_network("fd00::2/128")],
             networks=[ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("fd00::/64"),
@@ -108,7 +108,7 @@ def test_allow_entries_never_reach_loopback_sandboxes_or_the_host() -> None:
 
 def test_a_netns_link_has_no_ipv6(settings) -> None:  # type: ignore[no-untyped-def]
     settings.INSTANCE_ID = "abc123"
-    host, inner = sandbox.netns_create_batches(sandbox.netns_for(3))
+    host, inner = sandbox_network.netns_create_batches(sandbox_network.netns_for(3))
 
     # addrgenmode before the link comes up: no link-local address is ever made
     assert host.index("addrgenmode none") < host.index("link set wabc123h3 up")
@@ -118,10 +118,10 @@ def test_a_netns_link_has_no_ipv6(settings) -> None:  # type: ignore[no-untyped-
 def test_every_sandbox_packet_beyond_the_host_goes_through_the_egress_chain(settings) -> None:  # type: ignore[no-untyped-def]
     settings.INSTANCE_ID = "abc123"
     for version in (4, 6):
-        rules = sandbox.firewall_rules(version=version)
+        rules = sandbox_network.firewall_rules(version=version)
         assert ["-I", "FORWARD", "-i", "wabc123+", "-j", "WELDR-abc123-OUT"] in rules
         assert ["-I", "INPUT", "-i", "wabc123+", "-j", "WELDR-abc123"] in rules
     # A veth without a slot chain yet reaches nothing.
-    assert sandbox.egress_base_restore(version=4).splitlines()[1:3] == [
+    assert sandbox_network.egress_base_restore(version=4).splitlines()[1:3] == [
         ":WELDR-abc123-OUT - [0:0]",
         "-A WELDR-abc123-OUT -j REJECT --reject-with icmp-admin-prohibited"]

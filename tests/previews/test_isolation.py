@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from previews import services
 from tests.exec.helpers import KEYCTL
 from tests.previews.conftest import http_get, make_workspace, wait_status, write_node_app
-from tests.services import free_port
+from tests.servers import free_port
 from weldr_agent import runner
 
 pytestmark = pytest.mark.django_db(databases="__all__", transaction=True)

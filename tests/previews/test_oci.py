@@ -9,18 +9,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from previews import exec_spec, oci, sandbox, sandbox_etc
-from previews.sandboxd import namespace_filter
+from sandbox import bucket_spec, container, etc, oci, runtime
+from sandbox.sandboxd import namespace_filter
 
 
 def preview_config(tmp_path: Path) -> dict:
-    spec = sandbox.Spec(name="weldr-x-preview-site", workspace=tmp_path / "ws",
+    spec = container.Spec(name="weldr-x-preview-site", workspace=tmp_path / "ws",
                         args=["/bin/sh", "/.weldr/run.sh"], netns=Path("/run/netns/weldr-x-1"))
-    return sandbox.bundle_config(spec, rootfs=tmp_path / "rootfs")
+    return container.bundle_config(spec, rootfs=tmp_path / "rootfs")
 
 
 def exec_config(tmp_path: Path) -> dict:
-    return exec_spec.sandbox_spec(
+    return bucket_spec.sandbox_spec(
         name="weldr-x-exec-site", rootfs=tmp_path / "rootfs", workspace=tmp_path / "ws",
         daemon=tmp_path / "sandboxd.py", uid=1000, memory_mb=512, cpus=1.5, pids=256,
         hostname="sandbox", netns=Path("/run/netns/weldr-x-2"))
@@ -82,15 +82,15 @@ def test_the_exec_daemon_gets_its_one_user_namespace_and_filters_the_rest_itself
     program = namespace_filter("x86_64")
     assert len(program) % 8 == 0 and oci.CLONE_NEWUSER.to_bytes(4, "little") in program
     # no control socket directory bound into the sandbox: nothing there can replace it
-    assert not any("weldr" in m["destination"] and m["destination"] != exec_spec.DAEMON_PATH
+    assert not any("weldr" in m["destination"] and m["destination"] != bucket_spec.DAEMON_PATH
                    and "opt" not in m["destination"] for m in config["mounts"])
-    assert config["process"]["args"][-1] == exec_spec.DAEMON_PATH
+    assert config["process"]["args"][-1] == bucket_spec.DAEMON_PATH
 
 
 def test_the_sandbox_etc_has_users_certificates_and_no_host_secrets(
         tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
     target = tmp_path / "etc"
-    sandbox_etc.build(target, uid=1000)
+    etc.build(target, uid=1000)
 
     assert "sandbox:x:1000:1000:" in (target / "passwd").read_text()
     assert "sandbox:x:1000:" in (target / "group").read_text()
@@ -112,11 +112,11 @@ def test_the_runtime_detector_probes_on_a_machine_booted_a_minute_ago(
     # given the clock of a machine booted a minute ago (monotonic() counts from boot): "never
     # checked" must not read as "checked less than PROBE_TTL_SECONDS ago"
     now = [60.0]
-    monkeypatch.setattr(oci, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    detector = oci.RuntimeDetector()
+    monkeypatch.setattr(runtime, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    detector = runtime.RuntimeDetector()
 
     # when / then: a real probe runs and finds the runtime that starts containers here
     assert detector.detect() in ("crun", "runc"), detector.error
     # and the answer is kept for PROBE_TTL_SECONDS, then proven again
-    now[0] += oci.PROBE_TTL_SECONDS + 1
+    now[0] += runtime.PROBE_TTL_SECONDS + 1
     assert detector.detect() in ("crun", "runc"), detector.error

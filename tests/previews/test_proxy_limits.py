@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from previews.proxy import NOT_YET, Proxy
-from tests.services import free_port
+from tests.servers import free_port
 from weldr_agent import runner
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,4 +1,4 @@
-"""Warm sandboxes (previews/warm.py): created ahead, started by a preview; and the cold path."""
+"""Warm sandboxes (sandbox/warm.py): created ahead, started by a preview; and the cold path."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from previews import system, warm
+from previews import system
 from previews.models import Preview
+from sandbox import warm
 from tests.previews.conftest import http_get, wait_status
 from weldr_agent import runner
 
@@ -36,8 +37,8 @@ def test_a_warm_sandbox_runs_the_app_with_its_env_workspace_and_log(
         api: APIClient, previews: None, workspace: Path) -> None:
     # given: a warm sandbox ready
     (workspace / "server.js").write_text(ENV_JS)
-    warm.pool.start()
-    assert runner.wait_until(lambda: warm.pool.ready_count() > 0, timeout=120)
+    warm.warm_pool.start()
+    assert runner.wait_until(lambda: warm.warm_pool.ready_count() > 0, timeout=120)
     label = "it's \"quoted\" $HOME `x`"
 
     # when
@@ -62,13 +63,14 @@ def test_a_warm_sandbox_runs_the_app_with_its_env_workspace_and_log(
     api.post("/previews/stop", {"bucket": workspace.name}, format="json")
     assert not any(point.endswith(f"/ws/{workspace.name}") for point in slot_mounts())
     assert (workspace / "server.js").read_text() == ENV_JS
-    assert runner.wait_until(lambda: warm.pool.ready_count() == warm.pool.size, timeout=120)
+    pool = warm.warm_pool
+    assert runner.wait_until(lambda: pool.ready_count() == pool.size, timeout=120)
 
 
 def test_an_app_that_crashes_in_a_warm_sandbox_is_failed_and_released(
         api: APIClient, previews: None, workspace: Path) -> None:
-    warm.pool.start()
-    assert runner.wait_until(lambda: warm.pool.ready_count() > 0, timeout=120)
+    warm.warm_pool.start()
+    assert runner.wait_until(lambda: warm.warm_pool.ready_count() > 0, timeout=120)
 
     api.post("/previews/start", {"bucket": workspace.name,
                                  "command": "echo going down; exit 3"}, format="json")
@@ -95,5 +97,5 @@ def test_without_a_warm_pool_a_preview_starts_cold(api: APIClient, previews: Non
 
 
 def test_a_workspace_outside_the_workspace_base_starts_cold(tmp_path: Path) -> None:
-    assert warm.pool.take(tmp_path / "elsewhere") is None
+    assert warm.warm_pool.take(tmp_path / "elsewhere") is None
     assert settings.WORKSPACE_BASE != tmp_path

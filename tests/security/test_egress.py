@@ -151,7 +151,7 @@ class Beyond:
         self.port = 20000 + secrets.randbelow(20000)
         self.log = root / f"beyond-{tag}.log"
         with override_settings(INSTANCE_ID=instance):
-            from previews.sandbox import _instance_block
+            from sandbox.network import _instance_block
 
             self.block = str(_instance_block())
         self.undo: list[list[str]] = []

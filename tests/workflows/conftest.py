@@ -19,7 +19,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import REPO, AgentProcess
-from tests.services import free_port, fresh_database
+from tests.servers import free_port, fresh_database
 from weldr_agent import runner
 
 SCRIPTED = "scripted=tests.workflows.scripted.ScriptedProvider"

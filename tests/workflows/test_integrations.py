@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
-from previews.exec import exec_bucket_cleanup
+from commands.services import exec_bucket_cleanup
 from workflows import gitrepo, services
 from workflows.models import Branch, Integration, Version, WorkflowRun
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from previews.exec import exec_bucket_cleanup
+from commands.services import exec_bucket_cleanup
 from workflows.providers.base import ToolCall
 from workflows.tools import MAX_RESULT_CHARS, ToolContext, tool_execute, tool_specs
 

@@ -22,7 +22,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from weldr_agent.betterauth.models import ApiKey, Jwks, Session, User
 from weldr_agent.betterauth.naming import snake_case, table
-from weldr_agent.routers import SHARED_DB
+from weldr_agent.databases import SHARED_DB
 
 logger = logging.getLogger("weldr.betterauth")
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from weldr_agent.betterauth.checks import OPTIONAL, required_columns, schema_problems
-from weldr_agent.routers import SHARED_DB
+from weldr_agent.databases import SHARED_DB
 
 
 class Command(BaseCommand):

@@ -6,10 +6,11 @@ import logging
 
 from django.conf import settings
 
-from previews import exec_spec
-from previews.exec import exec_base, exec_bucket_cleanup, sandboxes
-from previews.models_exec import ExecCommand
-from previews.oci import runtime_root
+from commands.models import ExecCommand
+from commands.services import exec_bucket_cleanup
+from sandbox import bucket_spec
+from sandbox.bucket import bucket_sandboxes, exec_base
+from sandbox.runtime import runtime_root
 from weldr_agent import lifecycle, runner
 
 logger = logging.getLogger("weldr.exec")
@@ -20,7 +21,7 @@ def startup() -> None:
     stale = ExecCommand.objects.mark_killed()
     if stale:
         logger.info("%d background commands of a previous run marked killed", stale)
-    prefix = exec_spec.container_name(instance_id=settings.INSTANCE_ID, bucket="")
+    prefix = bucket_spec.container_name(instance_id=settings.INSTANCE_ID, bucket="")
     for name in ("runc", "crun"):
         root = runtime_root(name)
         if not root.is_dir():
@@ -28,15 +29,15 @@ def startup() -> None:
         for state in root.iterdir():
             if state.name.startswith(prefix):
                 binary = runner.tool(name)
-                runner.run(exec_spec.runtime_argv(binary, root=root, verb="delete",
-                                                  name=state.name, extra=("--force",)),
+                runner.run(bucket_spec.runtime_argv(binary, root=root, verb="delete",
+                                                    name=state.name, extra=("--force",)),
                            timeout=30, check=False)
     exec_base().mkdir(parents=True, exist_ok=True)
 
 
 def shutdown(deadline: float) -> None:
     """Kill every command (background ones too) by removing every sandbox."""
-    sandboxes.remove_all()
+    bucket_sandboxes.remove_all()
     ExecCommand.objects.mark_killed()
 
 
@@ -46,8 +47,17 @@ def unmount_guard(bucket: str, force: bool) -> None:
     ExecCommand.objects.filter(bucket=bucket).mark_killed()
 
 
+def commands_running(bucket: str) -> dict[str, list[dict]]:
+    """What a snapshot restore of `bucket` will kill (mounts/snapshots.py reports it)."""
+    return {"commands_stopped": [
+        {"id": str(row.id), "status": row.status} for row in
+        ExecCommand.objects.filter(bucket=bucket, status=ExecCommand.Status.RUNNING)]}
+
+
 def register() -> None:
     from mounts.services import register_unmount_guard
+    from mounts.snapshots import users_report_register
 
     lifecycle.register("exec", order=60, startup=startup, shutdown=shutdown)
     register_unmount_guard(unmount_guard)
+    users_report_register(commands_running)

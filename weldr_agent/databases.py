@@ -17,7 +17,9 @@ APP_DATABASES = {
     "messages": STATE_DB,
     "weldr_agent": STATE_DB,
     "mounts": STATE_DB,
+    "sandbox": STATE_DB,
     "previews": STATE_DB,
+    "commands": STATE_DB,
     "egress": STATE_DB,
     "workflows": SHARED_DB,
     "betterauth": SHARED_DB,
@@ -33,7 +35,7 @@ def database_for(app_label: str) -> str:
         return APP_DATABASES[app_label]
     except KeyError:
         raise UnknownAppError(
-            f"App {app_label!r} has no database; add it to weldr_agent.routers.APP_DATABASES."
+            f"App {app_label!r} has no database; add it to weldr_agent.databases.APP_DATABASES."
         ) from None
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from previews.exec import Event
+    from commands.execution import Event
 
 
 def complete_prefix(data: bytes) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 
-from previews.exec import Event
+from commands.execution import Event
 
 ID = re.compile(r"^exec_[0-9a-f]{16}$")
 # What a command that died with the agent ends with (its row is marked killed at start-up).

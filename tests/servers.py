@@ -45,7 +45,7 @@ def _stop_all() -> None:
         try:
             _cleanups.pop()()
         except Exception as error:  # keep stopping the rest
-            print(f"tests.services: cleanup failed: {error}")
+            print(f"tests.servers: cleanup failed: {error}")
 
 
 atexit.register(_stop_all)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from previews import sandbox
+from sandbox import container, network
 from weldr_agent import runner
 
 logger = logging.getLogger("weldr.previews")
@@ -97,7 +97,7 @@ def log_dir() -> Path:
 
 def container_name(slot: int) -> str:
     # '_' is not allowed in bucket names: no clash with a bucket's container name.
-    return f"{sandbox.container_prefix()}warm_{slot}"
+    return f"{container.container_prefix()}warm_{slot}"
 
 
 def slot_script(*, workspace: Path, env: Mapping[str, str], run_script: str) -> str:
@@ -118,8 +118,8 @@ class Warm:
     """A created, not yet started preview container and what it holds."""
 
     slot: int
-    ns: sandbox.Netns
-    box: sandbox.Sandbox
+    ns: network.Netns
+    box: container.Container
     directory: Path
     log: Path
     bound: Path | None = None
@@ -166,13 +166,13 @@ class WarmPool:
         with self._lock:
             held = {warm.slot for warm in self._ready} | self._claimed
         try:
-            names = sandbox.containers()
+            names = container.containers()
         except runner.CommandError:
             names = []
         for name in names:
             slot = name.removeprefix(container_name(0)[:-1])
             if slot != name and slot.isdigit() and int(slot) not in held:
-                sandbox.container_delete(name)
+                container.container_delete(name)
         if slots_dir().is_dir():
             for directory in slots_dir().iterdir():
                 if not (directory.name.isdigit() and int(directory.name) in held):
@@ -226,26 +226,26 @@ class WarmPool:
                 return
 
     def _make(self) -> Warm:
-        ns = sandbox.pool.acquire()
+        ns = network.netns_pool.acquire()
         directory = slots_dir() / str(ns.slot)
         try:
             _slot_prepare(directory)
             log = log_dir() / f"{ns.slot}.log"
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_bytes(b"")
-            spec = sandbox.Spec(
+            spec = container.Spec(
                 name=container_name(ns.slot), workspace=settings.WORKSPACE_BASE,
                 workspace_from=directory / "ws", cwd=Path("/"),
                 args=["/bin/sh", "/.weldr/run.sh"], netns=ns.path, hostname=HOSTNAME,
                 binds=[(directory / "weldr", "/.weldr", True)],
             )
-            box = sandbox.Sandbox(spec, log_path=log)
+            box = container.Container(spec, log_path=log)
             warm = Warm(slot=ns.slot, ns=ns, box=box, directory=directory, log=log)
             box.on_exit = lambda _box, _code: self._died(warm)
             box.create()
         except Exception:
             _slot_remove(directory)
-            sandbox.pool.release(ns)
+            network.netns_pool.release(ns)
             raise
         return warm
 
@@ -313,7 +313,7 @@ class WarmPool:
         """After the container is deleted: unbind the workspace, free the slot and netns."""
         _slot_remove(warm.directory)
         warm.log.unlink(missing_ok=True)
-        sandbox.pool.release(warm.ns)
+        network.netns_pool.release(warm.ns)
         with self._lock:
             self._claimed.discard(warm.slot)
             self._lock.notify_all()
@@ -387,4 +387,4 @@ def pool_unmount() -> None:
     _unmount_all(slots_dir())
 
 
-pool = WarmPool()
+warm_pool = WarmPool()

@@ -11,7 +11,7 @@ from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from previews.models_exec import ExecCommand
+from commands.models import ExecCommand
 from weldr_agent.schema import event_stream_response
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

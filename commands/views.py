@@ -18,17 +18,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from mounts import paths
-from previews import exec_background, exec_spec
-from previews.exec import CommandSpec, Event, exec_collect, exec_start, exec_stream
-from previews.exec_output import exec_frames, text_fields
-from previews.serializers_exec import (
+from commands import argv, background
+from commands.execution import CommandSpec, Event
+from commands.output import exec_frames, text_fields
+from commands.serializers import (
     EventStream,
     ExecCommandSerializer,
     ExecRequestSerializer,
     ExecResultSerializer,
     ExecStartedSerializer,
 )
+from commands.services import exec_collect, exec_start, exec_stream
+from mounts import paths
 from weldr_agent import access, limits
 from weldr_agent.asyncdb import db_sync_to_async
 from weldr_agent.serializers import error_responses
@@ -101,9 +102,9 @@ class ExecView(AsyncAPIView):
         self.data = data
         self.spec = CommandSpec(
             bucket=data["bucket"], workspace=workspace,
-            argv=exec_spec.command_argv(data["command"]),
+            argv=argv.command_argv(data["command"]),
             cwd=paths.directory_beneath(workspace, data["cwd"]),
-            env=exec_spec.command_env(data["env"]), timeout=data["timeout"],
+            env=argv.command_env(data["env"]), timeout=data["timeout"],
             stdin=data.get("stdin"))
 
     @extend_schema(
@@ -128,7 +129,7 @@ class ExecView(AsyncAPIView):
             limits.stream_slot_take(principal=request.user)
         execution = await exec_start(spec=spec)
         if data["background"]:
-            row = await exec_background.exec_background_start(execution=execution,
+            row = await background.exec_background_start(execution=execution,
                                                               command=data["command"])
             return Response({"id": row.id, "status": row.status}, status=202)
         if slot is not None:
@@ -149,13 +150,13 @@ class ExecDetailView(AsyncAPIView):
     @extend_schema(summary="A background command's status",
                    responses={200: ExecCommandSerializer, **ERRORS})
     async def get(self, request: Request, exec_id: str) -> Response:
-        row = await db_sync_to_async(exec_background.exec_get)(exec_id=exec_id)
+        row = await db_sync_to_async(background.exec_get)(exec_id=exec_id)
         return Response(ExecCommandSerializer(row).data)
 
     @extend_schema(summary="Kill a background command (its whole process tree)",
                    responses={204: None, **ERRORS})
     async def delete(self, request: Request, exec_id: str) -> Response:
-        await exec_background.exec_kill(exec_id=exec_id)
+        await background.exec_kill(exec_id=exec_id)
         return Response(status=204)
 
 
@@ -166,8 +167,8 @@ class ExecLogsView(AsyncAPIView):
                      "`Last-Event-ID`. Each stream is kept up to EXEC_OUTPUT_MAX_BYTES."),
         responses={(200, "text/event-stream"): EventStream, **ERRORS})
     async def get(self, request: Request, exec_id: str) -> HttpResponse:
-        row = await db_sync_to_async(exec_background.exec_get)(exec_id=exec_id)
-        log = exec_background.exec_log(exec_id=exec_id)
+        row = await db_sync_to_async(background.exec_get)(exec_id=exec_id)
+        log = background.exec_log(exec_id=exec_id)
         start = _last_event_id(request) + 1
         slot = limits.stream_slot_take(principal=request.user)
         if log is None:
@@ -180,7 +181,7 @@ class ExecLogsView(AsyncAPIView):
                             before=log.events[:start])
 
 
-async def _follow(log: exec_background.Log, start: int) -> AsyncIterator[Event]:
+async def _follow(log: background.Log, start: int) -> AsyncIterator[Event]:
     async for _, event in log.follow(start):
         yield event
 

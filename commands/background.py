@@ -2,7 +2,7 @@
 
 The command runs as an asyncio task on the server's event loop that outlives the request. Its
 status lives in the state database (ExecCommand); its output is spooled to disk (each stream
-capped at EXEC_OUTPUT_MAX_BYTES; previews/exec_spool.py) for GET /exec/{id}/logs, which replays
+capped at EXEC_OUTPUT_MAX_BYTES; commands/spool.py) for GET /exec/{id}/logs, which replays
 and then follows it, also after an agent restart.
 Commands end with their sandbox: at the bucket's unmount and at agent shutdown.
 """
@@ -19,9 +19,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from previews.exec import Event, Execution, exec_stream
-from previews.exec_spool import Spool, spool_prune
-from previews.models_exec import ExecCommand
+from commands.execution import Event, Execution
+from commands.models import ExecCommand
+from commands.services import exec_stream
+from commands.spool import Spool, spool_prune
 from weldr_agent.errors import NotFoundError
 
 logger = logging.getLogger("weldr.exec")

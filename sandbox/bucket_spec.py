@@ -1,4 +1,4 @@
-"""Pure builders for command execution: the exec sandbox's OCI config and runtime argv.
+"""Pure builders of a bucket's command sandbox: its OCI config, its name, its runtime argv.
 
 Nothing here runs anything (argv builders are pure and tested without a system).
 """
@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from previews import oci
+from sandbox import oci
 
 # Where things live inside the sandbox.
 WORKSPACE = "/workspace"
@@ -34,7 +34,7 @@ def sandbox_spec(*, name: str, rootfs: Path, workspace: Path, daemon: Path, uid:
     clones each command as PID 1 of a new PID namespace, and refuses further user namespaces
     itself before serving: sandboxd.py), and /proc is unmasked so that it can mount a fresh
     one per command. Its control socket is not in the sandbox at all: the agent binds it on
-    the host and hands it over as the daemon's stdin (`exec.Sandbox.start`).
+    the host and hands it over as the daemon's stdin (`bucket.BucketSandbox.start`).
     """
     return oci.config(oci.SandboxConfig(
         name=name,
@@ -65,18 +65,3 @@ def runtime_argv(runtime: str, *, root: Path, verb: str, name: str,
     if bundle is not None:
         argv += ["--bundle", str(bundle)]
     return [*argv, name]
-
-
-def command_argv(command: str | list[str]) -> list[str]:
-    """A string runs through `/bin/sh -c` (like a terminal); a list is the argv itself."""
-    if isinstance(command, str):
-        return ["/bin/sh", "-c", command]
-    return list(command)
-
-
-def command_env(extra: dict[str, str]) -> dict[str, str]:
-    """A clean, explicit environment (never the agent's), with the caller's additions."""
-    env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
-           "USER": "sandbox"}
-    env.update(extra)
-    return env

@@ -1,0 +1,24 @@
+from django.apps import AppConfig
+
+
+class SandboxAppConfig(AppConfig):
+    """The sandbox floor: no models, no URLs; its pools start before and stop after their users."""
+
+    name = "sandbox"
+
+    def ready(self) -> None:
+        from rest_framework import serializers
+
+        from sandbox import network, runtime, warm
+        from weldr_agent import health, lifecycle
+
+        health.check_register("oci_runtime", runtime.check_oci_runtime)
+        health.figure_register("oci_runtime", runtime.detector.detect,
+                               field=serializers.CharField(allow_null=True))
+
+        # The netns pool and the firewall start before and stop after every sandbox's user.
+        lifecycle.register("sandbox", order=40, startup=network.netns_pool.start,
+                           shutdown=lambda deadline: network.netns_pool.shutdown())
+        # Warm sandboxes need the netns pool; shut down after the previews stopped.
+        lifecycle.register("preview-pool", order=45, startup=warm.warm_pool.start,
+                           shutdown=lambda deadline: warm.warm_pool.shutdown())
