@@ -127,12 +127,11 @@ def test_a_replica_whose_newest_files_are_garbled_restores_the_state_before(api,
 
 
 def test_a_replica_with_no_sound_state_is_never_mounted(api, bucket):
-    # given a replica every state of which includes the damage (it was there from the start)
+    # given a replica every LTX file of which is garbled (no state can be rebuilt sound)
     mount = api.post("/mounts", {"bucket": bucket}, format="json").json()
     (Path(mount["path"]) / "precious.txt").write_text("do not lose me\n")
     assert api.post(f"/mounts/{bucket}/sync").status_code == 200
-    keys = _replica_files(bucket)
-    _garble(bucket, keys)
+    _garble(bucket, _replica_files(bucket))
     lose_the_machine(bucket)
     keys = _replica_files(bucket)
     # when a new machine mounts it
