@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -172,30 +173,152 @@ def _remove_db(db: Path) -> None:
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
-def _restore(p: system.Paths, point: datetime | None, output: Path) -> None:
+def integrity_problem(db: Path) -> str | None:
+    """What SQLite's full integrity check finds wrong with `db`; None when it finds nothing.
+
+    Litestream's own `-integrity-check quick` runs first (in its SQLite, which deletes a
+    failing restore). This one is a second SQLite (Python's) and the full check: quick_check
+    does not compare an index's entries with its table's rows, and a restored database whose
+    index and table disagree makes JuiceFS misbehave (storage hazard 8, docs/mounts.md).
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as connection:
+            rows = [row[0] for row in connection.execute("PRAGMA integrity_check(20)")]
+    except sqlite3.DatabaseError as error:
+        return str(error)
+    return None if rows == ["ok"] else "; ".join(rows)
+
+
+def _restore(p: system.Paths, output: Path, *, point: datetime | None = None,
+             txid: int | None = None) -> str | None:
+    """Restore one state of the replica into `output` and check it: None when `output` holds
+    a sound database (or nothing matched), else what went wrong (and `output` is removed)."""
+    _remove_db(output)
     try:
         runner.run(system.litestream_restore_argv(runner.tool("litestream"), p, timestamp=point,
-                                                  output=output),
+                                                  txid=txid, output=output),
                    env=system.litestream_env(), timeout=settings.MOUNT_TIMEOUT_SECONDS)
     except runner.CommandError as error:
         _remove_db(output)
-        raise MountFailed(f"Restoring {p.bucket}'s metadata from S3 failed: {error}") from error
+        return str(error)
+    problem = integrity_problem(output) if output.exists() else None
+    if problem is not None:
+        _remove_db(output)
+        return f"integrity check failed: {problem}"
+    return None
+
+
+def _litestream_json(argv: list[str]) -> Any:
+    """A Litestream command's JSON answer; None when it failed (logged)."""
+    try:
+        result = runner.run(argv, env=system.litestream_env(),
+                            timeout=settings.MOUNT_TIMEOUT_SECONDS)
+        return json.loads(result.stdout or "null")
+    except (runner.CommandError, ValueError) as error:
+        logger.error("%s", error)
+        return None
+
+
+def _plan_txid(p: system.Paths, point: datetime | None) -> int | None:
+    """The TXID a restore at `point` would end at (None: no plan)."""
+    plan = _litestream_json(system.litestream_restore_plan_argv(runner.tool("litestream"), p,
+                                                                timestamp=point))
+    return system.restore_plan_txid(plan) if isinstance(plan, dict) else None
+
+
+def _restore_exactly(p: system.Paths, staging: Path, **target: Any) -> str | None:
+    """_restore, where "nothing matched" is a failure too: the state was asked for by name."""
+    failure = _restore(p, staging, **target)
+    if failure is None and not staging.exists():
+        return "the replica cannot rebuild that state (a file of its chain is gone)"
+    return failure
+
+
+def _restore_fallback(p: system.Paths, staging: Path, point: datetime | None,
+                      durable_at: datetime | None, failure: str) -> None:
+    """The chosen state could not be restored sound: restore the newest state that can.
+
+    Tried in this order, each with both integrity checks, stopping at the first sound one:
+    the same state once more (a restore that failed for a passing reason — a download, the
+    machine — gives a sound database the second time); then older states, newest first: their
+    blocks all exist, since JuiceFS's trash keeps deleted files and overwritten slices for
+    TRASH_DAYS (storage hazard 2), so they only lose the writes made after them; last the
+    latest state, newer than the restore point, whose newest blocks may never have left the
+    lost machine (their reads fail; `juicefs fsck` lists them). A database that failed a
+    check is never mounted: with no sound state, the mount fails and the replica is kept.
+    """
+    target = str(point or "the latest state")
+    logger.error("METADATA RESTORE FAILED for %s at %s: %s. Retrying once.", p.bucket, target,
+                 failure)
+    tried = [f"{target}: {failure}"]
+    failure = _restore_exactly(p, staging, point=point)
+    if failure is None:
+        logger.error("METADATA RESTORE of %s at %s succeeded on the retry: the first "
+                     "failure did not repeat (a fault of the download or of this machine, not "
+                     "of the replica).", p.bucket, target)
+        return
+    tried.append(f"{target} again: {failure}")
+    litestream = runner.tool("litestream")
+    listing = _litestream_json(system.litestream_ltx_argv(litestream, p))
+    if not isinstance(listing, list):
+        raise MountFailed(f"Restoring {p.bucket}'s metadata failed and its replica could not be "
+                          f"listed for an older state: {' | '.join(tried)}")
+    states = system.replica_states(listing)
+    chosen = _plan_txid(p, point) or (states[0].txid if states else 0)
+    # The state the last zero-RPO sync made durable, by Litestream's own clock (the listing's
+    # times are whole seconds): falling back behind it loses writes a caller was promised.
+    durable_txid = _plan_txid(p, durable_at) if durable_at is not None else None
+    deadline = time.monotonic() + settings.MOUNT_TIMEOUT_SECONDS
+    for state in (s for s in states if s.txid < chosen):
+        if time.monotonic() > deadline:
+            tried.append("older states: out of time")
+            break
+        failure = _restore_exactly(p, staging, txid=state.txid)
+        if failure is None:
+            behind = ""
+            if durable_txid is not None and state.txid < durable_txid:
+                behind = (f" It is OLDER than the last zero-RPO sync ({durable_at}, TXID "
+                          f"{durable_txid:x}): writes made durable by that sync are lost.")
+            logger.error("METADATA RESTORED FROM AN OLDER STATE: %s's metadata at TXID %x "
+                         "(shipped at %s) instead of TXID %x; metadata changes made after it are "
+                         "lost.%s The replica is unchanged. Failed: %s", p.bucket, state.txid,
+                         state.at or "an unknown time", chosen, behind, " | ".join(tried))
+            return
+        tried.append(f"TXID {state.txid:x}: {failure}")
+    if states and states[0].txid > chosen:
+        failure = _restore_exactly(p, staging)
+        if failure is None:
+            logger.error("METADATA RESTORED FROM THE LATEST STATE: %s's metadata at TXID %x, "
+                         "newer than the restore point %s: blocks written within the upload "
+                         "delay before the machine was lost may be missing (reads fail with "
+                         "EIO; `juicefs fsck` lists them). Failed: %s", p.bucket,
+                         states[0].txid, target, " | ".join(tried))
+            return
+        tried.append(f"latest: {failure}")
+    raise MountFailed(
+        f"No state of {p.bucket}'s metadata replica ({system.REPLICA_PATH} in the bucket) "
+        f"restores to a database that passes its integrity check; refusing to mount a damaged "
+        f"one. The replica is unchanged. Tried: {' | '.join(tried)}"
+    )
 
 
 def metadata_restore(p: system.Paths) -> bool:
     """Restore the metadata database from its replica; False when there is no replica."""
     if prefix_empty(p.bucket, f"{system.REPLICA_PATH}/"):
         return False
-    point = system.restore_point(datetime.now(UTC), durable_marker_read(p.bucket))
+    durable_at = durable_marker_read(p.bucket)
+    point = system.restore_point(datetime.now(UTC), durable_at)
     staging = p.meta_db.with_name(f"{p.meta_db.name}.restoring")
-    _remove_db(staging)
-    _restore(p, point, staging)
-    if not staging.exists() and point is not None:
+    failure = _restore(p, staging, point=point)
+    if failure is None and not staging.exists() and point is not None:
         # Nothing in the replica is that old: the volume is younger than the upload delay and
         # was never synced with zero RPO. The latest state is the best there is; blocks it
         # names that never left the lost machine read as EIO (`juicefs fsck` lists them).
         logger.warning("no metadata of %s as old as %s; restoring the latest", p.bucket, point)
-        _restore(p, None, staging)
+        point = None
+        failure = _restore(p, staging)
+    if failure is not None:
+        _restore_fallback(p, staging, point, durable_at, failure)
     if not staging.exists():
         raise MountFailed(f"Litestream found no usable backup of {p.bucket}'s metadata; see "
                           f"{system.REPLICA_PATH} in the bucket.")

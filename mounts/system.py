@@ -490,14 +490,72 @@ def litestream_sync_argv(litestream: str, p: Paths, *, timeout: int) -> list[str
 
 
 def litestream_restore_argv(litestream: str, p: Paths, *, timestamp: datetime | None,
-                            output: Path) -> list[str]:
+                            output: Path, txid: int | None = None) -> list[str]:
+    """Restore the state at `timestamp`, or exactly at `txid`, or (neither) the latest one.
+
+    `-json` prints the TXID restored (logged); Litestream's own quick check deletes a database
+    that fails it (storage hazard 8, docs/mounts.md), and steps.py checks again in full.
+    """
     argv = [litestream, "restore", "-config", str(p.litestream_config), "-no-expand-env",
-            "-if-replica-exists", "-integrity-check", "quick", "-o", str(output)]
+            "-if-replica-exists", "-integrity-check", "quick", "-json", "-o", str(output)]
+    return argv + _restore_target(timestamp, txid) + [str(p.meta_db)]
+
+
+def litestream_restore_plan_argv(litestream: str, p: Paths, *,
+                                 timestamp: datetime | None) -> list[str]:
+    """The files a restore at `timestamp` would apply, as JSON (nothing is written)."""
+    return [litestream, "restore", "-config", str(p.litestream_config), "-no-expand-env",
+            "-dry-run", "-json", "-o", f"{p.meta_db}.plan", *_restore_target(timestamp, None),
+            str(p.meta_db)]
+
+
+def litestream_ltx_argv(litestream: str, p: Paths) -> list[str]:
+    """Every LTX file of the replica, all levels, as JSON: the states a restore can reach."""
+    return [litestream, "ltx", "-config", str(p.litestream_config), "-no-expand-env",
+            "-level", "all", "-json", str(p.meta_db)]
+
+
+def _restore_target(timestamp: datetime | None, txid: int | None) -> list[str]:
+    if txid is not None:
+        return ["-txid", f"{txid:016x}"]
     if timestamp is not None:
         # Microseconds kept: truncating to the second would drop the sync that made the
         # last zero-RPO point (RFC 3339 with a fraction, which Go's parser accepts).
-        argv += ["-timestamp", timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
-    return argv + [str(p.meta_db)]
+        return ["-timestamp", timestamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
+    return []
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """A state of the metadata a restore can reach exactly: an LTX file ends there."""
+
+    txid: int
+    at: datetime | None  # when Litestream shipped it (the earliest file ending there)
+
+
+def replica_states(listing: list[dict[str, Any]]) -> list[ReplicaState]:
+    """The states `litestream ltx -level all -json` lists, newest first.
+
+    Any file's last TXID is a state: the snapshot (level 9) before it plus the files of every
+    level up to it rebuild it; where they do not (retention removed a piece), that restore
+    fails and the next state is tried.
+    """
+    when: dict[int, datetime | None] = {}
+    for item in listing:
+        txid = int(item["max_txid"], 16)
+        try:
+            at: datetime | None = datetime.fromisoformat(item["timestamp"].replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            at = None
+        known = when.get(txid)
+        when[txid] = at if known is None or (at is not None and at < known) else known
+    return [ReplicaState(txid, when[txid]) for txid in sorted(when, reverse=True)]
+
+
+def restore_plan_txid(plan: dict[str, Any]) -> int | None:
+    """The state a restore plan (`restore -dry-run -json`) ends at."""
+    value = plan.get("max_txid")
+    return int(value, 16) if value else None
 
 
 def restore_point(now: datetime, durable_at: datetime | None) -> datetime | None:

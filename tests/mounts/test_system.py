@@ -212,6 +212,41 @@ def test_restore_argv_is_integrity_checked_and_timestamped(settings, tmp_path):
     assert _flag(argv, "-o") == str(tmp_path / "o")
 
 
+def test_restore_argv_names_an_exact_state_by_txid_and_plans_without_writing(tmp_path):
+    p = system.paths("b-1")
+    argv = system.litestream_restore_argv("litestream", p, timestamp=None, txid=0x2a,
+                                          output=tmp_path / "o")
+    assert _flag(argv, "-txid") == "000000000000002a" and "-timestamp" not in argv
+    assert _flag(argv, "-integrity-check") == "quick" and argv[-1] == str(p.meta_db)
+    latest = system.litestream_restore_argv("litestream", p, timestamp=None, output=tmp_path)
+    assert "-txid" not in latest and "-timestamp" not in latest
+    when = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
+    plan = system.litestream_restore_plan_argv("litestream", p, timestamp=when)
+    assert "-dry-run" in plan and "-json" in plan and _flag(plan, "-timestamp").startswith(
+        "2026-01-01T12:00:05")
+    assert system.litestream_ltx_argv("litestream", p)[-4:] == ["-level", "all", "-json",
+                                                                 str(p.meta_db)]
+
+
+def test_replica_states_are_every_files_last_txid_newest_first_at_their_first_shipping():
+    listing = [
+        {"level": 0, "min_txid": "0000000000000004", "max_txid": "0000000000000004",
+         "timestamp": "2026-12-06T13:18:26Z"},
+        {"level": 0, "min_txid": "0000000000000005", "max_txid": "0000000000000005",
+         "timestamp": "2026-12-06T13:18:27Z"},
+        {"level": 1, "min_txid": "0000000000000001", "max_txid": "0000000000000005",
+         "timestamp": "2026-12-06T13:18:40Z"},
+        {"level": 9, "min_txid": "0000000000000001", "max_txid": "000000000000000a",
+         "timestamp": "bad"},
+    ]
+    states = system.replica_states(listing)
+    assert [state.txid for state in states] == [10, 5, 4]
+    assert states[0].at is None
+    assert states[1].at == datetime(2026, 12, 6, 13, 18, 27, tzinfo=UTC)
+    assert system.restore_plan_txid({"max_txid": "000000000000001f"}) == 31
+    assert system.restore_plan_txid({}) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Image layout builders
 # ---------------------------------------------------------------------------------------------
