@@ -40,8 +40,11 @@ sys.path.insert(0, str(ROOT))
 NPM = Path("/usr/lib/node_modules/npm")
 # (resolved: in a worktree the fixture folder is a link to the main checkout's)
 VITE = (ROOT / "tests" / "previews" / "fixtures" / "node_modules").resolve()
-GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid",
-       "-c", "safe.directory=*"]
+# git on the workspace runs as the sandbox user (uid 1000, who owns the tree: `build` hands it
+# over), never as root: a repository's hooks and config run with the privileges of whoever runs
+# git (docs/security.md).
+GIT = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "env", "HOME=/tmp",
+       "git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
 
 
 def free_port() -> int:
@@ -71,6 +74,7 @@ def build(workspace: Path, args: argparse.Namespace) -> tuple[int, int]:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"mod{index}.ts").write_text(f"export const v{index} = {index};\n" * 20)
     (workspace / ".gitignore").write_text("node_modules\n")
+    runner.run(["chown", "-R", "1000:1000", str(workspace)], timeout=600)
     runner.run([*GIT, "init", "-q"], cwd=workspace, timeout=60)
     runner.run([*GIT, "add", "-A"], cwd=workspace, timeout=600)
     runner.run([*GIT, "commit", "-qm", "app"], cwd=workspace, timeout=600)
@@ -105,11 +109,13 @@ def baselines(workspace: Path, scratch: Path) -> None:
     shutil.rmtree(copy)
     (workspace / "src" / "pkg0" / "mod0.ts").write_text("changed\n")
     (workspace / "untracked.txt").write_text("new\n")
+    os.chown(workspace / "untracked.txt", 1000, 1000)
     stash = seconds(lambda: runner.run([*GIT, "stash", "-u", "-q"], cwd=workspace, timeout=600))
     pop = seconds(lambda: runner.run([*GIT, "stash", "pop", "-q"], cwd=workspace, timeout=600))
     print(f"{'baseline: git stash -u / pop (tracked+untracked)':<48} {stash:8.2f} s / "
           f"{pop:.2f} s  (node_modules ignored: not saved)")
     worktree = scratch / "worktree"
+    os.chown(scratch, 1000, 1000)
     add = seconds(lambda: runner.run([*GIT, "worktree", "add", "-q", str(worktree)],
                                      cwd=workspace, timeout=600))
     print(f"{'baseline: git worktree add (tracked files only)':<48} {add:8.2f} s")
