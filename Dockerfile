@@ -45,9 +45,13 @@ RUN --mount=type=secret,id=build_ca \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /root/.cache /root/.npm
 
 COPY . .
-# the design's layout: the system scripts in /usr/local/bin, their templates in /etc; the SDK and
-# the `weldr` command (sdk/: its dependencies are in the layer above, so no index is needed).
-RUN .venv/bin/pip install --quiet --no-deps --no-build-isolation --no-cache-dir ./sdk \
+# the SDK and the `weldr` command (sdk/; its dependencies are in the layer above, pip fetches
+# only its build backend), then the design's layout: the system scripts in /usr/local/bin, their
+# templates in /etc.
+RUN --mount=type=secret,id=build_ca \
+    if [ -s /run/secrets/build_ca ]; then export PIP_CERT=/run/secrets/build_ca; fi \
+    && .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-cache-dir ./sdk \
+    && rm -rf sdk/build /root/.cache \
     && install -m 0755 scripts/*.sh /usr/local/bin/ \
     && find scripts -maxdepth 1 \( -name '*.yml' -o -name '*.yaml' \) \
         -exec install -m 0644 {} /etc/ \; \
