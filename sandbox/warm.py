@@ -137,6 +137,9 @@ class WarmPool:
         self._lock = threading.Condition()
         self._ready: list[Warm] = []
         self._claimed: set[int] = set()
+        # Slots whose container the filler is making: not yet ready, but not stale either (a
+        # reset meanwhile — previews' start-up reconcile — must not remove them under it).
+        self._making: set[int] = set()
         self._started = False
         self._closed = False
         # When a start last took a sandbox; None: never (not "at time zero", which on a machine
@@ -164,7 +167,7 @@ class WarmPool:
     def reset(self) -> None:
         """Delete this instance's warm containers and slots that this pool does not hold."""
         with self._lock:
-            held = {warm.slot for warm in self._ready} | self._claimed
+            held = {warm.slot for warm in self._ready} | self._claimed | self._making
         try:
             names = container.containers()
         except runner.CommandError:
@@ -218,6 +221,7 @@ class WarmPool:
                 time.sleep(5.0)
                 continue
             with self._lock:
+                self._making.discard(warm.slot)
                 closed = self._closed
                 if not closed:
                     self._ready.append(warm)
@@ -226,7 +230,10 @@ class WarmPool:
                 return
 
     def _make(self) -> Warm:
+        """A created warm container; its slot stays in `_making` until `_fill` holds it."""
         ns = network.netns_pool.acquire()
+        with self._lock:
+            self._making.add(ns.slot)
         directory = slots_dir() / str(ns.slot)
         try:
             _slot_prepare(directory)
@@ -246,6 +253,8 @@ class WarmPool:
         except Exception:
             _slot_remove(directory)
             network.netns_pool.release(ns)
+            with self._lock:
+                self._making.discard(ns.slot)
             raise
         return warm
 
