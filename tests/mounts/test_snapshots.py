@@ -23,7 +23,9 @@ from weldr_agent import runner
 pytestmark = pytest.mark.slow
 RECORD = re.compile(rb"record (\d{8}) x{64}\n")
 # A writer inside the sandbox: numbered, fixed-size records appended one write() each.
-WRITER = ("mkdir -p log; i=0; while [ $i -lt 1000000 ]; do "
+# Endless: it must still be writing when the restore stops it (a bounded loop finished first on
+# a quiet machine, and the restore then had no command to report).
+WRITER = ("mkdir -p log; i=0; while :; do "
           "printf 'record %08d %s\\n' $i " + "x" * 64 + " >> log/records.txt; "
           "i=$((i+1)); done")
 FIXTURE_MODULES = REPO / "tests" / "previews" / "fixtures" / "node_modules"
