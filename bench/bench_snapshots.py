@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-snap-"))
+    tmp.chmod(0o755)  # the sandbox user runs git in the workspace below it
     key = "weldrbenchaccess" + secrets.token_hex(4)
     secret = "weldrbenchsecret" + secrets.token_hex(12)
     os.environ.update({
