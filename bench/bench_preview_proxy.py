@@ -35,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchlib import free_port  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "weldr_agent.settings")
 os.environ.setdefault("WELDR_ENV_VOL", tempfile.mkdtemp(prefix="weldr-bench-proxy-"))
 
@@ -56,11 +59,6 @@ require("http").createServer((req, res) => {
 }).listen(Number(process.env.PORT), "127.0.0.1");
 """
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_app(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import free_port  # noqa: E402
+
 NPM = Path("/usr/lib/node_modules/npm")
 # (resolved: in a worktree the fixture folder is a link to the main checkout's)
 VITE = (ROOT / "tests" / "previews" / "fixtures" / "node_modules").resolve()
@@ -46,11 +47,6 @@ VITE = (ROOT / "tests" / "previews" / "fixtures" / "node_modules").resolve()
 GIT = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "env", "HOME=/tmp",
        "git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def seconds(fn: Callable[[], object]) -> float:
