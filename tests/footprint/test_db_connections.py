@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -32,13 +33,37 @@ POOL_MAX = 5
 IDLE_SECONDS = 2
 
 
-class Counter(threading.Thread):
-    """Samples how many backends serve `database` (pg_stat_activity) until stopped."""
+def held_connections(pid: int, port: int) -> int:
+    """Established TCP connections to `port` that process `pid` and its children hold: what the
+    agent holds, counted on its side (a backend whose client has closed lingers in
+    pg_stat_activity for a moment, which would count a replaced connection twice)."""
+    sockets, pids = set(), [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            links = [os.readlink(fd) for fd in Path(f"/proc/{current}/fd").iterdir()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pids.extend(int(child) for child in children)
+        sockets.update(link[8:-1] for link in links if link.startswith("socket:["))
+    held = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
+            held += remote_port == port and state == "01" and inode in sockets
+    return held
 
-    def __init__(self, admin_url: str, database: str) -> None:
+
+class Counter(threading.Thread):
+    """Samples, until stopped, how many connections to PostgreSQL the agent holds (its own
+    sockets, `peak`) and how many backends serve `database` (pg_stat_activity, `count()`)."""
+
+    def __init__(self, admin_url: str, database: str, pid: int, port: int) -> None:
         super().__init__(daemon=True)
-        self.admin_url, self.database = admin_url, database
-        self.peak = 0
+        self.admin_url, self.database, self.pid, self.port = admin_url, database, pid, port
+        self.peak = self.backends_peak = 0
         self.halt = threading.Event()
 
     def count(self) -> int:
@@ -49,8 +74,14 @@ class Counter(threading.Thread):
 
     def run(self) -> None:
         while not self.halt.is_set():
-            self.peak = max(self.peak, self.count())
+            self.peak = max(self.peak, held_connections(self.pid, self.port))
+            self.backends_peak = max(self.backends_peak, self.count())
             time.sleep(0.05)
+
+
+def agent_pid(agent: Agent) -> int:
+    assert agent.process.process is not None
+    return agent.process.process.pid
 
 
 def runs_loop(agent: Agent, until: float, failures: list[str]) -> None:
@@ -122,7 +153,8 @@ def test_one_agent_holds_at_most_five_connections_at_peak_and_none_when_idle(
     url, name = database
     agent = start_agent(tmp_path, url, scripts)
     try:
-        counter = Counter(os.environ["DATABASE_URL"], name)
+        counter = Counter(os.environ["DATABASE_URL"], name, agent_pid(agent),
+                          int(urlsplit(url).port or 5432))
         # when 30 SSE subscribers, 3 runs waiting on the model and 20 /runs loops run at once
         failures = load(agent, scripts, counter)
         counter.halt.set()
@@ -133,7 +165,7 @@ def test_one_agent_holds_at_most_five_connections_at_peak_and_none_when_idle(
         ended = time.monotonic()
         runner.wait_until(lambda: counter.count() <= 1, timeout=wait, interval=0.5)
         after = counter.count()
-        print(f"\npeak {counter.peak} connections, {after} "
+        print(f"\npeak {counter.peak} connections ({counter.backends_peak} backends), {after} "
               f"{time.monotonic() - ended:.1f}s after the load")
         # then every request was served, within the pool's bound at the peak, and the idle
         # connections were closed
@@ -155,7 +187,10 @@ def test_agent_works_through_pgbouncer_in_transaction_mode(
     with Pgbouncer.start(url, name) as bouncer:
         agent = start_agent(tmp_path, bouncer.url, scripts)
         try:
-            counter = Counter(os.environ["DATABASE_URL"], name)
+            # (PgBouncer's server connections, counted by PostgreSQL: the agent's own sockets
+            # go to PgBouncer)
+            counter = Counter(os.environ["DATABASE_URL"], name, agent_pid(agent),
+                              int(urlsplit(bouncer.url).port or 5432))
             # when the agent migrates, serves the load and runs a workflow to its end
             failures = load(agent, scripts, counter)
             counter.halt.set()
@@ -170,6 +205,8 @@ def test_agent_works_through_pgbouncer_in_transaction_mode(
             # agent's pool may hold
             assert failures == []
             assert agent.run_wait(run_id)["status"] == "completed"
-            assert 0 < counter.peak <= POOL_MAX, f"peak {counter.peak} server connections"
+            assert 0 < counter.peak <= POOL_MAX, f"peak {counter.peak} client connections"
+            assert 0 < counter.backends_peak <= POOL_MAX, \
+                f"peak {counter.backends_peak} server connections"
         finally:
             agent.stop()
