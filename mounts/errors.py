@@ -73,6 +73,14 @@ class VolumeGone(ConflictError):
     default_detail = "The bucket's JuiceFS data is gone; its local metadata was set aside."
 
 
+class ReplicaMissing(ConflictError):
+    """The bucket holds a JuiceFS volume but no metadata replica: its last writer has not
+    shipped one yet (seconds after its first mount) or it was deleted. Never formatted over."""
+
+    default_code = "metadata_replica_missing"
+    default_detail = "The bucket holds a volume but no metadata replica to restore it from."
+
+
 class InvalidLayout(APIError):
     status_code = status.HTTP_400_BAD_REQUEST
     default_code = "invalid_layout"

@@ -25,7 +25,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
 from mounts import system
-from mounts.errors import MountBusy, MountFailed, StorageUnavailable, SyncFailed, VolumeGone
+from mounts.errors import (
+    MountBusy,
+    MountFailed,
+    ReplicaMissing,
+    StorageUnavailable,
+    SyncFailed,
+    VolumeGone,
+)
 from weldr_agent import runner, s3
 
 logger = logging.getLogger("weldr.mounts")
@@ -355,9 +362,11 @@ def metadata_prepare(p: system.Paths) -> str:
     if metadata_restore(p):
         return "restored"
     if not prefix_empty(p.bucket, f"{system.VOLUME_NAME}/"):
-        raise MountFailed(
+        raise ReplicaMissing(
             f"Bucket {p.bucket!r} holds a JuiceFS volume but its metadata replica "
-            f"({system.REPLICA_PATH}) is missing; refusing to format over it."
+            f"({system.REPLICA_PATH}) is missing; refusing to format over it. If another "
+            "machine mounted it moments ago, its first replica is not uploaded yet: try again "
+            "in a few seconds. Otherwise the volume's metadata is lost."
         )
     juicefs = runner.tool("juicefs")
     try:

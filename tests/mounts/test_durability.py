@@ -98,8 +98,8 @@ def test_a_volume_whose_replica_vanished_is_never_formatted_over(api, bucket):
     # when
     response = api.post("/mounts", {"bucket": bucket}, format="json")
     # then: a clear failure, the data untouched, nothing half-mounted
-    assert response.status_code == 500, response.json()
-    assert response.json()["code"] == "mount_failed"
+    assert response.status_code == 409, response.json()
+    assert response.json()["code"] == "metadata_replica_missing"
     assert "refusing to format" in response.json()["detail"]
     assert client.list_objects_v2(Bucket=bucket, Prefix="workspace/chunks/")["KeyCount"] >= 1
     assert machine_clean(bucket)
