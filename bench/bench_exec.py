@@ -45,10 +45,11 @@ import httpx  # noqa: E402
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request is client CPU
 
+from benchlib import free_port  # noqa: E402
+
 from sandbox import bucket_spec  # noqa: E402
 from sandbox.oci import hosts_file, rootfs_skeleton  # noqa: E402
 from tests.conftest import AgentProcess  # noqa: E402
-from tests.servers import free_port  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 
 

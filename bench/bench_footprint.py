@@ -31,11 +31,11 @@ import django  # noqa: E402
 django.setup()
 
 import httpx  # noqa: E402
+from benchlib import free_port  # noqa: E402
 
 from bench.bench_startup import tree  # noqa: E402
 from bench.results import report  # noqa: E402
 from tests.conftest import AgentProcess  # noqa: E402
-from tests.servers import free_port  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 
 

@@ -15,7 +15,6 @@ import argparse
 import os
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -24,11 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from benchlib import free_port  # noqa: E402
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:

@@ -26,7 +26,6 @@ import asyncio
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,7 +60,7 @@ require("http").createServer((req, res) => {
 
 
 
-def start_app(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_app(workdir: Path) -> tuple[runner.Popen[bytes], int]:
     port = free_port()
     script = workdir / "app.js"
     script.write_text(APP_JS)

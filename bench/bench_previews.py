@@ -35,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchlib import free_port  # noqa: E402
+
 from bench.results import report  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 
@@ -42,12 +44,6 @@ SERVER_JS = """require("http").createServer((q, s) => s.end("ok"))
   .listen(Number(process.env.PORT), process.env.HOST || "127.0.0.1");
 """
 POLL_SECONDS = 0.002
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def answers(url: str) -> bool:

@@ -48,10 +48,10 @@ except ImportError:
     sys.path.insert(0, str(REPO / "sdk"))
 
 from bench_exec import show  # noqa: E402  (the same figures as bench_exec)
+from benchlib import free_port  # noqa: E402
 from weldr_sdk import AsyncClient, Client  # noqa: E402
 
 from tests.conftest import AgentProcess, agent_env  # noqa: E402
-from tests.servers import free_port  # noqa: E402
 
 
 def timed(action: Callable[[], object]) -> float:

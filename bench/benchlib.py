@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.servers import free_port  # noqa: E402,F401 - the benches take it from here
 from weldr_agent import runner  # noqa: E402
 from weldr_agent.s3 import LocalS3Server  # noqa: E402
 
@@ -41,12 +42,6 @@ GIT_ENV = {
 
 class Unavailable(Exception):
     """A target that cannot run on this machine; the reason is printed instead of a number."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def log(message: str) -> None:
