@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from weldr_agent import access, limits
 from weldr_agent.schema import event_stream_response
 from weldr_agent.serializers import error_responses
-from weldr_agent.sse import EventStreamNegotiation, sse_response
+from weldr_agent.sse import EventStreamNegotiation, last_event_id, sse_response
 from workflows import checkpoints, services
 from workflows import serializers as s
 from workflows.events import EVENT_TYPES
@@ -166,7 +166,6 @@ class EventStreamView(EventStreamNegotiation, APIView):
     def get(self, request: Request) -> StreamingHttpResponse:
         branch = services.branch_get(project_id=request.query_params.get("project_id", ""),
                                      branch_id=request.query_params.get("branch_id", ""))
-        last_id = services.last_event_id_parse(
-            request.headers.get("Last-Event-ID") or request.query_params.get("last_event_id"))
+        last_id = last_event_id(request, query="last_event_id")
         return sse_response(limits.counted(
             principal=request.user, stream=event_stream(branch_id=branch.id, last_id=last_id)))
