@@ -27,7 +27,12 @@ from previews.serializers import (
 from weldr_agent import access, limits
 from weldr_agent.schema import event_stream_response
 from weldr_agent.serializers import error_responses
-from weldr_agent.sse import EventStreamNegotiation, EventStreamRenderer, sse_response
+from weldr_agent.sse import (
+    EventStreamNegotiation,
+    EventStreamRenderer,
+    last_event_id,
+    sse_response,
+)
 
 ERRORS = error_responses(400, 404, 409, 503)
 
@@ -126,9 +131,9 @@ class PreviewLogsView(EventStreamNegotiation, APIView):
         text = services.log_tail(bucket=bucket, lines=query.validated_data["tail"])
         if "text/event-stream" not in request.headers.get("Accept", ""):
             return HttpResponse(text, content_type="text/plain; charset=utf-8")
-        # Each line's id is its end offset in app.log: Last-Event-ID resumes after it.
-        last_id = request.headers.get("Last-Event-ID", "")
+        # Each line's id is its end offset in app.log: Last-Event-ID resumes after it (an id
+        # that is not one is ignored: the stream starts from the tail).
         stream = logs.follow(system.log_path(bucket), tail=query.validated_data["tail"],
-                             last_id=int(last_id) if last_id.isdigit() else None,
+                             last_id=last_event_id(request, strict=False),
                              still_active=lambda: services.preview_active(bucket))
         return sse_response(limits.counted(principal=request.user, stream=stream))

@@ -1,7 +1,8 @@
 """Network namespaces with a veth link, pooled, and the firewall that fences them in.
 
 Every sandbox (a preview, a warm one, a bucket's command sandbox) runs in one of these: a
-private netns with a veth link (IPv4 only), taken from a pool made off the critical path. An
+private netns with a veth link (IPv4 only), taken from a pool made off the critical path
+(sandbox/pool.py, which the warm containers' pool shares). An
 iptables chain per instance drops everything a sandbox sends to the host but replies, and a
 chain per netns slot applies its bucket's egress policy to the rest: the chains and the
 policies are the egress app's (egress/services.py, egress/policy.py); this module places the
@@ -14,7 +15,6 @@ import hashlib
 import ipaddress
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from django.conf import settings
 
 from egress import policy as egress_policy
 from egress import services as egress
+from sandbox.pool import MadeAheadPool
 from weldr_agent import runner
 
 logger = logging.getLogger("weldr.sandbox")
@@ -32,6 +33,8 @@ LINK_BLOCKS = ipaddress.ip_network("10.64.0.0/10")
 LINKS_PER_INSTANCE = 256
 POOL_SIZE = 2
 FENCE_WAIT_SECONDS = 120
+# At shutdown, how long to wait for the namespace the filler is making (`ip`: well under this).
+FILLER_JOIN_SECONDS = 30
 
 
 class NetnsExhausted(runner.CommandError):
@@ -208,23 +211,31 @@ def _netns_delete(ns: Netns) -> None:
     runner.run([ip, "netns", "del", ns.name], timeout=30, check=False)
 
 
-class NetnsPool:
-    """Namespaces made ahead of time by a background thread; returned ones are reused."""
+class NetnsPool(MadeAheadPool[Netns]):
+    """Namespaces made ahead of time by a filler thread (sandbox/pool.py); a start that finds
+    none ready makes one itself. A given-back one is deleted and its slot made afresh."""
+
+    thread_name = "netns-pool"
+    what = "a network namespace"
+    retry_seconds = 1.0
 
     def __init__(self, size: int = POOL_SIZE) -> None:
-        self.size = size
-        self._lock = threading.Condition()
-        self._ready: list[Netns] = []
+        super().__init__()
+        self._size = size
         self._used: set[int] = set()
         self._started = False
         self._fenced = threading.Event()
-        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def _free_slot(self) -> int:
-        for slot in range(LINKS_PER_INSTANCE):
-            if slot not in self._used:
-                self._used.add(slot)
-                return slot
+        with self._lock:
+            for slot in range(LINKS_PER_INSTANCE):
+                if slot not in self._used:
+                    self._used.add(slot)
+                    return slot
         raise NetnsExhausted([], "No free network namespace slot left for sandboxes.")
 
     def start(self) -> None:
@@ -241,7 +252,7 @@ class NetnsPool:
             firewall_up()
         finally:
             self._fenced.set()
-        threading.Thread(target=self._fill, name="netns-pool", daemon=True).start()
+        self._filler_start()
 
     def reset(self, *, everything: bool = False) -> None:
         """Delete this instance's namespaces not in use (all of them with `everything`)."""
@@ -256,32 +267,21 @@ class NetnsPool:
                         continue
                 _netns_delete(netns_for(slot))
 
-    def _fill(self) -> None:
-        while True:
+    def _make(self) -> Netns:
+        """A namespace on a free slot, made now (by the filler, or by a start that found none)."""
+        ns = netns_for(self._free_slot())
+        try:
+            _netns_create(ns)
+        except Exception:
             with self._lock:
-                while len(self._ready) >= self.size and not self._closed:
-                    self._lock.wait()
-                if self._closed:
-                    return
-                slot = self._free_slot()
-            ns = netns_for(slot)
-            try:
-                _netns_create(ns)
-            except runner.CommandError:
-                logger.exception("could not make network namespace %s", ns.name)
-                with self._lock:
-                    self._used.discard(slot)
-                time.sleep(1.0)
-                continue
-            with self._lock:
-                closed = self._closed
-                if not closed:
-                    self._ready.append(ns)
-                    self._lock.notify_all()
-            if closed:
-                # Shut down while this one was being made: it must not outlive the pool.
-                _netns_delete(ns)
-                return
+                self._used.discard(ns.slot)
+            raise
+        return ns
+
+    def _discard(self, ns: Netns) -> None:
+        _netns_delete(ns)
+        with self._lock:
+            self._used.discard(ns.slot)
 
     def acquire(self, *, bucket: str | None = None) -> Netns:
         """A ready namespace: from the pool when there is one, else made now.
@@ -290,29 +290,13 @@ class NetnsPool:
         policy until it is assigned (a warm sandbox's, whose process has not started).
         """
         self.start()
-        ns = self._take()
+        ns = self._pop() or self._make()
         if bucket is not None:
             try:
                 self.assign(ns, bucket=bucket)
             except Exception:
                 self.release(ns)
                 raise
-        return ns
-
-    def _take(self) -> Netns:
-        with self._lock:
-            if self._ready:
-                ns = self._ready.pop()
-                self._lock.notify_all()
-                return ns
-            slot = self._free_slot()
-        ns = netns_for(slot)
-        try:
-            _netns_create(ns)
-        except Exception:
-            with self._lock:
-                self._used.discard(slot)
-            raise
         return ns
 
     def assign(self, ns: Netns, *, bucket: str) -> None:
@@ -335,12 +319,8 @@ class NetnsPool:
         threading.Thread(target=recycle, name=f"netns-del-{ns.slot}", daemon=True).start()
 
     def shutdown(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._lock.notify_all()
-            ready, self._ready = self._ready, []
-        for ns in ready:
-            _netns_delete(ns)
+        for ns in self._close(join=FILLER_JOIN_SECONDS):
+            self._discard(ns)
         # Namespaces still being recycled by daemon threads would outlive the process.
         self.reset(everything=True)
         firewall_down()

@@ -36,6 +36,7 @@ from pathlib import Path
 from django.conf import settings
 
 from sandbox import container, network
+from sandbox.pool import MadeAheadPool
 from weldr_agent import runner
 
 logger = logging.getLogger("weldr.previews")
@@ -110,7 +111,7 @@ def slot_script(*, workspace: Path, env: Mapping[str, str], run_script: str) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# The pool
+# The pool (its filler thread is sandbox/pool.py's, shared with the netns pool)
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -129,27 +130,31 @@ class Warm:
         return self.directory / "weldr" / "run.sh"
 
 
-class WarmPool:
-    """`size` created containers, refilled by a background thread while no start is recent."""
+class WarmPool(MadeAheadPool[Warm]):
+    """`size` created containers, made by a filler thread (sandbox/pool.py) that holds back
+    while a start is recent or the CPUs are busy: `runc create` would compete with the app."""
+
+    thread_name = "warm-pool"
+    what = "a warm preview sandbox"
+    retry_seconds = 5.0
 
     def __init__(self, size: int | None = None) -> None:
-        self._size = size
-        self._lock = threading.Condition()
-        self._ready: list[Warm] = []
+        super().__init__()
+        self._size_given = size
         self._claimed: set[int] = set()
         # Slots whose container the filler is making: not yet ready, but not stale either (a
         # reset meanwhile — previews' start-up reconcile — must not remove them under it).
         self._making: set[int] = set()
         self._started = False
-        self._closed = False
         # When a start last took a sandbox; None: never (not "at time zero", which on a machine
         # booted a second ago would hold the first fill back).
         self._taken_at: float | None = None
-        self._filler: threading.Thread | None = None
+        # Since when the filler has held back for busy CPUs (it gives up after a while).
+        self._busy_since: float | None = None
 
     @property
     def size(self) -> int:
-        return settings.PREVIEW_WARM_POOL if self._size is None else self._size
+        return settings.PREVIEW_WARM_POOL if self._size_given is None else self._size_given
 
     # -- life of the pool ----------------------------------------------------------------------
 
@@ -161,8 +166,7 @@ class WarmPool:
             self._started = True
             self._closed = False
         self.reset()
-        self._filler = threading.Thread(target=self._fill, name="warm-pool", daemon=True)
-        self._filler.start()
+        self._filler_start()
 
     def reset(self) -> None:
         """Delete this instance's warm containers and slots that this pool does not hold."""
@@ -183,15 +187,9 @@ class WarmPool:
 
     def shutdown(self) -> None:
         with self._lock:
-            self._closed = True
             self._started = False
-            ready, self._ready = self._ready, []
-            self._lock.notify_all()
-            filler, self._filler = self._filler, None
         # A container being created now must not outlive the pool.
-        if filler is not None and filler is not threading.current_thread():
-            filler.join(60)
-        for warm in ready:
+        for warm in self._close(join=60):
             self._discard(warm)
         self.reset()
         with self._lock:
@@ -202,35 +200,23 @@ class WarmPool:
     def _since_taken(self) -> float:
         return float("inf") if self._taken_at is None else time.monotonic() - self._taken_at
 
-    def _fill(self) -> None:
-        while True:
-            with self._lock:
-                while not self._closed and (len(self._ready) >= self.size
-                                            or self._since_taken() < REFILL_DELAY_SECONDS):
-                    wait = REFILL_DELAY_SECONDS - self._since_taken()
-                    self._lock.wait(wait if len(self._ready) < self.size else None)
-                deadline = time.monotonic() + REFILL_BUSY_MAX_SECONDS
-                while not self._closed and _busy() and time.monotonic() < deadline:
-                    self._lock.wait(0.1)
-                if self._closed:
-                    return
-            try:
-                warm = self._make()
-            except Exception:
-                logger.exception("could not make a warm preview sandbox")
-                time.sleep(5.0)
-                continue
-            with self._lock:
-                self._making.discard(warm.slot)
-                closed = self._closed
-                if not closed:
-                    self._ready.append(warm)
-            if closed:
-                self._discard(warm)
-                return
+    def _hold(self) -> float | None:
+        """A second after the last start, and while the CPUs are busy (for at most
+        REFILL_BUSY_MAX_SECONDS), the filler waits."""
+        since = self._since_taken()
+        if since < REFILL_DELAY_SECONDS:
+            self._busy_since = None
+            return REFILL_DELAY_SECONDS - since
+        now = time.monotonic()
+        if _busy():
+            self._busy_since = now if self._busy_since is None else self._busy_since
+            if now - self._busy_since < REFILL_BUSY_MAX_SECONDS:
+                return 0.1
+        self._busy_since = None
+        return 0.0
 
     def _make(self) -> Warm:
-        """A created warm container; its slot stays in `_making` until `_fill` holds it."""
+        """A created warm container; its slot stays in `_making` until the filler holds it."""
         ns = network.netns_pool.acquire()
         with self._lock:
             self._making.add(ns.slot)
@@ -258,6 +244,9 @@ class WarmPool:
             raise
         return warm
 
+    def _made(self, warm: Warm) -> None:
+        self._making.discard(warm.slot)
+
     def _died(self, warm: Warm) -> None:
         """A warm container ended before anyone started it (killed): forget it."""
         with self._lock:
@@ -271,10 +260,6 @@ class WarmPool:
         warm.box.destroy()
         self.release(warm)
 
-    def ready_count(self) -> int:
-        with self._lock:
-            return len(self._ready)
-
     # -- a preview's use of it -----------------------------------------------------------------
 
     def take(self, workspace: Path) -> Warm | None:
@@ -284,13 +269,12 @@ class WarmPool:
             return None
         with self._lock:
             self._taken_at = time.monotonic()
-            self._lock.notify_all()
-            while self._ready:
-                warm = self._ready.pop(0)
+            while (warm := self._pop()) is not None:
                 if warm.box.running:
                     self._claimed.add(warm.slot)
                     return warm
                 threading.Thread(target=self._discard, args=(warm,), daemon=True).start()
+            self._lock.notify_all()
         return None
 
     def begin(self, warm: Warm, *, workspace: Path, env: Mapping[str, str], run_script: str,

@@ -23,7 +23,10 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 from django.http import StreamingHttpResponse
+from rest_framework import status
 from rest_framework.renderers import BaseRenderer, JSONRenderer
+
+from weldr_agent.errors import APIError
 
 logger = logging.getLogger("weldr.sse")
 
@@ -58,6 +61,31 @@ class EventStreamNegotiation:
         self.request.accepted_renderer = JSONRenderer()
         self.request.accepted_media_type = JSONRenderer.media_type
         return super().handle_exception(exc)  # type: ignore[misc]
+
+
+class InvalidEventId(APIError):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "invalid_event_id"
+    default_detail = "Last-Event-ID must be a non-negative integer."
+
+
+def last_event_id(request: Any, *, query: str | None = None, strict: bool = True) -> int | None:
+    """The id of the last event the client has: its `Last-Event-ID` header (what a browser's
+    EventSource sends when it reconnects), else the query parameter `query` (a client that
+    cannot set headers); None when it starts fresh.
+
+    A value that is not a non-negative integer (ASCII digits: `int()` refuses a `²` that
+    `isdigit()` accepts) is a 400 `invalid_event_id`, or, not `strict`, taken as absent.
+    """
+    value = request.headers.get("Last-Event-ID") or (
+        request.query_params.get(query) if query else None)
+    if value in (None, ""):
+        return None
+    if not (value.isascii() and value.isdigit()):
+        if strict:
+            raise InvalidEventId()
+        return None
+    return int(value)
 
 
 def sse_response(stream: AsyncIterator[bytes | str], *,

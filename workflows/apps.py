@@ -5,6 +5,7 @@ class WorkflowsConfig(AppConfig):
     name = "workflows"
 
     def ready(self) -> None:
+        # Here, not at the top: the app registry must be ready before models are imported.
         from weldr_agent import lifecycle
         from workflows import checkpoints, tenancy, worker
 
@@ -14,11 +15,5 @@ class WorkflowsConfig(AppConfig):
         checkpoints.register()
 
         # After mounts and previews (lower orders): a run may need both.
-        lifecycle.register("workflows", order=70, startup=worker_start_hook,
+        lifecycle.register("workflows", order=70, startup=worker.worker_start,
                            shutdown=worker.worker_stop)
-
-
-def worker_start_hook() -> None:
-    from workflows import worker
-
-    worker.worker_start()

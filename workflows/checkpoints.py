@@ -11,9 +11,10 @@ from typing import Any
 
 from mounts import snapshots
 from mounts.validators import validate_bucket_name
+from workflows.branches import branch_exclusive
+from workflows.errors import VersionNotFound
 from workflows.events import event_publish
 from workflows.models import Branch, Version
-from workflows.services import VersionNotFound, branch_exclusive
 
 
 def branch_revert_snapshot(*, branch: Branch, version_id: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ transient provider errors (rate limits, 5xx) are retried with exponential backof
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +18,12 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from mounts.snapshots import checkpoint_before_run
+from weldr_agent import lifecycle
 from workflows import gitrepo
+from workflows.branches import branch_workspace, version_record
 from workflows.events import event_publish
+from workflows.integrations.services import integration_apply
 from workflows.models import Message, WorkflowRun
 from workflows.providers.base import (
     AssistantMessage,
@@ -32,6 +35,7 @@ from workflows.providers.base import (
     UserMessage,
 )
 from workflows.providers.base import Message as ProviderMessage
+from workflows.providers.registry import get_provider, key_check
 from workflows.tools import ToolContext, tool_execute, tool_specs
 
 logger = logging.getLogger("weldr.workflows.engine")
@@ -56,8 +60,12 @@ class AgentStopping(Exception):
     pass
 
 
-# Set by the shutdown hook: runs stop between calls and fail with a clear message.
-stopping = threading.Event()
+def _stopping_check() -> None:
+    """From the first signal of a shutdown (lifecycle), a run stops between calls and fails
+    with a clear message rather than being cut off mid-tool by the process exit."""
+    if lifecycle.shutting_down():
+        raise AgentStopping("The agent stopped during the run; trigger it again.")
+
 
 
 def provider_resolve(model: str) -> tuple[Provider, str, int]:
@@ -71,10 +79,6 @@ def provider_resolve(model: str) -> tuple[Provider, str, int]:
     extra = settings.WORKFLOW_EXTRA_PROVIDERS.get(prefix)
     if extra:
         return import_string(extra)(), name, settings.WORKFLOW_PROVIDER_RETRIES
-    try:
-        from workflows.providers.registry import get_provider, key_check
-    except ImportError:
-        raise UnknownModel(f"No provider adapters are installed for {model!r}.") from None
     # a missing key fails the run before the SDK is imported.
     key_check(model)
     provider, name = get_provider(model)
@@ -114,8 +118,7 @@ class RunState:
                       data={"run_id": self.run.id, **data}, wait=False)
 
     def step_start(self, name: str) -> Step:
-        if stopping.is_set():
-            raise AgentStopping("The agent stopped during the run; trigger it again.")
+        _stopping_check()
         self.step = Step(name, time.monotonic() + settings.WORKFLOW_STEP_TIMEOUT_SECONDS)
         WorkflowRun.objects.filter(id=self.run.id).update(current_step=name)
         self.emit("step.started", {"step": name})
@@ -194,8 +197,7 @@ def coding_step(state: RunState, context: ToolContext, request: str, plan: str) 
         results = []
         for call in turn.tool_calls:
             step.remaining()
-            if stopping.is_set():
-                raise AgentStopping("The agent stopped during the run; trigger it again.")
+            _stopping_check()
             state.emit("tool.call", {"call_id": call.id, "name": call.name,
                                      "arguments": call.arguments if call.arguments is not None
                                      else call.raw_arguments})
@@ -226,8 +228,6 @@ def describe(context: ToolContext, plan: str, texts: list[str], changed: list[st
 
 
 def finalize_step(state: RunState, context: ToolContext, plan: str) -> dict[str, Any]:
-    from workflows.services import version_record
-
     state.step_start(WorkflowRun.Step.FINALIZING)
     repo = gitrepo.Repo(bucket=context.bucket, workspace=context.workspace)
     changed = gitrepo.changed_paths(repo)
@@ -251,9 +251,6 @@ def run_fail(run: WorkflowRun, error: str) -> None:
 
 def run_execute(run_id: str) -> None:
     """Claim a queued run and execute it to completion or failure."""
-    from mounts.snapshots import checkpoint_before_run
-    from workflows.services import branch_workspace
-
     claimed = WorkflowRun.objects.filter(id=run_id, status=WorkflowRun.Status.QUEUED).update(
         status=WorkflowRun.Status.RUNNING, started_at=timezone.now(),
         agent_instance=settings.INSTANCE_ID)
@@ -305,7 +302,5 @@ def _error_text(error: Exception) -> str:
 
 def _integration_from_run(run: WorkflowRun, key: str, options: dict[str, Any]) -> str:
     """add_integration inside a run: files and env now; the run's version commits them."""
-    from workflows.integrations.services import integration_apply
-
     row = integration_apply(branch=run.branch, key=key, options=options, commit=False)
     return f"Integration {key} {row.status}."

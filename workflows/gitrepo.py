@@ -17,17 +17,13 @@ from pathlib import Path
 from django.conf import settings
 
 from commands.services import sandbox_run
-from weldr_agent.errors import SystemCommandError
 from workflows import system
+from workflows.errors import GitFailed
 
 logger = logging.getLogger("weldr.workflows.git")
 
 GIT_TIMEOUT = 600.0
 STDERR_TAIL = 2000
-
-
-class GitFailed(SystemCommandError):
-    default_code = "git_failed"
 
 
 @dataclass(frozen=True)

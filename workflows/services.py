@@ -1,70 +1,35 @@
-"""The verbs of workflows: projects, branches, runs, versions and revert."""
+"""The verbs of workflows: projects, branches, runs, versions and revert.
+
+What a run and an install share with these verbs (a branch's workspace, holding it, recording a
+version) is one floor down, in branches.py: the engine that runs a trigger needs it too.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max
-from rest_framework import status
 
 from mounts.validators import validate_bucket_name
 from weldr_agent import access
 from weldr_agent.databases import SHARED_DB
-from weldr_agent.errors import APIError, ConflictError, NotFoundError
-from workflows import gitrepo
-from workflows.events import event_publish
-from workflows.models import (
-    ACTIVE_RUN_STATUSES,
-    Branch,
-    EventCounter,
-    Message,
-    Project,
-    Version,
-    WorkflowRun,
+from workflows import gitrepo, worker
+from workflows.branches import branch_exclusive, branch_workspace, version_record
+from workflows.errors import (
+    BranchExists,
+    BranchNotFound,
+    BucketTaken,
+    ProjectNotFound,
+    RunActive,
+    RunNotFound,
+    VersionNotFound,
 )
+from workflows.events import event_publish
+from workflows.models import Branch, EventCounter, Message, Project, Version, WorkflowRun
 
 logger = logging.getLogger("weldr.workflows")
-
-
-class ProjectNotFound(NotFoundError):
-    default_code = "project_not_found"
-    default_detail = "No such project."
-
-
-class BranchNotFound(NotFoundError):
-    default_code = "branch_not_found"
-    default_detail = "No such branch in this project."
-
-
-class RunNotFound(NotFoundError):
-    default_code = "run_not_found"
-    default_detail = "No such run."
-
-
-class VersionNotFound(NotFoundError):
-    default_code = "version_not_found"
-    default_detail = "No such version on this branch."
-
-
-class RunActive(ConflictError):
-    default_code = "run_active"
-    default_detail = "A workflow run is already active on this branch; wait for it to finish."
-
-
-class BranchExists(ConflictError):
-    default_code = "branch_exists"
-    default_detail = "The project already has a branch with this name."
-
-
-class BucketTaken(ConflictError):
-    default_code = "bucket_taken"
-    default_detail = "Another tenant's project names this bucket; choose another name."
 
 
 def bucket_claim_check(*, principal: Any, bucket: str) -> None:
@@ -109,15 +74,6 @@ def branch_get(*, project_id: str, branch_id: str) -> Branch:
     return branch
 
 
-def branch_workspace(branch: Branch) -> Path:
-    """The branch's workspace directory: its bucket mounted (WORKSPACE_MODE=mount), or its
-    branch directory restored from S3 (WORKSPACE_MODE=local); the mounts app decides."""
-    from mounts.services import mount_ensure, workspace_path
-
-    mount_ensure(bucket=branch.bucket)
-    return Path(workspace_path(branch.bucket))
-
-
 def run_trigger(*, branch: Branch, text: str, model: str | None = None) -> WorkflowRun:
     """Record the user's message and queue a run; one active run per branch (the DB decides)."""
     try:
@@ -129,8 +85,6 @@ def run_trigger(*, branch: Branch, text: str, model: str | None = None) -> Workf
         raise RunActive() from None
     event_publish(branch=branch, type="run.queued", run=run,
                   data={"run_id": run.id, "model": run.model})
-    from workflows import worker
-
     worker.run_submit(run.id)
     return run
 
@@ -151,53 +105,6 @@ def runs_list(*, project_id: str | None = None, branch_id: str | None = None) ->
     return runs.order_by("-created_at")
 
 
-def version_record(*, branch: Branch, commit_hash: str, description: str,
-                   run: WorkflowRun | None = None) -> Version:
-    """Number and store a version; the unique (branch, number) settles concurrent writers."""
-    for _attempt in range(5):
-        number = (branch.versions.aggregate(top=Max("number"))["top"] or 0) + 1
-        try:
-            with transaction.atomic(using=SHARED_DB):
-                version = Version.objects.create(branch=branch, number=number, run=run,
-                                                 commit_hash=commit_hash, description=description)
-            break
-        except IntegrityError:
-            continue
-    else:
-        raise ConflictError("Could not number the version; try again.")
-    event_publish(branch=branch, type="version.created", run=run, data={
-        "version_id": version.id, "number": version.number, "commit_hash": commit_hash,
-        "description": description,
-    })
-    return version
-
-
-def branch_has_active_run(branch: Branch) -> bool:
-    return branch.runs.filter(status__in=ACTIVE_RUN_STATUSES).exists()
-
-
-@contextmanager
-def branch_exclusive(*, branch: Branch, purpose: str) -> Iterator[None]:
-    """Hold the branch's active-run slot (a `running` row) while changing its workspace.
-
-    A trigger and a revert or install cannot interleave: whichever inserts its active row first
-    wins (the partial unique constraint), the other gets 409. A crash leaves a `running` row that
-    the next start-up fails like any interrupted run.
-    """
-    try:
-        with transaction.atomic(using=SHARED_DB):
-            guard = WorkflowRun.objects.create(
-                branch=branch, model=purpose, status=WorkflowRun.Status.RUNNING,
-                agent_instance=settings.INSTANCE_ID)
-    except IntegrityError:
-        raise RunActive(f"A workflow run is active on this branch; {purpose} when it ends.") \
-            from None
-    try:
-        yield
-    finally:
-        guard.delete()
-
-
 def branch_revert(*, branch: Branch, version_id: str) -> Version:
     """Restore the workspace's tree to a version with a new commit; history is kept."""
     target = Version.objects.filter(id=version_id, branch=branch).first()
@@ -210,18 +117,3 @@ def branch_revert(*, branch: Branch, version_id: str) -> Version:
         description = f"Revert to version {target.number}: {target.description}"[:500]
         commit = gitrepo.commit_all(repo, description) or gitrepo.head(repo)
         return version_record(branch=branch, commit_hash=commit, description=description)
-
-
-class InvalidEventId(APIError):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "invalid_event_id"
-    default_detail = "Last-Event-ID must be a non-negative integer."
-
-
-def last_event_id_parse(value: str | None) -> int | None:
-    """The client's last event id, or None when it starts fresh (live events only)."""
-    if value in (None, ""):
-        return None
-    if not str(value).isdigit():
-        raise InvalidEventId()
-    return int(value)

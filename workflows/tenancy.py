@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from weldr_agent import access
+from workflows.errors import ProjectNotFound, RunNotFound
 from workflows.models import Branch, Project, WorkflowRun
 
 
@@ -33,10 +34,8 @@ def _run_project(run_id: str) -> access.Target | None:
 
 
 def register() -> None:
-    from workflows import services
-
     access.ownership_register(ProjectOwnership())
     access.lookup_register("project_id", resolve=lambda value: access.Target("project", value),
-                           missing=lambda value: services.ProjectNotFound())
+                           missing=lambda value: ProjectNotFound())
     access.lookup_register("run_id", resolve=_run_project,
-                           missing=lambda value: services.RunNotFound())
+                           missing=lambda value: RunNotFound())

@@ -22,6 +22,7 @@ from commands import argv as command_argvs
 from commands import services as commands
 from commands.execution import CommandSpec
 from mounts import workspace_fs
+from previews import services as previews
 from weldr_agent.errors import APIError
 from workflows import system
 from workflows.providers.base import ToolCall, ToolResult, ToolSpec
@@ -286,34 +287,18 @@ def remove_packages(context: ToolContext, args: dict[str, Any]) -> str:
     return _command_report(outcome)
 
 
-def _previews() -> Any:
-    try:
-        from previews import services
-    except ImportError:
-        raise ToolError("Previews are not available on this agent.") from None
-    return services
-
-
 @tool("start_preview", "Start (or restart) the app's preview server.",
       {"command": {"type": "string"}}, [])
 def start_preview(context: ToolContext, args: dict[str, Any]) -> str:
-    services = _previews()
-    if not hasattr(services, "preview_start"):
-        raise ToolError("Previews are not available on this agent.")
-    preview = services.preview_start(bucket=context.bucket, command=args.get("command") or None)
-    return json.dumps({"status": getattr(preview, "status", None),
-                       "port": getattr(preview, "port", None)})
+    preview = previews.preview_start(bucket=context.bucket, command=args.get("command") or None)
+    return json.dumps({"status": preview.status, "port": preview.port})
 
 
 @tool("check_preview", "Report the preview's status and the tail of its log.", {}, [])
 def check_preview(context: ToolContext, args: dict[str, Any]) -> str:
-    services = _previews()
-    if not hasattr(services, "preview_get"):
-        raise ToolError("Previews are not available on this agent.")
-    preview = services.preview_get(bucket=context.bucket)
-    return json.dumps({"status": getattr(preview, "status", None),
-                       "port": getattr(preview, "port", None),
-                       "exit_code": getattr(preview, "exit_code", None)})
+    preview = previews.preview_get(bucket=context.bucket)
+    return json.dumps({"status": preview.status, "port": preview.port,
+                       "exit_code": preview.exit_code})
 
 
 @tool("add_integration", "Install an integration (see GET /integrations) into the project.",

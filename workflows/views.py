@@ -10,17 +10,18 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from weldr_agent import access, limits
 from weldr_agent.schema import event_stream_response
 from weldr_agent.serializers import error_responses
-from weldr_agent.sse import EventStreamNegotiation, sse_response
+from weldr_agent.sse import EventStreamNegotiation, last_event_id, sse_response
 from workflows import checkpoints, services
 from workflows import serializers as s
 from workflows.events import EVENT_TYPES
 from workflows.integrations import services as integrations
-from workflows.models import Project
+from workflows.models import Branch, Project
 from workflows.sse import event_stream
 
 # Every event of a branch carries a JSON object whose fields depend on its type (docs/workflows.md).
@@ -29,6 +30,17 @@ BRANCH_EVENTS = event_stream_response(
     description="The branch's events in order, each with its `id` (resume with Last-Event-ID).")
 BRANCH_QUERY = [OpenApiParameter("project_id", str, required=True),
                 OpenApiParameter("branch_id", str, required=True)]
+
+
+def _body_and_branch(request: Request, serializer: type[Serializer]
+                     ) -> tuple[dict[str, Any], Branch]:
+    """The request body validated by `serializer`, and the branch its `project_id` and
+    `branch_id` name (404 unless the branch is the project's)."""
+    body = serializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    branch = services.branch_get(project_id=body.validated_data["project_id"],
+                                 branch_id=body.validated_data["branch_id"])
+    return body.validated_data, branch
 
 
 class ProjectListView(APIView):
@@ -75,13 +87,9 @@ class TriggerView(APIView):
     @extend_schema(request=s.TriggerSerializer, responses={
         202: s.TriggerResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
-        data = s.TriggerSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        branch = services.branch_get(project_id=data.validated_data["project_id"],
-                                     branch_id=data.validated_data["branch_id"])
-        text = "\n".join(p["text"] for p in data.validated_data["message"]["content"])
-        run = services.run_trigger(branch=branch, text=text,
-                                   model=data.validated_data.get("model"))
+        data, branch = _body_and_branch(request, s.TriggerSerializer)
+        text = "\n".join(p["text"] for p in data["message"]["content"])
+        run = services.run_trigger(branch=branch, text=text, model=data.get("model"))
         return Response({"run_id": run.id, "status": run.status},
                         status=status.HTTP_202_ACCEPTED)
 
@@ -112,15 +120,11 @@ class RevertView(APIView):
     @extend_schema(request=s.RevertSerializer, responses={
         200: s.RevertResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
-        data = s.RevertSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        branch = services.branch_get(project_id=data.validated_data["project_id"],
-                                     branch_id=data.validated_data["branch_id"])
-        if data.validated_data["mode"] == "snapshot":
+        data, branch = _body_and_branch(request, s.RevertSerializer)
+        if data["mode"] == "snapshot":
             return Response(checkpoints.branch_revert_snapshot(
-                branch=branch, version_id=data.validated_data["version_id"]))
-        version = services.branch_revert(branch=branch,
-                                         version_id=data.validated_data["version_id"])
+                branch=branch, version_id=data["version_id"]))
+        version = services.branch_revert(branch=branch, version_id=data["version_id"])
         return Response({"success": True, "commit_hash": version.commit_hash,
                          "version": s.VersionSerializer(version).data})
 
@@ -139,15 +143,11 @@ class InstallIntegrationsView(APIView):
     @extend_schema(request=s.InstallSerializer, responses={
         200: s.InstallResponseSerializer, **error_responses(404, 409)})
     def post(self, request: Request) -> Response:
-        data = s.InstallSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        branch = services.branch_get(project_id=data.validated_data["project_id"],
-                                     branch_id=data.validated_data["branch_id"])
-        rows = integrations.integrations_install(branch=branch,
-                                                 items=data.validated_data["integrations"])
+        data, branch = _body_and_branch(request, s.InstallSerializer)
+        rows = integrations.integrations_install(branch=branch, items=data["integrations"])
         installed = s.InstalledSerializer(rows, many=True).data
         body: dict[str, Any] = {"success": True, "installed_integrations": installed}
-        if data.validated_data["trigger_workflow"]:
+        if data["trigger_workflow"]:
             keys = ", ".join(row.key for row in rows)
             run = services.run_trigger(branch=branch, text=(
                 f"The integrations {keys} were just installed. Wire them into the app."))
@@ -166,7 +166,6 @@ class EventStreamView(EventStreamNegotiation, APIView):
     def get(self, request: Request) -> StreamingHttpResponse:
         branch = services.branch_get(project_id=request.query_params.get("project_id", ""),
                                      branch_id=request.query_params.get("branch_id", ""))
-        last_id = services.last_event_id_parse(
-            request.headers.get("Last-Event-ID") or request.query_params.get("last_event_id"))
+        last_id = last_event_id(request, query="last_event_id")
         return sse_response(limits.counted(
             principal=request.user, stream=event_stream(branch_id=branch.id, last_id=last_id)))

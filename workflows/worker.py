@@ -2,7 +2,8 @@
 
 Start-up (a lifecycle hook) fails this agent's runs that were `running` when it stopped — their
 process is gone, so they would otherwise stay "running" forever — and resubmits its queued ones.
-Shutdown asks running runs to stop between calls and fails whatever is still running.
+Shutdown (runs stop between calls from its first signal on: engine._stopping_check) waits for
+the running ones within the deadline and fails whatever is still running.
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ def interrupted_runs_fail() -> int:
 
 
 def worker_start() -> None:
-    engine.stopping.clear()
     failed = interrupted_runs_fail()
     if failed:
         logger.warning("marked %d interrupted workflow run(s) failed", failed)
@@ -70,7 +70,8 @@ def worker_start() -> None:
 
 def worker_stop(deadline: float) -> None:
     global _executor
-    engine.stopping.set()
+    # Running runs already stop between calls: lifecycle.shutting_down() is true before any
+    # shutdown hook runs (engine._stopping_check).
     with _lock:
         executor, _executor = _executor, None
     if executor is not None:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 from django.db import close_old_connections
+from rest_framework.request import Request
+from rest_framework.test import APIRequestFactory
 
 from tests.workflows.conftest import Agent, SSEClient, WSClient, connected, write_script
+from weldr_agent.sse import InvalidEventId, last_event_id
 from workflows import services
 from workflows.events import event_publish
 from workflows.models import Event
@@ -106,6 +109,28 @@ def test_sse_requires_authentication_and_a_known_branch(agent: Agent) -> None:
     bad = agent.http.get("/events", params={"project_id": project_id, "branch_id": branch_id,
                                             "last_event_id": "x"})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_event_id"
+    # a digit that int() refuses (isdigit() accepts it) is the client's mistake too, not a 500
+    superscript = agent.http.get("/events", params={
+        "project_id": project_id, "branch_id": branch_id, "last_event_id": "\u00b2"})
+    assert superscript.status_code == 400 and superscript.json()["code"] == "invalid_event_id"
+
+
+@pytest.mark.parametrize(("header", "query", "strict", "expected"), [
+    (None, None, True, None), ("", "", True, None), ("41", "7", True, 41), (None, "7", True, 7),
+    ("x", None, False, None), ("\u00b2", None, False, None), ("-1", None, False, None),
+])
+def test_last_event_id_is_the_header_else_the_query(header: str | None, query: str | None,
+                                                     strict: bool, expected: int | None) -> None:
+    # given a request as an EventSource (header) or a plain client (query) sends it
+    extra = {} if header is None else {"HTTP_LAST_EVENT_ID": header}
+    params = {} if query is None else {"last_event_id": query}
+    request = Request(APIRequestFactory().get("/events", params, **extra))
+
+    # then the view reads one id, or none; a bad one is ignored only where not strict
+    assert last_event_id(request, query="last_event_id", strict=strict) == expected
+    if header not in (None, "") and expected is None:
+        with pytest.raises(InvalidEventId):
+            last_event_id(request, query="last_event_id")
 
 
 @pytest.mark.parametrize("accept", ["text/event-stream", "*/*", None,

@@ -14,7 +14,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from commands.services import exec_bucket_cleanup
-from workflows import gitrepo, services
+from workflows import branches, gitrepo, services
 from workflows.models import Branch, Integration, Version, WorkflowRun
 
 VITE = (Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def branch(settings, tmp_path: Path) -> Iterator[Branch]:  # type: ignore[no-unt
 
 
 def workspace_of(branch: Branch) -> Path:
-    return services.branch_workspace(branch)
+    return branches.branch_workspace(branch)
 
 
 def repo_of(branch: Branch) -> gitrepo.Repo:
@@ -138,7 +138,7 @@ def test_an_install_can_be_reverted(api: APIClient, branch: Branch) -> None:
     install(api, branch, {"key": "frontend"})
     workspace = workspace_of(branch)
     (workspace / "notes.txt").write_text("mine")
-    first = services.version_record(branch=branch, description="notes",
+    first = branches.version_record(branch=branch, description="notes",
                                     commit_hash=gitrepo.commit_all(repo_of(branch), "notes") or "")
     install(api, branch, {"key": "database"})
     assert (workspace / "src/server/db.js").exists()

@@ -129,9 +129,9 @@ def test_run_command_reports_exit_code_and_output(tmp_path: Path, settings) -> N
         workspace.rmdir()
 
 
-def test_previews_unavailable_is_a_clear_tool_error(context: ToolContext) -> None:
+def test_check_preview_without_a_preview_is_a_clear_tool_error(context: ToolContext) -> None:
     result = call(context, "check_preview")
-    # no previews app service yet, or no preview for this bucket: either way a tool error
+    # no preview for this bucket: a tool error the model reads, not an exception
     assert result.is_error and "preview" in result.content.lower()
 
 

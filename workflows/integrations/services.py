@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from rest_framework import status
 
 from mounts import workspace_fs
 from weldr_agent.errors import APIError
 from workflows import gitrepo
+from workflows.branches import branch_exclusive, branch_workspace, version_record
+from workflows.errors import IntegrationFailed, InvalidIntegrationOptions, UnknownIntegration
 from workflows.integrations import dotenv
 from workflows.integrations.registry import REGISTRY, IntegrationSpec
 from workflows.models import Branch, Integration
@@ -29,24 +30,6 @@ from workflows.models import Branch, Integration
 logger = logging.getLogger("weldr.workflows.integrations")
 
 ENV_FILE = ".env"
-
-
-class UnknownIntegration(APIError):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "unknown_integration"
-    default_detail = "No integration with this key; see GET /integrations."
-
-
-class InvalidIntegrationOptions(APIError):
-    status_code = status.HTTP_400_BAD_REQUEST
-    default_code = "invalid_options"
-    default_detail = "The integration's options are invalid."
-
-
-class IntegrationFailed(APIError):
-    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
-    default_code = "integration_failed"
-    default_detail = "Installing the integration failed; the workspace was left as it was."
 
 
 def integrations_describe() -> list[dict[str, Any]]:
@@ -187,8 +170,6 @@ class _Undo:
 def integration_apply(*, branch: Branch, key: str, options: dict[str, Any],
                       commit: bool = True) -> Integration:
     """Install one integration into the branch's workspace (idempotent)."""
-    from workflows.services import branch_workspace, version_record
-
     spec = _spec(key, options)
     missing = [r for r in spec.requires
                if not Integration.objects.filter(branch=branch, key=r,
@@ -226,8 +207,6 @@ def integration_apply(*, branch: Branch, key: str, options: dict[str, Any],
 
 def integrations_install(*, branch: Branch, items: list[dict[str, Any]]) -> list[Integration]:
     """Install several integrations in order, holding the branch against concurrent runs."""
-    from workflows.services import branch_exclusive
-
     with branch_exclusive(branch=branch, purpose="install integrations"):
         return [integration_apply(branch=branch, key=item["key"],
                                   options=item.get("options") or {}) for item in items]

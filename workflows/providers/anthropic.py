@@ -24,7 +24,7 @@ from .base import (
     Usage,
     UserMessage,
 )
-from .retry import RetryableError, status_error, with_retries
+from .retry import RetryableError, connection_failed, connection_lost, status_error, with_retries
 from .wire import api_key, tool_call
 
 NAME = "anthropic"
@@ -64,13 +64,11 @@ class AnthropicProvider:
         except anthropic.APIStatusError as error:
             raise _status_error(error) from error
         except anthropic.APIConnectionError as error:
-            detail = f" ({error.__cause__})" if error.__cause__ else ""
-            raise RetryableError(f"anthropic: {error.message}{detail}", provider=NAME) from error
+            raise connection_failed(NAME, error) from error
         except anthropic.APIError as error:
             raise ProviderError(f"anthropic: {error.message}", provider=NAME) from error
         except httpx2.TransportError as error:
-            # A connection dropped mid-stream surfaces as the HTTP library's own error.
-            raise RetryableError(f"anthropic: connection lost: {error}", provider=NAME) from error
+            raise connection_lost(NAME, error) from error
 
 
 def _read(stream: Any, on_text: Callable[[str], None]) -> Turn:

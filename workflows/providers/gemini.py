@@ -36,7 +36,7 @@ from .base import (
     Usage,
     UserMessage,
 )
-from .retry import RetryableError, status_error, with_retries
+from .retry import RetryableError, connection_lost, status_error, with_retries
 from .wire import api_key, result_payload
 
 NAME = "google"
@@ -84,7 +84,7 @@ class GeminiProvider:
         except genai_errors.APIError as error:
             raise _api_error(error) from error
         except httpx2.TransportError as error:
-            raise RetryableError(f"google: connection error: {error}", provider=NAME) from error
+            raise connection_lost(NAME, error, what="connection error") from error
 
 
 def http_options(timeout: float) -> types.HttpOptions:

@@ -30,7 +30,7 @@ from .base import (
     Usage,
     UserMessage,
 )
-from .retry import RetryableError, status_error, with_retries
+from .retry import RetryableError, connection_failed, connection_lost, status_error, with_retries
 from .wire import api_key, arguments_json, tool_call
 
 NAME = "openai"
@@ -70,16 +70,14 @@ class OpenAIProvider:
             raise status_error(NAME, error.status_code, _message(error),
                                error.response.headers) from error
         except openai.APIConnectionError as error:
-            detail = f" ({error.__cause__})" if error.__cause__ else ""
-            raise RetryableError(f"openai: {error.message}{detail}", provider=NAME) from error
+            raise connection_failed(NAME, error) from error
         except openai.APIError as error:
             # An error object inside the stream: the server failed after answering 200.
             raise RetryableError(f"openai stream error: {error.message}", provider=NAME) from error
         except openai.OpenAIError as error:
             raise ProviderError(f"openai: {error}", provider=NAME) from error
         except httpx2.TransportError as error:
-            # A connection dropped mid-stream surfaces as the HTTP library's own error.
-            raise RetryableError(f"openai: connection lost: {error}", provider=NAME) from error
+            raise connection_lost(NAME, error) from error
 
 
 def _read(stream: Any, on_text: Callable[[str], None]) -> Turn:

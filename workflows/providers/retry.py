@@ -70,6 +70,20 @@ def status_error(provider: str, status: int, message: str,
     return ProviderError(text, transient=False, provider=provider)
 
 
+def connection_failed(provider: str, error: Exception) -> RetryableError:
+    """An SDK's APIConnectionError (Anthropic's and OpenAI's SDKs share the shape: `message`,
+    the cause underneath): the request may not have reached the provider, so a retry may."""
+    detail = f" ({error.__cause__})" if error.__cause__ else ""
+    return RetryableError(f"{provider}: {getattr(error, 'message', error)}{detail}",
+                          provider=provider)
+
+
+def connection_lost(provider: str, error: Exception, *, what: str = "connection lost"
+                    ) -> RetryableError:
+    """A connection dropped mid-stream, which surfaces as the HTTP library's own error."""
+    return RetryableError(f"{provider}: {what}: {error}", provider=provider)
+
+
 def retry_after_seconds(headers: Mapping[str, str] | None) -> float | None:
     """Parse `retry-after-ms`, or `retry-after` as seconds or an HTTP date; None if absent."""
     if not headers:
