@@ -118,7 +118,10 @@ def test_an_app_reaches_nothing_on_the_host_and_sees_only_itself(
 
     # then: every address of the host, the agent's port and the neighbour are out of reach
     assert len(results["network"]) == len(targets)
-    assert set(results["network"].values()) <= {"timeout", "ECONNREFUSED"}, results["network"]
+    # (EHOSTUNREACH: an address listed above went away while the probe ran — a warm namespace's
+    # veth removed by its pool; unreachable either way)
+    assert set(results["network"].values()) <= {"timeout", "ECONNREFUSED", "EHOSTUNREACH"}, \
+        results["network"]
     # ... its own loopback is its own: nothing listens there
     assert results["network"][f"127.0.0.1:{other['port']}"] == "ECONNREFUSED"
     assert results["uid"] == "1000"
