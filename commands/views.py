@@ -33,7 +33,7 @@ from mounts import paths
 from weldr_agent import access, limits
 from weldr_agent.asyncdb import db_sync_to_async
 from weldr_agent.serializers import error_responses
-from weldr_agent.sse import EventStreamRenderer, sse_response
+from weldr_agent.sse import EventStreamRenderer, last_event_id, sse_response
 
 ERRORS = error_responses(
     400, 404, 409, 429,
@@ -169,7 +169,8 @@ class ExecLogsView(AsyncAPIView):
     async def get(self, request: Request, exec_id: str) -> HttpResponse:
         row = await db_sync_to_async(background.exec_get)(exec_id=exec_id)
         log = background.exec_log(exec_id=exec_id)
-        start = _last_event_id(request) + 1
+        last = last_event_id(request, strict=False)
+        start = 0 if last is None else last + 1
         slot = limits.stream_slot_take(principal=request.user)
         if log is None:
             # Not seen by this process (the agent restarted): only the outcome is known.
@@ -190,8 +191,3 @@ async def _single(event: Event) -> AsyncIterator[Event]:
     yield event
 
 
-def _last_event_id(request: Request) -> int:
-    try:
-        return int(request.headers.get("Last-Event-ID", "-1"))
-    except ValueError:
-        return -1

@@ -43,6 +43,11 @@ def test_logs_follow_from_the_last_event_id(http: httpx.Client, bucket: str) -> 
         resumed = list(sse_events(response))
 
     assert resumed == first[2:]
+    # and an id that is not a non-negative integer is taken as absent: the whole log again
+    for bad in ("-5", "x", "1.5"):
+        with http.stream("GET", f"/exec/{exec_id}/logs",
+                         headers={"Last-Event-ID": bad}) as response:
+            assert list(sse_events(response)) == first, bad
 
 
 def test_delete_kills_the_whole_tree(http: httpx.Client, bucket: str) -> None:
