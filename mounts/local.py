@@ -3,7 +3,8 @@
 With WORKSPACE_MODE=local, `mounts.services` hands the machine work to this module through
 the LocalMachine strategy (mounts/machine.py): "mounted" means "restored from S3, present and
 pinned". The scripts in scripts/ do the work (create, restore, back up, LRU clean-up); this
-module runs them, pins directories in use and backs up changed ones on a timer. Layout, sync protocol and the in-use lock: docs/local-mode.md.
+module runs them, pins directories in use and backs up changed ones on a timer. Layout, sync
+protocol and the in-use lock: docs/local-mode.md.
 
 A branch directory is a sandbox's workspace: its markers (in use, synced, restoring, ...) live
 beside it in `state_dir(bucket)`, root-only, never inside it, and nothing here follows a link
