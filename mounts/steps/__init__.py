@@ -16,17 +16,6 @@ from mounts.steps.bucket import (  # noqa: F401
     prefix_empty,
     volume_present,
 )
-from mounts.steps.daemons import (  # noqa: F401
-    LOG_TAIL,
-    daemons,
-    juicefs_start,
-    litestream_start,
-    litestream_sync,
-    oom_score_adjust,
-    owns,
-    pid_stop,
-    workspace_prepare,
-)
 from mounts.steps.durability import (  # noqa: F401
     STAGED_UPLOAD_THREADS,
     durable,
@@ -64,4 +53,15 @@ from mounts.steps.mountpoints import (  # noqa: F401
     is_mounted,
     mount_table,
     umount,
+)
+from mounts.steps.processes import (  # noqa: F401
+    LOG_TAIL,
+    daemons,
+    juicefs_start,
+    litestream_start,
+    litestream_sync,
+    oom_score_adjust,
+    owns,
+    pid_stop,
+    workspace_prepare,
 )

@@ -14,9 +14,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from mounts import system
 from mounts.errors import SyncFailed
 from mounts.steps.bucket import durable_marker_write
-from mounts.steps.daemons import daemons, litestream_sync, pid_stop
 from mounts.steps.image import image_flush, image_mounted, image_release, loop_devices
 from mounts.steps.mountpoints import answers, filesystem_sync, is_mounted, mount_table, umount
+from mounts.steps.processes import daemons, litestream_sync, pid_stop
 from weldr_agent import s3
 
 logger = logging.getLogger("weldr.mounts")

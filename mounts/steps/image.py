@@ -9,8 +9,8 @@ from django.conf import settings
 
 from mounts import system
 from mounts.errors import MountFailed
-from mounts.steps.daemons import LOG_TAIL
 from mounts.steps.mountpoints import filesystem_sync, mount_table, mountinfo, umount
+from mounts.steps.processes import LOG_TAIL
 from weldr_agent import runner
 
 logger = logging.getLogger("weldr.mounts")

@@ -1,4 +1,4 @@
-"""The daemons of a mount (JuiceFS, Litestream): started, found by their tag, stopped."""
+"""Processes: a mount's daemons (JuiceFS, Litestream): started, found by their tag, stopped."""
 
 from __future__ import annotations
 
