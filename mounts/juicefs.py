@@ -2,7 +2,7 @@
 
 A bucket holds one JuiceFS volume: its metadata is a SQLite file replicated by Litestream, its
 workspace either the mount itself (`files`) or an ext4 image in it on a loop device (`image`).
-Mounting takes the bucket's lease (mounts/fencing.py); the steps are in mounts/steps.py.
+Mounting takes the bucket's lease (mounts/fencing.py); the steps are in mounts/steps/.
 """
 
 from __future__ import annotations

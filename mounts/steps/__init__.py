@@ -2,7 +2,7 @@
 
 Each function does one step and raises a typed error (mounts.errors) when it fails; the order
 of the steps and the state database belong to mounts/services.py and the strategy of the
-machine (mounts/juicefs.py). Argv, environments and configs come from mounts/system.py.
+machine (mounts/juicefs.py). Argv, environments and configs come from mounts/system/.
 
 One module per seam; every step is importable from here as `steps.<name>`, as callers use it.
 """
