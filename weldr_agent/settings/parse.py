@@ -7,6 +7,8 @@ be; every area's settings module reads its variables through these.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -20,14 +22,19 @@ def choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def integer(name: str, default: int, *, low: int, high: int) -> int:
+def _ranged(name: str, value: Callable[[], float], kind: str, low: float, high: float) -> Any:
+    """`value()` read as `kind`, within [low, high]; ImproperlyConfigured naming `name` else."""
     try:
-        value = env.int(name, default=default)
+        read = value()
     except (ValueError, TypeError) as error:
-        raise ImproperlyConfigured(f"{name} must be a whole number: {error}") from error
-    if not low <= value <= high:
-        raise ImproperlyConfigured(f"{name} must be between {low} and {high}; got {value}.")
-    return value
+        raise ImproperlyConfigured(f"{name} must be {kind}: {error}") from error
+    if not low <= read <= high:
+        raise ImproperlyConfigured(f"{name} must be between {low} and {high}; got {read}.")
+    return read
+
+
+def integer(name: str, default: int, *, low: int, high: int) -> int:
+    return int(_ranged(name, lambda: env.int(name, default=default), "a whole number", low, high))
 
 
 def optional_integer(name: str, *, low: int, high: int) -> int | None:
@@ -37,13 +44,7 @@ def optional_integer(name: str, *, low: int, high: int) -> int | None:
 
 
 def number(name: str, default: float, *, low: float, high: float) -> float:
-    try:
-        value = env.float(name, default=default)
-    except (ValueError, TypeError) as error:
-        raise ImproperlyConfigured(f"{name} must be a number: {error}") from error
-    if not low <= value <= high:
-        raise ImproperlyConfigured(f"{name} must be between {low} and {high}; got {value}.")
-    return value
+    return float(_ranged(name, lambda: env.float(name, default=default), "a number", low, high))
 
 
 def boolean(name: str, default: bool) -> bool:
