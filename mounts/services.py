@@ -118,6 +118,7 @@ def _paths(mount: Mount) -> system.Paths:
 
 
 def _healthy(mount: Mount) -> bool:
+    """The mount serves its workspace as this machine's strategy understands it."""
     return workspace_machine().healthy(mount)
 
 
@@ -143,7 +144,7 @@ def mount_create(*, bucket: str, layout: str | None = None,
 
             raise ForkExists(f"{bucket!r} is a fork of {mount.parent!r} mounted here, not a "
                              "bucket; unmount the fork to mount the bucket.")
-        if mount is not None and _healthy(mount):
+        if mount is not None and machine.healthy(mount):
             machine.layout_mounted_check(mount, layout)
             return mount, False
         if mount is not None:
