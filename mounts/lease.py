@@ -314,7 +314,7 @@ def silent_for(bucket: str) -> float | None:
 
 def track_unconfirmed(bucket: str) -> None:
     """Hold a lease that could not be confirmed as if it were already due: the next failed
-    renewal stops the writers (mounts.services._renew_one), a successful one confirms it."""
+    renewal stops the writers (mounts.fencing.renew_one), a successful one confirms it."""
     _held.setdefault(bucket, Held("", "", time.monotonic() - settings.MOUNT_LEASE_TTL_SECONDS))
 
 

@@ -29,10 +29,11 @@ def _loop_devices_report() -> None:
     """Say once, where an operator looks first, that the image layout is off on this machine."""
     from django.conf import settings
 
-    from mounts import capabilities, local
+    from mounts import capabilities
+    from mounts.services import workspace_machine
 
     reason = capabilities.loop_devices()
-    if reason == capabilities.OK or local.enabled():
+    if reason == capabilities.OK or not workspace_machine().layouts:
         return
     logger.warning(
         "LOOP DEVICES UNAVAILABLE: %s. The image layout is off on this machine: new volumes "

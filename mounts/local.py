@@ -1,9 +1,10 @@
 """Local mode: a bucket's workspace is a branch directory on the local disk, synced to S3.
 
-With WORKSPACE_MODE=local, `mounts.services` hands the machine work to this module: "mounted"
-means "restored from S3, present and pinned". The scripts in scripts/ do the work (create,
-restore, back up, LRU clean-up); this module runs them, pins directories in use and backs up
-changed ones on a timer. Layout, sync protocol and the in-use lock: docs/local-mode.md.
+With WORKSPACE_MODE=local, `mounts.services` hands the machine work to this module through
+the LocalMachine strategy (mounts/machine.py): "mounted" means "restored from S3, present and
+pinned". The scripts in scripts/ do the work (create, restore, back up, LRU clean-up); this
+module runs them, pins directories in use and backs up changed ones on a timer. Layout, sync
+protocol and the in-use lock: docs/local-mode.md.
 
 A branch directory is a sandbox's workspace: its markers (in use, synced, restoring, ...) live
 beside it in `state_dir(bucket)`, root-only, never inside it, and nothing here follows a link
@@ -135,7 +136,7 @@ def pinned() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The verbs mounts.services calls in local mode
+# The verbs LocalMachine (mounts/machine.py) calls
 # ---------------------------------------------------------------------------------------------
 
 
@@ -201,7 +202,7 @@ def workspace_sync(bucket: str) -> bool:
     """Back a branch directory up to S3 now when it changed; True when a sync ran.
 
     The workflow engine calls this after every version (through mounts.services.mount_sync,
-    which calls it in local mode); the timer and shutdown call it too.
+    which calls it through LocalMachine.sync); the timer and shutdown call it too.
     """
     path, state = branch_dir(bucket), state_dir(bucket)
     if not path.is_dir() or (state / RESTORING).exists():

@@ -21,7 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from mounts import services, snapshots_store, steps, system
+from mounts import guards, services, snapshots_store, steps, system
 from mounts.errors import NotMounted, SyncFailed
 from mounts.models import Mount, Snapshot
 from mounts.snapshots_errors import (
@@ -208,7 +208,7 @@ def _users_stop(bucket: str) -> dict[str, Any]:
     report = _users_report(bucket)
     # The unmount guards, forced: the preview is stopped, the commands killed and the exec
     # sandbox removed, so nothing holds the ext4 that is about to be unmounted.
-    for guard in list(services._guards):
+    for guard in list(guards.registered):
         guard(bucket, True)
     return report
 

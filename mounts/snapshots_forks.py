@@ -17,7 +17,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from mounts import services, snapshots, snapshots_store, steps, system
+from mounts import guards, services, snapshots, snapshots_store, steps, system
 from mounts.errors import MountBusy
 from mounts.models import Mount
 from mounts.snapshots_errors import ForkExists, ForkNotFound
@@ -71,7 +71,7 @@ def _machine_remove(fp: system.Paths) -> None:
 def fork_remove(*, fork: Mount, force: bool) -> None:
     """Unmount and delete a fork (services.mount_remove delegates here): its preview and
     commands stop first (unless not forced and a preview runs: 409, as for any unmount)."""
-    for guard in list(services._guards):
+    for guard in list(guards.registered):
         guard(fork.bucket, force)
     _machine_remove(_paths(fork))
     fork.delete()
@@ -95,7 +95,7 @@ def fork_promote(*, name: str) -> dict[str, Any]:
         report, forked = snapshots._users_report(parent.bucket), snapshots._users_report(name)
         # Both workspaces' previews and commands stop; not parent_guard, which would remove
         # this very fork with the parent's other forks (those stay mounted).
-        for guard in [guard for guard in services._guards if guard is not parent_guard]:
+        for guard in [guard for guard in guards.registered if guard is not parent_guard]:
             guard(parent.bucket, True)
             guard(name, True)
         steps.image_release(fp)

@@ -11,8 +11,9 @@ TEST_ONLY = {"SHARED_TEST_DB_NAME"}
 
 
 def settings_variables() -> set[str]:
-    source = (REPO / "weldr_agent" / "settings.py").read_text()
-    pattern = r'(?:env\.\w+|_int|_float|_bool|_duration|_choice|_optional_int)\(\s*"([A-Z0-9_]+)"'
+    source = "".join(path.read_text() for path in (REPO / "weldr_agent" / "settings").glob("*.py"))
+    pattern = (r'(?:env\.\w+|integer|number|boolean|duration|choice|optional_integer|_origins'
+               r'|_cidrs)\(\s*"([A-Z0-9_]+)"')
     return set(re.findall(pattern, source)) - TEST_ONLY
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from mounts import services, steps, system
+from mounts import guards, services, steps, system
 from mounts.models import Mount
 from tests.mounts.conftest import machine_clean
 from weldr_agent import runner
@@ -96,7 +96,7 @@ def test_unmount_guards_refuse_unless_forced(api, bucket):
         forced = api.post("/mounts/unmount", {"bucket": bucket, "force": True}, format="json")
         assert forced.status_code == 200
     finally:
-        services._guards.remove(guard)
+        guards.registered.remove(guard)
     assert calls == [(bucket, False), (bucket, True)]
     assert machine_clean(bucket)
 

@@ -1,0 +1,67 @@
+"""The steps of mounting and unmounting, run on the machine through weldr_agent.runner.
+
+Each function does one step and raises a typed error (mounts.errors) when it fails; the order
+of the steps and the state database belong to mounts/services.py and the strategy of the
+machine (mounts/juicefs.py). Argv, environments and configs come from mounts/system/.
+
+One module per seam; every step is importable from here as `steps.<name>`, as callers use it.
+"""
+
+from mounts.steps.bucket import (  # noqa: F401
+    durable_marker_read,
+    durable_marker_write,
+    ensure_bucket,
+    layout_record_read,
+    layout_record_write,
+    prefix_empty,
+    volume_present,
+)
+from mounts.steps.durability import (  # noqa: F401
+    STAGED_UPLOAD_THREADS,
+    durable,
+    leftovers,
+    staged_upload,
+    teardown,
+)
+from mounts.steps.image import (  # noqa: F401
+    image_create,
+    image_flush,
+    image_mount,
+    image_mounted,
+    image_release,
+    loop_detach,
+    loop_devices,
+)
+from mounts.steps.locks import (  # noqa: F401
+    bucket_lock,
+    try_bucket_lock,
+)
+from mounts.steps.metadata import (  # noqa: F401
+    chunk_counter_advance,
+    format_secrets_remove,
+    integrity_problem,
+    litestream_config_write,
+    metadata_prepare,
+    metadata_restore,
+    metadata_set_aside,
+    volume_empty,
+    volume_layout_legacy,
+)
+from mounts.steps.mountpoints import (  # noqa: F401
+    answers,
+    filesystem_sync,
+    is_mounted,
+    mount_table,
+    umount,
+)
+from mounts.steps.processes import (  # noqa: F401
+    LOG_TAIL,
+    daemons,
+    juicefs_start,
+    litestream_start,
+    litestream_sync,
+    oom_score_adjust,
+    owns,
+    pid_stop,
+    workspace_prepare,
+)

@@ -1,0 +1,114 @@
+"""Zero RPO on demand (staged blocks, a forced Litestream sync, the durability marker), and
+the teardown that stops whatever runs for a bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mounts import system
+from mounts.errors import SyncFailed
+from mounts.steps.bucket import durable_marker_write
+from mounts.steps.image import image_flush, image_mounted, image_release, loop_devices
+from mounts.steps.mountpoints import answers, filesystem_sync, is_mounted, mount_table, umount
+from mounts.steps.processes import daemons, litestream_sync, pid_stop
+from weldr_agent import s3
+
+logger = logging.getLogger("weldr.mounts")
+
+STAGED_UPLOAD_THREADS = 10  # boto3 keeps 10 connections per client
+# Staged block keys this process has put into S3, per cache folder (see staged_upload).
+_uploaded: dict[str, set[str]] = {}
+
+
+def staged_upload(p: system.Paths) -> int:
+    """Upload every block still staged for this mount; the number uploaded.
+
+    JuiceFS has no command to upload staged blocks now (`umount --flush` waits out the upload
+    delay, storage hazard 6, docs/mounts.md), so we put them ourselves under the keys JuiceFS would
+    use. Blocks
+    are immutable, so JuiceFS uploading the same block later writes the same bytes.
+    """
+    # A block's key names its content (id, index, size): once put, it never needs putting
+    # again, though JuiceFS keeps it staged until its own upload delay is over.
+    done = _uploaded.setdefault(str(p.cache_dir), set())
+    blocks = []
+    for staged in p.cache_dir.glob("*/rawstaging/**/*"):
+        key = system.staged_block_key(p.cache_dir, staged)
+        if key is not None and key not in done and staged.is_file():
+            blocks.append((staged, key))
+    client = s3.client()
+
+    def put(item: tuple[Path, str]) -> int:
+        staged, key = item
+        try:
+            data = staged.read_bytes()
+        except FileNotFoundError:
+            return 0  # JuiceFS uploaded it (or the file was deleted) meanwhile
+        client.put_object(Bucket=p.bucket, Key=key, Body=data)
+        done.add(key)
+        return 1
+
+    try:
+        # Small blocks: the time is in round trips, so many in flight.
+        with ThreadPoolExecutor(max_workers=STAGED_UPLOAD_THREADS) as pool:
+            return sum(pool.map(put, blocks))
+    except (ClientError, BotoCoreError) as error:
+        raise SyncFailed(f"Uploading staged blocks of {p.bucket} failed: {error}") from error
+
+
+def durable(p: system.Paths, litestream_pid: int | None) -> datetime:
+    """Make every write so far durable in S3 (zero RPO); return the moment that holds up to.
+
+    Order matters: a metadata transaction names blocks that were staged before it committed,
+    so after the forced Litestream sync a second pass over the staging folder finds every
+    block the replicated metadata can name.
+    """
+    if p.layout == system.IMAGE and image_mounted(p):
+        image_flush(p)
+    if is_mounted(p.volume_point):
+        filesystem_sync(p.volume_point)
+    staged_upload(p)
+    litestream_sync(p, litestream_pid)
+    point = datetime.now(UTC)
+    staged_upload(p)
+    try:
+        durable_marker_write(p.bucket, point)
+    except (ClientError, BotoCoreError) as error:
+        raise SyncFailed(f"Writing {p.bucket}'s durability marker failed: {error}") from error
+    return point
+
+
+def teardown(p: system.Paths, *, juicefs_pid: int | None, litestream_pid: int | None,
+             grace: float = 30) -> None:
+    """Stop whatever runs for this bucket, without questions: the failure and crash path.
+
+    Whatever the layout: an ext4 at the workspace and the loop devices over the image go first
+    (the loop device must let go of the image before JuiceFS does, else its backing file is a
+    file of a detached mount that no path names any more), then JuiceFS wherever it is mounted.
+    """
+    image_release(p)
+    for point in (p.mount_point, p.volume_dir):
+        umount(point, lazy=not answers(point))
+    pid_stop(juicefs_pid, system.daemon_tag(p, system.JUICEFS), grace=grace)
+    pid_stop(litestream_pid, system.daemon_tag(p, system.LITESTREAM), grace=grace)
+    # Daemons whose pids were lost (a crash) or that a watchdog restarted.
+    for kind in (system.JUICEFS, system.LITESTREAM):
+        for pid in daemons(p, kind):
+            logger.warning("stopping leftover %s %s of %s", kind, pid, p.bucket)
+            pid_stop(pid, system.daemon_tag(p, kind), grace=grace)
+    umount(p.mount_point, lazy=True)
+    umount(p.volume_dir, lazy=True)
+    p.litestream_socket.unlink(missing_ok=True)
+
+
+def leftovers(p: system.Paths) -> bool:
+    """True when anything of this bucket is on the machine: a mount, a daemon, a loop device."""
+    table = mount_table()
+    return (str(p.mount_point) in table or str(p.volume_dir) in table or bool(daemons(p))
+            or bool(loop_devices(p.image)))

@@ -1,0 +1,161 @@
+"""Processes: a mount's daemons (JuiceFS, Litestream): started, found by their tag, stopped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from django.conf import settings
+
+from mounts import system
+from mounts.errors import MountFailed, SyncFailed
+from mounts.steps.mountpoints import answers, umount
+from weldr_agent import runner
+
+logger = logging.getLogger("weldr.mounts")
+
+# Popen objects of the daemons this process started, so that their exit is reaped (a zombie
+# would look alive to a pid check). Daemons started by another process are tracked by pid.
+_children: dict[int, runner.Popen[bytes]] = {}
+LOG_TAIL = 1500
+
+
+def _tag(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read().split(b"\0")
+    except OSError:
+        return None
+    prefix = f"{system.TAG_VARIABLE}=".encode()
+    for item in environ:
+        if item.startswith(prefix):
+            return item[len(prefix):].decode("utf-8", "replace")
+    return None
+
+
+def owns(pid: int | None, tag: str) -> bool:
+    """True when `pid` is alive and is the daemon tagged `tag` (system.daemon_tag).
+
+    The check guards against signalling a recycled pid that now belongs to someone else.
+    """
+    if not pid:
+        return False
+    _reap(pid)
+    return runner.pid_alive(pid) and _tag(pid) == tag
+
+
+def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        _children.pop(pid, None)
+
+
+def daemons(p: system.Paths, kind: str | None = None) -> list[int]:
+    """Pids of this bucket's daemons (of one kind), found by their tag: works after a crash
+    lost their pids, and finds a JuiceFS server its watchdog restarted."""
+    kinds = [kind] if kind else [system.JUICEFS, system.LITESTREAM]
+    tags = {system.daemon_tag(p, k) for k in kinds}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid() \
+                and _tag(int(entry.name)) in tags and runner.pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def pid_stop(pid: int | None, tag: str, *, grace: float, sig: int = signal.SIGTERM) -> None:
+    """Stop one of our daemons: `sig` to its process group, then SIGKILL after `grace`."""
+    if not owns(pid, tag):
+        return
+    assert pid is not None
+    runner.kill_group(pid, sig)
+    if not runner.wait_until(lambda: not owns(pid, tag), timeout=grace, interval=0.1):
+        logger.warning("pid %s did not stop within %ss; killing it", pid, grace)
+        runner.kill_group(pid, signal.SIGKILL)
+        runner.wait_until(lambda: not owns(pid, tag), timeout=10, interval=0.1)
+
+
+def litestream_start(p: system.Paths) -> int:
+    p.litestream_socket.parent.mkdir(parents=True, exist_ok=True)
+    p.litestream_socket.unlink(missing_ok=True)
+    env = system.litestream_env()
+    env[system.TAG_VARIABLE] = system.daemon_tag(p, system.LITESTREAM)
+    process = runner.spawn(system.litestream_replicate_argv(runner.tool("litestream"), p),
+                           log_path=p.litestream_log, env=env)
+    _children[process.pid] = process
+    # Ready when its control socket listens (it then has opened the database).
+    ready = runner.wait_until(
+        lambda: p.litestream_socket.exists() or process.poll() is not None,
+        timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=0.05,
+    )
+    if not ready or process.poll() is not None:
+        runner.stop(process, grace=5)
+        tail = runner.log_tail(p.litestream_log, LOG_TAIL)
+        raise MountFailed(f"Litestream did not start for {p.bucket}: {tail}")
+    return process.pid
+
+
+def litestream_sync(p: system.Paths, pid: int | None, *, timeout: int = 60) -> int:
+    """Force a sync and wait until the replica holds the local database's last transaction."""
+    if not owns(pid, system.daemon_tag(p, system.LITESTREAM)):
+        raise SyncFailed(f"Litestream is not running for {p.bucket}; see {p.litestream_log}.")
+    try:
+        result = runner.run(system.litestream_sync_argv(runner.tool("litestream"), p,
+                                                        timeout=timeout),
+                            env=system.litestream_env(), timeout=timeout + 10)
+        status = json.loads(result.stdout)
+    except (runner.CommandError, ValueError) as error:
+        raise SyncFailed(f"Litestream could not sync {p.bucket}'s metadata: {error}") from error
+    txid, replica = int(str(status.get("txid", "0")), 16), \
+        int(str(status.get("replica_txid", "0")), 16)
+    if replica < txid:
+        raise SyncFailed(f"Litestream's replica of {p.bucket} is behind ({status}).")
+    return replica
+
+
+def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
+    p.volume_point.mkdir(parents=True, exist_ok=True)
+    p.cache_dir.mkdir(parents=True, exist_ok=True)
+    stats = os.statvfs(p.cache_dir)
+    ratio = system.free_space_ratio(stats.f_blocks * stats.f_frsize)
+    argv = system.juicefs_mount_argv(runner.tool("juicefs"), p, budget, free_ratio=ratio)
+    env = system.juicefs_env(budget.buffer_size_mb)
+    env[system.TAG_VARIABLE] = system.daemon_tag(p, system.JUICEFS)
+    process = runner.spawn(argv, log_path=p.juicefs_log, env=env)
+    _children[process.pid] = process
+    ready = runner.wait_until(lambda: answers(p.volume_point) or process.poll() is not None,
+                              timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=0.1)
+    if not ready or process.poll() is not None:
+        runner.stop(process, grace=5)
+        umount(p.volume_point, lazy=True)
+        tail = runner.log_tail(p.juicefs_log, LOG_TAIL)
+        raise MountFailed(f"JuiceFS did not mount {p.bucket}: {tail}")
+    oom_score_adjust(daemons(p, system.JUICEFS))
+    return process.pid
+
+
+def oom_score_adjust(pids: list[int]) -> None:
+    """Undo JuiceFS's own oom_score_adj of -1000 (storage hazard 7, docs/mounts.md) for its
+    watchdog and server.
+
+    A server its watchdog restarts sets -1000 again; the next mount or reconcile of the bucket
+    sets it back."""
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/oom_score_adj").write_text(str(settings.JUICEFS_OOM_SCORE_ADJ))
+        except OSError as error:  # gone meanwhile: reconcile deals with dead daemons
+            logger.warning("oom_score_adj of juicefs pid %s not set: %s", pid, error)
+
+
+def workspace_prepare(mount_point: Path) -> None:
+    """A fresh volume's root belongs to the sandbox user, who runs previews and commands."""
+    os.chown(mount_point, settings.SANDBOX_UID, settings.SANDBOX_UID)
+    os.chmod(mount_point, 0o755)
+    # A new ext4's lost+found: an empty workspace looks the same in both layouts (e2fsck makes
+    # it again when a repair needs it).
+    lost = mount_point / "lost+found"
+    if lost.is_dir() and not lost.is_symlink() and not any(lost.iterdir()):
+        lost.rmdir()
