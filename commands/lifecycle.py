@@ -55,7 +55,7 @@ def commands_running(bucket: str) -> dict[str, list[dict]]:
 
 
 def register() -> None:
-    from mounts.services import register_unmount_guard
+    from mounts.guards import register_unmount_guard
     from mounts.snapshots import users_report_register
 
     lifecycle.register("exec", order=60, startup=startup, shutdown=shutdown)

@@ -35,7 +35,6 @@ from mounts.errors import (
     StorageUnavailable,
     UnmountFailed,
 )
-from mounts.guards import register_unmount_guard  # noqa: F401 (previews, commands call it here)
 from mounts.juicefs import JuiceFSMachine
 from mounts.machine import LocalMachine, Machine
 from mounts.models import Mount

@@ -157,7 +157,7 @@ def owning_bucket(name: str) -> str:
 def register() -> None:
     from weldr_agent import access
 
-    services.register_unmount_guard(parent_guard)
+    guards.register_unmount_guard(parent_guard)
     services.forks.sync, services.forks.remove = fork_sync, fork_remove
     services.forks.reconcile = forks_reconcile
     access.owning_bucket_register(owning_bucket)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from mounts import services, snapshots
+from mounts import guards, services, snapshots
 
 
 def workspace_path(bucket: str) -> Path:
@@ -15,7 +15,7 @@ def workspace_path(bucket: str) -> Path:
 
 
 def register_unmount_guard(guard: Callable[[str, bool], None]) -> None:
-    services.register_unmount_guard(guard)
+    guards.register_unmount_guard(guard)
 
 
 def register_users_report(reporter: Callable[[str], dict[str, list[dict]]]) -> None:

@@ -88,7 +88,7 @@ def test_unmount_guards_refuse_unless_forced(api, bucket):
             raise PreviewRunning("A preview runs on this bucket; stop it or use force.")
 
     api.post("/mounts", {"bucket": bucket}, format="json")
-    services.register_unmount_guard(guard)
+    guards.register_unmount_guard(guard)
     try:
         refused = api.post("/mounts/unmount", {"bucket": bucket}, format="json")
         assert refused.status_code == 409 and refused.json()["code"] == "preview_running"
