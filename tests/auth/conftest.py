@@ -194,11 +194,9 @@ def module_agent(tmp_path_factory) -> Iterator[tuple[str, str]]:
                 "WELDR_ENV_VOL": str(root / "env"), "WORKSPACE_BASE": str(root / "workspace"),
                 "WELDR_RUNTIME_DIR": str(root / "run")})
     agent = AgentProcess(env, free_port(), root / "agent.log")
-    (root / "env").mkdir()
-    agent.manage("migrate", "--database", "default", "--verbosity", "0")
-    token = agent.manage("create_api_token", "--name", "fuzz").stdout.split()[-1]
     try:
-        agent.start()
+        agent.start()  # `serve` migrates its new state database itself
+        token = agent.manage("create_api_token", "--name", "fuzz").stdout.split()[-1]
         yield agent.url, token
     finally:
         agent.stop()

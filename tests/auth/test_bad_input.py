@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from pathlib import Path
 
 import httpx
 import pytest
@@ -119,10 +118,8 @@ def served(agent_process, tmp_path):
     """A real agent with the echo endpoint and a 64 KiB body cap; yields (url, headers)."""
     agent_process.env.update({"DJANGO_SETTINGS_MODULE": "tests.auth.echo_settings",
                               "MAX_REQUEST_BODY_BYTES": str(64 * 1024)})
-    Path(agent_process.env["WELDR_ENV_VOL"]).mkdir(parents=True)
-    agent_process.manage("migrate", "--database", "default", "--verbosity", "0")
+    agent_process.start()  # `serve` migrates its new state database itself
     token = agent_process.manage("create_api_token", "--name", "bad-input").stdout.split()[-1]
-    agent_process.start()
     return agent_process.url, {"Authorization": f"Bearer {token}"}
 
 
