@@ -16,3 +16,8 @@ DATABASES["default"]["TEST"] = {"NAME": str(WELDR_ENV_VOL / "test-state.sqlite3"
 # test database for the whole test, more than an agent's pool holds: no pool here. The agents the
 # tests start run with the pool (tests/footprint measures it).
 DATABASES["shared"]["OPTIONS"].pop("pool", None)  # noqa: F405
+
+# The admin tests make a superuser and log in per test: Django's production hasher (PBKDF2, a
+# million rounds) costs about a second of CPU each time, and these tests are about the admin,
+# not the hash. Only this test process uses it; the agents the tests start keep the default.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

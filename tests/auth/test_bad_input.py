@@ -9,10 +9,12 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
+
+from tests.conftest import AgentProcess, running_agent
 
 pytestmark = pytest.mark.urls("tests.auth.echo")
 
@@ -114,16 +116,21 @@ def test_the_body_cap_applies_before_authentication(anon, settings):
 # -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def served(agent_process, tmp_path):
-    """A real agent with the echo endpoint and a 64 KiB body cap; yields (url, headers)."""
-    agent_process.env.update({"DJANGO_SETTINGS_MODULE": "tests.auth.echo_settings",
-                              "MAX_REQUEST_BODY_BYTES": str(64 * 1024)})
-    Path(agent_process.env["WELDR_ENV_VOL"]).mkdir(parents=True)
-    agent_process.manage("migrate", "--database", "default", "--verbosity", "0")
-    token = agent_process.manage("create_api_token", "--name", "bad-input").stdout.split()[-1]
-    agent_process.start()
-    return agent_process.url, {"Authorization": f"Bearer {token}"}
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """One real agent for the HTTP tests of this module (each sends its own requests; none
+    changes the agent): the echo endpoint, a 64 KiB body cap, file uploads of at most 1 MiB."""
+    yield from running_agent(tmp_path_factory.mktemp("bad-input-agent"),
+                             DJANGO_SETTINGS_MODULE="tests.auth.echo_settings",
+                             MAX_REQUEST_BODY_BYTES=str(64 * 1024),
+                             FILE_UPLOAD_MAX_BYTES=str(1024 * 1024))
+
+
+@pytest.fixture(scope="module")
+def served(agent: AgentProcess) -> tuple[str, dict[str, str]]:
+    """(url, headers with an agent token) of the module's agent."""
+    token = agent.manage("create_api_token", "--name", "bad-input").stdout.split()[-1]
+    return agent.url, {"Authorization": f"Bearer {token}"}
 
 
 @pytest.mark.slow
@@ -178,12 +185,10 @@ def test_static_files_and_the_admin_are_served_by_the_async_middleware_chain(ser
 
 
 @pytest.fixture
-def capped(agent_process):
-    """A real agent accepting bodies of at most 1 MiB anywhere (file uploads), 64 KiB elsewhere."""
-    agent_process.env.update({"MAX_REQUEST_BODY_BYTES": str(64 * 1024),
-                              "FILE_UPLOAD_MAX_BYTES": str(1024 * 1024)})
-    agent_process.start()
-    host, port = agent_process.url.removeprefix("http://").split(":")
+def capped(agent: AgentProcess) -> tuple[str, int]:
+    """(host, port) of the module's agent: bodies of at most 1 MiB anywhere (file uploads),
+    64 KiB elsewhere."""
+    host, port = agent.url.removeprefix("http://").split(":")
     return host, int(port)
 
 

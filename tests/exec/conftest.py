@@ -12,17 +12,20 @@ import pytest
 from tests.conftest import AgentProcess, running_agent
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
-    """One real agent (daphne) per test module, with its own state, workspace and runtime dir."""
+    """One real agent (daphne) for the package's modules, with its own state, workspace and
+    runtime dir; each module mounts a bucket of its own (`bucket`) and unmounts it after."""
     yield from running_agent(tmp_path_factory.mktemp("agent"), EXEC_MAX_CONCURRENT="3",
                              EXEC_OUTPUT_MAX_BYTES=str(64 * 1024),
                              FILE_UPLOAD_MAX_BYTES=str(1024 * 1024))
 
 
+# Module-scoped (a module may start an agent of its own: test_limits.py).
 @pytest.fixture(scope="module")
 def token(agent: AgentProcess) -> str:
-    return agent.manage("create_api_token", "--name", "exec-tests").stdout.strip().splitlines()[-1]
+    name = f"exec-tests-{secrets.token_hex(3)}"  # token names are unique per agent
+    return agent.manage("create_api_token", "--name", name).stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

@@ -46,19 +46,17 @@ def _cleanup(agent) -> None:
 
 
 def _token(agent) -> str:
-    Path(agent.env["WELDR_ENV_VOL"]).mkdir(parents=True, exist_ok=True)
-    agent.manage("migrate", "--database", "default", "-v0")
+    """A token of a started agent (`serve` migrated its new state database itself)."""
     return agent.manage("create_api_token", "--name", "t").stdout.strip().splitlines()[-1]
 
 
 def test_shutdown_unmounts_with_a_final_sync_and_startup_reconciles(agent):
-    token = _token(agent)
-    headers = {"Authorization": f"Bearer {token}"}
     bucket = agent.bucket
     p = _paths(agent, bucket)
 
     # given a running agent with a mounted bucket
     agent.start()
+    headers = {"Authorization": f"Bearer {_token(agent)}"}
     response = httpx.post(f"{agent.url}/mounts", json={"bucket": bucket}, headers=headers,
                           timeout=180)
     assert response.status_code == 201, response.text

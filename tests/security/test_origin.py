@@ -18,7 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from tests.auth.conftest import SignedUp, better_auth, database_url, user  # noqa: F401
-from tests.conftest import REPO, AgentProcess
+from tests.conftest import REPO, AgentProcess, agent_env
+from tests.servers import free_port
 from weldr_agent import runner
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
@@ -28,12 +29,21 @@ PLATFORM = "https://platform.example"
 PREVIEW = "http://127.0.0.1:3000"  # a preview app on the agent's host: another origin
 
 
-@pytest.fixture
-def agent(agent_process: AgentProcess) -> Iterator[AgentProcess]:
-    agent_process.env.update({"DATABASE_URL": database_url(), "CORS_ORIGIN": PLATFORM,
-                              "BETTER_AUTH_SECRET": settings.BETTER_AUTH_SECRET})
-    agent_process.start(timeout=120)
-    yield agent_process
+@pytest.fixture(scope="module")
+def agent(django_db_setup: None,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    """One agent for the module: its tests only open sockets and preflights against it (each
+    test signs up its own user and makes its own project)."""
+    root = tmp_path_factory.mktemp("origin-agent")
+    process = AgentProcess(agent_env(root, DATABASE_URL=database_url(), CORS_ORIGIN=PLATFORM,
+                                     BETTER_AUTH_SECRET=settings.BETTER_AUTH_SECRET),
+                           free_port(), root / "agent.log")
+    try:
+        process.start(timeout=120)
+        yield process
+    finally:
+        process.stop()
+        process.remove_leftovers()
 
 
 @pytest.fixture
