@@ -23,9 +23,12 @@ data (the workspace's file sizes). Then the "week is over" step: the trash windo
 for everything the sessions did. JuiceFS's trash is measured in days on the wall clock (Go reads
 the real-time clock, which neither a time namespace nor libfaketime moves), so it is simulated
 with JuiceFS's own clean-up: the volume is unmounted, its trash days set to 0 (`juicefs
-config`), and `juicefs gc --delete` removes exactly what the trash holds (expired files and
-delayed slices: every one of them, since all are older than the new edge) — then the trash days
-are set back and the volume is mounted again and checked (`git fsck`, file contents).
+config`), and `juicefs gc --delete` removes what the trash holds (expired files and delayed
+slices: every one of them, since all are older than the new edge), pass after pass until a
+pass frees nothing more (one pass leaves many released slices pending, as the mount's hourly
+clean-up would take them on its next rounds) — then the trash days are set back, the local
+cache is deleted and the volume is mounted again from S3 alone and checked (`git fsck --full`,
+the same HEAD).
 
 Usage: .venv/bin/python bench/bench_bucket.py [--sessions 10] [--files 2000]
        [--runs image:current,image:chosen,image:chosen:snapshots,files:current,files:chosen]
@@ -47,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import free_port  # noqa: E402
+from benchlib import agent_in_process  # noqa: E402
 
 from bench.results import report  # noqa: E402
 
@@ -242,32 +245,12 @@ def run_one(spec: str, args: argparse.Namespace, tmp: Path) -> dict:
     """One configuration, in this (child) process: the workload and its figures, as a dict."""
     layout, variant, *rest = spec.split(":")
     snapshots_on = "snapshots" in rest
-    key = "weldrbenchaccess" + secrets.token_hex(4)
-    secret = "weldrbenchsecret" + secrets.token_hex(12)
-    os.environ.update({
-        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings", "WELDR_ENV_VOL": str(tmp / "vol"),
-        "WORKSPACE_BASE": str(tmp / "ws"), "WELDR_RUNTIME_DIR": str(tmp / "run"),
-        "S3_ACCESS_KEY_ID": key, "S3_SECRET_ACCESS_KEY": secret, "LOG_LEVEL": "WARNING",
-        "WORKSPACE_LAYOUT": layout, "SNAPSHOT_KEEP": "0", "SNAPSHOT_MAX_AGE_DAYS": "0",
-        **VARIANTS[variant],
-    })
-    os.environ.pop("DATABASE_URL", None)
-    from weldr_agent.s3 import LocalS3Server
-
-    server = LocalS3Server(root=tmp / "s3", port=free_port(), key_id=key, secret=secret)
-    server.start()
-    os.environ["S3_ENDPOINT"] = server.endpoint
-    import django
-
-    django.setup()
+    server = agent_in_process(tmp, {"WORKSPACE_LAYOUT": layout, "SNAPSHOT_KEEP": "0",
+                                    "SNAPSHOT_MAX_AGE_DAYS": "0", **VARIANTS[variant]})
     from django.conf import settings
-    from django.core.management import call_command
 
     from mounts import services, snapshots, steps, system
 
-    settings.WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)
-    call_command("migrate", database="default", verbosity=0)
-    call_command("migrate", database="shared", verbosity=0)
     corpus, editor = tmp / "corpus.txt", tmp / "editor.py"
     corpus_make(corpus)
     editor.write_text(EDITOR)
@@ -411,7 +394,8 @@ def print_result(result: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--runs", default="image:current,image:chosen,image:chosen:snapshots,"
