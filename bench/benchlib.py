@@ -104,6 +104,34 @@ def start_s3(stack: Cleanup, workdir: Path) -> LocalS3Server:
     return server
 
 
+def agent_in_process(tmp: Path, env: dict[str, str]) -> LocalS3Server:
+    """The agent's settings and databases set up in this process, under `tmp`, on an S3 server
+    of its own (returned: the caller stops it); `env` adds or overrides settings."""
+    import secrets
+
+    key = "weldrbenchaccess" + secrets.token_hex(4)
+    secret = "weldrbenchsecret" + secrets.token_hex(12)
+    os.environ.update({
+        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings", "WELDR_ENV_VOL": str(tmp / "vol"),
+        "WORKSPACE_BASE": str(tmp / "ws"), "WELDR_RUNTIME_DIR": str(tmp / "run"),
+        "S3_ACCESS_KEY_ID": key, "S3_SECRET_ACCESS_KEY": secret, "LOG_LEVEL": "WARNING", **env,
+    })
+    os.environ.pop("DATABASE_URL", None)
+    server = LocalS3Server(root=tmp / "s3", port=free_port(), key_id=key, secret=secret)
+    server.start()
+    os.environ["S3_ENDPOINT"] = server.endpoint
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    settings.WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)
+    call_command("migrate", database="default", verbosity=0)
+    call_command("migrate", database="shared", verbosity=0)
+    return server
+
+
 def make_tarball(source: Path, dest: Path) -> int:
     """Pack a source tree (without byte-code caches) into an uncompressed tarball."""
     count = 0

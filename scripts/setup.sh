@@ -45,8 +45,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 # python3 and python3-venv: the interpreter of .venv (Debian's 3.11, also the image's Python).
 # nodejs and npm: preview apps run the host's node (bound read-only into each sandbox).
 # e2fsprogs (mkfs.ext4, e2fsck) and util-linux (losetup, fstrim): the `image` workspace layout.
+# zstd: the zero-RPO sync compresses staged blocks as JuiceFS does (JUICEFS_COMPRESSION=zstd).
 APT_PACKAGES=(python3 python3-venv fuse3 runc crun iproute2 iptables git ca-certificates procps
-              util-linux e2fsprogs nodejs npm)
+              util-linux e2fsprogs nodejs npm zstd)
 # buildah, podman, mmdebstrap, slirp4netns: `make image` and the test that boots the image
 # (tests/deploy); no container engine or registry is needed.
 IMAGE_APT_PACKAGES=(buildah podman mmdebstrap slirp4netns)

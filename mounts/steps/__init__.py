@@ -20,11 +20,14 @@ from mounts.steps.durability import (  # noqa: F401
     STAGED_UPLOAD_THREADS,
     durable,
     leftovers,
+    staged_encode,
     staged_upload,
     teardown,
+    volume_compression,
 )
 from mounts.steps.image import (  # noqa: F401
     image_create,
+    image_file_flush,
     image_flush,
     image_mount,
     image_mounted,

@@ -5,6 +5,7 @@ the teardown that stops whatever runs for a bucket.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from mounts.steps.bucket import durable_marker_write
 from mounts.steps.image import image_flush, image_mounted, image_release, loop_devices
 from mounts.steps.mountpoints import answers, filesystem_sync, is_mounted, mount_table, umount
 from mounts.steps.processes import daemons, litestream_sync, pid_stop
-from weldr_agent import s3
+from weldr_agent import runner, s3
 
 logger = logging.getLogger("weldr.mounts")
 
@@ -42,6 +43,8 @@ def staged_upload(p: system.Paths) -> int:
         key = system.staged_block_key(p.cache_dir, staged)
         if key is not None and key not in done and staged.is_file():
             blocks.append((staged, key))
+    if blocks:
+        blocks = staged_encode(p, blocks)
     client = s3.client()
 
     def put(item: tuple[Path, str]) -> int:
@@ -52,6 +55,8 @@ def staged_upload(p: system.Paths) -> int:
             return 0  # JuiceFS uploaded it (or the file was deleted) meanwhile
         client.put_object(Bucket=p.bucket, Key=key, Body=data)
         done.add(key)
+        if staged.parent.name == system.ENCODED_DIR:
+            staged.unlink(missing_ok=True)
         return 1
 
     try:
@@ -60,6 +65,52 @@ def staged_upload(p: system.Paths) -> int:
             return sum(pool.map(put, blocks))
     except (ClientError, BotoCoreError) as error:
         raise SyncFailed(f"Uploading staged blocks of {p.bucket} failed: {error}") from error
+
+
+def volume_compression(p: system.Paths) -> str:
+    """The volume's object compression as its running JuiceFS reports it (`.config`).
+
+    Asked of the mount, not of the metadata database (the agent does not open that while
+    JuiceFS and Litestream run); `.config` is JuiceFS's own internal file at its root, never
+    workspace content (opened without following a link all the same).
+    """
+    try:
+        fd = os.open(p.volume_point / ".config", os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            return system.config_compression(handle.read())
+    except (OSError, ValueError) as error:
+        raise SyncFailed(f"Reading {p.bucket}'s JuiceFS configuration failed: {error}") \
+            from error
+
+
+def staged_encode(p: system.Paths, blocks: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """The staged blocks as JuiceFS itself would store them: compressed when the volume is.
+
+    A staged block is the raw data; JuiceFS compresses at upload. An object put raw into a
+    compressing volume is unreadable (JuiceFS fails its read: EIO) once the local copy is gone,
+    as after a machine loss — so a zstd volume's blocks are compressed here first, at JuiceFS's
+    level, into standard zstd frames that its decoder reads like its own (tested:
+    tests/mounts/test_durability.py, machine loss after a zero-RPO sync).
+    """
+    compression = volume_compression(p)
+    if compression == "none":
+        return blocks
+    if compression != "zstd":
+        raise SyncFailed(f"{p.bucket}'s volume compresses with {compression!r}; the zero-RPO "
+                         "sync can encode only zstd (JUICEFS_COMPRESSION) or none.")
+    out = p.cache_dir / system.ENCODED_DIR
+    out.mkdir(mode=0o700, exist_ok=True)
+    for start in range(0, len(blocks), system.ZSTD_BATCH):
+        batch = [staged for staged, _ in blocks[start:start + system.ZSTD_BATCH]]
+        result = runner.run(system.zstd_argv(batch, out), timeout=600, check=False)
+        # A failure is tolerated only where its input vanished (JuiceFS uploaded the block
+        # meanwhile); zstd removes the output of an input it failed on.
+        failed = [staged for staged in batch
+                  if staged.exists() and not (out / system.zstd_name(staged)).is_file()]
+        if result.returncode != 0 and failed:
+            raise SyncFailed(f"Compressing {p.bucket}'s staged blocks failed: "
+                             f"{result.stderr.strip()[-500:]}")
+    return [(out / system.zstd_name(staged), key) for staged, key in blocks]
 
 
 def durable(p: system.Paths, litestream_pid: int | None) -> datetime:

@@ -26,13 +26,18 @@ from mounts.system.image import (  # noqa: F401
     umount_argv,
 )
 from mounts.system.juicefs import (  # noqa: F401
+    ENCODED_DIR,
     FORMAT_SECRETS,
+    ZSTD_BATCH,
+    config_compression,
     format_without_secrets,
     fuse_options_merge,
     juicefs_format_argv,
     juicefs_mount_argv,
     staged_block_key,
     verify_cache_value,
+    zstd_argv,
+    zstd_name,
 )
 from mounts.system.litestream import (  # noqa: F401
     ReplicaState,

@@ -4,6 +4,7 @@ to change when tuning), the volume's settings without secrets, its staged blocks
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -38,7 +39,11 @@ def juicefs_format_argv(juicefs: str, p: Paths) -> list[str]:
     # non-empty prefix, the last guard against formatting over lost metadata.
     return [
         juicefs, "format", "--storage", "s3", "--bucket", bucket_url(p.bucket),
-        "--trash-days", str(settings.TRASH_DAYS), "--no-update", p.meta_url, VOLUME_NAME,
+        "--trash-days", str(settings.TRASH_DAYS),
+        # The bucket's footprint (docs/performance.md, "Bucket footprint"); fixed at format.
+        "--compress", settings.JUICEFS_COMPRESSION,
+        "--block-size", str(settings.JUICEFS_BLOCK_SIZE_KB),
+        "--no-update", p.meta_url, VOLUME_NAME,
     ]
 
 
@@ -114,3 +119,29 @@ def staged_block_key(cache_dir: Path, staged: Path) -> str | None:
     if len(parts) < 4 or parts[1] != "rawstaging" or not _STAGED_BLOCK.match(parts[-1]):
         return None
     return f"{VOLUME_NAME}/" + "/".join(parts[2:])
+
+
+# Where the zero-RPO sync puts the compressed copies of staged blocks before putting them into
+# S3: a folder of the mount's cache folder, beside JuiceFS's own (never under */rawstaging).
+ENCODED_DIR = "weldr-encoded"
+# Staged blocks per zstd run (one process compresses a batch; argv stays short).
+ZSTD_BATCH = 256
+
+
+def config_compression(raw: bytes) -> str:
+    """The object compression named in a JuiceFS mount's `.config` ("none" when unset)."""
+    config = json.loads(raw)
+    value = (config.get("Format") or {}).get("Compression") if isinstance(config, dict) else None
+    return str(value or "none").lower()
+
+
+def zstd_argv(files: list[Path], out_dir: Path) -> list[str]:
+    # -1: JuiceFS's own level (pkg/compress: ZSTD_LEVEL = 1, "fastest"). Standard frames with
+    # the content size, which JuiceFS's decoder (DataDog/zstd) reads like its own.
+    return ["zstd", "-1", "-q", "-f", "--output-dir-flat", str(out_dir), "--",
+            *[str(file) for file in files]]
+
+
+def zstd_name(staged: Path) -> str:
+    """The name zstd gives the compressed copy of a staged block in ENCODED_DIR."""
+    return f"{staged.name}.zst"

@@ -74,7 +74,18 @@ VERIFY_CACHE = choice("VERIFY_CACHE", env.str("VERIFY_CACHE", default="off"),
 WRITEBACK_ENABLED = boolean("WRITEBACK_ENABLED", default=True)
 UPLOAD_DELAY = duration("UPLOAD_DELAY", "5m")
 MAX_UPLOADS = integer("MAX_UPLOADS", 5, low=1, high=200)
-TRASH_DAYS = integer("TRASH_DAYS", 7, low=0, high=365)
+# Days JuiceFS keeps deleted files and overwritten slices (format time). Nothing of the agent's
+# needs more than a day: a restore goes back at most UPLOAD_DELAY + RESTORE_MARGIN_SECONDS, its
+# fallback at most LITESTREAM_RETENTION; every day kept is a day of overwritten data the user
+# pays for (docs/performance.md, "Bucket footprint"). JuiceFS counts in whole days.
+TRASH_DAYS = integer("TRASH_DAYS", 1, low=0, high=365)
+# Bucket footprint, fixed when a volume is formatted: JuiceFS's object compression and block
+# size. JuiceFS's compaction of an image workspace's chunks writes the holes between scattered
+# writes as zeros, and ext4's metadata and source code compress well: zstd. Not lz4: the zero-RPO
+# sync puts staged blocks into S3 itself, encoded as JuiceFS would, and can only encode zstd.
+JUICEFS_COMPRESSION = choice("JUICEFS_COMPRESSION",
+                             env.str("JUICEFS_COMPRESSION", default="zstd"), ("none", "zstd"))
+JUICEFS_BLOCK_SIZE_KB = integer("JUICEFS_BLOCK_SIZE_KB", 4096, low=64, high=16384)
 LITESTREAM_SYNC_INTERVAL = duration("LITESTREAM_SYNC_INTERVAL", "10s")
 LITESTREAM_SNAPSHOT_INTERVAL = duration("LITESTREAM_SNAPSHOT_INTERVAL", "1h")
 LITESTREAM_RETENTION = duration("LITESTREAM_RETENTION", "4h")
