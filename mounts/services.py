@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
-from mounts import capabilities, lease, local, steps, system
+from mounts import capabilities, lease, local, replica, steps, system
 from mounts.errors import (
     BucketInUse,
     InvalidBucket,
@@ -344,7 +344,7 @@ def mount_sync(*, bucket: str) -> Mount:
                 # it, and the caller must not believe its last writes are durable.
                 raise SyncFailed(f"The workspace image of {bucket} is not mounted read-write "
                                  "(see GET /mounts; reconcile remounts it).")
-            mount.synced_at = steps.durable(_paths(mount), mount.litestream_pid)
+            mount.synced_at = replica.durable(_paths(mount), mount.litestream_pid)
         mount.save(update_fields=["synced_at"])
     return mount
 
@@ -366,7 +366,7 @@ def _machine_unmount(mount: Mount, *, force: bool) -> None:
         # device freed): its last writes then are ordinary JuiceFS writes, flushed below.
         steps.image_release(p, trim=alive)
     if alive and litestream_alive:
-        steps.durable(p, mount.litestream_pid)
+        replica.durable(p, mount.litestream_pid)
     steps.umount(p.volume_point, lazy=not alive)
     steps.pid_stop(mount.juicefs_pid, system.daemon_tag(p, system.JUICEFS), grace=30)
     if litestream_alive:

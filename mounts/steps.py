@@ -208,6 +208,10 @@ def _restore(p: system.Paths, output: Path, *, point: datetime | None = None,
     return None
 
 
+# For mounts/replica.py, which checks the replica's newest state after a zero-RPO sync.
+restore_into, db_remove = _restore, _remove_db
+
+
 def _litestream_json(argv: list[str]) -> Any:
     """A Litestream command's JSON answer; None when it failed (logged)."""
     try:
@@ -501,8 +505,8 @@ def litestream_sync(p: system.Paths, pid: int | None, *, timeout: int = 60) -> i
         status = json.loads(result.stdout)
     except (runner.CommandError, ValueError) as error:
         raise SyncFailed(f"Litestream could not sync {p.bucket}'s metadata: {error}") from error
-    txid, replica = int(str(status.get("txid", "0")), 16), \
-        int(str(status.get("replica_txid", "0")), 16)
+    txid, replica = system.sync_txid(status.get("txid")), \
+        system.sync_txid(status.get("replica_txid"))
     if replica < txid:
         raise SyncFailed(f"Litestream's replica of {p.bucket} is behind ({status}).")
     return replica
@@ -638,28 +642,6 @@ def filesystem_sync(mount_point: Path) -> None:
         runner.run(["sync", "-f", str(mount_point)], timeout=120)
     except runner.CommandError as error:
         raise SyncFailed(f"Flushing {mount_point} failed: {error}") from error
-
-
-def durable(p: system.Paths, litestream_pid: int | None) -> datetime:
-    """Make every write so far durable in S3 (zero RPO); return the moment that holds up to.
-
-    Order matters: a metadata transaction names blocks that were staged before it committed,
-    so after the forced Litestream sync a second pass over the staging folder finds every
-    block the replicated metadata can name.
-    """
-    if p.layout == system.IMAGE and image_mounted(p):
-        image_flush(p)
-    if is_mounted(p.volume_point):
-        filesystem_sync(p.volume_point)
-    staged_upload(p)
-    litestream_sync(p, litestream_pid)
-    point = datetime.now(UTC)
-    staged_upload(p)
-    try:
-        durable_marker_write(p.bucket, point)
-    except (ClientError, BotoCoreError) as error:
-        raise SyncFailed(f"Writing {p.bucket}'s durability marker failed: {error}") from error
-    return point
 
 
 def umount(mount_point: Path, *, lazy: bool = False) -> None:
