@@ -115,11 +115,12 @@ def _start(p: system.Paths, litestream: str, env: dict[str, str]) -> None:
                          f"snapshot (state {state!r}).")
 
 
-def confirm(p: system.Paths, litestream_pid: int | None, txid: int) -> None:
-    """Return once the replica's state at `txid` (or a later one) restores sound; else raise."""
+def confirm(p: system.Paths, litestream_pid: int | None, txid: int) -> int:
+    """Return once the replica's state at `txid` (or a later one: the TXID returned) restores
+    sound; else raise SyncFailed."""
     problem = state_problem(p, txid)
     if problem is None:
-        return
+        return txid
     logger.error("METADATA REPLICA DAMAGED: %s's replica at TXID %x (just confirmed by "
                  "Litestream) does not restore sound: %s. Writing a fresh snapshot from the "
                  "local database.", p.bucket, txid, problem)
@@ -132,3 +133,4 @@ def confirm(p: system.Paths, litestream_pid: int | None, txid: int) -> None:
     logger.error("METADATA REPLICA REPAIRED: %s's replica restores sound at TXID %x from a "
                  "fresh snapshot; the damaged files before it are no longer on any restore "
                  "path to it.", p.bucket, newest)
+    return newest
