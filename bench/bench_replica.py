@@ -9,6 +9,7 @@ restores the replica's state at the TXID Litestream confirmed, beside the databa
 both integrity checks. Run twice in the same process on fresh buckets:
   old: the sync alone (the code before mounts/replica.py): how many confirmed states are bad;
   new: the sync, then replica.confirm (check; fresh snapshot when bad): how many are bad after.
+A third run, old, with the writer's own auto-checkpoint off, shows the trigger.
 Part 2 (cost on a real mount): a real JuiceFS mount (files layout); rounds that write files then
 run the zero-RPO sync without the check (the old steps.durable) and with it, alternated.
 
@@ -33,9 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 
-def writer(db: Path, stop: threading.Event, pause: float) -> None:
-    """JuiceFS-like metadata writes: a node row and a chunk row per file, some deletes."""
+def writer(db: Path, stop: threading.Event, pause: float, autocheckpoint: int) -> None:
+    """JuiceFS-like metadata writes: a node row and a chunk row per file, some deletes.
+
+    `autocheckpoint`: the connection's own checkpoint threshold in pages (SQLite's default and
+    JuiceFS's: 1000; JuiceFS's driver has no setting to change it). 0: it never checkpoints.
+    """
     connection = sqlite3.connect(db, isolation_level=None, timeout=30)
+    connection.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
     inode = 0
     while not stop.is_set():
         connection.execute("BEGIN IMMEDIATE")
@@ -65,7 +71,8 @@ def database(db: Path) -> None:
         connection.execute("CREATE UNIQUE INDEX uqe_chunk ON chunk (inode, indx)")
 
 
-def reproduce(mode: str, seconds: float, pause: float) -> dict[str, object]:
+def reproduce(mode: str, seconds: float, pause: float,
+              autocheckpoint: int = 1000) -> dict[str, object]:
     from mounts import replica, steps, system
     from mounts.errors import SyncFailed
 
@@ -76,7 +83,7 @@ def reproduce(mode: str, seconds: float, pause: float) -> dict[str, object]:
     steps.litestream_config_write(p)
     pid = steps.litestream_start(p)
     stop = threading.Event()
-    thread = threading.Thread(target=writer, args=(p.meta_db, stop, pause))
+    thread = threading.Thread(target=writer, args=(p.meta_db, stop, pause, autocheckpoint))
     thread.start()
     rounds = bad = repairs = failed = 0
     first_bad: int | None = None
@@ -192,9 +199,10 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f}")
         print(f"\n1. Reproducer: {args.seconds:.0f} s each, writer pause "
               f"{args.pause * 1000:.0f} ms")
-        for mode in ("old", "new"):
-            r = reproduce(mode, args.seconds, args.pause)
-            print(f"  {mode}: {r['rounds']} syncs, {r['bad']} confirmed states restore damaged "
+        for mode, autocheckpoint in (("old", 1000), ("new", 1000), ("old", 0)):
+            r = reproduce(mode, args.seconds, args.pause, autocheckpoint)
+            print(f"  {mode}, writer's autocheckpoint {autocheckpoint}: {r['rounds']} syncs, "
+                  f"{r['bad']} confirmed states restore damaged "
                   f"(first at sync {r['first_bad']}), {r['repairs']} fresh snapshots, "
                   f"{r['failed']} syncs failed; sync {ms(r['times'])}; live database {r['live']}",
                   flush=True)
