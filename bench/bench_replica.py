@@ -6,10 +6,12 @@ secondary index on each) written continuously by one connection — small transa
 default auto-checkpoint of 1,000 pages — while the real Litestream replicates it into the real
 (local) S3. Each round forces a sync (`litestream sync -wait`, as the zero-RPO sync does), then
 restores the replica's state at the TXID Litestream confirmed, beside the database, and runs
-both integrity checks. Run twice in the same process on fresh buckets:
-  old: the sync alone (the code before mounts/replica.py): how many confirmed states are bad;
-  new: the sync, then replica.confirm (check; fresh snapshot when bad): how many are bad after.
-A third run, old, with the writer's own auto-checkpoint off, shows the trigger.
+both integrity checks. Run four times in the same process, on fresh buckets:
+  old sync: the sync alone (the code before mounts/replica.py): how many confirmed states are bad;
+  new sync: the sync, then replica.confirm (check; fresh snapshot when bad): how many are bad;
+  old config: Litestream's default checkpoints; new config: scripts/litestream-template.yml's
+  (Litestream checkpoints long before the writer's own auto-checkpoint threshold).
+A last run, old, with the writer's own auto-checkpoint off, shows the trigger.
 Part 2 (cost on a real mount): a real JuiceFS mount (files layout); rounds that write files then
 run the zero-RPO sync without the check (the old steps.durable) and with it, alternated.
 
@@ -19,6 +21,7 @@ Usage: .venv/bin/python bench/bench_replica.py [--seconds 60] [--rounds 15] [--f
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import sqlite3
@@ -71,8 +74,17 @@ def database(db: Path) -> None:
         connection.execute("CREATE UNIQUE INDEX uqe_chunk ON chunk (inode, indx)")
 
 
-def reproduce(mode: str, seconds: float, pause: float,
-              autocheckpoint: int = 1000) -> dict[str, object]:
+def old_template() -> str:
+    """The Litestream config before its checkpoint settings (Litestream's defaults)."""
+    from mounts import system
+
+    return "".join(line for line in system.TEMPLATE.read_text().splitlines(keepends=True)
+                   if not (line.startswith("    #") or "min-checkpoint-page-count" in line
+                           or "monitor-interval" in line))
+
+
+def reproduce(mode: str, seconds: float, pause: float, autocheckpoint: int = 1000,
+              config: str = "new") -> dict[str, object]:
     from mounts import replica, steps, system
     from mounts.errors import SyncFailed
 
@@ -81,6 +93,8 @@ def reproduce(mode: str, seconds: float, pause: float,
     p = system.paths(bucket)
     database(p.meta_db)
     steps.litestream_config_write(p)
+    if config == "old":
+        p.litestream_config.write_text(system.litestream_config(p, template=old_template()))
     pid = steps.litestream_start(p)
     stop = threading.Event()
     thread = threading.Thread(target=writer, args=(p.meta_db, stop, pause, autocheckpoint))
@@ -125,6 +139,17 @@ def old_durable(p) -> None:  # type: ignore[no-untyped-def]
     steps.litestream_sync(p, steps.daemons(p, "litestream")[0])
     steps.staged_upload(p)
     steps.durable_marker_write(p.bucket, datetime.now(UTC))
+
+
+class Repairs(logging.Handler):
+    """Counts the fresh snapshots the zero-RPO syncs took (mounts/replica.py's ERROR lines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += record.getMessage().startswith("METADATA REPLICA REPAIRED")
 
 
 def cost(rounds: int, files: int) -> tuple[list[float], list[float]]:
@@ -199,16 +224,21 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f}")
         print(f"\n1. Reproducer: {args.seconds:.0f} s each, writer pause "
               f"{args.pause * 1000:.0f} ms")
-        for mode, autocheckpoint in (("old", 1000), ("new", 1000), ("old", 0)):
-            r = reproduce(mode, args.seconds, args.pause, autocheckpoint)
-            print(f"  {mode}, writer's autocheckpoint {autocheckpoint}: {r['rounds']} syncs, "
+        for mode, config, autocheckpoint in (("old", "old", 1000), ("old", "new", 1000),
+                                             ("new", "new", 1000), ("old", "old", 0)):
+            r = reproduce(mode, args.seconds, args.pause, autocheckpoint, config)
+            print(f"  {mode} sync, {config} config, writer's autocheckpoint {autocheckpoint}: "
+                  f"{r['rounds']} syncs, "
                   f"{r['bad']} confirmed states restore damaged "
                   f"(first at sync {r['first_bad']}), {r['repairs']} fresh snapshots, "
                   f"{r['failed']} syncs failed; sync {ms(r['times'])}; live database {r['live']}",
                   flush=True)
         print(f"\n2. Zero-RPO sync on a real JuiceFS mount ({args.files} files, 50 new files "
               f"before each sync, {args.rounds} of each, alternated)")
+        repairs = Repairs()
+        logging.getLogger("weldr.mounts").addHandler(repairs)
         before, after = cost(args.rounds, args.files)
+        print(f"  fresh snapshots taken by the checked syncs: {repairs.count}")
         print(f"  without the check (before): {ms(before)}")
         print(f"  with the check (after):     {ms(after)}")
         added = statistics.median(after) - statistics.median(before)
