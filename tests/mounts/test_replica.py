@@ -100,6 +100,13 @@ def test_the_one_shot_snapshot_config_leaves_the_daemons_socket_alone():
         ["-once", "-force-snapshot"]
 
 
+def test_litestream_checkpoints_before_juicefs_own_auto_checkpoint():
+    # JuiceFS's SQLite checkpoints by itself at 1,000 WAL pages, and that checkpoint racing
+    # Litestream's capture damages the replica (bench/bench_replica.py): Litestream goes first
+    (db,) = yaml.safe_load(system.litestream_config(system.paths("b-replica-config")))["dbs"]
+    assert db["min-checkpoint-page-count"] <= 100
+
+
 def test_sync_txids_are_read_as_litestream_writes_them():
     # `litestream sync -json` (0.5.17) prints TXIDs as JSON numbers; older builds as hex
     assert system.sync_txid(146) == 146
