@@ -86,7 +86,8 @@ def snapshot_fresh(p: system.Paths) -> None:
     """
     litestream = runner.tool("litestream")
     env = system.litestream_env()
-    once = p.litestream_config.with_name(f"{p.litestream_config.stem}.once.yml")
+    # Not `litestream-*.yml`: start-up's clean-up reads bucket names from those.
+    once = p.litestream_config.with_name(f"snapshot-{p.litestream_config.name}")
     once.write_text(system.litestream_config(p, socket=False))
     stopped = False
     try:

@@ -85,7 +85,7 @@ def test_a_sound_replica_is_confirmed_without_a_fresh_snapshot(api, bucket, capl
     messages = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert not any("METADATA REPLICA" in m for m in messages), messages
     assert not list(system.paths(bucket).meta_db.parent.glob("*.verifying*"))
-    assert not list(system.paths(bucket).litestream_config.parent.glob("*.once.yml"))
+    assert not list(system.paths(bucket).litestream_config.parent.glob("snapshot-*.yml"))
 
 
 def test_the_one_shot_snapshot_config_leaves_the_daemons_socket_alone():
