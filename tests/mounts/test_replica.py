@@ -2,8 +2,9 @@
 the replica's newest state aside, finds it bad, has Litestream write a fresh snapshot from the
 sound local database, and only then answers; a new machine then restores every file.
 
-The damage here is deterministic: the replica's newest LTX files overwritten with garbage after
-Litestream shipped them (the local database stays sound, as in the real fault). The real fault —
+The damage here is deterministic: the LTX files on the way to the replica's newest state
+overwritten with garbage after Litestream shipped them (the local database stays sound, as in
+the real fault). The real fault —
 Litestream 0.5.17 shipping a decodable but inconsistent LTX file while JuiceFS writes (upstream
 issue #1164) — is reproduced by bench/bench_replica.py, which hits it within seconds; the same
 check and repair make every state it confirms restore sound (docs/snapshots.md).
@@ -12,6 +13,7 @@ check and repair make every state it confirms restore sound (docs/snapshots.md).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import yaml
 from mounts import steps, system
 from tests.mounts.conftest import read_tree, write_tree
 from tests.mounts.test_durability import lose_the_machine
-from tests.mounts.test_restore_fallback import _newest_files_garbled, _ship
+from tests.mounts.test_restore_fallback import _garble, _replica_files, _ship
 from weldr_agent import runner
 
 
@@ -39,6 +41,21 @@ def _newest_state_problem(bucket: str, scratch: Path) -> str | None:
     return steps.integrity_problem(output)
 
 
+def _chain_damaged(bucket: str, scratch: Path) -> None:
+    """Garble every LTX file of the replica's chain but the snapshots and the newest level-0
+    file(s): every restore of the newest state has to read a damaged file, while Litestream,
+    which reads only its newest file back to find its position, sees nothing wrong and does not
+    re-upload (a garbled newest file it would replace by itself)."""
+    keys = _replica_files(bucket)
+    newest = max(os.path.basename(key).split("-")[1] for key in keys)
+    level = {key: key.split("/")[-2] for key in keys}
+    damaged = [key for key in keys if level[key] != "0009" and not (
+        level[key] == "0000" and os.path.basename(key).split("-")[1] == newest)]
+    assert damaged, keys
+    _garble(bucket, damaged, step=7)
+    assert _newest_state_problem(bucket, scratch / "before") is not None
+
+
 def test_a_zero_rpo_sync_repairs_a_damaged_replica_before_answering(api, bucket, caplog,
                                                                      tmp_path):
     # given a durable workspace, more writes shipped by Litestream, then the replica's newest
@@ -49,8 +66,7 @@ def test_a_zero_rpo_sync_repairs_a_damaged_replica_before_answering(api, bucket,
     assert api.post(f"/mounts/{bucket}/sync").status_code == 200
     tree.update({f"later/{k}": v for k, v in write_tree(root / "later", files=10).items()})
     _ship(bucket)
-    assert _newest_files_garbled(bucket)
-    assert _newest_state_problem(bucket, tmp_path / "before") is not None
+    _chain_damaged(bucket, tmp_path)
     caplog.set_level(logging.WARNING, logger="weldr.mounts")
     # when the caller asks for a zero-RPO sync
     started = time.monotonic()
