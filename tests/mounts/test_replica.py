@@ -64,8 +64,9 @@ def test_a_zero_rpo_sync_repairs_a_damaged_replica_before_answering(api, bucket,
     root = Path(mount["path"])
     tree = write_tree(root, files=30)
     assert api.post(f"/mounts/{bucket}/sync").status_code == 200
-    tree.update({f"later/{k}": v for k, v in write_tree(root / "later", files=10).items()})
-    _ship(bucket)
+    for part in ("later", "later2"):  # two more states shipped: a chain to damage
+        tree.update({f"{part}/{k}": v for k, v in write_tree(root / part, files=10).items()})
+        _ship(bucket)
     _chain_damaged(bucket, tmp_path)
     caplog.set_level(logging.WARNING, logger="weldr.mounts")
     # when the caller asks for a zero-RPO sync
