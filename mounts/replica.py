@@ -89,12 +89,10 @@ def snapshot_fresh(p: system.Paths) -> None:
     # Not `litestream-*.yml`: start-up's clean-up reads bucket names from those.
     once = p.litestream_config.with_name(f"snapshot-{p.litestream_config.name}")
     once.write_text(system.litestream_config(p, socket=False))
-    stopped = False
     try:
         runner.run(system.litestream_control_argv(litestream, p, "stop",
                                                   timeout=CONTROL_TIMEOUT),
                    env=env, timeout=CONTROL_TIMEOUT + 10)
-        stopped = True
         runner.run(system.litestream_snapshot_argv(litestream, once), env=env,
                    timeout=CONTROL_TIMEOUT)
     except runner.CommandError as error:
@@ -102,8 +100,9 @@ def snapshot_fresh(p: system.Paths) -> None:
                          f"metadata: {error}") from error
     finally:
         once.unlink(missing_ok=True)
-        if stopped:
-            _start(p, litestream, env)
+        # Whatever failed: a daemon that let go of the database (even a `stop` that timed out
+        # after doing so) must take it back, or the bucket goes unreplicated with its pid alive.
+        _start(p, litestream, env)
 
 
 def _start(p: system.Paths, litestream: str, env: dict[str, str]) -> None:
