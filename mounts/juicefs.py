@@ -14,7 +14,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from mounts import capabilities, fencing, lease, steps, system
+from mounts import capabilities, fencing, lease, replica, steps, system
 from mounts.errors import LayoutMismatch, LayoutUnavailable, SyncFailed
 from mounts.models import Mount
 
@@ -216,7 +216,7 @@ class JuiceFSMachine:
             # it, and the caller must not believe its last writes are durable.
             raise SyncFailed(f"The workspace image of {mount.bucket} is not mounted read-write "
                              "(see GET /mounts; reconcile remounts it).")
-        return steps.durable(_paths(mount), mount.litestream_pid)
+        return replica.durable(_paths(mount), mount.litestream_pid)
 
     def unmount(self, mount: Mount, *, force: bool) -> None:
         p = _paths(mount)
@@ -228,7 +228,7 @@ class JuiceFSMachine:
             # device freed): its last writes then are ordinary JuiceFS writes, flushed below.
             steps.image_release(p, trim=alive)
         if alive and litestream_alive:
-            steps.durable(p, mount.litestream_pid)
+            replica.durable(p, mount.litestream_pid)
         steps.umount(p.volume_point, lazy=not alive)
         steps.pid_stop(mount.juicefs_pid, system.daemon_tag(p, system.JUICEFS), grace=30)
         if litestream_alive:

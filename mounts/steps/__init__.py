@@ -18,7 +18,6 @@ from mounts.steps.bucket import (  # noqa: F401
 )
 from mounts.steps.durability import (  # noqa: F401
     STAGED_UPLOAD_THREADS,
-    durable,
     leftovers,
     staged_encode,
     staged_upload,
@@ -41,12 +40,14 @@ from mounts.steps.locks import (  # noqa: F401
 )
 from mounts.steps.metadata import (  # noqa: F401
     chunk_counter_advance,
+    db_remove,
     format_secrets_remove,
     integrity_problem,
     litestream_config_write,
     metadata_prepare,
     metadata_restore,
     metadata_set_aside,
+    restore_into,
     volume_empty,
     volume_layout_legacy,
 )

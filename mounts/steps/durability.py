@@ -1,5 +1,6 @@
-"""Zero RPO on demand (staged blocks, a forced Litestream sync, the durability marker), and
-the teardown that stops whatever runs for a bucket.
+"""The steps of zero RPO on demand (staged blocks put into S3 as JuiceFS would; the sync itself,
+with the replica's check, is mounts/replica.py's `durable`), and the teardown that stops
+whatever runs for a bucket.
 """
 
 from __future__ import annotations
@@ -7,17 +8,15 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mounts import system
 from mounts.errors import SyncFailed
-from mounts.steps.bucket import durable_marker_write
-from mounts.steps.image import image_flush, image_mounted, image_release, loop_devices
-from mounts.steps.mountpoints import answers, filesystem_sync, is_mounted, mount_table, umount
-from mounts.steps.processes import daemons, litestream_sync, pid_stop
+from mounts.steps.image import image_release, loop_devices
+from mounts.steps.mountpoints import answers, mount_table, umount
+from mounts.steps.processes import daemons, pid_stop
 from weldr_agent import runner, s3
 
 logger = logging.getLogger("weldr.mounts")
@@ -111,28 +110,6 @@ def staged_encode(p: system.Paths, blocks: list[tuple[Path, str]]) -> list[tuple
             raise SyncFailed(f"Compressing {p.bucket}'s staged blocks failed: "
                              f"{result.stderr.strip()[-500:]}")
     return [(out / system.zstd_name(staged), key) for staged, key in blocks]
-
-
-def durable(p: system.Paths, litestream_pid: int | None) -> datetime:
-    """Make every write so far durable in S3 (zero RPO); return the moment that holds up to.
-
-    Order matters: a metadata transaction names blocks that were staged before it committed,
-    so after the forced Litestream sync a second pass over the staging folder finds every
-    block the replicated metadata can name.
-    """
-    if p.layout == system.IMAGE and image_mounted(p):
-        image_flush(p)
-    if is_mounted(p.volume_point):
-        filesystem_sync(p.volume_point)
-    staged_upload(p)
-    litestream_sync(p, litestream_pid)
-    point = datetime.now(UTC)
-    staged_upload(p)
-    try:
-        durable_marker_write(p.bucket, point)
-    except (ClientError, BotoCoreError) as error:
-        raise SyncFailed(f"Writing {p.bucket}'s durability marker failed: {error}") from error
-    return point
 
 
 def teardown(p: system.Paths, *, juicefs_pid: int | None, litestream_pid: int | None,

@@ -77,6 +77,10 @@ def _restore(p: system.Paths, output: Path, *, point: datetime | None = None,
     return None
 
 
+# For mounts/replica.py, which checks the replica's newest state after a zero-RPO sync.
+restore_into, db_remove = _restore, _remove_db
+
+
 def _litestream_json(argv: list[str]) -> Any:
     """A Litestream command's JSON answer; None when it failed (logged)."""
     try:

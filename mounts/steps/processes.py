@@ -99,21 +99,31 @@ def litestream_start(p: system.Paths) -> int:
 
 
 def litestream_sync(p: system.Paths, pid: int | None, *, timeout: int = 60) -> int:
-    """Force a sync and wait until the replica holds the local database's last transaction."""
+    """Force a sync and wait until the replica holds the local database's last transaction.
+
+    `sync -wait` answers with the local TXID at the time of its answer: a write that landed
+    meanwhile (JuiceFS's, or Litestream's own bookkeeping after a `start`) leaves the replica
+    one behind it. Synced again, the replica reaching that first TXID is enough: every write
+    before the first call is in it.
+    """
     if not owns(pid, system.daemon_tag(p, system.LITESTREAM)):
         raise SyncFailed(f"Litestream is not running for {p.bucket}; see {p.litestream_log}.")
-    try:
-        result = runner.run(system.litestream_sync_argv(runner.tool("litestream"), p,
-                                                        timeout=timeout),
-                            env=system.litestream_env(), timeout=timeout + 10)
-        status = json.loads(result.stdout)
-    except (runner.CommandError, ValueError) as error:
-        raise SyncFailed(f"Litestream could not sync {p.bucket}'s metadata: {error}") from error
-    txid, replica = int(str(status.get("txid", "0")), 16), \
-        int(str(status.get("replica_txid", "0")), 16)
-    if replica < txid:
-        raise SyncFailed(f"Litestream's replica of {p.bucket} is behind ({status}).")
-    return replica
+    target: int | None = None
+    for _ in range(3):
+        try:
+            result = runner.run(system.litestream_sync_argv(runner.tool("litestream"), p,
+                                                            timeout=timeout),
+                                env=system.litestream_env(), timeout=timeout + 10)
+            status = json.loads(result.stdout)
+        except (runner.CommandError, ValueError) as error:
+            raise SyncFailed(f"Litestream could not sync {p.bucket}'s metadata: "
+                             f"{error}") from error
+        txid, replica = system.sync_txid(status.get("txid")), \
+            system.sync_txid(status.get("replica_txid"))
+        target = txid if target is None else target
+        if replica >= target:
+            return replica
+    raise SyncFailed(f"Litestream's replica of {p.bucket} is behind ({status}).")
 
 
 def juicefs_start(p: system.Paths, budget: system.Budget) -> int:

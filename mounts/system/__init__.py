@@ -42,15 +42,18 @@ from mounts.system.juicefs import (  # noqa: F401
 from mounts.system.litestream import (  # noqa: F401
     ReplicaState,
     litestream_config,
+    litestream_control_argv,
     litestream_ltx_argv,
     litestream_replicate_argv,
     litestream_restore_argv,
     litestream_restore_plan_argv,
+    litestream_snapshot_argv,
     litestream_sync_argv,
     litestream_values,
     replica_states,
     restore_plan_txid,
     restore_point,
+    sync_txid,
 )
 from mounts.system.memory import (  # noqa: F401
     Budget,

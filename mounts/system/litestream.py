@@ -15,8 +15,9 @@ from django.conf import settings
 from mounts.system.volume import REPLICA_PATH, TEMPLATE, Paths, duration_seconds
 
 
-def litestream_values(p: Paths) -> dict[str, Any]:
+def litestream_values(p: Paths, *, socket: bool = True) -> dict[str, Any]:
     return {
+        "SOCKET_ENABLED": "true" if socket else "false",
         "LITESTREAM_SOCKET": str(p.litestream_socket),
         "META_DB": str(p.meta_db),
         "BUCKET": p.bucket,
@@ -29,14 +30,15 @@ def litestream_values(p: Paths) -> dict[str, Any]:
     }
 
 
-def litestream_config(p: Paths, template: str | None = None) -> str:
+def litestream_config(p: Paths, template: str | None = None, *, socket: bool = True) -> str:
     """The per-bucket config rendered from scripts/litestream-template.yml.
 
     Every value is validated before it gets here (bucket name, durations, an http(s) endpoint),
-    so plain substitution cannot produce YAML that means something else.
+    so plain substitution cannot produce YAML that means something else. `socket=False`: the
+    one-shot snapshot's copy, which must not take over the daemon's control socket.
     """
     text = template if template is not None else TEMPLATE.read_text()
-    return string.Template(text).substitute(litestream_values(p))
+    return string.Template(text).substitute(litestream_values(p, socket=socket))
 
 
 def litestream_replicate_argv(litestream: str, p: Paths) -> list[str]:
@@ -47,6 +49,23 @@ def litestream_replicate_argv(litestream: str, p: Paths) -> list[str]:
 def litestream_sync_argv(litestream: str, p: Paths, *, timeout: int) -> list[str]:
     return [litestream, "sync", "-wait", "-timeout", str(timeout), "-json",
             "-socket", str(p.litestream_socket), str(p.meta_db)]
+
+
+def litestream_control_argv(litestream: str, p: Paths, verb: str, *, timeout: int) -> list[str]:
+    """`stop` or `start` replicating the database in the running daemon (its control socket)."""
+    return [litestream, verb, "-timeout", str(timeout), "-json", "-socket",
+            str(p.litestream_socket), str(p.meta_db)]
+
+
+def litestream_snapshot_argv(litestream: str, config: Path) -> list[str]:
+    """Sync once and write a new snapshot (level 9) from the local database, then exit."""
+    return [litestream, "replicate", "-config", str(config), "-no-expand-env", "-once",
+            "-force-snapshot"]
+
+
+def sync_txid(value: Any) -> int:
+    """A TXID of `litestream sync -json`: a JSON number (0.5.17), or a hex string."""
+    return value if isinstance(value, int) else int(str(value or "0"), 16)
 
 
 def litestream_restore_argv(litestream: str, p: Paths, *, timestamp: datetime | None,

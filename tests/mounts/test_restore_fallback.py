@@ -54,25 +54,26 @@ def _replica_files(bucket: str) -> list[str]:
         ".ltx"))
 
 
-def _garble(bucket: str, keys: list[str]) -> None:
+def _garble(bucket: str, keys: list[str], *, step: int = 97) -> None:
     """Overwrite LTX files with damaged copies of themselves, keeping their metadata (Litestream
-    reads a file's time from it) so that the restore point still selects them."""
+    reads a file's time from it) so that the restore point still selects them. Every `step`th
+    byte after the header is flipped (a small file needs a small step to be damaged for sure)."""
     client = s3.client()
     for key in keys:
         stored = client.get_object(Bucket=bucket, Key=key)
         body = bytearray(stored["Body"].read())
-        for offset in range(120, len(body), 97):
+        for offset in range(120, len(body), step):
             body[offset] ^= 0x5A
         client.put_object(Bucket=bucket, Key=key, Body=bytes(body),
                           Metadata=stored.get("Metadata", {}))
 
 
-def _newest_files_garbled(bucket: str) -> list[str]:
+def _newest_files_garbled(bucket: str, *, step: int = 97) -> list[str]:
     """Garble every LTX file that ends at the replica's newest TXID (any level)."""
     keys = _replica_files(bucket)
     newest = max(os.path.basename(key).split("-")[1] for key in keys)
     garbled = [key for key in keys if os.path.basename(key).split("-")[1] == newest]
-    _garble(bucket, garbled)
+    _garble(bucket, garbled, step=step)
     return garbled
 
 
