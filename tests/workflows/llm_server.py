@@ -127,6 +127,14 @@ class LLMServer:
         with self._lock:
             self._scripts[name].extend(items)
 
+    def reset(self) -> None:
+        """Forget every script and recorded request: one server shared by a module's tests
+        starts each test as a fresh one would (a failed test may leave answers queued)."""
+        with self._lock:
+            for queue in self._scripts.values():
+                queue.clear()
+            self.requests.clear()
+
     def remaining(self, provider: str) -> int:
         with self._lock:
             return len(self._scripts[self._name(provider)])
