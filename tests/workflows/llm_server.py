@@ -102,6 +102,11 @@ def _split(raw: str, pieces: int) -> list[str]:
     return [raw[i:i + size] for i in range(0, len(raw), size)] or [""]
 
 
+# Retries back off in milliseconds against this server (conftest_llm sets them for the test
+# process; a module's own agent gets them in its environment).
+FAST_RETRY = {"LLM_RETRY_BASE_SECONDS": "0.01", "LLM_RETRY_MAX_SECONDS": "5"}
+
+
 class LLMServer:
     """The server, its scripts and its request log. start()/stop() or use as a context."""
 

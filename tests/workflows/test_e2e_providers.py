@@ -22,8 +22,7 @@ from tests.workflows.conftest import (
     module_agent_started,
     unmount_all,
 )
-from tests.workflows.conftest_llm import FAST_RETRY
-from tests.workflows.llm_server import Call, Fail, LLMServer, Reply
+from tests.workflows.llm_server import FAST_RETRY, Call, Fail, LLMServer, Reply
 from tests.workflows.test_engine import by_type, git_log, tree
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
