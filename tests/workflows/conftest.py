@@ -21,6 +21,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import REPO, AgentProcess
 from tests.servers import free_port, fresh_database
+from tests.workflows.llm_server import FAST_RETRY, LLMServer
 from weldr_agent import runner
 
 SCRIPTED = "scripted=tests.workflows.scripted.ScriptedProvider"
@@ -243,6 +244,28 @@ def module_agent(tmp_path_factory: pytest.TempPathFactory,
         yield started
 
 
+@pytest.fixture(scope="module")
+def module_llm() -> Iterator[LLMServer]:
+    """A provider-protocol server (llm_server.py) for a module whose agent is shared: its
+    agent gets the server's addresses in its environment (module_llm_env)."""
+    with LLMServer() as server:
+        yield server
+
+
+def module_llm_env(server: LLMServer) -> dict[str, str]:
+    """What points a module agent's SDKs at `server`, with retries backing off in ms."""
+    return {**server.env(), **FAST_RETRY}
+
+
+@pytest.fixture
+def shared_llm(module_llm: LLMServer) -> Iterator[LLMServer]:
+    """The module's provider server for one test, its scripts and requests forgotten before
+    and after it (a failed test may leave answers queued)."""
+    module_llm.reset()
+    yield module_llm
+    module_llm.reset()
+
+
 @pytest.fixture
 def shared_agent(module_agent: Agent) -> Iterator[Agent]:
     """The module's agent for one test, its workspaces unmounted after it."""
@@ -368,5 +391,5 @@ def connected(*clients: SSEClient | WSClient) -> None:
 
 
 __all__ = ["REPO", "Agent", "SSEClient", "WSClient", "connected", "emptied",
-           "module_agent_started", "requests_seen", "unmount_all", "world_readable_dir",
-           "write_script"]
+           "module_agent_started", "module_llm_env", "requests_seen", "unmount_all",
+           "world_readable_dir", "write_script"]

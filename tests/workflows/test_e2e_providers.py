@@ -20,9 +20,10 @@ from tests.workflows.conftest import (
     WSClient,
     connected,
     module_agent_started,
+    module_llm_env,
     unmount_all,
 )
-from tests.workflows.llm_server import FAST_RETRY, Call, Fail, LLMServer, Reply
+from tests.workflows.llm_server import Call, Fail, LLMServer, Reply
 from tests.workflows.test_engine import by_type, git_log, tree
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
@@ -35,26 +36,18 @@ PLAN = ["1. Write hello.txt and src/app.js\n", "2. Edit the greeting\n", "3. Che
 
 
 @pytest.fixture(scope="module")
-def module_llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def module_llm_agent(tmp_path_factory: pytest.TempPathFactory, module_scripts: Path,
                      module_llm: LLMServer) -> Iterator[Agent]:
     """One agent for the module, its SDKs pointed at the module's provider server: every test
     makes its own project and branch, and the server is reset between tests."""
     with module_agent_started(tmp_path_factory.mktemp("e2e-agent"), module_scripts,
-                              **module_llm.env(), **FAST_RETRY) as started:
+                              **module_llm_env(module_llm)) as started:
         yield started
 
 
 @pytest.fixture
-def llm_server(module_llm: LLMServer) -> Iterator[LLMServer]:
-    module_llm.reset()
-    yield module_llm
-    module_llm.reset()
+def llm_server(shared_llm: LLMServer) -> LLMServer:
+    return shared_llm
 
 
 @pytest.fixture
