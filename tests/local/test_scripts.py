@@ -122,8 +122,10 @@ def test_restore_with_nothing_in_s3_leaves_an_empty_directory(machine: Machine, 
 def test_sync_fails_cleanly_when_s3_is_unreachable(machine: Machine, bucket: str):
     branch = create(machine, bucket)
     write(branch, "a.txt", "a")
+    # (the scripts' rclone retries, 3 x 3 by default, only wait longer for the same error)
     result = machine.run("sync-to-s3.sh", "--bucket", bucket, "b1", "p1", check=False,
-                         extra={"S3_ENDPOINT": "http://127.0.0.1:9"})
+                         extra={"S3_ENDPOINT": "http://127.0.0.1:9", "WELDR_RCLONE_RETRIES": "1",
+                                "WELDR_RCLONE_LOW_LEVEL_RETRIES": "1"})
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and "error:" in result.stderr
 

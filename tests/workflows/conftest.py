@@ -11,6 +11,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import REPO, AgentProcess
 from tests.servers import free_port, fresh_database
+from tests.workflows.llm_server import FAST_RETRY, LLMServer
 from weldr_agent import runner
 
 SCRIPTED = "scripted=tests.workflows.scripted.ScriptedProvider"
@@ -33,26 +35,29 @@ def shared_database() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def scripts() -> Iterator[Path]:
-    """Where scripted model turns live; world-readable so nothing trips on permissions."""
-    directory = Path(tempfile.mkdtemp(prefix="wf-scripts-"))
+@contextmanager
+def world_readable_dir(prefix: str) -> Iterator[Path]:
+    """A scratch directory others can enter: the stand-in command runner executes as `nobody`,
+    and scripts and workspaces must be reachable."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
     directory.chmod(0o755)
     try:
         yield directory
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def scripts() -> Iterator[Path]:
+    """Where scripted model turns live."""
+    with world_readable_dir("wf-scripts-") as directory:
+        yield directory
 
 
 @pytest.fixture
 def workspaces() -> Iterator[Path]:
-    # The stand-in command runner executes as `nobody`: the workspace must be reachable.
-    directory = Path(tempfile.mkdtemp(prefix="wf-workspaces-"))
-    directory.chmod(0o755)
-    try:
+    with world_readable_dir("wf-workspaces-") as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_script(scripts: Path, name: str, turns: list[dict[str, Any]]) -> str:
@@ -151,6 +156,11 @@ def agent_env(base: dict[str, str], *, tmp: Path, database: str, scripts: Path,
     return env
 
 
+# The agents of these fixtures never start a preview: no warm preview sandboxes (two `runc
+# create`s per start and their teardown, ~0.3 s of CPU per agent measured on a quiet machine).
+NO_PREVIEWS = {"PREVIEW_WARM_POOL": "0"}
+
+
 @pytest.fixture
 def agent_factory(tmp_path: Path, shared_database: str, scripts: Path,
                   workspaces: Path) -> Iterator[Callable[..., Agent]]:
@@ -163,7 +173,7 @@ def agent_factory(tmp_path: Path, shared_database: str, scripts: Path,
         env = agent_env(dict(os.environ), tmp=home, database=shared_database, scripts=scripts,
                         workspaces=workspaces)
         env["DJANGO_SETTINGS_MODULE"] = "weldr_agent.settings"
-        env.update(overrides)
+        env.update({**NO_PREVIEWS, **overrides})
         agent = Agent(AgentProcess(env, free_port(), home / "agent.log"))
         started.append(agent)
         agent.start()
@@ -179,6 +189,95 @@ def agent_factory(tmp_path: Path, shared_database: str, scripts: Path,
 @pytest.fixture
 def agent(agent_factory: Callable[[], Agent]) -> Agent:
     return agent_factory()
+
+
+@contextmanager
+def module_agent_started(home: Path, scripts: Path, **overrides: str) -> Iterator[Agent]:
+    """One agent with a PostgreSQL database and local workspaces of its own, for a whole module.
+
+    Why: an agent start, token and stop cost ~4 s of CPU (15-20 s under load) and a fresh
+    database more; tests that only make their own project, branch and bucket do not need a
+    fresh process. Tests about start-up, shutdown, other settings or a crash keep agent_factory.
+    """
+    with world_readable_dir("wf-workspaces-") as directory, fresh_database("wf") as database:
+        env = agent_env(dict(os.environ), tmp=home, database=database, scripts=scripts,
+                        workspaces=directory)
+        env["DJANGO_SETTINGS_MODULE"] = "weldr_agent.settings"
+        env.update({**NO_PREVIEWS, **overrides})
+        started = Agent(AgentProcess(env, free_port(), home / "agent.log"))
+        try:
+            started.start()
+            yield started
+        finally:
+            started.stop()
+
+
+def unmount_all(agent: Agent) -> None:
+    """A test's workspaces are unmounted after it: a shared agent holds MAX_MOUNTS (5) at most,
+    local workspaces included."""
+    assert agent.http is not None
+    for mount in agent.http.get("/mounts").json()["mounts"]:
+        reply = agent.http.post("/mounts/unmount", json={"bucket": mount["bucket"]}, timeout=120)
+        assert reply.status_code == 200, reply.text
+
+
+@pytest.fixture(scope="module")
+def module_scripts() -> Iterator[Path]:
+    """The scripts directory of a module's shared agent (its WELDR_SCRIPTED_DIR)."""
+    with world_readable_dir("wf-scripts-") as directory:
+        yield directory
+
+
+def emptied(directory: Path) -> None:
+    """A test's scripts, gates and request logs go with it: a later test reusing a script name
+    must not read the earlier test's requests (requests_seen appends to one file per name)."""
+    for path in directory.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@pytest.fixture(scope="module")
+def module_agent(tmp_path_factory: pytest.TempPathFactory,
+                 module_scripts: Path) -> Iterator[Agent]:
+    """The module's shared agent (see module_agent_started); modules opt in by overriding
+    `agent` and `scripts` with shared_agent and shared_scripts."""
+    with module_agent_started(tmp_path_factory.mktemp("wf-agent"), module_scripts) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def module_llm() -> Iterator[LLMServer]:
+    """A provider-protocol server (llm_server.py) for a module whose agent is shared: its
+    agent gets the server's addresses in its environment (module_llm_env)."""
+    with LLMServer() as server:
+        yield server
+
+
+def module_llm_env(server: LLMServer) -> dict[str, str]:
+    """What points a module agent's SDKs at `server`, with retries backing off in ms."""
+    return {**server.env(), **FAST_RETRY}
+
+
+@pytest.fixture
+def shared_llm(module_llm: LLMServer) -> Iterator[LLMServer]:
+    """The module's provider server for one test, its scripts and requests forgotten before
+    and after it (a failed test may leave answers queued)."""
+    module_llm.reset()
+    yield module_llm
+    module_llm.reset()
+
+
+@pytest.fixture
+def shared_agent(module_agent: Agent) -> Iterator[Agent]:
+    """The module's agent for one test, its workspaces unmounted after it."""
+    yield module_agent
+    unmount_all(module_agent)
+
+
+@pytest.fixture
+def shared_scripts(module_scripts: Path) -> Iterator[Path]:
+    """The module agent's scripts directory for one test, emptied after it."""
+    yield module_scripts
+    emptied(module_scripts)
 
 
 class SSEClient(threading.Thread):
@@ -291,5 +390,6 @@ def connected(*clients: SSEClient | WSClient) -> None:
         assert client.connected.wait(60)
 
 
-__all__ = ["REPO", "Agent", "SSEClient", "WSClient", "connected", "requests_seen",
-           "write_script"]
+__all__ = ["REPO", "Agent", "SSEClient", "WSClient", "connected", "emptied",
+           "module_agent_started", "module_llm_env", "requests_seen", "unmount_all",
+           "world_readable_dir", "write_script"]

@@ -14,9 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.workflows.llm_server import LLMServer
-
-FAST_RETRY = {"LLM_RETRY_BASE_SECONDS": "0.01", "LLM_RETRY_MAX_SECONDS": "5"}
+from tests.workflows.llm_server import FAST_RETRY, LLMServer
 
 
 @pytest.fixture

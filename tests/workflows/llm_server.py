@@ -102,6 +102,11 @@ def _split(raw: str, pieces: int) -> list[str]:
     return [raw[i:i + size] for i in range(0, len(raw), size)] or [""]
 
 
+# Retries back off in milliseconds against this server (conftest_llm sets them for the test
+# process; a module's own agent gets them in its environment).
+FAST_RETRY = {"LLM_RETRY_BASE_SECONDS": "0.01", "LLM_RETRY_MAX_SECONDS": "5"}
+
+
 class LLMServer:
     """The server, its scripts and its request log. start()/stop() or use as a context."""
 
@@ -126,6 +131,14 @@ class LLMServer:
                                      f"{call.raw()!r} cannot be scripted")
         with self._lock:
             self._scripts[name].extend(items)
+
+    def reset(self) -> None:
+        """Forget every script and recorded request: one server shared by a module's tests
+        starts each test as a fresh one would (a failed test may leave answers queued)."""
+        with self._lock:
+            for queue in self._scripts.values():
+                queue.clear()
+            self.requests.clear()
 
     def remaining(self, provider: str) -> int:
         with self._lock:

@@ -8,17 +8,24 @@ committed → SSE and websocket clients see the same ordered events → revert r
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.workflows.conftest import Agent, SSEClient, WSClient, connected
+from tests.workflows.conftest import (
+    Agent,
+    SSEClient,
+    WSClient,
+    connected,
+    module_agent_started,
+    module_llm_env,
+    unmount_all,
+)
 from tests.workflows.llm_server import Call, Fail, LLMServer, Reply
 from tests.workflows.test_engine import by_type, git_log, tree
 
-pytest_plugins = ["tests.workflows.conftest_llm"]
 pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
               pytest.mark.timeout(600)]
 
@@ -28,10 +35,25 @@ ALL = pytest.mark.parametrize("provider", list(MODELS))
 PLAN = ["1. Write hello.txt and src/app.js\n", "2. Edit the greeting\n", "3. Check it"]
 
 
+@pytest.fixture(scope="module")
+def module_llm_agent(tmp_path_factory: pytest.TempPathFactory, module_scripts: Path,
+                     module_llm: LLMServer) -> Iterator[Agent]:
+    """One agent for the module, its SDKs pointed at the module's provider server: every test
+    makes its own project and branch, and the server is reset between tests."""
+    with module_agent_started(tmp_path_factory.mktemp("e2e-agent"), module_scripts,
+                              **module_llm_env(module_llm)) as started:
+        yield started
+
+
 @pytest.fixture
-def llm_agent(llm_server: LLMServer, agent_factory: Callable[[], Agent]) -> Agent:
-    # llm_server first: it sets the base URLs and keys in os.environ, which the agent inherits.
-    return agent_factory()
+def llm_server(shared_llm: LLMServer) -> LLMServer:
+    return shared_llm
+
+
+@pytest.fixture
+def llm_agent(llm_server: LLMServer, module_llm_agent: Agent) -> Iterator[Agent]:
+    yield module_llm_agent
+    unmount_all(module_llm_agent)
 
 
 def build_script(provider: str) -> list[Reply | Fail]:
@@ -69,7 +91,7 @@ def tool_results_in(provider: str, body: dict[str, Any]) -> list[tuple[str, bool
 
 @ALL
 def test_run_end_to_end_through_the_sdk(llm_server: LLMServer, llm_agent: Agent,
-                                        workspaces: Path, provider: str) -> None:
+                                        provider: str) -> None:
     # given a branch, two listening clients, and a scripted model behind the real wire format
     agent = llm_agent
     project_id, branch_id = agent.project_branch()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,19 @@ from weldr_agent import runner
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
               pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def agent(shared_agent: Agent) -> Agent:
+    """One agent for the module: each test makes its own project and branch (its own local
+    workspace); only the restart test starts its own (it kills the agent)."""
+    return shared_agent
+
+
+@pytest.fixture
+def scripts(shared_scripts: Path) -> Path:
+    return shared_scripts
+
 
 BUILD = [
     {"text": "1. Create hello.txt and src/app.js\n2. Edit the greeting\n3. Check it"},
@@ -73,8 +87,7 @@ def by_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == kind]
 
 
-def test_run_end_to_end_events_version_and_revert(agent: Agent, scripts: Path,
-                                                   workspaces: Path) -> None:
+def test_run_end_to_end_events_version_and_revert(agent: Agent, scripts: Path) -> None:
     # given a project whose branch has a bucket, and two clients listening
     project_id, branch_id = agent.project_branch()
     bucket = agent.http.get(f"/projects/{project_id}/branches").json()["branches"][0]["bucket"]
@@ -250,8 +263,10 @@ def test_transient_provider_errors_are_retried(agent: Agent, scripts: Path) -> N
     assert len(requests_seen(scripts, "flaky")) == 4  # 2 failures + planning + coding
 
 
-def test_agent_restart_mid_run_marks_the_run_failed(agent: Agent, scripts: Path) -> None:
-    # given a run blocked inside its coding step
+def test_agent_restart_mid_run_marks_the_run_failed(agent_factory: Callable[[], Agent],
+                                                    scripts: Path) -> None:
+    # given an agent of its own (this test kills it), a run blocked inside its coding step
+    agent = agent_factory()
     project_id, branch_id = agent.project_branch()
     model = write_script(scripts, "stuck", [
         {"text": "plan"}, {"wait_for": str(scripts / "never"), "text": "x"}])

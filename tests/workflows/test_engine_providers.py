@@ -7,18 +7,46 @@ receive the same ordered events → a later change is reverted exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.workflows.conftest import Agent, SSEClient, WSClient, connected
+from tests.workflows.conftest import (
+    Agent,
+    SSEClient,
+    WSClient,
+    connected,
+    module_agent_started,
+    module_llm_env,
+    unmount_all,
+)
 from tests.workflows.llm_server import Call, LLMServer, Reply
 from tests.workflows.test_engine import by_type, git_log, tree
 
-pytest_plugins = ["tests.workflows.conftest_llm"]
 pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
               pytest.mark.timeout(900)]
+
+
+@pytest.fixture(scope="module")
+def mount_agent(tmp_path_factory: pytest.TempPathFactory, module_scripts: Path,
+                module_llm: LLMServer) -> Iterator[Agent]:
+    """One agent for the module, mounting real buckets, its SDKs pointed at the module's
+    provider server: each test makes its own project, branch and bucket, unmounted after it."""
+    with module_agent_started(tmp_path_factory.mktemp("sdk-agent"), module_scripts,
+                              WORKSPACE_MODE="mount", **module_llm_env(module_llm)) as started:
+        yield started
+
+
+@pytest.fixture
+def agent(mount_agent: Agent) -> Iterator[Agent]:
+    yield mount_agent
+    unmount_all(mount_agent)
+
+
+@pytest.fixture
+def llm_server(shared_llm: LLMServer) -> LLMServer:
+    return shared_llm
 
 MODELS = {"anthropic": "anthropic/claude-sonnet-4-5", "openai": "openai/gpt-4.1",
           "google": "google/gemini-2.5-pro"}
@@ -26,10 +54,8 @@ MODELS = {"anthropic": "anthropic/claude-sonnet-4-5", "openai": "openai/gpt-4.1"
 
 @pytest.mark.parametrize("provider", list(MODELS))
 def test_run_through_the_real_sdk_on_a_mounted_workspace(
-        llm_server: LLMServer, agent_factory: Callable[..., Agent], workspaces: Path,
-        provider: str) -> None:
+        llm_server: LLMServer, agent: Agent, provider: str) -> None:
     # given an agent whose SDKs talk to the protocol server, mounting buckets, and two clients
-    agent = agent_factory(WORKSPACE_MODE="mount")
     project_id, branch_id = agent.project_branch()
     bucket = agent.http.get(f"/projects/{project_id}/branches").json()["branches"][0]["bucket"]
     sse = SSEClient(agent, project_id, branch_id, last_event_id=0)
@@ -56,7 +82,7 @@ def test_run_through_the_real_sdk_on_a_mounted_workspace(
     mounts = agent.http.get("/mounts").json()["mounts"]
     assert [m["bucket"] for m in mounts] == [bucket]
     workspace = Path(mounts[0]["path"])
-    assert workspace == workspaces / bucket
+    assert workspace == Path(agent.process.env["WORKSPACE_BASE"]) / bucket
     assert tree(workspace) == {"hello.txt": "Hello Weldr\n"}
     assert run["versions"][0]["description"] == "Greet Weldr"
     assert run["input_tokens"] > 0 and run["output_tokens"] > 0
@@ -91,9 +117,7 @@ def test_run_through_the_real_sdk_on_a_mounted_workspace(
     assert git_log(agent, bucket)[0].split()[0] == reverted.json()["commit_hash"]
 
 
-def test_provider_error_mid_stream_through_the_sdk(
-        llm_server: LLMServer, agent_factory: Callable[..., Agent]) -> None:
-    agent = agent_factory()
+def test_provider_error_mid_stream_through_the_sdk(llm_server: LLMServer, agent: Agent) -> None:
     project_id, branch_id = agent.project_branch()
     sse = SSEClient(agent, project_id, branch_id, last_event_id=0)
     connected(sse)

@@ -21,6 +21,18 @@ pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
               pytest.mark.timeout(600)]
 
 
+@pytest.fixture
+def agent(shared_agent: Agent) -> Agent:
+    """One agent for the module's HTTP and websocket checks (each makes its own project and
+    branch); the Redis fan-out test starts its own two on one database."""
+    return shared_agent
+
+
+@pytest.fixture
+def scripts(shared_scripts: Path) -> Path:
+    return shared_scripts
+
+
 def test_concurrent_writers_number_events_without_gaps_or_duplicates() -> None:
     # given one branch and eight threads publishing at once
     project = services.project_create(name="p")
