@@ -13,17 +13,20 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 
-from tests.conftest import AgentProcess
-from tests.servers import free_port, fresh_database
-from tests.workflows.conftest import Agent, agent_env, write_script
+from tests.workflows.conftest import (
+    Agent,
+    module_agent_started,
+    unmount_all,
+    world_readable_dir,
+    write_script,
+)
 from weldr_agent import runner
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases="__all__"),
@@ -35,48 +38,28 @@ SANDBOX_UID = 1000
 SWAP = "mv .git .weldr-git-away && cp -R .weldr-git-away .git"
 
 
-def _world_readable_dir(prefix: str) -> Path:
-    # The stand-in command runner executes as `nobody`: scripts and workspaces must be reachable.
-    directory = Path(tempfile.mkdtemp(prefix=prefix))
-    directory.chmod(0o755)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def scripts() -> Iterator[Path]:
-    directory = _world_readable_dir("wf-scripts-")
-    try:
+    with world_readable_dir("wf-scripts-") as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, scripts: Path) -> Iterator[Agent]:
     """One agent (the workflow tests' kind: scripted model, local workspaces, a PostgreSQL
     database of its own) for the module: every test makes its own project, branch and bucket,
-    so none needs a fresh process — an agent start per test cost more than the attack."""
-    home, workspaces = tmp_path_factory.mktemp("git-agent"), _world_readable_dir("wf-ws-")
-    with fresh_database("wf") as database:
-        env = agent_env(dict(os.environ), tmp=home, database=database, scripts=scripts,
-                        workspaces=workspaces)
-        env["DJANGO_SETTINGS_MODULE"] = "weldr_agent.settings"
-        started = Agent(AgentProcess(env, free_port(), home / "agent.log"))
-        try:
-            started.start()
-            yield started
-        finally:
-            started.stop()
-            shutil.rmtree(workspaces, ignore_errors=True)
+    so none needs a fresh process — an agent start per test cost more than the attack. Its warm
+    pool stays on: a test here starts a preview, on the path production takes."""
+    with module_agent_started(tmp_path_factory.mktemp("git-agent"), scripts,
+                              PREVIEW_WARM_POOL=str(settings.PREVIEW_WARM_POOL)) as started:
+        yield started
 
 
 @pytest.fixture(autouse=True)
 def _unmounted_after(agent: Agent) -> Iterator[None]:
     """Each test's bucket is unmounted after it: the shared agent mounts MAX_MOUNTS at most."""
     yield
-    assert agent.http is not None
-    for mount in agent.http.get("/mounts").json()["mounts"]:
-        agent.http.post("/mounts/unmount", json={"bucket": mount["bucket"]}, timeout=120)
+    unmount_all(agent)
 
 
 def run_script(scripts: Path, name: str, path: str, content: str) -> str:
