@@ -7,6 +7,8 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -65,6 +67,18 @@ def sigterm_and_wait(agent, timeout: float = 120) -> int:  # noqa: ANN001
     return code
 
 
+@contextmanager
+def sync_lock_held(tmp_path: Path, bucket: str) -> Iterator[None]:
+    """The branch's sync lock held by the test, so that a sync (the shutdown's final backup)
+    waits for us: `sync.lock` in the branch's state directory beside the branch directory
+    (scripts/branch-common.sh: STATE_DIR), never inside the workspace."""
+    states = list(tmp_path.glob(f"**/.meta/*/{bucket}"))
+    assert len(states) == 1, states
+    with open(states[0] / "sync.lock", "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        yield
+
+
 def wipe_machine(tmp_path: Path) -> None:
     """The machine's disks are gone: state database, branch directories, caches. S3 remains."""
     runner.run(["rm", "-rf", "--", tmp_path / "env", tmp_path / "workspace"], timeout=120)
@@ -87,20 +101,17 @@ def test_sigterm_in_local_mode_backs_up_and_a_fresh_machine_restores(agent_proce
     port = preview.json()["port"]
     assert http_get(f"http://127.0.0.1:{port}/")[1] == f"hello from branch on {port}\n"
     # and the branch's sync lock held, so that the final backup waits for us
-    holder = open(path / ".weldr-sync.lock", "a")  # noqa: SIM115
-    fcntl.flock(holder, fcntl.LOCK_EX)
-    try:
+    with sync_lock_held(tmp_path, bucket):
         # when SIGTERM arrives
         agent_process.process.send_signal(signal.SIGTERM)
-        # then new work is refused while the shutdown runs
+        # then new work is refused while the shutdown runs (its backup waits for the lock)
         refused = runner.wait_until(
             lambda: client.http.get("/health").json().get("code") == "shutting_down",
             timeout=60)
         assert refused
+        assert runner.wait_until(lambda: processes_mentioning(bucket) != [], timeout=60)
         response = client.http.post("/mounts", json={"bucket": bucket})
         assert response.status_code == 503 and response.json()["code"] == "shutting_down"
-    finally:
-        holder.close()
     # and it exits 0 once the backup is done
     assert agent_process.process.wait(timeout=180) == 0, agent_process.log.read_text()[-3000:]
     agent_process.process = None
@@ -121,28 +132,28 @@ def test_sigterm_in_local_mode_backs_up_and_a_fresh_machine_restores(agent_proce
     assert (restored / "notes with spaces.md").read_text() == "keep me"
     # and this second agent (its clean SIGTERM exit is the first agent's, above) shows that a
     # second signal exits at once: one agent start fewer than a test of its own
-    second_signal_exits_at_once(agent_process, client, restored, bucket)
+    second_signal_exits_at_once(agent_process, client, restored, bucket, tmp_path)
 
 
 def second_signal_exits_at_once(agent_process, client: Client, path: Path,  # noqa: ANN001
-                                bucket: str) -> None:
+                                bucket: str, tmp_path: Path) -> None:
     (path / "work.txt").write_text("unsaved")
-    holder = open(path / ".weldr-sync.lock", "a")  # noqa: SIM115
-    fcntl.flock(holder, fcntl.LOCK_EX)
-    try:
+    with sync_lock_held(tmp_path, bucket):
         agent_process.process.send_signal(signal.SIGTERM)
         assert runner.wait_until(
             lambda: client.http.get("/health").json().get("code") == "shutting_down",
             timeout=60)
+        # (the shutdown's backup has started and waits for the lock)
+        assert runner.wait_until(lambda: processes_mentioning(bucket) != [], timeout=60)
         # when a second signal arrives while the shutdown waits
         agent_process.process.send_signal(signal.SIGINT)
-        # then the agent exits at once, non-zero
+        # then the agent exits at once, non-zero, its backup still waiting
         assert agent_process.process.wait(timeout=30) == 128 + signal.SIGINT
         agent_process.process = None
-    finally:
-        holder.close()
-    # the orphaned backup script carries on once the lock is free; let it finish
+        assert processes_mentioning(bucket) != []
+    # the orphaned backup script carries on once the lock is free: it finishes the upload
     assert runner.wait_until(lambda: processes_mentioning(bucket) == [], timeout=120)
+    assert f"branches/{bucket}/tree/work.txt" in s3_keys(bucket)
 
 
 @pytest.mark.timeout(900)
