@@ -64,7 +64,7 @@ def durable(p: system.Paths, litestream_pid: int | None) -> datetime:
 def state_problem(p: system.Paths, txid: int) -> str | None:
     """What is wrong with the replica's state at `txid`, restored aside; None when it is sound.
 
-    The same restore and the same two checks as a new machine's (steps._restore), into a
+    The same restore and the same two checks as a new machine's (steps.restore_into), into a
     file beside the database that is removed after.
     """
     aside = p.meta_db.with_name(f"{p.meta_db.name}.verifying")

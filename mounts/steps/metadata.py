@@ -37,7 +37,7 @@ def chunk_counter_advance(db: Path) -> None:
         )
 
 
-def _remove_db(db: Path) -> None:
+def db_remove(db: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
@@ -58,27 +58,24 @@ def integrity_problem(db: Path) -> str | None:
     return None if rows == ["ok"] else "; ".join(rows)
 
 
-def _restore(p: system.Paths, output: Path, *, point: datetime | None = None,
+def restore_into(p: system.Paths, output: Path, *, point: datetime | None = None,
              txid: int | None = None) -> str | None:
     """Restore one state of the replica into `output` and check it: None when `output` holds
     a sound database (or nothing matched), else what went wrong (and `output` is removed)."""
-    _remove_db(output)
+    db_remove(output)
     try:
         runner.run(system.litestream_restore_argv(runner.tool("litestream"), p, timestamp=point,
                                                   txid=txid, output=output),
                    env=system.litestream_env(), timeout=settings.MOUNT_TIMEOUT_SECONDS)
     except runner.CommandError as error:
-        _remove_db(output)
+        db_remove(output)
         return str(error)
     problem = integrity_problem(output) if output.exists() else None
     if problem is not None:
-        _remove_db(output)
+        db_remove(output)
         return f"integrity check failed: {problem}"
     return None
 
-
-# For mounts/replica.py, which checks the replica's newest state after a zero-RPO sync.
-restore_into, db_remove = _restore, _remove_db
 
 
 def _litestream_json(argv: list[str]) -> Any:
@@ -100,8 +97,8 @@ def _plan_txid(p: system.Paths, point: datetime | None) -> int | None:
 
 
 def _restore_exactly(p: system.Paths, staging: Path, **target: Any) -> str | None:
-    """_restore, where "nothing matched" is a failure too: the state was asked for by name."""
-    failure = _restore(p, staging, **target)
+    """restore_into, where "nothing matched" is a failure too: the state was asked for by name."""
+    failure = restore_into(p, staging, **target)
     if failure is None and not staging.exists():
         return "the replica cannot rebuild that state (a file of its chain is gone)"
     return failure
@@ -182,23 +179,23 @@ def metadata_restore(p: system.Paths) -> bool:
     durable_at = durable_marker_read(p.bucket)
     point = system.restore_point(datetime.now(UTC), durable_at)
     staging = p.meta_db.with_name(f"{p.meta_db.name}.restoring")
-    failure = _restore(p, staging, point=point)
+    failure = restore_into(p, staging, point=point)
     if failure is None and not staging.exists() and point is not None:
         # Nothing in the replica is that old: the volume is younger than the upload delay and
         # was never synced with zero RPO. The latest state is the best there is; blocks it
         # names that never left the lost machine read as EIO (`juicefs fsck` lists them).
         logger.warning("no metadata of %s as old as %s; restoring the latest", p.bucket, point)
         point = None
-        failure = _restore(p, staging)
+        failure = restore_into(p, staging)
     if failure is not None:
         _restore_fallback(p, staging, point, durable_at, failure)
     if not staging.exists():
         raise MountFailed(f"Litestream found no usable backup of {p.bucket}'s metadata; see "
                           f"{system.REPLICA_PATH} in the bucket.")
     chunk_counter_advance(staging)
-    _remove_db(p.meta_db)
+    db_remove(p.meta_db)
     staging.rename(p.meta_db)
-    _remove_db(staging)
+    db_remove(staging)
     return True
 
 
@@ -239,7 +236,7 @@ def metadata_prepare(p: system.Paths) -> str:
         runner.run(system.juicefs_format_argv(juicefs, p), env=system.juicefs_env(),
                    timeout=settings.MOUNT_TIMEOUT_SECONDS)
     except runner.CommandError as error:
-        _remove_db(p.meta_db)
+        db_remove(p.meta_db)
         raise MountFailed(f"Formatting {p.bucket} failed: {error}") from error
     return "formatted"
 
