@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import free_port  # noqa: E402
+from benchlib import agent_in_process  # noqa: E402
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -73,32 +73,11 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-mounts-"))
-    key = "weldrbenchaccess" + secrets.token_hex(4)
-    secret = "weldrbenchsecret" + secrets.token_hex(12)
-    os.environ.update({
-        "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-        "WELDR_ENV_VOL": str(tmp / "vol"), "WORKSPACE_BASE": str(tmp / "ws"),
-        "WELDR_RUNTIME_DIR": str(tmp / "run"), "S3_ACCESS_KEY_ID": key,
-        "S3_SECRET_ACCESS_KEY": secret, "LOG_LEVEL": "WARNING",
-    })
-    os.environ.pop("DATABASE_URL", None)
-    from weldr_agent.s3 import LocalS3Server
-
-    server = LocalS3Server(root=tmp / "s3", port=free_port(), key_id=key, secret=secret)
-    server.start()
-    os.environ["S3_ENDPOINT"] = server.endpoint
-
-    import django
-
-    django.setup()
+    server = agent_in_process(tmp, {"WORKSPACE_LAYOUT": args.layout})
     from django.conf import settings
-    from django.core.management import call_command
 
     from mounts import services, steps, system
 
-    settings.WELDR_ENV_VOL.mkdir(parents=True, exist_ok=True)
-    settings.WORKSPACE_LAYOUT = args.layout
-    call_command("migrate", database="default", verbosity=0)
     results: dict[str, float] = {}
     made: list[str] = []
 
