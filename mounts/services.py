@@ -112,10 +112,6 @@ def _slot_take(bucket: str) -> Mount:
                                     buffer_size_mb=budget.buffer_size_mb)
 
 
-def _paths(mount: Mount) -> system.Paths:
-    return system.paths(mount.bucket, mount.layout)
-
-
 def _healthy(mount: Mount) -> bool:
     """The mount serves its workspace as this machine's strategy understands it."""
     return workspace_machine().healthy(mount)
@@ -274,7 +270,7 @@ def _reconcile_one(mount: Mount) -> str:
     if mount.status == Mount.Status.LEASE_LOST:
         # Stopped for good: mounting it again (POST /mounts) takes the lease when it is free.
         return "lease lost"
-    p, machine = _paths(mount), workspace_machine()
+    p, machine = system.paths(mount.bucket, mount.layout), workspace_machine()
     kept, previous = machine.lease_reconcile(mount)
     if not kept:
         return "lease lost"
