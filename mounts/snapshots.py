@@ -242,14 +242,16 @@ def image_swap(p: system.Paths, source: Path) -> None:
     draft.unlink(missing_ok=True)
     steps.image_release(p)
     try:
-        snapshots_store.clone(source, draft)
+        snapshots_store.clone(p.volume_dir, source, draft)
         draft.rename(p.image)
     except Exception as error:
         draft.unlink(missing_ok=True)
         steps.image_mount(p)
         raise RestoreFailed(f"Restoring {p.bucket} failed; the workspace is as it was: "
                             f"{error}") from error
-    steps.image_mount(p)
+    # A clone of a frozen image: no journal to replay, nothing for e2fsck -p to do (it runs
+    # when the superblock says otherwise).
+    steps.image_mount(p, fsck=not snapshots_store.clean(p.image))
 
 
 # ---------------------------------------------------------------------------------------------

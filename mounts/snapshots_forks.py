@@ -49,8 +49,9 @@ def fork_create(*, bucket: str, snapshot_id: str, name: str) -> Mount:
         fp = _paths(fork)
         try:
             fp.image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            snapshots_store.clone(system.snapshot_image(p, sidecar.id), fp.image)
-            steps.image_mount(fp)
+            snapshots_store.clone(p.volume_dir, system.snapshot_image(p, sidecar.id), fp.image)
+            # A clone of a frozen image: e2fsck -p only when its superblock asks for it.
+            steps.image_mount(fp, fsck=not snapshots_store.clean(fp.image))
         except BaseException:
             _machine_remove(fp)
             fork.delete()

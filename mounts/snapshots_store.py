@@ -13,10 +13,12 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from errno import EEXIST
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +139,90 @@ def image_fsync(image: Path) -> None:
         os.close(fd)
 
 
-def clone(source: Path, target: Path) -> None:
-    """`juicefs clone` of one file of the volume into another (metadata only); the target's
-    folder exists already (made before any freeze)."""
+def clone(volume: Path, source: Path, target: Path) -> None:
+    """A metadata-only copy-on-write clone of one file of the JuiceFS volume mounted at
+    `volume` into a new file of it, asked of the mounted client through its control file
+    (`volume/.control`) — what `juicefs clone --preserve` does, without starting a juicefs
+    process (measured: ~7 ms instead of ~110 ms, docs/snapshots.md). The target's folder exists
+    already (made before any freeze).
+
+    Every path here is the agent's, in the volume's root-only `.weldr/`, in a mount no sandbox
+    sees; the control file is checked to be JuiceFS's own (its fixed inode, on the volume's
+    device) before a byte is written to it.
+    """
     try:
-        runner.run(system.juicefs_clone_argv(runner.tool("juicefs"), source, target),
-                   timeout=settings.SNAPSHOT_CLONE_TIMEOUT_SECONDS)
-    except runner.CommandError as error:
-        with contextlib.suppress(OSError):
-            target.unlink()
+        device = os.stat(volume).st_dev
+        inodes = [_inode(path, device) for path in (source, source.parent, target.parent)]
+        message = system.clone_message(*inodes, target.name)
+        fd = os.open(volume / system.CONTROL_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, ValueError) as error:
         raise SnapshotFailed(f"Cloning {source.name} failed: {error}") from error
+    try:
+        found = os.fstat(fd)
+        if found.st_ino != system.CONTROL_INODE or found.st_dev != device:
+            raise SnapshotFailed(f"{volume / system.CONTROL_NAME} is not JuiceFS's control file")
+        logger.debug("clone %s -> %s (JuiceFS control file)", source, target)
+        os.write(fd, message)
+        errno = _control_answer(fd, f"Cloning {source.name}")
+    except OSError as error:
+        raise SnapshotFailed(f"Cloning {source.name} failed: {error}") from error
+    finally:
+        os.close(fd)
+    if errno:
+        if errno != EEXIST:  # never remove a file that was there before
+            with contextlib.suppress(OSError):
+                target.unlink()
+        raise SnapshotFailed(f"Cloning {source.name} failed: {os.strerror(errno)}")
+
+
+def _inode(path: Path, device: int) -> int:
+    """The inode number JuiceFS knows `path` by; the path must be on the volume, not a link."""
+    found = os.stat(path, follow_symlinks=False)
+    if found.st_dev != device or stat.S_ISLNK(found.st_mode):
+        raise ValueError(f"{path} is not a file of the volume")
+    return found.st_ino
+
+
+def _control_answer(fd: int, what: str) -> int:
+    """Read the control file until the clone's errno arrives. It answers nothing (a read of 0
+    bytes) until the client has done the work, so the read is repeated, 0.5 ms apart at first
+    (each is one FUSE round trip), up to SNAPSHOT_CLONE_TIMEOUT_SECONDS."""
+    deadline = time.monotonic() + settings.SNAPSHOT_CLONE_TIMEOUT_SECONDS
+    pause, answer = 0.0005, b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if chunk:
+            answer += chunk
+            try:
+                errno = system.clone_reply(answer)
+            except ValueError as error:
+                raise SnapshotFailed(f"{what} failed: {error}") from error
+            if errno is not None:
+                return errno
+            continue
+        if time.monotonic() > deadline:
+            raise SnapshotFailed(f"{what} took longer than "
+                                 f"{settings.SNAPSHOT_CLONE_TIMEOUT_SECONDS} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+
+
+def clean(image: Path) -> bool:
+    """True when a clone's ext4 needs nothing of `e2fsck -p` (a clone of a frozen image: the
+    freeze commits and empties the journal and leaves the superblock valid). The agent reads the
+    1,024 bytes of the superblock itself — three fixed fields, nothing followed — from its own
+    file in the volume's root-only `.weldr/`; anything unexpected means e2fsck runs as before."""
+    try:
+        fd = os.open(image, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        raw = os.pread(fd, system.SUPERBLOCK_SIZE, system.SUPERBLOCK_OFFSET)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return system.superblock_clean(raw)
 
 
 def take(p: system.Paths, target: Path) -> float:
@@ -160,7 +236,7 @@ def take(p: system.Paths, target: Path) -> float:
     started = time.monotonic()
     with frozen(p.mount_point):
         image_fsync(p.image)
-        clone(p.image, target)
+        clone(p.volume_dir, p.image, target)
     return (time.monotonic() - started) * 1000
 
 

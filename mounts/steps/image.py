@@ -60,8 +60,10 @@ def image_mounted(p: system.Paths) -> bool:
     return entry is not None and entry[0] == "ext4" and "rw" in entry[2].split(",")
 
 
-def image_mount(p: system.Paths) -> None:
-    """Check the image, attach it to a loop device and mount its ext4 at the workspace."""
+def image_mount(p: system.Paths, *, fsck: bool = True) -> None:
+    """Check the image, attach it to a loop device and mount its ext4 at the workspace.
+    `fsck=False`: only for a clone of a frozen image whose superblock the caller found clean
+    (snapshots; docs/snapshots.md, "Restores and forks without e2fsck")."""
     for device in loop_devices(p.image):
         # A crash between attaching and mounting left this one: never two devices on one image.
         logger.warning("detaching stale loop device %s of %s", device, p.bucket)
@@ -69,11 +71,11 @@ def image_mount(p: system.Paths) -> None:
     # Always, not only after a restore: a crash or a lost machine leaves a journal to replay,
     # and on a clean filesystem it only reads the superblock.
     check = runner.run(system.e2fsck_argv(p.image), timeout=settings.MOUNT_TIMEOUT_SECONDS * 5,
-                       check=False)
-    if check.returncode:
+                       check=False) if fsck else None
+    if check and check.returncode:
         logger.warning("e2fsck -p on %s's image: exit %s: %s", p.bucket, check.returncode,
                        (check.stdout + check.stderr).strip()[-LOG_TAIL:])
-    if not system.e2fsck_ok(check.returncode):
+    if check and not system.e2fsck_ok(check.returncode):
         raise MountFailed(f"The workspace image of {p.bucket} has errors e2fsck -p cannot fix "
                           f"(exit {check.returncode}): {(check.stdout + check.stderr)[-500:]}")
     try:

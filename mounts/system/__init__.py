@@ -61,18 +61,24 @@ from mounts.system.memory import (  # noqa: F401
     free_space_ratio,
 )
 from mounts.system.snapshots import (  # noqa: F401
+    CONTROL_INODE,
+    CONTROL_NAME,
     FORK_DIR,
     SNAPSHOT_DIR,
+    SUPERBLOCK_OFFSET,
+    SUPERBLOCK_SIZE,
+    clone_message,
+    clone_reply,
     exclusive_bytes,
     fork_paths,
     info_slices,
-    juicefs_clone_argv,
     juicefs_info_argv,
     snapshot_dir,
     snapshot_id_valid,
     snapshot_image,
     snapshot_name_valid,
     snapshot_sidecar,
+    superblock_clean,
 )
 from mounts.system.tools import (  # noqa: F401
     JUICEFS,
