@@ -204,11 +204,17 @@ def _runs_held(bucket: str, stack: ExitStack) -> None:
         stack.enter_context(hold(bucket))
 
 
+# Unmount guards a restore does not run: the forks' (registered by mounts.snapshots_forks).
+# A restore swaps the bucket's own image only; each fork has its own image in the volume,
+# whose JuiceFS stays mounted, so the forks stay mounted too.
+restore_spares: list[Callable[[str, bool], None]] = []
+
+
 def _users_stop(bucket: str) -> dict[str, Any]:
     report = _users_report(bucket)
     # The unmount guards, forced: the preview is stopped, the commands killed and the exec
     # sandbox removed, so nothing holds the ext4 that is about to be unmounted.
-    for guard in list(guards.registered):
+    for guard in [guard for guard in guards.registered if guard not in restore_spares]:
         guard(bucket, True)
     return report
 

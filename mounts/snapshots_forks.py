@@ -159,6 +159,8 @@ def register() -> None:
     from weldr_agent import access
 
     guards.register_unmount_guard(parent_guard)
+    if parent_guard not in snapshots.restore_spares:
+        snapshots.restore_spares.append(parent_guard)
     services.forks.sync, services.forks.remove = fork_sync, fork_remove
     services.forks.reconcile = forks_reconcile
     access.owning_bucket_register(owning_bucket)
