@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.mounts import test_snapshots as functional
+from weldr_agent import runner
 
 pytestmark = pytest.mark.slow
 # One real agent per module (image layout, short durability windows), a fresh image bucket per
@@ -109,3 +110,97 @@ def test_a_fork_sees_neither_its_parent_nor_the_snapshot_area(agent, http, bucke
         assert looked["stdout"].split() == ["shared", ".", "..", "shared.txt"], looked
     finally:
         assert http.post("/mounts/unmount", json={"bucket": fork}).status_code == 200
+
+
+# Run as uid 1000 in the sandbox: hostile ext4 content — a setuid copy of `id` of its own, and
+# a real ext4 image made with mkfs.ext4 and debugfs whose superblock asks for everything
+# (an error recorded, a journal to replay) and which holds a setuid-root `id`, planted at every
+# name an image has in the volume.
+HOSTILE_EXT4 = """set -e
+cp /usr/bin/id myid && chmod 4755 myid
+truncate -s 64M evil.ext4 && mkfs.ext4 -q -F evil.ext4
+for request in 'write /usr/bin/id rootid' 'sif rootid uid 0' 'sif rootid mode 0104755' \
+               'ssv state 3' 'feature needs_recovery'; do
+  debugfs -w -R "$request" evil.ext4 >/dev/null 2>&1
+done
+for dir in .weldr .weldr/snapshots ".weldr/forks/$FORK/.weldr"; do
+  mkdir -p "$dir" && cp evil.ext4 "$dir/workspace.ext4"
+done
+echo planted
+"""
+
+
+def _mount_source(mount_point: Path) -> tuple[str, set[str], str]:
+    """(filesystem type, mount options, the loop device's backing file) of a mount point."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(mount_point):
+            tail = fields[fields.index("-") + 1:]
+            backing = Path(f"/sys/block/{Path(tail[1]).name}/loop/backing_file")
+            return tail[0], set(fields[5].split(",")), (backing.read_text().strip()
+                                                       if backing.exists() else "")
+    raise AssertionError(f"{mount_point} is not mounted")
+
+
+def _e2fsck_lines(agent, since: int) -> list[str]:
+    with open(agent.log, "rb") as handle:
+        handle.seek(since)
+        return [line for line in handle.read().decode(errors="replace").splitlines()
+                if "+ e2fsck" in line]
+
+
+def test_forks_and_restores_skip_e2fsck_only_for_a_clean_clone_and_grant_nothing(agent, http,
+                                                                                   bucket):
+    # given hostile ext4 content made in the sandbox (a setuid binary of its own, and crafted
+    # images asking for a journal replay, at every name an image has in the volume)
+    volume = Path(agent.env["WELDR_ENV_VOL"]) / "volumes" / bucket
+    base = Path(agent.env["WORKSPACE_BASE"])
+    fork, tampered_fork = f"{bucket}-h", f"{bucket}-t"
+    planted = _exec(http, bucket, f"FORK={fork}\n{HOSTILE_EXT4}")
+    assert planted["exit_code"] == 0 and "planted" in planted["stdout"], planted
+    since = agent.log.stat().st_size
+    # when it is snapshotted, forked and restored (the clone is clean: no e2fsck)
+    snap = http.post(f"/mounts/{bucket}/snapshots", json={}).json()
+    made = http.post(f"/mounts/{bucket}/snapshots/{snap['id']}/fork", json={"name": fork})
+    assert made.status_code == 201, made.text
+    try:
+        restored = http.post(f"/mounts/{bucket}/snapshots/{snap['id']}/restore")
+        assert restored.status_code == 200, restored.text
+        # then each workspace is the kernel's ext4 of the agent's own clone, nosuid,nodev
+        for point, image in ((base / fork, volume / ".weldr" / "forks" / fork / ".weldr"),
+                             (base / bucket, volume / ".weldr")):
+            kind, options, backing = _mount_source(point)
+            assert kind == "ext4" and {"nosuid", "nodev"} <= options, (point, options)
+            assert backing == str(image / "workspace.ext4"), (point, backing)
+        # no image the sandbox made was ever attached, and e2fsck never ran (a clean clone)
+        attached = [path.read_text().strip()
+                    for path in Path("/sys/block").glob("loop*/loop/backing_file")]
+        assert not [path for path in attached if path.startswith(str(base))], attached
+        assert _e2fsck_lines(agent, since) == []
+        # and the setuid binary gives the fork's sandbox nothing
+        ran = _exec(http, fork, "./myid; ls -l myid")
+        assert ran["exit_code"] == 0 and "euid=0" not in ran["stdout"], ran
+        assert "rws" in ran["stdout"], ran  # the bit is there; the mount ignores it
+        # given a snapshot whose image was tampered with (root here, standing in for someone
+        # with the bucket's keys): a setuid-root binary in it and an error recorded
+        second = http.post(f"/mounts/{bucket}/snapshots", json={}).json()
+        image = volume / ".weldr" / "snapshots" / f"{second['id']}.ext4"
+        for request in ("write /usr/bin/id rootid", "sif rootid uid 0",
+                        "sif rootid mode 0104755", "ssv state 3"):
+            runner.run(["debugfs", "-w", "-R", request, str(image)], timeout=60)
+        since = agent.log.stat().st_size
+        # when it is forked, e2fsck -p checks it first (its superblock is not clean)
+        made = http.post(f"/mounts/{bucket}/snapshots/{second['id']}/fork",
+                         json={"name": tampered_fork})
+        assert made.status_code == 201, made.text
+        checked = _e2fsck_lines(agent, since)
+        assert len(checked) == 1 and f"/forks/{tampered_fork}/" in checked[0], checked
+        # and its setuid-root binary is nothing in the fork's sandbox
+        info = (base / tampered_fork / "rootid").stat()
+        assert (info.st_uid, info.st_mode & 0o7777) == (0, 0o4755)
+        ran = _exec(http, tampered_fork, "./rootid")
+        assert ran["exit_code"] == 0 and "euid=0" not in ran["stdout"], ran
+        assert {"nosuid", "nodev"} <= _mount_source(base / tampered_fork)[1]
+    finally:
+        for name in (fork, tampered_fork):
+            http.post("/mounts/unmount", json={"bucket": name, "force": True})
