@@ -102,12 +102,10 @@ def _name_check(name: str) -> str:
 
 
 def _sidecar_get(p: system.Paths, snapshot_id: str) -> Sidecar:
-    if not system.snapshot_id_valid(snapshot_id):
+    sidecar = snapshots_store.sidecar_read(p, snapshot_id)
+    if sidecar is None:
         raise SnapshotNotFound(f"No snapshot {snapshot_id[:40]!r} in bucket {p.bucket!r}.")
-    for sidecar in snapshots_store.sidecars(p):
-        if sidecar.id == snapshot_id:
-            return sidecar
-    raise SnapshotNotFound(f"No snapshot {snapshot_id!r} in bucket {p.bucket!r}.")
+    return sidecar
 
 
 # ---------------------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ def _control_answer(fd: int, what: str) -> int:
     deadline = time.monotonic() + settings.SNAPSHOT_CLONE_TIMEOUT_SECONDS
     pause, answer = 0.0005, b""
     while True:
-        chunk = os.read(fd, 4096)
+        chunk = os.read(fd, 65536)
         if chunk:
             answer += chunk
             try:
@@ -270,16 +270,26 @@ def sidecar_parse(bucket: str, snapshot_id: str, text: str) -> Sidecar | None:
     return sidecar
 
 
+def sidecar_read(p: system.Paths, snapshot_id: str) -> Sidecar | None:
+    """One complete snapshot of the volume (its sidecar and its image), or None: what a restore
+    or a fork of one id reads, instead of every sidecar of the bucket."""
+    if not system.snapshot_id_valid(snapshot_id):
+        return None
+    if not system.snapshot_image(p, snapshot_id).is_file():
+        return None
+    try:
+        text = system.snapshot_sidecar(p, snapshot_id).read_text(errors="replace")
+    except OSError:
+        return None
+    return sidecar_parse(p.bucket, snapshot_id, text)
+
+
 def sidecars(p: system.Paths) -> list[Sidecar]:
     """Every complete snapshot of the volume (a sidecar and its image), oldest first."""
     folder = system.snapshot_dir(p)
     found = []
     for path in folder.glob("*.json") if folder.is_dir() else []:
-        if not system.snapshot_id_valid(path.stem):
-            continue
-        if not system.snapshot_image(p, path.stem).is_file():
-            continue
-        sidecar = sidecar_parse(p.bucket, path.stem, path.read_text(errors="replace"))
+        sidecar = sidecar_read(p, path.stem)
         if sidecar is not None:
             found.append(sidecar)
     return sorted(found, key=lambda item: (item.created_at, item.id))
