@@ -74,15 +74,18 @@ def clone_message(source_ino: int, source_parent_ino: int, target_parent_ino: in
 
 def clone_reply(data: bytes) -> int | None:
     """The errno at the end of what the control file answered so far (0: cloned), or None
-    while only progress records have come; ValueError for anything else."""
+    while only progress records (whole or the start of one) have come; ValueError for anything
+    else. A progress record starts with 0xFE, which is no errno (Linux's end below 140)."""
     offset = 0
     while offset < len(data):
-        if len(data) - offset == 1:
-            return data[offset]
-        if data[offset] == CONTROL_PROGRESS and offset + 17 <= len(data):
+        if data[offset] == CONTROL_PROGRESS:
+            if offset + 17 > len(data):
+                return None  # the rest of the record comes with the next read
             offset += 17
-            continue
-        raise ValueError(f"not a clone answer: {data[:40].hex()}")
+        elif len(data) - offset == 1:
+            return data[offset]
+        else:
+            raise ValueError(f"not a clone answer: {data[:40].hex()}")
     return None
 
 

@@ -35,7 +35,8 @@ def test_the_clone_answer_is_progress_records_then_an_errno():
     assert system.clone_reply(progress + b"\x00") == 0
     assert system.clone_reply(progress * 2 + b"\x11") == 17  # EEXIST
     assert system.clone_reply(b"\x00") == 0
-    for garbage in (b"\x00\x00", progress[:9] + b"\x00", b"\x01" * 20):
+    assert system.clone_reply(progress + progress[:5]) is None  # a record cut by the read
+    for garbage in (b"\x00\x00", b"\x01" * 20, progress + b"\x00\x00"):
         with pytest.raises(ValueError):
             system.clone_reply(garbage)
 
