@@ -17,6 +17,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from errno import EEXIST
 from pathlib import Path
@@ -34,6 +35,8 @@ logger = logging.getLogger("weldr.snapshots")
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
 SIDECAR_VERSION = 1
+# Sidecars read at once when listing (each may be an S3 GET on a machine with a cold cache).
+SIDECAR_READERS = 8
 
 
 @dataclass(frozen=True)
@@ -285,13 +288,15 @@ def sidecar_read(p: system.Paths, snapshot_id: str) -> Sidecar | None:
 
 
 def sidecars(p: system.Paths) -> list[Sidecar]:
-    """Every complete snapshot of the volume (a sidecar and its image), oldest first."""
+    """Every complete snapshot of the volume (a sidecar and its image), oldest first.
+
+    Read side by side: on a new machine each sidecar is a block JuiceFS fetches from S3 (its
+    cache is empty), and one after another they made most of the first listing's time."""
     folder = system.snapshot_dir(p)
-    found = []
-    for path in folder.glob("*.json") if folder.is_dir() else []:
-        sidecar = sidecar_read(p, path.stem)
-        if sidecar is not None:
-            found.append(sidecar)
+    ids = [path.stem for path in folder.glob("*.json")] if folder.is_dir() else []
+    with ThreadPoolExecutor(max_workers=SIDECAR_READERS) as pool:
+        found = [item for item in pool.map(lambda snapshot_id: sidecar_read(p, snapshot_id), ids)
+                 if item is not None]
     return sorted(found, key=lambda item: (item.created_at, item.id))
 
 
