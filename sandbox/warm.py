@@ -51,6 +51,9 @@ REFILL_BUSY_MAX_SECONDS = 10.0
 # Starts this close together make one burst: the pool grows to their number (at most
 # PREVIEW_WARM_POOL_BURST) and shrinks back PREVIEW_WARM_POOL_BURST_SECONDS after the last one.
 BURST_WINDOW_SECONDS = 10.0
+# A sandbox beyond the resting size is made only this long after the last start: a burst's
+# cold starts run for seconds, and twenty `runc create`s in their tail would slow them.
+GROW_DELAY_SECONDS = 5.0
 HOSTNAME = "preview"
 
 MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 0x2, 0x4, 0x20, 0x1000, 0x4000
@@ -164,8 +167,11 @@ class WarmPool(MadeAheadPool[Warm]):
     def size(self) -> int:
         """PREVIEW_WARM_POOL at rest; after a burst of starts, as many as the burst took (at
         most PREVIEW_WARM_POOL_BURST) until PREVIEW_WARM_POOL_BURST_SECONDS have passed."""
-        resting = settings.PREVIEW_WARM_POOL if self._size_given is None else self._size_given
-        return pool_size(resting=resting, burst=self._burst, burst_age=self._burst_age())
+        return pool_size(resting=self._resting(), burst=self._burst,
+                         burst_age=self._burst_age())
+
+    def _resting(self) -> int:
+        return settings.PREVIEW_WARM_POOL if self._size_given is None else self._size_given
 
     def _burst_age(self) -> float:
         return float("inf") if self._burst_at is None else time.monotonic() - self._burst_at
@@ -232,12 +238,16 @@ class WarmPool(MadeAheadPool[Warm]):
         return float("inf") if self._taken_at is None else time.monotonic() - self._taken_at
 
     def _hold(self) -> float | None:
-        """A second after the last start, and while the CPUs are busy (for at most
-        REFILL_BUSY_MAX_SECONDS), the filler waits."""
+        """A second after the last start (GROW_DELAY_SECONDS for a sandbox beyond the resting
+        size), and while the CPUs are busy (for at most REFILL_BUSY_MAX_SECONDS), the filler
+        waits."""
         since = self._since_taken()
-        if since < REFILL_DELAY_SECONDS:
+        delay = REFILL_DELAY_SECONDS
+        if len(self._ready) >= self._resting():
+            delay = max(delay, GROW_DELAY_SECONDS)
+        if since < delay:
             self._busy_since = None
-            return REFILL_DELAY_SECONDS - since
+            return delay - since
         now = time.monotonic()
         if _busy():
             self._busy_since = now if self._busy_since is None else self._busy_since

@@ -121,11 +121,12 @@ def warm_containers() -> list[str]:
 def test_the_warm_pool_grows_after_a_burst_of_starts_and_shrinks_back(
         previews: None, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # given a resting pool of one that may grow to three after a burst, and refills at once
-    # (not a second after the last start, nor held back by a busy machine)
+    # (not a second or five after the last start, nor held back by a busy machine)
     settings.PREVIEW_WARM_POOL = 1
     settings.PREVIEW_WARM_POOL_BURST = 3
     settings.PREVIEW_WARM_POOL_BURST_SECONDS = 120
     monkeypatch.setattr(warm, "REFILL_DELAY_SECONDS", 0.0)
+    monkeypatch.setattr(warm, "GROW_DELAY_SECONDS", 0.0)
     monkeypatch.setattr(warm, "REFILL_BUSY_MAX_SECONDS", 0.0)
     pool = warm.warm_pool
     pool.start()
