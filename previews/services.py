@@ -314,6 +314,9 @@ def _watch(live: Live) -> None:
                 live.box.wait(_poll_interval(now - started))
     except Exception:
         logger.exception("watcher of preview %s failed", live.bucket)
+        # Nothing will say the app listens now: held connections try its address themselves.
+        live.listening = True
+        proxy.wake(live.port)
 
 
 def _on_exit(box: container.Container, code: int) -> None:
