@@ -18,6 +18,7 @@ PREVIEW_MAX_CONNECTIONS_PER_CLIENT across all ports (held ones included); one mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
@@ -32,6 +33,8 @@ from previews.http_proxy import PUBLIC, Route, Streams, Target, serve
 logger = logging.getLogger("weldr.proxy")
 
 HOLD_POLL_SECONDS = 0.002
+# How often a connection held for an app that does not listen yet checks its client and deadline.
+HOLD_CHECK_SECONDS = 0.05
 
 
 class PortBusy(OSError):
@@ -42,14 +45,18 @@ class PortBusy(OSError):
 NOT_YET = ("", 0)
 
 
-async def _connect(target: Target, abandoned: Callable[[], bool]) -> Streams | None:
+async def _connect(target: Target, abandoned: Callable[[], bool],
+                   listening: asyncio.Event | None = None) -> Streams | None:
     """The app's end of a connection; held while the app does not listen yet.
 
     A client that connects while the app starts waits (up to PREVIEW_HOLD_SECONDS) and is served
     the moment the app listens, instead of being cut and retrying: no client polling loop
     competes with the app's start-up for the CPU, and a browser sees a slow page, not an error.
-    A client that goes away meanwhile is let go at once: it must not keep its place (and a
-    poller) until the deadline.
+    While the target says NOT_YET the connection tries nothing: it waits for `listening`, set by
+    `Proxy.wake()` when the preview's watcher saw the app listen (twenty held connections each
+    trying a connect every 2 ms were a third of the agent's CPU in a burst of twenty starts).
+    A client that goes away meanwhile is let go within HOLD_CHECK_SECONDS: it must not keep its
+    place until the deadline.
     """
     deadline = asyncio.get_running_loop().time() + settings.PREVIEW_HOLD_SECONDS
     attempt = 0
@@ -65,9 +72,13 @@ async def _connect(target: Target, abandoned: Callable[[], bool]) -> Streams | N
                 pass
         if asyncio.get_running_loop().time() > deadline or abandoned():
             return None
+        if address == NOT_YET and listening is not None and not listening.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listening.wait(), HOLD_CHECK_SECONDS)
+            continue
         attempt += 1
-        # Often at first (a small app listens within ~100 ms), then gentler: twenty apps
-        # starting at once must not spend their CPU on the agent's refused connects.
+        # An address that refuses (an app restarting, or a target without a watcher): often
+        # at first, then gentler, so that refused connects do not eat the apps' CPU.
         await asyncio.sleep(HOLD_POLL_SECONDS * (1 if attempt < 100 else 5 if attempt < 500
                                                  else 25))
 
@@ -112,7 +123,7 @@ def _nodelay(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def _serve(connections: Connections, route: Route,
+async def _serve(connections: Connections, route: Route, listening: asyncio.Event,
                  reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     peer = writer.get_extra_info("peername")
     client = peer[0] if peer else ""
@@ -126,7 +137,7 @@ async def _serve(connections: Connections, route: Route,
 
     async def connect() -> Streams | None:
         upstream = await _connect(route.target,
-                                  lambda: reader.at_eof() or writer.is_closing())
+                                  lambda: reader.at_eof() or writer.is_closing(), listening)
         if upstream is not None:
             _nodelay(upstream[1])
         return upstream
@@ -145,6 +156,8 @@ class Proxy:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: dict[int, asyncio.base_events.Server] = {}
+        # Per port: set once its app listens (`wake`); held connections wait on it.
+        self._listening: dict[int, asyncio.Event] = {}
         self.connections = Connections()
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
@@ -167,11 +180,13 @@ class Proxy:
         route = Route(port=port, target=target, bucket=bucket, access=access)
 
         async def start() -> None:
+            listening = asyncio.Event()
             server = await asyncio.start_server(
-                lambda r, w: _serve(self.connections, route, r, w),
+                lambda r, w: _serve(self.connections, route, listening, r, w),
                 host=settings.PREVIEW_BIND_ADDRESS, port=port, reuse_address=True,
             )
             self._servers[port] = server
+            self._listening[port] = listening
 
         try:
             self._call(start())
@@ -181,6 +196,7 @@ class Proxy:
     def close(self, port: int) -> None:
         """Stop listening on `port` (idempotent); open connections are cut."""
         async def stop() -> None:
+            self._listening.pop(port, None)
             server = self._servers.pop(port, None)
             if server is not None:
                 server.close()
@@ -189,6 +205,16 @@ class Proxy:
 
         if self._loop is not None:
             self._call(stop())
+
+    def wake(self, port: int) -> None:
+        """The app behind `port` listens: let its held connections connect now (thread-safe)."""
+        def wake() -> None:
+            listening = self._listening.get(port)
+            if listening is not None:
+                listening.set()
+
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(wake)
 
     def ports(self) -> list[int]:
         return sorted(self._servers)

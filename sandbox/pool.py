@@ -3,7 +3,8 @@
 Two things a sandbox's start waits for are slow to make and can be made before anyone asks: a
 network namespace with its veth link (network.NetnsPool) and a created, not yet started
 container (`runc create`, ~50 ms: warm.WarmPool). Both keep up to `size` ready, made one at a
-time by a background thread and taken by a start; at shutdown both stop the thread (a thing
+time by a background thread and taken by a start; a size that falls (warm.WarmPool's after a
+burst) has the filler discard what is beyond it. At shutdown both stop the thread (a thing
 being made must not outlive the pool) and discard what is ready. That mechanism is this class;
 what a thing is, how it is made and thrown away, and when the filler holds back, is theirs.
 """
@@ -59,6 +60,11 @@ class MadeAheadPool(Generic[T]):
     def _made(self, item: T) -> None:
         """With the lock held, as soon as a make returned (kept or, after a close, discarded)."""
 
+    def _full_wait(self) -> float | None:
+        """With the lock held and `size` ready: seconds until `size` may shrink (None: until
+        notified). A pool whose size falls discards what it holds beyond it."""
+        return None
+
     # -- the mechanism -------------------------------------------------------------------------
 
     def _filler_start(self) -> None:
@@ -69,14 +75,26 @@ class MadeAheadPool(Generic[T]):
 
     def _fill(self) -> None:
         while True:
+            surplus: T | None = None
             with self._lock:
                 while not self._closed:
-                    wait = None if len(self._ready) >= self.size else self._hold()
-                    if wait is not None and wait <= 0:
+                    if len(self._ready) > self.size:
+                        # The newest goes first: the oldest have waited longest to be used.
+                        surplus = self._ready.pop()
                         break
+                    if len(self._ready) >= self.size:
+                        wait = self._full_wait()
+                        wait = None if wait is None else max(wait, 0.01)
+                    else:
+                        wait = self._hold()
+                        if wait is not None and wait <= 0:
+                            break
                     self._lock.wait(wait)
-                if self._closed:
+                if self._closed and surplus is None:
                     return
+            if surplus is not None:
+                self._discard(surplus)
+                continue
             try:
                 item = self._make()
             except Exception:

@@ -29,6 +29,7 @@ import os
 import shlex
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,12 @@ REFILL_DELAY_SECONDS = 1.0
 # ... and while more tasks are runnable than there are CPUs (apps still starting, a burst of
 # cold starts), for at most this long.
 REFILL_BUSY_MAX_SECONDS = 10.0
+# Starts this close together make one burst: the pool grows to their number (at most
+# PREVIEW_WARM_POOL_BURST) and shrinks back PREVIEW_WARM_POOL_BURST_SECONDS after the last one.
+BURST_WINDOW_SECONDS = 10.0
+# A sandbox beyond the resting size is made only this long after the last start: a burst's
+# cold starts run for seconds, and twenty `runc create`s in their tail would slow them.
+GROW_DELAY_SECONDS = 5.0
 HOSTNAME = "preview"
 
 MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 0x2, 0x4, 0x20, 0x1000, 0x4000
@@ -151,10 +158,40 @@ class WarmPool(MadeAheadPool[Warm]):
         self._taken_at: float | None = None
         # Since when the filler has held back for busy CPUs (it gives up after a while).
         self._busy_since: float | None = None
+        # Recent starts, and the largest burst of them lately and when it was last reached.
+        self._takes: deque[float] = deque()
+        self._burst = 0
+        self._burst_at: float | None = None
 
     @property
     def size(self) -> int:
+        """PREVIEW_WARM_POOL at rest; after a burst of starts, as many as the burst took (at
+        most PREVIEW_WARM_POOL_BURST) until PREVIEW_WARM_POOL_BURST_SECONDS have passed."""
+        return pool_size(resting=self._resting(), burst=self._burst,
+                         burst_age=self._burst_age())
+
+    def _resting(self) -> int:
         return settings.PREVIEW_WARM_POOL if self._size_given is None else self._size_given
+
+    def _burst_age(self) -> float:
+        return float("inf") if self._burst_at is None else time.monotonic() - self._burst_at
+
+    def _full_wait(self) -> float | None:
+        """While grown: wake when the burst has aged out, to shrink back to the resting size."""
+        if self._burst_at is None:
+            return None
+        left = settings.PREVIEW_WARM_POOL_BURST_SECONDS - self._burst_age()
+        return left if left > 0 else None
+
+    def _demand(self, now: float) -> None:
+        """Count a start (with the lock held): the starts of the last BURST_WINDOW_SECONDS are
+        the burst a grown pool is sized for, kept while it recurs."""
+        self._takes.append(now)
+        while self._takes and now - self._takes[0] > BURST_WINDOW_SECONDS:
+            self._takes.popleft()
+        if len(self._takes) >= (self._burst if self._burst_age() <
+                                settings.PREVIEW_WARM_POOL_BURST_SECONDS else 0):
+            self._burst, self._burst_at = len(self._takes), now
 
     # -- life of the pool ----------------------------------------------------------------------
 
@@ -201,12 +238,16 @@ class WarmPool(MadeAheadPool[Warm]):
         return float("inf") if self._taken_at is None else time.monotonic() - self._taken_at
 
     def _hold(self) -> float | None:
-        """A second after the last start, and while the CPUs are busy (for at most
-        REFILL_BUSY_MAX_SECONDS), the filler waits."""
+        """A second after the last start (GROW_DELAY_SECONDS for a sandbox beyond the resting
+        size), and while the CPUs are busy (for at most REFILL_BUSY_MAX_SECONDS), the filler
+        waits."""
         since = self._since_taken()
-        if since < REFILL_DELAY_SECONDS:
+        delay = REFILL_DELAY_SECONDS
+        if len(self._ready) >= self._resting():
+            delay = max(delay, GROW_DELAY_SECONDS)
+        if since < delay:
             self._busy_since = None
-            return REFILL_DELAY_SECONDS - since
+            return delay - since
         now = time.monotonic()
         if _busy():
             self._busy_since = now if self._busy_since is None else self._busy_since
@@ -269,6 +310,7 @@ class WarmPool(MadeAheadPool[Warm]):
             return None
         with self._lock:
             self._taken_at = time.monotonic()
+            self._demand(self._taken_at)
             while (warm := self._pop()) is not None:
                 if warm.box.running:
                     self._claimed.add(warm.slot)
@@ -310,6 +352,15 @@ class WarmPool(MadeAheadPool[Warm]):
         with self._lock:
             self._claimed.discard(warm.slot)
             self._lock.notify_all()
+
+
+def pool_size(*, resting: int, burst: int, burst_age: float) -> int:
+    """How many warm sandboxes to keep (pure): `resting`, or after a burst of `burst` starts
+    `burst_age` seconds ago, up to PREVIEW_WARM_POOL_BURST of them. A pool turned off
+    (`resting` 0) stays off."""
+    if resting <= 0 or burst_age >= settings.PREVIEW_WARM_POOL_BURST_SECONDS:
+        return max(resting, 0)
+    return max(resting, min(burst, settings.PREVIEW_WARM_POOL_BURST))
 
 
 def _busy() -> bool:

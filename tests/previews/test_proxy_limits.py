@@ -131,3 +131,35 @@ def test_a_client_address_holds_at_most_its_limit_across_ports(settings, proxy: 
     assert _ping(other).endswith(b"pong")
     for sock in [*mine, third, other]:
         sock.close()
+
+
+def test_a_held_connection_waits_for_the_wake_without_trying_the_app(
+        proxy: Proxy, app: tuple[str, int]) -> None:
+    # given a preview whose app does not listen yet, and a client already connected
+    port, listening, asked = free_port(), threading.Event(), []
+
+    def target() -> tuple[str, int]:
+        asked.append(1)
+        return app if listening.is_set() else NOT_YET
+
+    proxy.open(port, target=target)
+    client = _connect(port)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: preview\r\n\r\n")
+    assert _refused(client) == ""  # held: nothing answered for half a second
+
+    # then meanwhile the proxy asked for the app's address a few times (its client and
+    # deadline checks), not every 2 ms: twenty held connections polling the apps' addresses
+    # were a third of the agent's CPU while twenty apps started
+    assert len(asked) <= 20, len(asked)
+
+    # when the watcher sees the app listen and wakes the port
+    listening.set()
+    proxy.wake(port)
+
+    # then the held request goes through at once
+    client.settimeout(2)
+    answer = b""
+    while not answer.endswith(b"pong"):
+        answer += client.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200")
+    client.close()

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from previews import system
 from previews.models import Preview
-from sandbox import warm
+from sandbox import container, warm
 from tests.previews.conftest import http_get, wait_status
 from weldr_agent import runner
 
@@ -99,3 +99,61 @@ def test_without_a_warm_pool_a_preview_starts_cold(api: APIClient, previews: Non
 def test_a_workspace_outside_the_workspace_base_starts_cold(tmp_path: Path) -> None:
     assert warm.warm_pool.take(tmp_path / "elsewhere") is None
     assert settings.WORKSPACE_BASE != tmp_path
+
+
+def test_the_pool_size_grows_with_a_burst_and_falls_back_after_it(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.PREVIEW_WARM_POOL_BURST = 20
+    settings.PREVIEW_WARM_POOL_BURST_SECONDS = 120
+
+    assert warm.pool_size(resting=2, burst=0, burst_age=float("inf")) == 2
+    assert warm.pool_size(resting=2, burst=1, burst_age=0) == 2  # a start is not a burst
+    assert warm.pool_size(resting=2, burst=12, burst_age=119) == 12
+    assert warm.pool_size(resting=2, burst=12, burst_age=120) == 2  # aged out
+    assert warm.pool_size(resting=0, burst=12, burst_age=0) == 0  # a pool turned off stays off
+    settings.PREVIEW_WARM_POOL_BURST = 5
+    assert warm.pool_size(resting=2, burst=12, burst_age=0) == 5  # capped
+
+
+def warm_containers() -> list[str]:
+    return [name for name in container.containers() if name.startswith(warm.container_name(0)[:-1])]
+
+
+def test_the_warm_pool_grows_after_a_burst_of_starts_and_shrinks_back(
+        previews: None, settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # given a resting pool of one that may grow to three after a burst, and refills at once
+    # (not a second or five after the last start, nor held back by a busy machine)
+    settings.PREVIEW_WARM_POOL = 1
+    settings.PREVIEW_WARM_POOL_BURST = 3
+    settings.PREVIEW_WARM_POOL_BURST_SECONDS = 120
+    monkeypatch.setattr(warm, "REFILL_DELAY_SECONDS", 0.0)
+    monkeypatch.setattr(warm, "GROW_DELAY_SECONDS", 0.0)
+    monkeypatch.setattr(warm, "REFILL_BUSY_MAX_SECONDS", 0.0)
+    pool = warm.warm_pool
+    pool.start()
+    try:
+        assert runner.wait_until(lambda: pool.ready_count() >= 1, timeout=120)
+
+        # when three starts come at once (the first takes the warm one, the others find none)
+        taken = [pool.take(settings.WORKSPACE_BASE / f"burst-{n}") for n in range(3)]
+        for sandbox in taken:
+            if sandbox is not None:
+                sandbox.box.destroy()
+                pool.release(sandbox)
+
+        # then the pool grows to the burst's size, so that the next burst starts warm
+        assert pool.size == 3
+        assert runner.wait_until(lambda: pool.ready_count() == 3, timeout=120)
+        assert runner.wait_until(lambda: len(warm_containers()) == 3, timeout=60)
+        # and once the burst is past (sooner here: the filler, told, sees it aged out; that it
+        # wakes by itself for it is tests/sandbox/test_pool.py's), it shrinks back to its
+        # resting size: the extra containers are deleted, not just forgotten
+        settings.PREVIEW_WARM_POOL_BURST_SECONDS = 1
+        with pool._lock:
+            pool._lock.notify_all()
+        assert runner.wait_until(lambda: pool.ready_count() == 1, timeout=60)
+        assert runner.wait_until(lambda: len(warm_containers()) == 1, timeout=60)
+    finally:
+        # The burst is this test's: later tests start from a resting pool.
+        with pool._lock:
+            pool._takes.clear()
+            pool._burst_at = None

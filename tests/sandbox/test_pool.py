@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 from sandbox.pool import MadeAheadPool
 from weldr_agent import runner
@@ -29,12 +30,22 @@ class Numbers(MadeAheadPool[int]):
         self.hold_for = hold
         self.made: list[int] = []
         self.discarded: list[int] = []
+        # Set when the filler enters a make.
+        self.making = threading.Event()
+        # From this monotonic time on, the size is 1 (as a warm pool's after its burst).
+        self.shrink_at: float | None = None
 
     @property
     def size(self) -> int:
+        if self.shrink_at is not None and time.monotonic() >= self.shrink_at:
+            return 1
         return self._size
 
+    def _full_wait(self) -> float | None:
+        return None if self.shrink_at is None else self.shrink_at - time.monotonic()
+
     def _make(self) -> int:
+        self.making.set()
         if self.gate is not None:
             self.gate.wait(10)
         if self.failures:
@@ -99,8 +110,12 @@ def test_closing_hands_back_the_ready_and_discards_the_one_being_made() -> None:
     pool._filler_start()
     assert runner.wait_until(lambda: pool.ready_count() == 2, timeout=10)
     pool.gate = gate
+    pool.making.clear()
     taken = pool._pop()
     assert taken is not None
+    # The filler is inside the make (not merely about to wake: a close before it wakes makes
+    # nothing, which this test is not about).
+    assert pool.making.wait(10)
     assert runner.wait_until(lambda: pool.ready_count() == 1 and len(pool.made) == 2, timeout=10)
 
     # when it is closed while the make is under way
@@ -117,3 +132,23 @@ def test_closing_hands_back_the_ready_and_discards_the_one_being_made() -> None:
     assert pool.discarded == [3]
     assert pool.ready_count() == 0
     assert pool._pop() is None
+
+
+def test_a_size_that_falls_has_the_filler_discard_the_newest_beyond_it() -> None:
+    # given a full pool of three whose size falls to one a moment later, unannounced
+    pool = Numbers(3)
+    pool._filler_start()
+    try:
+        assert runner.wait_until(lambda: pool.ready_count() == 3, timeout=10)
+        pool.shrink_at = time.monotonic() + 0.2
+        with pool._lock:
+            pool._lock.notify_all()  # the filler now waits for the shrink time, not forever
+        # then: the filler wakes by itself and discards the two newest, keeping the oldest
+        assert runner.wait_until(lambda: pool.ready_count() == 1, timeout=10)
+        assert runner.wait_until(lambda: sorted(pool.discarded) == [2, 3], timeout=10)
+        assert pool._pop() == 1
+        # and it refills to the new size, not the old one
+        assert runner.wait_until(lambda: pool.ready_count() == 1, timeout=10)
+        assert not runner.wait_until(lambda: pool.ready_count() > 1, timeout=0.3)
+    finally:
+        pool._close(join=10)
