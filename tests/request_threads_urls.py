@@ -1,4 +1,4 @@
-"""URLs for tests/test_request_path.py: sync views that tell which thread served them."""
+"""URLs for tests/test_request_path.py: views that tell which thread served them."""
 
 from __future__ import annotations
 
@@ -18,4 +18,9 @@ def thread_name(request: HttpRequest) -> JsonResponse:
                          "ident": threading.get_ident()})
 
 
-urlpatterns = [path("thread", thread_name)]
+async def async_thread_name(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"thread": threading.current_thread().name,
+                         "ident": threading.get_ident()})
+
+
+urlpatterns = [path("thread", thread_name), path("async-thread", async_thread_name)]

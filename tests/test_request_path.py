@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
+from collections.abc import Iterator
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
+from django.core import signals
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
@@ -23,15 +26,15 @@ from weldr_agent.prepared import Prepared
 # --------------------------------------------------------------------------------- threads
 
 
-def _scope(query: str = "") -> dict:
+def _scope(query: str = "", path: str = "/thread") -> dict:
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-            "scheme": "http", "path": "/thread", "raw_path": b"/thread",
+            "scheme": "http", "path": path, "raw_path": path.encode(),
             "query_string": query.encode(), "headers": [(b"host", b"testserver")],
             "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
 
 
-async def _get(handler: PooledThreadsASGIHandler, query: str = "") -> dict:
-    communicator = ApplicationCommunicator(handler, _scope(query))
+async def _get(handler: PooledThreadsASGIHandler, query: str = "", path: str = "/thread") -> dict:
+    communicator = ApplicationCommunicator(handler, _scope(query, path))
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(10)
     body = await communicator.receive_output(10)
@@ -54,6 +57,47 @@ def test_a_request_thread_serves_one_request_after_another():
     # then the same kept thread served both (Django's own handler makes a thread per request)
     assert first["thread"].startswith("weldr-request")
     assert first["ident"] == second["ident"]
+
+
+@pytest.fixture
+def signalled() -> Iterator[list[tuple[str, str]]]:
+    """(signal, thread name) of every request_started / request_finished received."""
+    received: list[tuple[str, str]] = []
+
+    def started(**kwargs: object) -> None:
+        received.append(("started", threading.current_thread().name))
+
+    def finished(**kwargs: object) -> None:
+        received.append(("finished", threading.current_thread().name))
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    yield received
+    signals.request_started.disconnect(started)
+    signals.request_finished.disconnect(finished)
+
+
+@override_settings(ROOT_URLCONF="tests.request_threads_urls")
+def test_a_sync_view_gets_the_request_signals_in_its_own_thread(signalled):
+    # when a sync view is served
+    answer = asyncio.run(_get(PooledThreadsASGIHandler()))
+
+    # then request_started came before it and request_finished after, both in its thread
+    assert signalled == [("started", answer["thread"]), ("finished", answer["thread"])]
+
+
+@override_settings(ROOT_URLCONF="tests.request_threads_urls")
+def test_an_async_view_costs_no_trip_to_a_thread(signalled):
+    # given a handler whose kept thread is busy with nothing
+    handler = PooledThreadsASGIHandler()
+
+    # when an async view (as POST /exec) is served
+    answer = asyncio.run(_get(handler, path="/async-thread"))
+
+    # then it ran on the event loop, and nothing was sent to the request's thread: the request
+    # signals look after that thread's own state, which the request never touched
+    assert answer["thread"] == "MainThread"
+    assert signalled == []
 
 
 @override_settings(ROOT_URLCONF="tests.request_threads_urls")
