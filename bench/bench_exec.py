@@ -86,7 +86,7 @@ class RuncTrue:
         (rootfs / "opt" / "weldr" / "sandboxd.py").touch()
         spec = bucket_spec.sandbox_spec(
             name="weldr-bench", rootfs=rootfs, workspace=workspace,
-            daemon=REPO / "previews" / "sandboxd.py", uid=1000, memory_mb=512, cpus=1.0,
+            daemon=REPO / "sandbox" / "sandboxd.py", uid=1000, memory_mb=512, cpus=1.0,
             pids=512, hostname="bench")
         spec["process"]["args"] = ["/bin/true"]
         self.bundle.mkdir()

@@ -40,6 +40,7 @@ from mounts.machine import LocalMachine, Machine
 from mounts.models import Mount
 from mounts.validators import validate_bucket_name
 from weldr_agent.databases import STATE_DB
+from weldr_agent.prepared import Prepared
 
 logger = logging.getLogger("weldr.mounts")
 
@@ -84,10 +85,15 @@ def mount_get(*, bucket: str) -> Mount:
     return mount
 
 
+# Every POST /exec looks its bucket up: compiled once (weldr_agent/prepared.py).
+_mounted = Prepared(Mount, lambda bucket: Mount.objects.filter(
+    bucket=bucket, status=Mount.Status.MOUNTED), "bucket")
+
+
 def workspace_path(bucket: str) -> Path:
     """The live workspace of a mounted bucket; NotMounted (409) when there is none."""
     bucket = validate_bucket_name(bucket)
-    mount = Mount.objects.filter(bucket=bucket, status=Mount.Status.MOUNTED).first()
+    mount = _mounted.first(bucket=bucket)
     if mount is None:
         raise NotMounted(f"Bucket {bucket!r} is not mounted; mount it first (POST /mounts).")
     return workspace_machine().workspace(mount)

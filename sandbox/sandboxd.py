@@ -1,16 +1,11 @@
 """The in-sandbox command daemon: runs inside a bucket's exec container and forks commands.
 
-It is started once per bucket (`runc run -d`, as the sandbox's non-root uid) with the host's
-read-only /usr/bin/python3 and the standard library only; it must not import the project. The
-agent connects to its unix socket once per command and sends one JSON line together with three
-file descriptors (SCM_RIGHTS): the read end of the command's stdin pipe and the write ends of its
-stdout and stderr pipes. Output therefore flows from the command straight to the agent; this
-process never copies it.
-
-The socket is not ours to make: the agent binds it on the host, in a directory the sandbox has
-no path to, and gives it to us as our standard input; we only listen() on it (so that the
-agent's SO_PEERCRED check names this process) and accept. Whatever a command does inside the
-sandbox, it cannot replace the socket with a link or serve it in our place.
+Started once per bucket (`runc run -d`, as the sandbox's non-root uid) with the host's read-only
+/usr/bin/python3 and the standard library only: it must not import the project. The agent binds
+the control socket on the host, where the sandbox has no path to it, and hands it to us as our
+stdin: we only listen() (so that the agent's SO_PEERCRED check names this process) and accept.
+Per command the agent connects and sends one JSON line with three descriptors (SCM_RIGHTS): the
+command's stdin read end and stdout/stderr write ends, so output flows straight to the agent.
 
 Protocol on the connection (newline-delimited JSON):
   agent -> daemon  {"argv": [...], "cwd": "/workspace/x", "env": {...}, "timeout": 60.0}
@@ -18,31 +13,23 @@ Protocol on the connection (newline-delimited JSON):
   agent -> daemon  {"op": "kill"}          (optional; closing the connection also kills)
   daemon -> agent  {"event": "exit", "exit_code": N, "timed_out": bool}
 
-The daemon enters a user namespace of its own (mapping only its uid) at start; every command is
-then cloned as PID 1 of a new PID (and mount) namespace, so killing it kills every process it
-started, including ones that called setsid() or ignore SIGTERM. Where the kernel refuses user
-namespaces, commands get their own session and the process group is killed instead.
+At start the daemon enters a user namespace of its own (mapping only its uid) and installs a
+seccomp filter every command inherits (`deny_new_namespaces`: no further user namespace, no
+setns, no clone3, no foreign ABI); each command is PID 1 of a new PID and mount namespace, so
+killing it kills everything it started. Where user namespaces are refused, commands get their
+own session and the process group is killed instead (docs/exec.md, "Design").
 
-No user namespace beyond that one: right after entering it and before serving anything, the
-daemon installs a seccomp filter of its own (`deny_new_namespaces`, classic BPF) that every
-command inherits and cannot remove: clone and unshare with CLONE_NEWUSER and setns fail with
-EPERM, clone3 (whose flags seccomp cannot read) with ENOSYS so that libc falls back to clone,
-and system calls of another ABI (32-bit, x32) with ENOSYS, as they would slip past the
-numbers checked. The runtime's own profile cannot say this for us: it applies from the
-container's start, to the daemon's one unshare as well. A user namespace of a command's own
-would make it root over its own namespaces, in reach of most of the kernel's attack surface.
-
-The clone, the /proc mount and setsid() are done ahead of time: one "spare" child waits on a
-socketpair for the next request, so a request costs a message and an exec (the clone of this
-Python process is the slowest part of starting a command: ~1-2 ms here). After handing a
-request to the spare, the daemon prepares the next one when a command exits or 50 ms later; if
-none is ready (several requests at once, it died, a clone failed), the request is cloned for
-directly.
+The clone, the /proc mount and setsid() are done ahead of time by a "spare" child waiting on a
+socketpair, so a request costs a message and an exec. Spares are cloned by the spare maker, a
+child forked once at start (as the daemon's children: CLONE_PARENT), never by the daemon itself:
+a fork shares the parent's pages with the child, and each page the parent then writes costs it
+a copy-on-write fault. Without a maker (it died) the daemon clones each command itself.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import errno
 import json
@@ -58,6 +45,7 @@ import time
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNS = 0x00020000
+CLONE_PARENT = 0x00008000
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 # Audit architecture, and the numbers of clone, unshare, clone3 and setns, per machine.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
@@ -168,16 +156,15 @@ def deny_new_namespaces() -> None:
             raise OSError(code, f"prctl{args[:2]}: {os.strerror(code)}")
 
 
-def clone_command() -> int:
-    """fork(), but the child is PID 1 of a new PID namespace with its own mount namespace.
-
-    A raw clone(2) without CLONE_VM behaves like fork() (the daemon is single-threaded, so no
-    at-fork handler is missing). Killing PID 1 of a namespace kills everything in it.
-    """
+def clone_command(*, nested: bool = True, sibling: bool = False) -> int:
+    """fork() through a raw clone(2) (single-threaded callers: no at-fork handler is missing);
+    nested: the child is PID 1 of a new PID and mount namespace; sibling: it is the caller's
+    parent's child (CLONE_PARENT: the spare maker's spares are the daemon's, which reaps them)."""
     number = SYS_CLONE.get(platform.machine())
     if number is None:
         raise OSError(errno.ENOSYS, "clone is not wired for this architecture")
-    pid = _libc.syscall(number, CLONE_NEWPID | CLONE_NEWNS | signal.SIGCHLD, 0, 0, 0, 0)
+    flags = (CLONE_NEWPID | CLONE_NEWNS if nested else 0) | (CLONE_PARENT if sibling else 0)
+    pid = _libc.syscall(number, flags | signal.SIGCHLD, 0, 0, 0, 0)
     if pid < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
@@ -243,6 +230,31 @@ def _spare(conn: socket.socket, nested: bool) -> None:
         _die(error)
 
 
+def _spare_maker(conn: socket.socket, nested: bool) -> None:
+    """The spare maker, forked once at start: for each byte the daemon sends, clone a spare as
+    the daemon's child and send back its pid and socket (pid -1: none). Never returns."""
+    try:
+        while conn.recv(1):
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                pid = clone_command(nested=nested, sibling=True)
+            except OSError as error:
+                print(f"sandboxd: no spare child: {error}", file=sys.stderr, flush=True)
+                pid = -1
+            if pid == 0:
+                conn.close()
+                ours.close()
+                _spare(theirs, nested)
+            theirs.close()
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                       array.array("i", [ours.fileno()]).tobytes())] if pid > 0 else []
+            conn.sendmsg([struct.pack("i", pid)], rights)
+            ours.close()
+        os._exit(0)
+    except BaseException as error:  # noqa: BLE001 - a forked child must never return
+        _die(error)
+
+
 def _die(error: BaseException) -> None:
     try:
         os.write(2, f"sandboxd: {error}\n".encode())
@@ -271,6 +283,16 @@ class Daemon:
     def __init__(self, listener: socket.socket) -> None:
         self.nested = enter_user_namespace()
         deny_new_namespaces()
+        # Forked before any signal handling or descriptor of the daemon's is set up.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if (maker := os.fork()) == 0:
+            ours.close()
+            listener.close()
+            _spare_maker(theirs, self.nested)
+        theirs.close()
+        self.maker: tuple[int, socket.socket] | None = (maker, ours)
+        self.asked = False  # a spare asked of the maker and not received yet
+        self.waiting: list[tuple[Command, dict, bytes]] = []  # requests waiting for it
         self.selector = selectors.DefaultSelector()
         self.listener = listener
         # Listening here (not in the agent): the peer credentials the agent checks are ours.
@@ -278,40 +300,52 @@ class Daemon:
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.by_pid: dict[int, Command] = {}
         self.spare: tuple[int, socket.socket] | None = None
-        self.spare_due = float("inf")  # when to make the next spare if no command exits first
+        self.spare_due = float("inf")  # when to ask for a spare if no command exits first
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake = wake_r
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, self._terminate)
         self.selector.register(wake_r, selectors.EVENT_READ, "wake")
+        self.selector.register(ours, selectors.EVENT_READ, "maker")
         self._make_spare()
 
     def _terminate(self, *_: object) -> None:
         for command in list(self.by_pid.values()):
             command.kill()
-        if self.spare is not None:
-            os.kill(self.spare[0], signal.SIGKILL)
+        for child in filter(None, (self.spare, self.maker)):
+            os.kill(child[0], signal.SIGKILL)
         sys.exit(0)
 
     def _clone(self) -> int:
         return clone_command() if self.nested else os.fork()
 
     def _make_spare(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            pid = self._clone()
-        except OSError as error:
-            print(f"sandboxd: no spare child: {error}", file=sys.stderr, flush=True)
-            ours.close()
-            theirs.close()
-            return
-        if pid == 0:
-            ours.close()
-            _spare(theirs, self.nested)
-        theirs.close()
-        self.spare = (pid, ours)
+        """Ask the maker for the next spare (without a maker: none; requests are cloned for)."""
         self.spare_due = float("inf")
+        if self.maker is not None and not self.asked:
+            try:
+                self.maker[1].send(b"s")
+                self.asked = True
+            except OSError:
+                self._spare_made()  # it is gone: reads its end
+
+    def _spare_made(self) -> None:
+        """The maker's answer: a spare (pid, socket); nothing: the maker is gone."""
+        try:
+            data, ancdata, _, _ = self.maker[1].recvmsg(16, socket.CMSG_SPACE(4))
+        except OSError:
+            data, ancdata = b"", []
+        self.asked, fds = False, _received_fds(ancdata)
+        if len(data) != 4:
+            self.selector.unregister(self.maker[1])
+            self.maker[1].close()
+            self.maker = None
+        elif fds:
+            self.spare = (struct.unpack("i", data)[0], socket.socket(fileno=fds[0]))
+        waiting, self.waiting = self.waiting, []
+        for command, request, line in waiting:
+            self._spawn(command, request, line)
 
     def _hand_to_spare(self, request_line: bytes, fds: list[int]) -> int | None:
         """Give the request to the spare child; its pid, or None when there is no live spare."""
@@ -344,6 +378,8 @@ class Daemon:
                     self._accept()
                 elif key.data == "wake":
                     self._reap()
+                elif key.data == "maker":
+                    self._spare_made()
                 else:
                     self._readable(key.data)
             self._expire()
@@ -361,6 +397,8 @@ class Daemon:
         except OSError:
             data, ancdata = b"", []
         command.fds.extend(_received_fds(ancdata))
+        if any(command is waiting for waiting, _, _ in self.waiting):
+            return self._drop(command) if not data else None  # gone before its spare came
         if command.pid:
             # After the start: any line is a kill request, and so is a closed connection.
             if not data or b"kill" in data:
@@ -389,6 +427,11 @@ class Daemon:
 
     def _spawn(self, command: Command, request: dict, line: bytes) -> None:
         pid = self._hand_to_spare(line, command.fds)
+        if pid is None and self.maker is not None:
+            # The maker is making one (asked at the last exit): wait for it, do not clone here.
+            self.waiting.append((command, request, line))
+            self._make_spare()
+            return
         if pid is None:
             pid = self._clone()
             if pid == 0:
@@ -406,11 +449,9 @@ class Daemon:
             self.spare_due = time.monotonic() + SPARE_DELAY
 
     def _reap(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self.wake, 4096):
                 pass
-        except BlockingIOError:
-            pass
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -444,13 +485,12 @@ class Daemon:
         self._drop(command)
 
     def _drop(self, command: Command) -> None:
+        self.waiting = [waiting for waiting in self.waiting if waiting[0] is not command]
         for fd in command.fds:
             os.close(fd)
         command.fds = []
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(command.conn)
-        except (KeyError, ValueError):
-            pass
         command.conn.close()
 
 

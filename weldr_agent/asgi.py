@@ -4,10 +4,15 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "weldr_agent.settings")
 
+import django  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.core.asgi import get_asgi_application  # noqa: E402
 
-django_application = get_asgi_application()
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application does first
+
+from weldr_agent.asgi_handler import PooledThreadsASGIHandler  # noqa: E402
+
+# Django's handler, with request threads kept between requests (weldr_agent/asgi_handler.py).
+django_application = PooledThreadsASGIHandler()
 
 from mcp_server.routing import with_mcp  # noqa: E402
 from weldr_agent.routing import websocket_urlpatterns  # noqa: E402

@@ -10,6 +10,7 @@ from django.db import models
 from django.utils import timezone
 
 from weldr_agent.access import Scope
+from weldr_agent.prepared import Prepared
 
 TOKEN_PREFIX = "wat_"
 
@@ -23,11 +24,16 @@ class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
         return self.filter(revoked_at__isnull=True)
 
     def find(self, token: str) -> ApiToken | None:
-        return self.active().filter(token_hash=token_hash(token)).first()
+        # On every authenticated request: compiled once (weldr_agent/prepared.py).
+        return _active_by_hash.first(token_hash=token_hash(token))
 
     def revoke(self) -> int:
         """Revoke the active tokens of this queryset; return how many were revoked."""
         return self.active().update(revoked_at=timezone.now())
+
+
+def _active_by_hash_query(token_hash: str) -> models.QuerySet[ApiToken]:
+    return ApiToken.objects.active().filter(token_hash=token_hash)
 
 
 class ApiToken(models.Model):
@@ -85,3 +91,6 @@ class ApiToken(models.Model):
         if self.last_used_at is None or (now - self.last_used_at).total_seconds() > 60:
             ApiToken.objects.filter(pk=self.pk).update(last_used_at=now)
             self.last_used_at = now
+
+
+_active_by_hash: Prepared[ApiToken] = Prepared(ApiToken, _active_by_hash_query, "token_hash")

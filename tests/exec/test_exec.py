@@ -264,24 +264,48 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
-def test_a_dead_spare_child_does_not_break_the_next_command(http: httpx.Client,
-                                                            bucket: str) -> None:
-    # given the sandbox's daemon, found as the parent of a running command
-    started = http.post("/exec", json={"bucket": bucket, "command": "sleep 40.123",
+def _pid_namespaces(pid: int) -> int:
+    """How many PID namespaces deep `pid` is (a command or a spare: one more than the daemon)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return len(next(line for line in status.splitlines() if line.startswith("NSpid:")).split()) - 1
+
+
+def _daemon_of_a_command(http: httpx.Client, bucket: str, marker: str) -> tuple[int, int, str]:
+    """(daemon, command, background id): the sandbox's daemon, found as the parent of a
+    running background command."""
+    started = http.post("/exec", json={"bucket": bucket, "command": f"sleep {marker}",
                                        "background": True})
     assert started.status_code == 202, started.text
-    assert runner.wait_until(lambda: processes_with("sleep 40.123"), timeout=10)
-    command = processes_with("sleep 40.123")[0]
+    assert runner.wait_until(lambda: processes_with(f"sleep {marker}"), timeout=10)
+    command = processes_with(f"sleep {marker}")[0]
     daemon = int(Path(f"/proc/{command}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert "sandboxd.py" in Path(f"/proc/{daemon}/cmdline").read_text()
+    return daemon, command, started.json()["id"]
 
-    def spares() -> list[int]:  # the child cloned ahead for the next request
-        return [pid for pid in _children(daemon) if pid != command
-                and "sandboxd.py" in Path(f"/proc/{pid}/cmdline").read_text()]
 
-    assert runner.wait_until(lambda: len(spares()) == 1, timeout=10)
-    spare = spares()[0]
-    http.delete(f"/exec/{started.json()['id']}")
+def _exited(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _daemon_children(daemon: int, *, nested: bool) -> list[int]:
+    """The daemon's children running sandboxd: the spare (nested, in a PID namespace of its
+    own) or the spare maker (not nested, the daemon's own namespace)."""
+    return [pid for pid in _children(daemon)
+            if "sandboxd.py" in Path(f"/proc/{pid}/cmdline").read_text()
+            and (_pid_namespaces(pid) > _pid_namespaces(daemon)) == nested]
+
+
+def test_a_dead_spare_child_does_not_break_the_next_command(http: httpx.Client,
+                                                            bucket: str) -> None:
+    # given the sandbox's daemon and the child cloned ahead for the next request
+    daemon, _, background = _daemon_of_a_command(http, bucket, "40.123")
+    assert runner.wait_until(lambda: len(_daemon_children(daemon, nested=True)) == 1,
+                             timeout=10)
+    spare = _daemon_children(daemon, nested=True)[0]
+    http.delete(f"/exec/{background}")
 
     # when the spare dies (killed, out of memory) before the next request
     os.kill(spare, signal.SIGKILL)
@@ -290,7 +314,29 @@ def test_a_dead_spare_child_does_not_break_the_next_command(http: httpx.Client,
     # then commands still run, each as PID 1 of its own namespace, and a new spare is made
     for _ in range(3):
         assert run(http, bucket, "echo $$")["stdout"] == "1\n"
-    assert runner.wait_until(lambda: len(spares()) == 1, timeout=10)
+    assert runner.wait_until(lambda: len(_daemon_children(daemon, nested=True)) == 1,
+                             timeout=10)
+
+
+def test_commands_run_when_the_spare_maker_is_gone(http: httpx.Client, bucket: str) -> None:
+    # given the sandbox's daemon and the child that makes its spares
+    daemon, _, background = _daemon_of_a_command(http, bucket, "40.456")
+    http.delete(f"/exec/{background}")
+    makers = _daemon_children(daemon, nested=False)
+    assert len(makers) == 1, makers
+    try:
+        # when the maker dies
+        os.kill(makers[0], signal.SIGKILL)
+        assert runner.wait_until(lambda: makers[0] not in _children(daemon), timeout=10)
+
+        # then commands still run, each as PID 1 of its own namespace (cloned by the daemon)
+        for _ in range(3):
+            assert run(http, bucket, "echo $$")["stdout"] == "1\n"
+    finally:
+        # the next tests get a sandbox with a maker (the agent replaces a dead sandbox)
+        os.kill(daemon, signal.SIGKILL)
+        assert runner.wait_until(lambda: _exited(daemon), timeout=10)
+    assert run(http, bucket, "echo $$")["stdout"] == "1\n"
 
 
 def test_the_sandbox_has_its_own_cgroup_with_memory_swap_and_pids_limits(
