@@ -9,6 +9,8 @@ compiler's converters, `Model.from_db`).
 
 Only plain comparisons can be parameters (`field=value`): a value the ORM rewrites (`__contains`
 wraps it in `%`) would not be found in the compiled parameters, and the compilation says so.
+Every other value is compiled in once: a value that changes from call to call (the time, for
+an expiry) must be a parameter, or it stays what it was at the first call.
 """
 
 from __future__ import annotations
