@@ -85,3 +85,19 @@ def test_an_image_another_machine_wrote_is_checked_again(bucket, settings, tmp_p
     assert (Path(mount.path) / "from-b.txt").read_bytes() == b"written by machine B\n"
     assert read_tree(Path(mount.path), first) == first
     assert not _image(bucket).image_clean.exists()
+
+
+def test_without_the_watchdog_one_juicefs_process_serves_the_mount(bucket, settings):
+    # given JUICEFS_WATCHDOG off (docs/performance.md, "Mounts: memory")
+    settings.JUICEFS_WATCHDOG = False
+    # when an image volume is mounted, written, unmounted and mounted again
+    mount, _ = services.mount_create(bucket=bucket, layout="image")
+    p = _image(bucket)
+    # then JuiceFS is one process (no watchdog above the server), and the workspace works
+    assert len(steps.daemons(p, system.JUICEFS)) == 1
+    tree = write_tree(Path(mount.path), files=20)
+    services.mount_remove(bucket=bucket)
+    assert machine_clean(bucket)
+    mount, _ = services.mount_create(bucket=bucket)
+    assert read_tree(Path(mount.path), tree) == tree
+    assert len(steps.daemons(p, system.JUICEFS)) == 1
