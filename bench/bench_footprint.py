@@ -1,4 +1,5 @@
-"""Resident memory of the agent process idle after activity (issue 17: ≤ 150 MB).
+"""Memory of the agent idle after activity (issue 17: RSS ≤ 150 MB; with 5 mounts, whole tree
+PSS ≤ 600 MB at rest and ≤ 1 GB with every buffer saturated).
 
 A real agent (the test services: PostgreSQL for nothing here, Redis, S3; SQLite shared database
 as `make run`), measured idle right after start (the baseline of the same run), then after the
@@ -8,7 +9,14 @@ agent process, and its smaps_rollup split (anonymous = Python heap and native al
 mapped libraries and byte code), the whole tree's PSS, and where the agent's Python heap
 went (the largest modules it imported during the activity).
 
-    .venv/bin/python bench/bench_footprint.py [--mounts 5] [--idle 10]
+Then the whole tree's PSS by process kind (bench/pss.py: the agent, each mount's JuiceFS and
+Litestream, the sandboxes of the warm pool and the exec daemons) --idle seconds and --rest
+seconds after --workload-files files were written on every mount (the figure: at rest, once
+every Go daemon has had its periodic collection), and at its peak while every mount is written
+at full speed at once (--worst-mb MB of incompressible data each).
+
+    .venv/bin/python bench/bench_footprint.py [--mounts 5] [--idle 10] [--workload-files 2000]
+        [--rest 150] [--worst-mb 512]
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ django.setup()
 import httpx  # noqa: E402
 from benchlib import free_port  # noqa: E402
 
-from bench.bench_startup import tree  # noqa: E402
+from bench import pss  # noqa: E402
+from bench.pss import tree  # noqa: E402
 from bench.results import report  # noqa: E402
 from tests.conftest import AgentProcess  # noqa: E402
 from weldr_agent import runner  # noqa: E402
@@ -89,18 +98,57 @@ def activity(http: httpx.Client, mounts: int, pid: int) -> None:
     show("after a failed run", snapshot(pid))
 
 
+def tree_figures(pid: int, instance: str, workspaces: list[Path], env_vol: Path,
+                 args: argparse.Namespace) -> None:
+    """The whole tree's PSS by process kind, at rest after a workload and at its worst."""
+    for workspace in workspaces:
+        pss.write_tree(workspace, args.workload_files)
+    written = time.monotonic()
+    time.sleep(args.idle)
+    pss.show(f"{args.idle:.0f} s after {args.workload_files} files were written on each of "
+             f"{len(workspaces)} mounts", pss.breakdown(pid, instance))
+    # At rest: every Go daemon has had its periodic collection (the runtime forces one every
+    # 2 minutes) and its scavenger has handed idle heap back.
+    time.sleep(max(args.rest - (time.monotonic() - written), 0))
+    rest = pss.breakdown(pid, instance)
+    pss.show(f"at rest, {args.rest:.0f} s after the writes", rest)
+    report(key="pss_agent_5_mounts",
+           what=f"agent + {len(workspaces)} mounts (image) PSS at rest, whole tree",
+           figure=pss.counted(rest), unit="MiB", target="≤ 600 MB",
+           met=pss.counted(rest) * 1.048576 <= 600,
+           baseline=f"agent alone {rest.get('agent', (0, 0.0, 0.0))[1]:.0f} MiB")
+    if args.worst_mb <= 0:
+        return
+    peak, buffers, seconds, parts = pss.worst_case(pid, instance, workspaces, env_vol,
+                                                   args.worst_mb)
+    pss.show(f"peak while writing {args.worst_mb} MB on every mount at once, {seconds:.1f} s "
+             f"with sync (JuiceFS's used buffers at most {buffers:.0f} MiB in all)", parts)
+    report(key="pss_agent_5_mounts_worst",
+           what=f"agent + {len(workspaces)} mounts (image) PSS, every mount writing at once",
+           figure=peak, unit="MiB", target="≤ 1 GB", met=peak * 1.048576 <= 1024,
+           baseline=f"at rest {pss.counted(rest):.0f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mounts", type=int, default=5)
     parser.add_argument("--idle", type=float, default=10.0, help="idle seconds before measuring")
+    parser.add_argument("--workload-files", type=int, default=2000,
+                        help="files written on each mount before the PSS at rest")
+    parser.add_argument("--rest", type=float, default=150,
+                        help="seconds after the writes when the tree is 'at rest' (Go daemons "
+                             "collect every 2 minutes when idle)")
+    parser.add_argument("--worst-mb", type=int, default=512,
+                        help="MB written on every mount at once for the worst case (0: skip)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="weldr-bench-footprint-"))
+    instance = secrets.token_hex(3)
     env = {k: v for k, v in os.environ.items()
            if k not in ("DATABASE_URL", "ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")}
     env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
                 "WELDR_ENV_VOL": str(root / "env"), "WORKSPACE_BASE": str(root / "ws"),
                 "WELDR_RUNTIME_DIR": str(root / "run"),
-                "WELDR_INSTANCE_ID": secrets.token_hex(3), "LOG_LEVEL": "WARNING"})
+                "WELDR_INSTANCE_ID": instance, "LOG_LEVEL": "WARNING"})
     agent = AgentProcess(env, free_port(), root / "agent.log")
     agent.start(timeout=120)
     try:
@@ -114,6 +162,8 @@ def main() -> None:
             activity(http, args.mounts, pid)
             time.sleep(args.idle)
             after = snapshot(pid)
+            workspaces = [Path(item["path"]) for item in http.get("/mounts").json()["mounts"]]
+            tree_figures(pid, instance, workspaces, root / "env", args)
             for item in http.get("/mounts").json().get("mounts", []):
                 http.post("/mounts/unmount", json={"bucket": item["bucket"], "force": True},
                           timeout=300)

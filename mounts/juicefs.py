@@ -163,20 +163,22 @@ class JuiceFSMachine:
             if previous is not None and previous.machine != lease.machine_id():
                 steps.metadata_set_aside(p, f"machine {previous.machine} wrote the bucket since")
             origin = steps.metadata_prepare(p)
+            # Taken (and removed) whatever happens next: it vouches for this mount only.
+            clean = steps.image_clean_take(p)
             # A volume made by an older agent: its settings held the S3 keys (steps, system).
             steps.format_secrets_remove(p.meta_db)
             mount.layout = _layout_decide(p, origin, requested)
             fresh = origin == "formatted" or steps.volume_empty(p.meta_db)
             p = _paths(mount)
             mount.save(update_fields=["layout"])
-            mount.litestream_pid = steps.litestream_start(p)
-            mount.save(update_fields=["litestream_pid"])
-            mount.juicefs_pid = steps.juicefs_start(p, budget)
+            self._daemons_start(mount, p, budget)
             if mount.layout == system.IMAGE:
                 if not p.image.exists():
                     steps.image_create(p)
                     fresh = True
-                steps.image_mount(p)
+                # e2fsck only where this machine's clean unmount is not the image's last write.
+                steps.image_mount(p, check=not (origin == "local" and clean is not None
+                                                 and clean == steps.image_identity(p)))
             if fresh:
                 steps.workspace_prepare(p.mount_point)
         except BaseException:
@@ -188,6 +190,22 @@ class JuiceFSMachine:
         mount.mounted_at = timezone.now()
         mount.error = ""
         mount.save()
+
+    def _daemons_start(self, mount: Mount, p: system.Paths, budget: system.Budget) -> None:
+        """Litestream and JuiceFS started side by side, then each waited for (a remount
+        spends most of its time waiting for the two: docs/mounts.md, "Remount").
+
+        Litestream is spawned first and is ready within tens of milliseconds, long before
+        JuiceFS's first transaction (its session) could reach a checkpoint: Litestream catches
+        up on WAL frames written before it looked, as after any of its sync intervals.
+        """
+        litestream = steps.litestream_spawn(p)
+        mount.litestream_pid = litestream.pid
+        juicefs = steps.juicefs_spawn(p, budget)
+        mount.juicefs_pid = juicefs.pid
+        steps.litestream_ready(p, litestream)
+        mount.save(update_fields=["litestream_pid"])
+        steps.juicefs_ready(p, juicefs)
 
     def healthy(self, mount: Mount) -> bool:
         p = _paths(mount)
@@ -223,10 +241,16 @@ class JuiceFSMachine:
         alive = steps.answers(p.volume_point)
         litestream_alive = steps.owns(mount.litestream_pid,
                                       system.daemon_tag(p, system.LITESTREAM))
+        clean = None
         if mount.layout == system.IMAGE:
+            healthy_ext4 = alive and steps.image_mounted(p)
             # The ext4 first (sync, fstrim while JuiceFS can still punch the holes, umount, loop
             # device freed): its last writes then are ordinary JuiceFS writes, flushed below.
             steps.image_release(p, trim=alive)
+            if healthy_ext4 and not steps.loop_devices(p.image):
+                # The kernel unmounted a read-write, error-free ext4 (errors=remount-ro) and let
+                # go of the image: its superblock says clean, as e2fsck -p would read it.
+                clean = steps.image_identity(p)
         if alive and litestream_alive:
             replica.durable(p, mount.litestream_pid)
         steps.umount(p.volume_point, lazy=not alive)
@@ -235,3 +259,6 @@ class JuiceFSMachine:
             # JuiceFS closes its session on unmount: that last transaction must reach S3 too.
             steps.litestream_sync(p, mount.litestream_pid)
         steps.teardown(p, juicefs_pid=mount.juicefs_pid, litestream_pid=mount.litestream_pid)
+        if clean is not None and alive and litestream_alive:
+            # Only after every step succeeded: an unmount that failed anywhere leaves no record.
+            steps.image_clean_record(p, clean)

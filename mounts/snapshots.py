@@ -259,7 +259,7 @@ def image_swap(p: system.Paths, source: Path) -> None:
                             f"{error}") from error
     # A clone of a frozen image: no journal to replay, nothing for e2fsck -p to do (it runs
     # when the superblock says otherwise).
-    steps.image_mount(p, fsck=not snapshots_store.clean(p.image))
+    steps.image_mount(p, check=not snapshots_store.clean(p.image))
 
 
 # ---------------------------------------------------------------------------------------------

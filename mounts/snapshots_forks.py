@@ -51,7 +51,7 @@ def fork_create(*, bucket: str, snapshot_id: str, name: str) -> Mount:
             fp.image.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             snapshots_store.clone(p.volume_dir, system.snapshot_image(p, sidecar.id), fp.image)
             # A clone of a frozen image: e2fsck -p only when its superblock asks for it.
-            steps.image_mount(fp, fsck=not snapshots_store.clean(fp.image))
+            steps.image_mount(fp, check=not snapshots_store.clean(fp.image))
         except BaseException:
             _machine_remove(fp)
             fork.delete()

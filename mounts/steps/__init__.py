@@ -25,9 +25,13 @@ from mounts.steps.durability import (  # noqa: F401
     volume_compression,
 )
 from mounts.steps.image import (  # noqa: F401
+    image_check,
+    image_clean_record,
+    image_clean_take,
     image_create,
     image_file_flush,
     image_flush,
+    image_identity,
     image_mount,
     image_mounted,
     image_release,
@@ -61,7 +65,11 @@ from mounts.steps.mountpoints import (  # noqa: F401
 from mounts.steps.processes import (  # noqa: F401
     LOG_TAIL,
     daemons,
+    juicefs_ready,
+    juicefs_spawn,
     juicefs_start,
+    litestream_ready,
+    litestream_spawn,
     litestream_start,
     litestream_sync,
     oom_score_adjust,

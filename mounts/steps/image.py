@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -60,24 +61,22 @@ def image_mounted(p: system.Paths) -> bool:
     return entry is not None and entry[0] == "ext4" and "rw" in entry[2].split(",")
 
 
-def image_mount(p: system.Paths, *, fsck: bool = True) -> None:
+def image_mount(p: system.Paths, *, check: bool = True) -> None:
     """Check the image, attach it to a loop device and mount its ext4 at the workspace.
-    `fsck=False`: only for a clone of a frozen image whose superblock the caller found clean
-    (snapshots; docs/snapshots.md, "Restores and forks without e2fsck")."""
+
+    `check` False only where e2fsck -p would read a clean superblock and exit: this machine's
+    own clean unmount is the image's last write (image_clean_take), or the image is a clone of
+    a frozen image whose superblock the caller found clean (snapshots; docs/snapshots.md,
+    "Restores and forks without e2fsck").
+    """
     for device in loop_devices(p.image):
         # A crash between attaching and mounting left this one: never two devices on one image.
         logger.warning("detaching stale loop device %s of %s", device, p.bucket)
         loop_detach(device)
-    # Always, not only after a restore: a crash or a lost machine leaves a journal to replay,
-    # and on a clean filesystem it only reads the superblock.
-    check = runner.run(system.e2fsck_argv(p.image), timeout=settings.MOUNT_TIMEOUT_SECONDS * 5,
-                       check=False) if fsck else None
-    if check and check.returncode:
-        logger.warning("e2fsck -p on %s's image: exit %s: %s", p.bucket, check.returncode,
-                       (check.stdout + check.stderr).strip()[-LOG_TAIL:])
-    if check and not system.e2fsck_ok(check.returncode):
-        raise MountFailed(f"The workspace image of {p.bucket} has errors e2fsck -p cannot fix "
-                          f"(exit {check.returncode}): {(check.stdout + check.stderr)[-500:]}")
+    if check:
+        image_check(p)
+    else:
+        logger.info("e2fsck of %s's image skipped: its superblock is known clean", p.bucket)
     try:
         device = runner.run(system.losetup_attach_argv(
             p.image, direct_io=settings.WORKSPACE_IMAGE_DIRECT_IO), timeout=60).stdout.strip()
@@ -93,6 +92,22 @@ def image_mount(p: system.Paths, *, fsck: bool = True) -> None:
     # The mounted ext4 holds the device open: detaching now only sets autoclear, so the device
     # goes away by itself with the ext4's unmount, whoever unmounts it (also after a crash).
     loop_detach(device)
+
+
+def image_check(p: system.Paths) -> None:
+    """e2fsck -p: replay the journal, repair what is safe; MountFailed beyond that.
+
+    On every mount but the one after this machine's own clean unmount: a crash or a lost
+    machine leaves a journal to replay; on a clean filesystem it only reads the superblock.
+    """
+    check = runner.run(system.e2fsck_argv(p.image), timeout=settings.MOUNT_TIMEOUT_SECONDS * 5,
+                       check=False)
+    if check.returncode:
+        logger.warning("e2fsck -p on %s's image: exit %s: %s", p.bucket, check.returncode,
+                       (check.stdout + check.stderr).strip()[-LOG_TAIL:])
+    if not system.e2fsck_ok(check.returncode):
+        raise MountFailed(f"The workspace image of {p.bucket} has errors e2fsck -p cannot fix "
+                          f"(exit {check.returncode}): {(check.stdout + check.stderr)[-500:]}")
 
 
 def image_flush(p: system.Paths) -> None:
@@ -147,3 +162,51 @@ def image_file_flush(p: system.Paths) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The record of a clean unmount: when this machine's own clean unmount is the image's last
+# write, the next mount's e2fsck -p has nothing to do (docs/mounts.md, "Remount")
+# ---------------------------------------------------------------------------------------------
+
+
+def image_identity(p: system.Paths) -> list[int] | None:
+    """The image file as JuiceFS knows it: inode, size, modification and change times (ns).
+
+    Any write, truncate, rename over it (a snapshot restore, a fork's promotion) or restored
+    metadata changes one of them. None when there is no image.
+    """
+    try:
+        info = os.stat(p.image, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def image_clean_record(p: system.Paths, identity: list[int]) -> None:
+    """Record that this machine unmounted the image cleanly and that `identity` is the image
+    its unmount left (root-only, beside the metadata database: no sandbox sees it)."""
+    draft = p.image_clean.with_name(f"{p.image_clean.name}.new")
+    draft.unlink(missing_ok=True)
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"image": identity}, handle)
+    draft.rename(p.image_clean)
+
+
+def image_clean_take(p: system.Paths) -> list[int] | None:
+    """The identity a clean unmount recorded (image_clean_record), and the record removed: it
+    vouches for one mount only, so a crash after this mount leaves none and e2fsck runs."""
+    try:
+        fd = os.open(p.image_clean, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        with os.fdopen(fd) as handle:
+            identity = json.load(handle).get("image")
+    except (OSError, ValueError, AttributeError):
+        identity = None
+    finally:
+        p.image_clean.unlink(missing_ok=True)
+    valid = isinstance(identity, list) and all(isinstance(x, int) for x in identity)
+    return identity if valid else None

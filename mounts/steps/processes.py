@@ -21,6 +21,9 @@ logger = logging.getLogger("weldr.mounts")
 # would look alive to a pid check). Daemons started by another process are tracked by pid.
 _children: dict[int, runner.Popen[bytes]] = {}
 LOG_TAIL = 1500
+# How often a starting daemon is looked at: a remount waits for two of them (a poll of 0.1 s
+# cost 50 ms on average of a 0.5 s remount).
+READY_POLL = 0.02
 
 
 def _tag(pid: int) -> str | None:
@@ -79,6 +82,15 @@ def pid_stop(pid: int | None, tag: str, *, grace: float, sig: int = signal.SIGTE
 
 
 def litestream_start(p: system.Paths) -> int:
+    return litestream_ready(p, litestream_spawn(p))
+
+
+def litestream_spawn(p: system.Paths) -> runner.Popen[bytes]:
+    """Start Litestream on the bucket's database; litestream_ready waits for it.
+
+    Split in two so that a mount starts JuiceFS while Litestream gets ready (each takes
+    tens to hundreds of milliseconds, mostly waiting: docs/mounts.md, "Remount").
+    """
     p.litestream_socket.parent.mkdir(parents=True, exist_ok=True)
     p.litestream_socket.unlink(missing_ok=True)
     env = system.litestream_env()
@@ -86,10 +98,15 @@ def litestream_start(p: system.Paths) -> int:
     process = runner.spawn(system.litestream_replicate_argv(runner.tool("litestream"), p),
                            log_path=p.litestream_log, env=env)
     _children[process.pid] = process
-    # Ready when its control socket listens (it then has opened the database).
+    return process
+
+
+def litestream_ready(p: system.Paths, process: runner.Popen[bytes]) -> int:
+    """Its pid once its control socket listens (it then has opened the database); else
+    MountFailed with its log's tail, the process stopped."""
     ready = runner.wait_until(
         lambda: p.litestream_socket.exists() or process.poll() is not None,
-        timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=0.05,
+        timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=READY_POLL,
     )
     if not ready or process.poll() is not None:
         runner.stop(process, grace=5)
@@ -127,6 +144,11 @@ def litestream_sync(p: system.Paths, pid: int | None, *, timeout: int = 60) -> i
 
 
 def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
+    return juicefs_ready(p, juicefs_spawn(p, budget))
+
+
+def juicefs_spawn(p: system.Paths, budget: system.Budget) -> runner.Popen[bytes]:
+    """Start `juicefs mount` in the foreground (we own its pid and log); juicefs_ready waits."""
     p.volume_point.mkdir(parents=True, exist_ok=True)
     p.cache_dir.mkdir(parents=True, exist_ok=True)
     stats = os.statvfs(p.cache_dir)
@@ -136,8 +158,14 @@ def juicefs_start(p: system.Paths, budget: system.Budget) -> int:
     env[system.TAG_VARIABLE] = system.daemon_tag(p, system.JUICEFS)
     process = runner.spawn(argv, log_path=p.juicefs_log, env=env)
     _children[process.pid] = process
+    return process
+
+
+def juicefs_ready(p: system.Paths, process: runner.Popen[bytes]) -> int:
+    """Its pid once the mount answers (its OOM score set back); else MountFailed with its
+    log's tail, the process stopped and the mount point detached."""
     ready = runner.wait_until(lambda: answers(p.volume_point) or process.poll() is not None,
-                              timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=0.1)
+                              timeout=settings.MOUNT_TIMEOUT_SECONDS, interval=READY_POLL)
     if not ready or process.poll() is not None:
         runner.stop(process, grace=5)
         umount(p.volume_point, lazy=True)

@@ -13,6 +13,9 @@ from mounts.system.volume import Paths
 TAG_VARIABLE = "WELDR_MOUNT_DAEMON"
 JUICEFS = "juicefs"
 LITESTREAM = "litestream"
+# Set by juicefs's watchdog in the environment of the server it starts (cmd/mount.go): a
+# `juicefs mount` that finds it runs as the server directly.
+JUICEFS_SUPERVISOR = "JFS_SUPERVISOR"
 
 
 def bucket_url(bucket: str) -> str:
@@ -38,6 +41,10 @@ def juicefs_env(buffer_size_mb: int | None = None) -> dict[str, str]:
     env = s3.tool_env()
     if buffer_size_mb is not None:
         env["GOMEMLIMIT"] = f"{buffer_size_mb + settings.JUICEFS_MEMORY_OVERHEAD_MB}MiB"
+        if not settings.JUICEFS_WATCHDOG:
+            # What juicefs's watchdog sets for the server it starts: this process is then the
+            # server itself, with no watchdog above it (JUICEFS_WATCHDOG).
+            env[JUICEFS_SUPERVISOR] = "1"
     return env
 
 

@@ -86,6 +86,12 @@ class Paths:
         """The ext4 image inside the JuiceFS volume (image layout)."""
         return self.volume_dir / IMAGE_DIR / IMAGE_NAME
 
+    @property
+    def image_clean(self) -> Path:
+        """This machine's record of its last clean unmount of the image (root-only, beside the
+        metadata database, which no sandbox sees): the next mount's e2fsck is redundant."""
+        return self.meta_db.with_name(f"{self.bucket}.image-clean")
+
 
 def socket_path(directory: Path, name: str) -> Path:
     """`directory/name`, or a short per-agent path under /run when that would not fit."""

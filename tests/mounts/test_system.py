@@ -140,6 +140,11 @@ def test_tool_envs_carry_keys_but_no_ca_bundle(settings, monkeypatch):
     assert lenv["AWS_SECRET_ACCESS_KEY"] == settings.S3_SECRET_ACCESS_KEY
     assert "AWS_CA_BUNDLE" not in jenv and "AWS_CA_BUNDLE" not in lenv
     assert jenv["GOMEMLIMIT"] == f"{100 + settings.JUICEFS_MEMORY_OVERHEAD_MB}MiB"
+    # With the watchdog (the default) juicefs starts its own; without, it is the server.
+    assert "JFS_SUPERVISOR" not in jenv
+    settings.JUICEFS_WATCHDOG = False
+    assert system.juicefs_env(100)["JFS_SUPERVISOR"] == "1"
+    assert "JFS_SUPERVISOR" not in system.juicefs_env()  # format, clone: no mount
 
 
 def test_format_without_secrets_keeps_everything_but_the_s3_credentials():

@@ -53,12 +53,15 @@ FS_MOUNT_OPTIONS = env.str("FS_MOUNT_OPTIONS", default="")
 CACHE_TOTAL_MB = integer("CACHE_TOTAL_MB", 4096, low=256, high=10**7)
 CACHE_RESERVED_META_MB = integer("CACHE_RESERVED_META_MB", 1024, low=0, high=10**6)
 CACHE_RESERVED_OVERHEAD_MB = integer("CACHE_RESERVED_OVERHEAD_MB", 500, low=0, high=10**6)
-# The design's 100-256 MB per mount does not fit 1 GB with 5 mounts (storage hazard 7,
-# docs/mounts.md; docs/mounts.md
-# has the measurement): 64-128 MB keeps the sum of buffers within the 400 MB pool.
-BUFFER_POOL_MB = integer("BUFFER_POOL_MB", 400, low=32, high=10**6)
-BUFFER_MIN_MB = integer("BUFFER_MIN_MB", 64, low=32, high=10**5)
-BUFFER_MAX_MB = integer("BUFFER_MAX_MB", 128, low=32, high=10**5)
+# JuiceFS's read/write buffer per mount (storage hazard 7, docs/mounts.md). With writeback a
+# block stays in it only until it is in the staging folder: five image mounts written at full
+# speed at once used 112 MiB of buffers in all (docs/performance.md, "Mounts: memory"), and the
+# workspace benchmark runs as fast with 32 MB as with 80–128. The Go heap a server keeps at rest
+# follows its GOMEMLIMIT (buffer + JUICEFS_MEMORY_OVERHEAD_MB), so a smaller buffer is what keeps
+# 5 mounts + the agent within 600 MB: 64 MB for the first two mounts, 32 with five.
+BUFFER_POOL_MB = integer("BUFFER_POOL_MB", 160, low=32, high=10**6)
+BUFFER_MIN_MB = integer("BUFFER_MIN_MB", 32, low=32, high=10**5)
+BUFFER_MAX_MB = integer("BUFFER_MAX_MB", 64, low=32, high=10**5)
 # Explicit overrides (unset means "computed from the budget").
 CACHE_SIZE_MB = optional_integer("CACHE_SIZE_MB", low=1, high=10**8)
 BUFFER_SIZE_MB = optional_integer("BUFFER_SIZE_MB", low=32, high=10**6)
@@ -94,14 +97,23 @@ MOUNT_TIMEOUT_SECONDS = integer("MOUNT_TIMEOUT_SECONDS", 120, low=5, high=3600)
 # from the last zero-RPO sync, whichever is later), so that every block it names was uploaded.
 RESTORE_MARGIN_SECONDS = integer("RESTORE_MARGIN_SECONDS", 60, low=0, high=86400)
 # Go heap soft limits (storage hazard 7, docs/mounts.md): juicefs gets its buffer plus this much,
-# litestream a fixed
-# amount. GOMEMLIMIT makes the Go runtime collect harder instead of growing past it.
-JUICEFS_MEMORY_OVERHEAD_MB = integer("JUICEFS_MEMORY_OVERHEAD_MB", 64, low=16, high=10**5)
+# litestream a fixed amount. GOMEMLIMIT makes the Go runtime collect harder instead of growing
+# past it, and its scavenger hands idle heap back to the kernel down to it: a JuiceFS server
+# keeps about its limit after a burst of writes (measured: limit 192 MiB → ~95 MiB anonymous at
+# rest, 64 MiB → ~49). 32 MB above the buffer is the server's heap at rest with room to spare.
+JUICEFS_MEMORY_OVERHEAD_MB = integer("JUICEFS_MEMORY_OVERHEAD_MB", 32, low=16, high=10**5)
 LITESTREAM_MEMORY_LIMIT_MB = integer("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, high=10**5)
 # JuiceFS run as root sets its own oom_score_adj to -1000 (never killed: the kernel kills the
 # agent or a preview instead, however large JuiceFS grows). Set back to this after it mounts:
 # still protected at its normal size, killable when it takes half the machine more than others.
 JUICEFS_OOM_SCORE_ADJ = integer("JUICEFS_OOM_SCORE_ADJ", -500, low=-1000, high=1000)
+# JuiceFS's watchdog: a second process per mount (same binary) that restarts a crashed or hung
+# server on the same FUSE connection, so the workspace survives it. It costs ~15 MiB of heap
+# and its share of the binary per mount (~20 MiB PSS; 5 mounts: ~85 MiB, docs/performance.md,
+# "Mounts: memory"). Without it (0) a crashed server is a dead mount: the image's ext4 goes
+# read-only and reconcile or the next POST /mounts mounts it again (writes since the last sync
+# may be lost, as after any crash).
+JUICEFS_WATCHDOG = boolean("JUICEFS_WATCHDOG", default=True)
 # Workspace layout of NEW volumes (docs/mounts.md, "Layouts"): `files` (the workspace is the
 # JuiceFS mount) or `image` (an ext4 image inside the JuiceFS volume, loop-mounted). An existing
 # volume always keeps its own layout, whatever this says. `image` by default: the coding workload
