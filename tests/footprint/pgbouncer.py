@@ -22,6 +22,7 @@ PGBOUNCER = "/usr/sbin/pgbouncer"
 @dataclass
 class Pgbouncer:
     url: str
+    pid: int
 
     @classmethod
     @contextmanager
@@ -55,7 +56,7 @@ class Pgbouncer:
                                      or process.poll() is not None, timeout=20) \
                     or process.poll() is not None:
                 raise RuntimeError(f"pgbouncer did not start: {(root / 'stdout.log').read_text()}")
-            yield cls(f"postgres://{target.username}@127.0.0.1:{port}/{name}")
+            yield cls(f"postgres://{target.username}@127.0.0.1:{port}/{name}", process.pid)
         finally:
             runner.stop(process, grace=10)
             shutil.rmtree(root, ignore_errors=True)
