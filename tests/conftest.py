@@ -31,6 +31,54 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.django_db(databases="__all__"))
 
 
+# `make test` runs the suite on workers (pytest-xdist, `--dist loadgroup`): each group of tests
+# runs on one worker, whole, so that what its tests share is started once. Before xdist reads
+# the groups (its own hook), hence tryfirst.
+@pytest.hookimpl(specname="pytest_collection_modifyitems", tryfirst=True)
+def pytest_collection_modifyitems__xdist_groups(items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        groups = xdist_groups(items)
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(groups[_module(item)]))
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::")[0]
+
+
+def xdist_groups(items: list[pytest.Item]) -> dict[str, str]:
+    """Each module's group: the module itself (module-scoped agents, buckets, servers), or the
+    folder whose conftest shares a fixture across modules (package or session scope: the exec
+    and SDK agents, Better Auth, the image), so that one worker starts it once."""
+    groups: dict[str, str] = {}
+    for item in items:
+        module = _module(item)
+        info = getattr(item, "_fixtureinfo", None)
+        shared = [definition.baseid
+                  for definitions in (info.name2fixturedefs.values() if info else ())
+                  for definition in definitions
+                  if definition.scope in ("package", "session")
+                  and definition.baseid.startswith("tests/")]
+        groups[module] = min([groups.get(module, module), *shared], key=len)
+    return groups
+
+
+# The longest groups first (tests/durations.json): a long module that started last would keep
+# one worker busy after the others ran out of work. After pytest-django's own ordering (trylast):
+# xdist hands out the groups in the order of their first test (`--no-loadscope-reorder`).
+@pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
+def pytest_collection_modifyitems__longest_first(items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from tests import durations
+
+    known, groups = durations.load(), xdist_groups(items)
+    weight: dict[str, float] = {}
+    for module, group in groups.items():
+        weight[group] = weight.get(group, 0) + known.get(module, durations.DEFAULT_SECONDS)
+    items.sort(key=lambda item: (-weight[groups[_module(item)]], groups[_module(item)]))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _sandbox_machinery() -> Iterator[None]:
     """Whatever happened, remove the sandboxes this test process started itself (exec sandboxes
