@@ -29,12 +29,14 @@ class Numbers(MadeAheadPool[int]):
         self.hold_for = hold
         self.made: list[int] = []
         self.discarded: list[int] = []
+        self.making = threading.Event()  # set when a make has begun
 
     @property
     def size(self) -> int:
         return self._size
 
     def _make(self) -> int:
+        self.making.set()
         if self.gate is not None:
             self.gate.wait(10)
         if self.failures:
@@ -99,9 +101,13 @@ def test_closing_hands_back_the_ready_and_discards_the_one_being_made() -> None:
     pool._filler_start()
     assert runner.wait_until(lambda: pool.ready_count() == 2, timeout=10)
     pool.gate = gate
+    pool.making.clear()
     taken = pool._pop()
     assert taken is not None
     assert runner.wait_until(lambda: pool.ready_count() == 1 and len(pool.made) == 2, timeout=10)
+    # (the filler woken by the take is inside the make, not about to start it: a close before
+    # it got there would rightly make nothing)
+    assert pool.making.wait(10)
 
     # when it is closed while the make is under way
     closer = threading.Thread(target=lambda: handed.extend(pool._close(join=10)))
