@@ -22,7 +22,6 @@ PGBOUNCER = "/usr/sbin/pgbouncer"
 @dataclass
 class Pgbouncer:
     url: str
-    pid: int
 
     @classmethod
     @contextmanager
@@ -56,7 +55,7 @@ class Pgbouncer:
                                      or process.poll() is not None, timeout=20) \
                     or process.poll() is not None:
                 raise RuntimeError(f"pgbouncer did not start: {(root / 'stdout.log').read_text()}")
-            yield cls(f"postgres://{target.username}@127.0.0.1:{port}/{name}", process.pid)
+            yield cls(f"postgres://{target.username}@127.0.0.1:{port}/{name}")
         finally:
             runner.stop(process, grace=10)
             shutil.rmtree(root, ignore_errors=True)
