@@ -16,9 +16,14 @@ setup:
 run: setup
 	$(PY) manage.py serve
 
+# The suite runs on TEST_WORKERS pytest-xdist processes: its tests mostly wait (S3, FUSE, agents,
+# sandboxes), so more workers than the 2 vCPUs help (docs/performance.md, "The test suite's
+# time"). `make test TEST_WORKERS=0` runs it in this one process.
+TEST_WORKERS ?= 3
+
 test:
 	scripts/setup.sh --test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -29,6 +31,63 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("django_db") is None:
             item.add_marker(pytest.mark.django_db(databases="__all__"))
+
+
+# `make test` runs the suite on workers (pytest-xdist): each group of tests runs whole on one
+# worker, so that what its tests share is started once. xdist 3.8's own `--dist loadgroup` does
+# not work under pytest 9.2 (it renames a test's nodeid through an attribute pytest no longer
+# reads): its `loadscope` scheduler, with the group as the scope.
+SHARED_FIXTURE = re.compile(r'@pytest\.fixture\(scope="(package|session)"')
+
+
+@functools.cache
+def xdist_group(module: str) -> str:
+    """A test module's group (`tests/x/test_y.py`): the folder whose conftest.py shares a
+    fixture across modules (package or session scope: the exec and SDK agents, Better Auth, the
+    image), else the module itself (module-scoped agents, buckets and servers)."""
+    folder = (REPO / module).parent
+    while folder != REPO / "tests" and REPO in folder.parents:
+        conftest = folder / "conftest.py"
+        if conftest.is_file() and SHARED_FIXTURE.search(conftest.read_text()):
+            return str(folder.relative_to(REPO))
+        folder = folder.parent
+    return module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # type: ignore[no-untyped-def]
+    if config.getvalue("dist") != "loadscope":
+        return None  # a developer's own --dist
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid.split("::")[0])
+
+    return ByGroup(config, log)
+
+
+# The longest groups first (tests/durations.json): a long group that started last would keep
+# one worker busy after the others ran out of work. After pytest-django's own ordering (trylast):
+# the scheduler hands out the groups in the order of their first test (--no-loadscope-reorder).
+@pytest.hookimpl(specname="pytest_collection_modifyitems", trylast=True)
+def pytest_collection_modifyitems__longest_first(items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from tests import durations
+
+    known = durations.load()
+    modules = {item.nodeid.split("::")[0] for item in items}
+    weight: dict[str, float] = {}
+    for module in modules:
+        group = xdist_group(module)
+        weight[group] = weight.get(group, 0) + known.get(module, durations.DEFAULT_SECONDS)
+
+    def order(item: pytest.Item) -> tuple[float, str]:
+        group = xdist_group(item.nodeid.split("::")[0])
+        return -weight[group], group
+
+    items.sort(key=order)
 
 
 @pytest.fixture(scope="session", autouse=True)

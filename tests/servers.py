@@ -6,6 +6,10 @@ agent process a test starts) sees the same DATABASE_URL, REDIS_URL and S3_* vari
 PostgreSQL and Redis already listening on 127.0.0.1:5432/6379 are used when they accept us;
 otherwise throwaway servers from Debian's packages are started on free loopback ports in a
 temporary folder and stopped when the test run ends (atexit), whatever the outcome.
+
+Under `pytest -n N` (pytest-xdist) the controller starts them once and its workers inherit their
+addresses; each worker gets its own test databases, channel prefix, state, workspace and runtime
+folders and so its own INSTANCE_ID (PER_PROCESS).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 TEST_ACCESS_KEY = "weldrtestaccesskey" + secrets.token_hex(4)
 TEST_SECRET_KEY = "weldrtestsecretkey" + secrets.token_hex(12)
 _cleanups: list = []
+# What `ensure()` sets for one test process alone (the servers are shared with its xdist workers).
+PER_PROCESS = ("SHARED_TEST_DB_NAME", "CHANNEL_LAYER_PREFIX", "WELDR_ENV_VOL", "WORKSPACE_BASE",
+               "WELDR_RUNTIME_DIR", "WELDR_INSTANCE_ID")
 
 
 def free_port() -> int:
@@ -107,6 +114,13 @@ def ensure() -> None:
     """Start what is missing and export its address; idempotent within one process."""
     if os.environ.get("WELDR_TEST_SERVICES") == str(os.getpid()):
         return
+    if os.environ.get("PYTEST_XDIST_WORKER") and "WELDR_TEST_SERVICES" in os.environ:
+        # A worker of `pytest -n N` inherits its controller's environment: it shares the
+        # controller's PostgreSQL, Redis and S3 server, but not what is one process's own (test
+        # databases, channel prefix, state, workspaces, runtime directory and with it
+        # INSTANCE_ID, so netns, firewall chains and cgroups): two workers must not collide.
+        for name in PER_PROCESS:
+            os.environ.pop(name, None)
     root = Path(tempfile.mkdtemp(prefix="weldr-test-"))
     _cleanups.insert(0, lambda: shutil.rmtree(root, ignore_errors=True))
 

@@ -58,24 +58,32 @@ def held_connections(pid: int, port: int) -> int:
 
 class Counter(threading.Thread):
     """Samples, until stopped, how many connections to PostgreSQL the agent holds (its own
-    sockets, `peak`) and how many backends serve `database` (pg_stat_activity, `count()`)."""
+    sockets, `peak`) and how many backends serve `database` (pg_stat_activity, `count()`).
+    With `busy_only` (behind PgBouncer), `backends_peak` counts the backends inside a
+    transaction: PgBouncer keeps idle server connections pooled and may open one for a waiting
+    client while another is being released (10 were seen for 5 clients), and a replaced one
+    lingers in pg_stat_activity for a moment; the ones in use at once are what the agent's pool
+    bounds."""
 
-    def __init__(self, admin_url: str, database: str, pid: int, port: int) -> None:
+    def __init__(self, admin_url: str, database: str, pid: int, port: int,
+                 busy_only: bool = False) -> None:
         super().__init__(daemon=True)
         self.admin_url, self.database, self.pid, self.port = admin_url, database, pid, port
+        self.busy_only = busy_only
         self.peak = self.backends_peak = 0
         self.halt = threading.Event()
 
-    def count(self) -> int:
+    def count(self, *, busy_only: bool = False) -> int:
+        busy = " AND state <> 'idle' AND pid <> pg_backend_pid()" if busy_only else ""
         with psycopg.connect(self.admin_url, autocommit=True) as connection:
-            row = connection.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                     (self.database,)).fetchone()
+            row = connection.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                                     + busy, (self.database,)).fetchone()
         return int(row[0]) if row else 0
 
     def run(self) -> None:
         while not self.halt.is_set():
             self.peak = max(self.peak, held_connections(self.pid, self.port))
-            self.backends_peak = max(self.backends_peak, self.count())
+            self.backends_peak = max(self.backends_peak, self.count(busy_only=self.busy_only))
             time.sleep(0.05)
 
 
@@ -187,10 +195,11 @@ def test_agent_works_through_pgbouncer_in_transaction_mode(
     with Pgbouncer.start(url, name) as bouncer:
         agent = start_agent(tmp_path, bouncer.url, scripts)
         try:
-            # (PgBouncer's server connections, counted by PostgreSQL: the agent's own sockets
-            # go to PgBouncer)
+            # (PgBouncer's server connections in use, counted by PostgreSQL: the agent's own
+            # sockets go to PgBouncer)
             counter = Counter(os.environ["DATABASE_URL"], name, agent_pid(agent),
-                              int(urlsplit(bouncer.url).port or 5432))
+                              int(urlsplit(bouncer.url).port or 5432),
+                              busy_only=True)
             # when the agent migrates, serves the load and runs a workflow to its end
             failures = load(agent, scripts, counter)
             counter.halt.set()

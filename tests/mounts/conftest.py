@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
-from mounts import services, steps, system
+from mounts import lease, services, steps, system
 from mounts.models import Mount
 
 
@@ -79,6 +79,9 @@ def buckets() -> Iterator[Callable[[], str]]:
             # Whatever the unmount did, stop this bucket's daemons (found by exact argv).
             steps.teardown(system.paths(name), juicefs_pid=None, litestream_pid=None, grace=5)
             Mount.objects.filter(bucket=name).delete()
+            # And this process's record of its lease (a machine-loss test drops the row, not
+            # the record): a later test in this process renews every lease it still holds.
+            lease.forget(name)
 
 
 def write_tree(root: Path, files: int = 120) -> dict[str, bytes]:

@@ -24,8 +24,13 @@ from weldr_agent import s3
 def _index_and_table_disagree(db: Path) -> None:
     """Commit a state in which an index no longer matches its table: two tables, an index on
     the first, then the first pointed at the second's b-tree (SQLite's writable_schema). JuiceFS
-    never reads these tables; SQLite's checks reject the whole database."""
-    with sqlite3.connect(db) as connection:
+    never reads these tables; SQLite's checks reject the whole database. One transaction: a
+    state with the tables but not yet the damage is sound, and Litestream (syncing every
+    second) could ship it, and the restore rightly choose it."""
+    connection = sqlite3.connect(db, isolation_level=None)
+    try:
+        connection.execute("PRAGMA writable_schema = ON")
+        connection.execute("BEGIN IMMEDIATE")
         connection.execute("CREATE TABLE weldr_damage (id INTEGER PRIMARY KEY, v)")
         connection.execute("CREATE INDEX weldr_damage_v ON weldr_damage (v)")
         connection.execute("CREATE TABLE weldr_damage_other (id INTEGER PRIMARY KEY, v)")
@@ -33,12 +38,13 @@ def _index_and_table_disagree(db: Path) -> None:
                                [(i,) for i in range(50)])
         connection.executemany("INSERT INTO weldr_damage_other (v) VALUES (?)",
                                [(i,) for i in range(5)])
-    with sqlite3.connect(db) as connection:
         other = connection.execute("SELECT rootpage FROM sqlite_schema "
                                    "WHERE name = 'weldr_damage_other'").fetchone()[0]
-        connection.execute("PRAGMA writable_schema = ON")
         connection.execute("UPDATE sqlite_schema SET rootpage = ? WHERE name = 'weldr_damage'",
                            (other,))
+        connection.execute("COMMIT")
+    finally:
+        connection.close()
 
 
 def _ship(bucket: str) -> None:

@@ -29,13 +29,18 @@ SERVER_JS = textwrap.dedent("""\
 
 @pytest.fixture
 def previews(ports_lock: None) -> Iterator[None]:
-    """Every preview a test started is stopped and torn down after it, even when it failed."""
+    """Every preview a test started is stopped and torn down after it, even when it failed; and
+    the warm pool it may have started: its filler would go on making sandboxes in this process
+    during later tests, with their settings (another WORKSPACE_BASE), for a later warm test."""
     try:
         yield
     finally:
         import time
 
+        from sandbox import warm
+
         services.previews_stop_all(time.monotonic() + 30)
+        warm.warm_pool.shutdown()
 
 
 def make_workspace(bucket: str) -> Path:
