@@ -106,6 +106,7 @@ def _image_volume_refuse(bucket: str) -> None:
 def serving(mount: Mount) -> bool:
     """JuiceFS answers and, for the image layout, the workspace is its ext4, read-write."""
     p = _paths(mount)
+    steps.orphan_abort(p)  # else asking a mount whose JuiceFS is all gone could wait forever
     return steps.answers(p.volume_point) and (mount.layout != system.IMAGE
                                               or steps.image_mounted(p))
 
@@ -238,6 +239,7 @@ class JuiceFSMachine:
 
     def unmount(self, mount: Mount, *, force: bool) -> None:
         p = _paths(mount)
+        steps.orphan_abort(p)
         alive = steps.answers(p.volume_point)
         litestream_alive = steps.owns(mount.litestream_pid,
                                       system.daemon_tag(p, system.LITESTREAM))

@@ -73,6 +73,7 @@ from mounts.steps.processes import (  # noqa: F401
     litestream_start,
     litestream_sync,
     oom_score_adjust,
+    orphan_abort,
     owns,
     pid_stop,
     workspace_prepare,

@@ -36,6 +36,20 @@ def mount_table() -> dict[str, str]:
     return {point: entry[0] for point, entry in mountinfo().items()}
 
 
+def fuse_connection(mount_point: Path) -> Path | None:
+    """The kernel's control folder of the FUSE mount at `mount_point` (/sys/fs/fuse/connections/
+    <the mount's device minor>), read from /proc/self/mountinfo without touching the mount."""
+    device = None
+    with open("/proc/self/mountinfo") as handle:
+        for line in handle:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == str(mount_point):
+                device = fields[2]  # major:minor; the last match is the topmost mount
+    if device is None or " - " in device:
+        return None
+    return Path("/sys/fs/fuse/connections") / device.split(":")[-1]
+
+
 def is_mounted(mount_point: Path) -> bool:
     return mount_table().get(str(mount_point), "").startswith("fuse.juicefs")
 

@@ -12,7 +12,7 @@ from django.conf import settings
 
 from mounts import system
 from mounts.errors import MountFailed, SyncFailed
-from mounts.steps.mountpoints import answers, umount
+from mounts.steps.mountpoints import answers, fuse_connection, umount
 from weldr_agent import runner
 
 logger = logging.getLogger("weldr.mounts")
@@ -197,3 +197,24 @@ def workspace_prepare(mount_point: Path) -> None:
     lost = mount_point / "lost+found"
     if lost.is_dir() and not lost.is_symlink() and not any(lost.iterdir()):
         lost.rmdir()
+
+
+def orphan_abort(p: system.Paths) -> bool:
+    """Abort the volume's FUSE connection when none of its JuiceFS processes is alive.
+
+    Killed JuiceFS processes normally take their FUSE connection with them, and requests then
+    fail with ENOTCONN. But a JuiceFS server hands its /dev/fuse descriptor to its watchdog over
+    a Unix socket; killed with the descriptor in flight, the connection outlives every process
+    that could answer it, and each request on the mount (the agent's own `answers()` included)
+    waits forever. With no JuiceFS process of the bucket left, nothing can answer: abort it
+    through the kernel's FUSE control folder, as the descriptor's last close would have.
+    """
+    if daemons(p, system.JUICEFS):
+        return False
+    connection = fuse_connection(p.volume_point)
+    if connection is None or not (connection / "abort").exists():
+        return False
+    logger.warning("aborting the FUSE connection of %s: none of its JuiceFS processes is alive",
+                   p.bucket)
+    (connection / "abort").write_text("1")
+    return True

@@ -61,7 +61,10 @@ def _kill_juicefs(bucket: str) -> None:
     # The watchdog (the lower pid) first: killed after its server, it would start a new one.
     for pid in steps.daemons(p, system.JUICEFS):
         os.kill(pid, signal.SIGKILL)
-    # the processes are gone once the kernel has aborted their FUSE connection
+    assert runner.wait_until(lambda: not steps.daemons(p, system.JUICEFS), timeout=30)
+    # Their FUSE connection normally dies with them; with the descriptor in flight to the
+    # watchdog it does not, and only the agent's own check takes it down (steps.orphan_abort).
+    steps.orphan_abort(p)
     assert runner.wait_until(lambda: not steps.answers(p.mount_point), timeout=30)
 
 
