@@ -132,13 +132,14 @@ def database() -> Iterator[tuple[str, str]]:
         yield url, url.rsplit("/", 1)[1]
 
 
-def start_agent(tmp_path: Path, database_url: str, scripts: Path) -> Agent:
+def start_agent(tmp_path: Path, database_url: str, scripts: Path,
+                idle_seconds: float = IDLE_SECONDS) -> Agent:
     workspaces = tmp_path / "workspaces"
     workspaces.mkdir(mode=0o755)
     env = agent_env(dict(os.environ), tmp=tmp_path, database=database_url, scripts=scripts,
                     workspaces=workspaces)
     env.update({"DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
-                "SHARED_DB_POOL_MAX_IDLE_SECONDS": str(IDLE_SECONDS),
+                "SHARED_DB_POOL_MAX_IDLE_SECONDS": str(idle_seconds),
                 # A quiet stream also looks in the database once per keep-alive (in case a live
                 # message was lost): 30 subscribers at the tests' usual 1 s would keep the pool
                 # busy. Production's 15 s, or longer here: the idle window sees none of them.
@@ -193,7 +194,10 @@ def test_agent_works_through_pgbouncer_in_transaction_mode(
     # given PgBouncer (transaction pooling) in front of the test PostgreSQL, the agent behind it
     url, name = database
     with Pgbouncer.start(url, name) as bouncer:
-        agent = start_agent(tmp_path, bouncer.url, scripts)
+        # (no idle closing during this test: psycopg's pool counts a connection it shrinks away
+        # as gone before it closes its socket, so a grow at that moment shows a sixth socket
+        # for an instant; idle closing is the test above's subject, PgBouncer this one's)
+        agent = start_agent(tmp_path, bouncer.url, scripts, idle_seconds=600)
         try:
             # (PgBouncer's server connections in use, counted by PostgreSQL: the agent's own
             # sockets go to PgBouncer)
