@@ -106,7 +106,8 @@ def _image_volume_refuse(bucket: str) -> None:
 def serving(mount: Mount) -> bool:
     """JuiceFS answers and, for the image layout, the workspace is its ext4, read-write."""
     p = _paths(mount)
-    steps.orphan_abort(p)  # else asking a mount whose JuiceFS is all gone could wait forever
+    # Else asking a mount whose JuiceFS is all gone could wait forever.
+    steps.orphan_abort(p, mount.juicefs_pid)
     return steps.answers(p.volume_point) and (mount.layout != system.IMAGE
                                               or steps.image_mounted(p))
 
@@ -239,7 +240,7 @@ class JuiceFSMachine:
 
     def unmount(self, mount: Mount, *, force: bool) -> None:
         p = _paths(mount)
-        steps.orphan_abort(p)
+        steps.orphan_abort(p, mount.juicefs_pid)
         alive = steps.answers(p.volume_point)
         litestream_alive = steps.owns(mount.litestream_pid,
                                       system.daemon_tag(p, system.LITESTREAM))

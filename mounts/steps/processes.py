@@ -199,7 +199,7 @@ def workspace_prepare(mount_point: Path) -> None:
         lost.rmdir()
 
 
-def orphan_abort(p: system.Paths) -> bool:
+def orphan_abort(p: system.Paths, juicefs_pid: int | None = None) -> bool:
     """Abort the volume's FUSE connection when none of its JuiceFS processes is alive.
 
     Killed JuiceFS processes normally take their FUSE connection with them, and requests then
@@ -208,8 +208,9 @@ def orphan_abort(p: system.Paths) -> bool:
     that could answer it, and each request on the mount (the agent's own `answers()` included)
     waits forever. With no JuiceFS process of the bucket left, nothing can answer: abort it
     through the kernel's FUSE control folder, as the descriptor's last close would have.
+    `juicefs_pid`, the one the agent recorded, alive spares the scan of /proc (the usual case).
     """
-    if daemons(p, system.JUICEFS):
+    if owns(juicefs_pid, system.daemon_tag(p, system.JUICEFS)) or daemons(p, system.JUICEFS):
         return False
     connection = fuse_connection(p.volume_point)
     if connection is None or not (connection / "abort").exists():
