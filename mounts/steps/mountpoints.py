@@ -15,9 +15,9 @@ from weldr_agent import runner
 logger = logging.getLogger("weldr.mounts")
 
 
-def mountinfo() -> dict[str, tuple[str, str, str]]:
-    """Mount point → (filesystem type, source, superblock options), from /proc/self/mountinfo;
-    for a point mounted over, the topmost mount."""
+def mountinfo() -> dict[str, tuple[str, str, str, str]]:
+    """Mount point → (filesystem type, source, superblock options, device major:minor), from
+    /proc/self/mountinfo; for a point mounted over, the topmost mount."""
     table = {}
     with open("/proc/self/mountinfo") as handle:
         for line in handle:
@@ -27,7 +27,7 @@ def mountinfo() -> dict[str, tuple[str, str, str]]:
             point = fields[4].encode().decode("unicode_escape")
             tail = line.split(" - ", 1)[1].split()
             tail += [""] * (3 - len(tail))
-            table[point] = (tail[0], tail[1], tail[2])
+            table[point] = (tail[0], tail[1], tail[2], fields[2])
     return table
 
 
@@ -39,15 +39,8 @@ def mount_table() -> dict[str, str]:
 def fuse_connection(mount_point: Path) -> Path | None:
     """The kernel's control folder of the FUSE mount at `mount_point` (/sys/fs/fuse/connections/
     <the mount's device minor>), read from /proc/self/mountinfo without touching the mount."""
-    device = None
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            fields = line.split()
-            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == str(mount_point):
-                device = fields[2]  # major:minor; the last match is the topmost mount
-    if device is None or " - " in device:
-        return None
-    return Path("/sys/fs/fuse/connections") / device.split(":")[-1]
+    entry = mountinfo().get(str(mount_point))
+    return None if entry is None else Path("/sys/fs/fuse/connections") / entry[3].split(":")[-1]
 
 
 def is_mounted(mount_point: Path) -> bool:
