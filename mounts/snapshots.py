@@ -32,7 +32,6 @@ from mounts.snapshots_errors import (
 )
 from mounts.snapshots_store import Sidecar
 from mounts.validators import validate_bucket_name
-from weldr_agent import runner
 from weldr_agent.databases import STATE_DB
 
 logger = logging.getLogger("weldr.snapshots")
@@ -246,9 +245,9 @@ def image_swap(p: system.Paths, source: Path) -> None:
     draft = p.image.with_name(f"{p.image.name}.restoring")
     draft.unlink(missing_ok=True)
     steps.image_release(p)
-    # The loop device lets go of the old image asynchronously after the unmount (autoclear);
-    # the mount below would otherwise find it still bound and detach it as stale.
-    runner.wait_until(lambda: not steps.loop_devices(p.image), timeout=10, interval=0.01)
+    # Else the mount below would find the old image's loop device still bound and detach it
+    # as stale.
+    steps.loop_release_wait(p.image, timeout=10, interval=0.01)
     try:
         snapshots_store.clone(p.volume_dir, source, draft)
         draft.rename(p.image)

@@ -37,6 +37,7 @@ from mounts.steps.image import (  # noqa: F401
     image_release,
     loop_detach,
     loop_devices,
+    loop_release_wait,
 )
 from mounts.steps.locks import (  # noqa: F401
     bucket_lock,

@@ -48,6 +48,12 @@ def loop_devices(image: Path) -> list[str]:
     return sorted(found)
 
 
+def loop_release_wait(image: Path, *, timeout: float, interval: float) -> bool:
+    """Wait for the loop devices of `image` to let go of it: after its ext4's unmount the
+    kernel detaches an autoclear device asynchronously. False if one is still bound."""
+    return runner.wait_until(lambda: not loop_devices(image), timeout=timeout, interval=interval)
+
+
 def loop_detach(device: str) -> None:
     result = runner.run(system.losetup_detach_argv(device), timeout=60, check=False)
     if result.returncode != 0 and Path(f"/sys/block/{Path(device).name}/loop").exists():
@@ -153,7 +159,7 @@ def image_file_flush(p: system.Paths) -> None:
     waits for the next mount of the same cache folder, while the metadata naming it is already
     in S3 — after a machine loss the image's superblock read as EIO (bench/bench_bucket.py).
     """
-    runner.wait_until(lambda: not loop_devices(p.image), timeout=30, interval=0.05)
+    loop_release_wait(p.image, timeout=30, interval=0.05)
     try:
         fd = os.open(p.image, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
