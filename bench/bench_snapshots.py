@@ -94,15 +94,26 @@ def dirty(workspace: Path, megabytes: int) -> None:
         (folder / f"{secrets.token_hex(4)}-{index}.bin").write_bytes(os.urandom(1024 * 1024))
 
 
-def bdi_limit(workspace: Path, megabytes: int) -> str:
+BDI_SETTINGS = ("max_ratio", "strict_limit")  # max_bytes is max_ratio's other face
+
+
+def bdi_limit(workspace: Path, megabytes: int) -> tuple[str, Callable[[], None]]:
     """Cap the dirty pages of the workspace's block device (the loop device) at `megabytes`,
-    writers throttled at the cap (strict_limit); the bdi's settings, for the output."""
+    writers throttled at the cap (strict_limit); the bdi's settings, for the output, and what
+    puts them back. A loop device keeps them after it is detached, so every later image on
+    that device (a test's, the agent's) would be throttled too: the caller must restore."""
     device = os.stat(workspace).st_dev
     bdi = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}")
+    saved = {name: (bdi / name).read_text().strip() for name in BDI_SETTINGS}
+
+    def restore() -> None:
+        for name, value in saved.items():
+            (bdi / name).write_text(value)
+
     (bdi / "max_bytes").write_text(str(megabytes * 1024 * 1024))
     (bdi / "strict_limit").write_text("1")
     return (f"{bdi}: max_bytes {(bdi / 'max_bytes').read_text().strip()}, "
-            f"strict_limit {(bdi / 'strict_limit').read_text().strip()}")
+            f"strict_limit {(bdi / 'strict_limit').read_text().strip()}"), restore
 
 
 def row(label: str, values: list[float], note: str = "") -> None:
@@ -176,13 +187,15 @@ def main() -> None:
     from mounts import services, snapshots, snapshots_forks, steps, system
 
     bucket = f"bench-{secrets.token_hex(4)}"
+    uncap: Callable[[], None] = lambda: None  # noqa: E731
     try:
         mount, _ = services.mount_create(bucket=bucket, layout="image")
         workspace = Path(mount.path)
         files, size = build(workspace, args)
         services.mount_sync(bucket=bucket)
         if args.bdi_limit_mb:
-            print(f"dirty data capped: {bdi_limit(workspace, args.bdi_limit_mb)}")
+            capped, uncap = bdi_limit(workspace, args.bdi_limit_mb)
+            print(f"dirty data capped: {capped}")
         print(f"workspace: {files} files, {size / 1e6:.0f} MB (node_modules: {args.npm_copies}x "
               f"npm, {args.vite_copies}x vite fixture; {args.sources} git-tracked sources); "
               f"UPLOAD_DELAY={settings.UPLOAD_DELAY}, S3 {server.endpoint} (rclone, loopback); "
@@ -231,6 +244,7 @@ def main() -> None:
         print(f"{'new machine: + list snapshots':<48} {listed_at:8.2f} s")
         print(f"{'new machine: + restore one (total)':<48} {total:8.2f} s")
     finally:
+        uncap()
         try:
             services.mount_remove(bucket=bucket, force=True)
         except Exception as error:  # noqa: BLE001
