@@ -99,8 +99,10 @@ RESTORE_MARGIN_SECONDS = integer("RESTORE_MARGIN_SECONDS", 60, low=0, high=86400
 # Go heap soft limits (storage hazard 7, docs/mounts.md): juicefs gets its buffer plus this much,
 # litestream a fixed amount. GOMEMLIMIT makes the Go runtime collect harder instead of growing
 # past it, and its scavenger hands idle heap back to the kernel down to it: a JuiceFS server
-# keeps about its limit after a burst of writes (measured: limit 192 MiB → ~95 MiB anonymous at
-# rest, 64 MiB → ~49). 32 MB above the buffer is the server's heap at rest with room to spare.
+# keeps about its limit for minutes after a burst of writes (measured 150 s after: limit 192 MiB
+# → ~95 MiB anonymous, 64 MiB → ~49; its pooled buffers are freed by the second idle collection
+# and taken again by the upload UPLOAD_DELAY after the writes: ~26 MiB ten minutes after).
+# 32 MB above the buffer is the heap at rest with room to spare.
 JUICEFS_MEMORY_OVERHEAD_MB = integer("JUICEFS_MEMORY_OVERHEAD_MB", 32, low=16, high=10**5)
 LITESTREAM_MEMORY_LIMIT_MB = integer("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, high=10**5)
 # JuiceFS run as root sets its own oom_score_adj to -1000 (never killed: the kernel kills the
