@@ -180,12 +180,35 @@ def oom_score_adjust(pids: list[int]) -> None:
     watchdog and server.
 
     A server its watchdog restarts sets -1000 again; the next mount or reconcile of the bucket
-    sets it back."""
+    sets it back. Lowering a score needs CAP_SYS_RESOURCE: without it (a container that drops
+    it) JuiceFS could not lower its own either and keeps what it inherited, which is then left
+    as it is and said once, in words."""
+    target = settings.JUICEFS_OOM_SCORE_ADJ
     for pid in pids:
+        path = Path(f"/proc/{pid}/oom_score_adj")
         try:
-            Path(f"/proc/{pid}/oom_score_adj").write_text(str(settings.JUICEFS_OOM_SCORE_ADJ))
+            path.write_text(str(target))
+        except PermissionError:
+            _oom_score_kept(pid, path)
         except OSError as error:  # gone meanwhile: reconcile deals with dead daemons
             logger.warning("oom_score_adj of juicefs pid %s not set: %s", pid, error)
+
+
+_oom_kept_said = False
+
+
+def _oom_score_kept(pid: int, path: Path) -> None:
+    global _oom_kept_said
+    try:
+        current = path.read_text().strip()
+    except OSError:
+        return  # gone meanwhile
+    if not _oom_kept_said:
+        _oom_kept_said = True
+        logger.warning(
+            "JuiceFS (pid %s) keeps oom_score_adj %s, not JUICEFS_OOM_SCORE_ADJ=%s: lowering it "
+            "needs CAP_SYS_RESOURCE, which this agent lacks (JuiceFS could not set its own "
+            "-1000 either); said once", pid, current, settings.JUICEFS_OOM_SCORE_ADJ)
 
 
 def workspace_prepare(mount_point: Path) -> None:

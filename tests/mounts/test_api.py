@@ -64,6 +64,35 @@ def test_juicefs_gets_the_configured_oom_score_adj(api, bucket, settings):
     assert Path(f"/proc/{juicefs[-1]}/oom_score_adj").read_text().strip() == "100"
 
 
+def _has_cap_sys_resource() -> bool:
+    effective = next(line for line in Path("/proc/self/status").read_text().splitlines()
+                     if line.startswith("CapEff:"))
+    return bool(int(effective.split()[1], 16) >> 24 & 1)  # CAP_SYS_RESOURCE is 24
+
+
+def test_a_lower_oom_score_adj_needs_cap_sys_resource_and_says_so_once(api, bucket, settings,
+                                                                       caplog, monkeypatch):
+    # given a score below JuiceFS's inherited 0, which only CAP_SYS_RESOURCE may set
+    settings.JUICEFS_OOM_SCORE_ADJ = -500
+    monkeypatch.setattr(steps.processes, "_oom_kept_said", False)
+
+    # when a bucket is mounted and reconciled
+    with caplog.at_level("WARNING", logger="weldr.mounts"):
+        api.post("/mounts", {"bucket": bucket}, format="json")
+        assert services.mount_reconcile()[bucket] == "ok"
+
+    # then, with the capability, the score is set; without it (this machine's root), it is
+    # kept, and one warning in words names the missing capability (not two per mount)
+    juicefs = steps.daemons(system.paths(bucket), system.JUICEFS)
+    scores = {Path(f"/proc/{pid}/oom_score_adj").read_text().strip() for pid in juicefs}
+    said = [r.getMessage() for r in caplog.records if "oom_score_adj" in r.getMessage()]
+    if _has_cap_sys_resource():
+        assert scores == {"-500"} and said == []
+    else:
+        assert scores == {"0"}
+        assert len(said) == 1 and "CAP_SYS_RESOURCE" in said[0], said
+
+
 def test_the_sandbox_user_can_write_in_a_new_workspace(api, bucket):
     workspace = Path(api.post("/mounts", {"bucket": bucket}, format="json").json()["path"])
     assert workspace.stat().st_uid == settings.SANDBOX_UID
