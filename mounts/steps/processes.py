@@ -183,11 +183,10 @@ def oom_score_adjust(pids: list[int]) -> None:
     sets it back. Lowering a score needs CAP_SYS_RESOURCE: without it (a container that drops
     it) JuiceFS could not lower its own either and keeps what it inherited, which is then left
     as it is and said once, in words."""
-    target = settings.JUICEFS_OOM_SCORE_ADJ
     for pid in pids:
         path = Path(f"/proc/{pid}/oom_score_adj")
         try:
-            path.write_text(str(target))
+            path.write_text(str(settings.JUICEFS_OOM_SCORE_ADJ))
         except PermissionError:
             _oom_score_kept(pid, path)
         except OSError as error:  # gone meanwhile: reconcile deals with dead daemons
