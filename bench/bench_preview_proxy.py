@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -38,7 +39,10 @@ sys.path.insert(0, str(ROOT))
 from benchlib import free_port  # noqa: E402
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "weldr_agent.settings")
-os.environ.setdefault("WELDR_ENV_VOL", tempfile.mkdtemp(prefix="weldr-bench-proxy-"))
+# Everything this run writes (its data directory unless one is given, the app's folder), removed
+# when it ends.
+SCRATCH = Path(tempfile.mkdtemp(prefix="weldr-bench-proxy-"))
+os.environ.setdefault("WELDR_ENV_VOL", str(SCRATCH / "vol"))
 
 import django  # noqa: E402
 
@@ -132,7 +136,8 @@ def main() -> None:
     args = parser.parse_args()
 
     settings.PREVIEW_BIND_ADDRESS = "127.0.0.1"
-    workdir = Path(tempfile.mkdtemp(prefix="weldr-bench-proxy-"))
+    workdir = SCRATCH / "app"
+    workdir.mkdir()
     app, app_port = start_app(workdir)
     proxy = Proxy()
     try:
@@ -176,6 +181,7 @@ def main() -> None:
         for port in proxy.ports():
             proxy.close(port)
         runner.stop(app, grace=5)
+        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import argparse
 import logging
 import os
 import secrets
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -202,6 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     with benchlib.Cleanup() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-replica-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)  # last: after the servers stop
         server = benchlib.start_s3(stack, tmp)
         os.environ.update({
             "DJANGO_SETTINGS_MODULE": "weldr_agent.settings",
