@@ -116,6 +116,24 @@ def bdi_limit(workspace: Path, megabytes: int) -> tuple[str, Callable[[], None]]
             f"strict_limit {(bdi / 'strict_limit').read_text().strip()}"), restore
 
 
+def machine_dirty_mb() -> float:
+    """The machine's written data not yet on its disks (page cache Dirty + Writeback), MB."""
+    values = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        values[name] = int(rest.split()[0]) * 1024
+    return (values["Dirty"] + values["Writeback"]) / 1e6
+
+
+def settle(limit_mb: float, timeout: float = 120.0) -> float:
+    """Wait until the machine's unwritten data is at most `limit_mb` (the kernel writes it
+    back on its own: nothing is forced); the seconds waited."""
+    start = time.monotonic()
+    while machine_dirty_mb() > limit_mb and time.monotonic() - start < timeout:
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
 def row(label: str, values: list[float], note: str = "") -> None:
     ms = [value * 1000 for value in values]
     print(f"{label:<48} p50 {statistics.median(ms):8.0f} ms   max {max(ms):8.0f} ms   "
@@ -177,6 +195,9 @@ def main() -> None:
     parser.add_argument("--bdi-limit-mb", type=int, default=0,
                         help="cap the loop device's dirty data at this many MB (0: the kernel's "
                              "default)")
+    parser.add_argument("--settle-mb", type=int, default=0,
+                        help="before each write, wait until the machine's unwritten page cache "
+                             "(Dirty + Writeback) is at most this many MB (0: do not wait)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-snap-"))
     tmp.chmod(0o755)  # the sandbox user runs git in the workspace below it
@@ -202,14 +223,21 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
         taken = []
         for megabytes in [int(value) for value in args.dirty.split(",")]:
-            times, frozen, writes = [], [], []
+            times, frozen, writes, waited, backlog = [], [], [], [], []
             for _ in range(args.repeat):
+                if args.settle_mb:
+                    waited.append(settle(args.settle_mb))
+                backlog.append(machine_dirty_mb())
                 writes.append(seconds(lambda megabytes=megabytes: dirty(workspace, megabytes)))
                 start = time.monotonic()
                 snap = snapshots.snapshot_create(bucket=bucket, name=f"dirty {megabytes}")
                 times.append(time.monotonic() - start)
                 frozen.append(snap.frozen_ms / 1000)
                 taken.append(snap.snapshot_id)
+            if waited:
+                row("  waited for the disk before writing", waited)
+            print(f"{'  machine unwritten before the write, MB':<48} p50 "
+                  f"{statistics.median(backlog):8.0f}      max {max(backlog):8.0f}", flush=True)
             row(f"  writing the {megabytes:>3} MB before it", writes)
             row(f"snapshot, {megabytes:>3} MB unflushed", times)
             row(f"  writers paused (freeze to thaw), {megabytes:>3} MB", frozen)

@@ -165,21 +165,8 @@ def run_argv(*, binary: str, root: Path, bundle: Path, pid_file: Path, name: str
             "--bundle", str(bundle), name]
 
 
-def create_argv(*, binary: str, root: Path, bundle: Path, pid_file: Path,
-                name: str) -> list[str]:
-    """`runc create`: namespaces, mounts and cgroup made, the init blocked until a start."""
-    return [binary, "--root", str(root), "create", "--pid-file", str(pid_file),
-            "--bundle", str(bundle), name]
-
-
-EXEC_FIFO = "exec.fifo"
-
-
 class Container:
-    """One container: `start()` it, `wait()` for it or `stop()` it; `destroy()` cleans up.
-
-    Or in two steps: `create()` ahead of time, `begin()` when it is needed.
-    """
+    """One container: `start()` it, `wait()` for it or `stop()` it; `destroy()` cleans up."""
 
     def __init__(self, spec: Spec, *, log_path: Path,
                  on_exit: Callable[[Container, int], None] | None = None,
@@ -201,45 +188,6 @@ class Container:
     def start(self, *, timeout: float = 60.0) -> int:
         """Create and start the container; its init's pid. Logs go to `log_path`."""
         return self._launch(self.launcher, timeout=timeout)
-
-    def create(self, *, timeout: float = 60.0) -> int:
-        """Create the container without starting its process; its init's pid."""
-        return self._launch(create_argv, timeout=timeout)
-
-    def begin(self, *, timeout: float = 10.0) -> None:
-        """Start a created container's process.
-
-        What `runc start` does, without its ~10 ms Go start-up: the init waits, blocked in
-        opening the runtime's exec fifo for writing; reading it lets the init exec the process,
-        removing it makes the runtime report the container running. Where there is no fifo (a
-        runtime with another layout), `<runtime> start`.
-        """
-        assert self._runtime is not None and self.pid is not None
-        binary, root = self._runtime
-        # crun's fifo works the other way round (its init reads, `crun start` writes): reading
-        # it waits forever. crun is C: its own start costs milliseconds.
-        if Path(binary).name == "crun":
-            runner.run([binary, "--root", root, "start", self.name], timeout=timeout)
-            return
-        fifo = root / self.name / EXEC_FIFO
-        try:
-            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            runner.run([binary, "--root", root, "start", self.name], timeout=timeout)
-            return
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            deadline = time.monotonic() + timeout
-            # Polled in slices: an init that died never opens the fifo (no POLLHUP then).
-            while not poller.poll(50):
-                if not self.running or time.monotonic() > deadline:
-                    raise SandboxError([binary, "start"], "The container's init is gone.")
-            if not os.read(fd, 64):
-                raise SandboxError([binary, "start"], "The container's init did not start.")
-        finally:
-            os.close(fd)
-        fifo.unlink(missing_ok=True)
 
     def _launch(self, launcher: Launcher, *, timeout: float) -> int:
         ensure_subreaper()

@@ -1,13 +1,15 @@
-"""Warm sandboxes: preview containers created ahead of time, started when a preview asks.
+"""Warm sandboxes: preview containers started ahead of time, given their app when a preview asks.
 
 `runc run` costs ~50 ms even idle (two Go runtimes, ~30 mounts, the cgroup; docs/sandbox.md), which
-alone was the issue's whole budget. A warm sandbox is a container `runc create`d off the
-critical path, in a network namespace from the pool: namespaces, mounts, cgroup and limits are
-in place and its init is blocked on the runtime's exec fifo. A start only fills in what depends
-on the bucket and then lets the init exec (`Sandbox.begin()`, ~0.2 ms):
+alone was the issue's whole budget. A warm sandbox is a container `runc run`
+off the critical path, in a network namespace from the pool: namespaces, mounts, cgroup and
+limits are in place and its process is a shell blocked reading the slot's start fifo (a few
+hundred KB, where a container created and not started keeps a Go `runc init` of ~2 MB). A start
+only fills in what depends on the bucket and then writes a line to the fifo (~0.1 ms):
 
-- command and environment: pid 1 is `/bin/sh /.weldr/run.sh`; `/.weldr` is the slot's directory
-  (read-only inside) and run.sh is written into it at the start, before the shell reads it;
+- command and environment: the shell then execs `/bin/sh /.weldr/run.sh`; `/.weldr` is the
+  slot's directory (read-only inside) and run.sh is written into it at the start, before the
+  line;
 - the workspace: WORKSPACE_BASE inside is the slot's empty `ws` directory, read-only and a mount
   slave of the host's; the start bind-mounts the bucket's workspace into it on the host
   (nosuid, nodev) and the mount propagates into the container, at the workspace's own path;
@@ -55,6 +57,10 @@ BURST_WINDOW_SECONDS = 10.0
 # cold starts run for seconds, and twenty `runc create`s in their tail would slow them.
 GROW_DELAY_SECONDS = 5.0
 HOSTNAME = "preview"
+# A warm sandbox's process until its start: one line on the fifo, then the app's run.sh. A read
+# cut short (the agent gone: end of file) exits instead.
+START_FIFO = "start"
+WAIT_ARGS = ["/bin/sh", "-c", f"read -r _ < /.weldr/{START_FIFO} && exec /bin/sh /.weldr/run.sh"]
 
 MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 0x2, 0x4, 0x20, 0x1000, 0x4000
 MS_PRIVATE, MS_SHARED = 1 << 18, 1 << 20
@@ -123,7 +129,7 @@ def slot_script(*, workspace: Path, env: Mapping[str, str], run_script: str) -> 
 
 @dataclass
 class Warm:
-    """A created, not yet started preview container and what it holds."""
+    """A preview container waiting for its app, and what it holds."""
 
     slot: int
     ns: network.Netns
@@ -136,10 +142,14 @@ class Warm:
     def script(self) -> Path:
         return self.directory / "weldr" / "run.sh"
 
+    @property
+    def fifo(self) -> Path:
+        return self.directory / "weldr" / START_FIFO
+
 
 class WarmPool(MadeAheadPool[Warm]):
-    """`size` created containers, made by a filler thread (sandbox/pool.py) that holds back
-    while a start is recent or the CPUs are busy: `runc create` would compete with the app."""
+    """`size` waiting containers, made by a filler thread (sandbox/pool.py) that holds back
+    while a start is recent or the CPUs are busy: `runc run` would compete with the app."""
 
     thread_name = "warm-pool"
     what = "a warm preview sandbox"
@@ -257,7 +267,7 @@ class WarmPool(MadeAheadPool[Warm]):
         return 0.0
 
     def _make(self) -> Warm:
-        """A created warm container; its slot stays in `_making` until the filler holds it."""
+        """A waiting warm container; its slot stays in `_making` until the filler holds it."""
         ns = network.netns_pool.acquire()
         with self._lock:
             self._making.add(ns.slot)
@@ -270,13 +280,17 @@ class WarmPool(MadeAheadPool[Warm]):
             spec = container.Spec(
                 name=container_name(ns.slot), workspace=settings.WORKSPACE_BASE,
                 workspace_from=directory / "ws", cwd=Path("/"),
-                args=["/bin/sh", "/.weldr/run.sh"], netns=ns.path, hostname=HOSTNAME,
+                args=WAIT_ARGS, netns=ns.path, hostname=HOSTNAME,
                 binds=[(directory / "weldr", "/.weldr", True)],
             )
             box = container.Container(spec, log_path=log)
             warm = Warm(slot=ns.slot, ns=ns, box=box, directory=directory, log=log)
+            # Only the sandbox's user reads it; nobody inside can write it but that same
+            # process's sandbox (the mount is read-only: no chmod there).
+            os.mkfifo(warm.fifo, 0o400)
+            os.chown(warm.fifo, settings.SANDBOX_UID, settings.SANDBOX_UID)
             box.on_exit = lambda _box, _code: self._died(warm)
-            box.create()
+            box.start()
         except Exception:
             _slot_remove(directory)
             network.netns_pool.release(ns)
@@ -342,7 +356,7 @@ class WarmPool(MadeAheadPool[Warm]):
         # The previous app.log was rotated to app.log.1 by the caller.
         warm.log.replace(log_path)
         warm.box.log_path = log_path
-        warm.box.begin()
+        _go(warm)
 
     def release(self, warm: Warm) -> None:
         """After the container is deleted: unbind the workspace, free the slot and netns."""
@@ -352,6 +366,27 @@ class WarmPool(MadeAheadPool[Warm]):
         with self._lock:
             self._claimed.discard(warm.slot)
             self._lock.notify_all()
+
+
+def _go(warm: Warm, timeout: float = 10.0) -> None:
+    """Let the waiting shell exec run.sh: a line on the start fifo. Opened without blocking: a
+    shell not reading yet (just started) is waited for; one that is gone fails the start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(warm.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+            break
+        except OSError as error:
+            # ENXIO: no reader (yet).
+            if error.errno != errno.ENXIO or not warm.box.running \
+                    or time.monotonic() > deadline:
+                raise container.SandboxError(["start"], "The warm sandbox is not waiting.") \
+                    from error
+            time.sleep(0.001)
+    try:
+        os.write(fd, b"go\n")
+    finally:
+        os.close(fd)
 
 
 def pool_size(*, resting: int, burst: int, burst_age: float) -> int:
@@ -412,7 +447,8 @@ def _slot_remove(directory: Path) -> None:
             _rmdir(bound)
     for point in (ws, directory / "stage"):
         _unmount_all(point)
-    (directory / "weldr" / "run.sh").unlink(missing_ok=True)
+    for name in ("run.sh", START_FIFO):
+        (directory / "weldr" / name).unlink(missing_ok=True)
     for sub in ("ws", "stage", "weldr", ""):
         _rmdir(directory / sub)
 

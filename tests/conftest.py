@@ -173,7 +173,7 @@ class AgentProcess:
 
     def remove_leftovers(self) -> None:
         """What an agent that did not shut down cleanly (a test's SIGKILL or second signal)
-        leaves: its containers (warm sandboxes wait in `runc init`) and mounts under its
+        leaves: its containers (warm sandboxes wait, running, for a start) and mounts under its
         runtime directory. A restarted agent would remove them; a test must not leave them."""
         runtime = Path(self.env["WELDR_RUNTIME_DIR"])
         for name in ("runc", "crun"):

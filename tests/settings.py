@@ -1,8 +1,15 @@
 """Test settings: start (or find) the real servers first (tests/servers.py), then the settings."""
 
+import os
+
 from tests import servers
 
 servers.ensure()
+
+# This process and the agents the tests start (they inherit its environment) keep two warm
+# preview sandboxes, not the production twenty: dozens of agents each filling twenty would spend
+# the suite's CPU on containers no test starts. tests/previews sets the sizes it tests.
+os.environ.setdefault("PREVIEW_WARM_POOL", "2")
 
 from weldr_agent.settings import *  # noqa: E402,F403
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import warm
 from tests.conftest import AgentProcess
 from weldr_agent import runner
 
@@ -24,15 +25,24 @@ require("http").createServer((q, s) => s.end("ok"))
 """
 
 
-def containers(runtime_root: Path) -> dict[str, str]:
-    """The agent's containers by name, with their status (warm sandboxes are `created`)."""
+def containers(runtime_root: Path) -> dict[str, dict]:
+    """The agent's containers by name, with their state (`runc list`)."""
     listed = runner.run(["runc", "--root", runtime_root, "list", "--format", "json"],
                         timeout=30).stdout
-    return {c["id"]: c["status"] for c in json.loads(listed or "null") or []}
+    return {c["id"]: c for c in json.loads(listed or "null") or []}
 
 
 def running(runtime_root: Path) -> list[str]:
-    return [name for name, status in containers(runtime_root).items() if status == "running"]
+    """The containers running an app: warm sandboxes run too, a shell waiting for its start."""
+    names = []
+    for name, state in containers(runtime_root).items():
+        try:
+            init = Path(f"/proc/{state['pid']}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if state["status"] == "running" and warm.WAIT_ARGS[-1].encode() not in init:
+            names.append(name)
+    return names
 
 
 class Client:

@@ -72,12 +72,13 @@ PREVIEW_DOMAIN = env.str("PREVIEW_DOMAIN", default="").strip().strip(".").lower(
 if PREVIEW_DOMAIN and not re.match(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
                                    PREVIEW_DOMAIN):
     raise ImproperlyConfigured(f"PREVIEW_DOMAIN must be a DNS name; got {PREVIEW_DOMAIN!r}.")
-# Preview containers created ahead of time (sandbox/warm.py); 0 starts every preview cold.
-PREVIEW_WARM_POOL = integer("PREVIEW_WARM_POOL", 2, low=0, high=20)
+# Preview containers started ahead of time (sandbox/warm.py); 0 starts every preview cold. Each
+# is a shell waiting on a fifo in its own netns: 20 together ~3.5 MB of PSS, ~5.5 MB of cgroup
+# charge (docs/previews.md), so that twenty previews at once start warm from rest.
+PREVIEW_WARM_POOL = integer("PREVIEW_WARM_POOL", 20, low=0, high=20)
 # After a burst of starts (several within 10 s) the warm pool grows to the burst's size, at most
 # this many, so that the next burst starts warm too; PREVIEW_WARM_POOL_BURST_SECONDS after the
-# last such burst it shrinks back to PREVIEW_WARM_POOL. Each warm sandbox is ~2 MB of PSS (a
-# blocked `runc init`): 20 cost ~37 MB while grown. At most PREVIEW_WARM_POOL: no growth.
+# last such burst it shrinks back to PREVIEW_WARM_POOL. At most PREVIEW_WARM_POOL: no growth.
 PREVIEW_WARM_POOL_BURST = integer("PREVIEW_WARM_POOL_BURST", 20, low=0, high=20)
 PREVIEW_WARM_POOL_BURST_SECONDS = integer("PREVIEW_WARM_POOL_BURST_SECONDS", 120, low=1,
                                           high=86400)
