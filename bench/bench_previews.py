@@ -1,6 +1,6 @@
 """Benchmark: a preview's cost against the same Node server run as a bare process, one run.
 
-    .venv/bin/python bench/bench_previews.py [--runs 15] [--warm-pool 2]
+    .venv/bin/python bench/bench_previews.py [--runs 15] [--warm-pool 20]
 
 Starts a real agent (`manage.py serve`) with its own data directories, marks buckets as mounted
 (plain directories: this measures previews, not JuiceFS), then measures, alternating runs:
@@ -256,8 +256,9 @@ def burst(agent: Agent, buckets: list[str], bare_dir: Path, label: str) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--warm-pool", type=int, default=2,
-                        help="PREVIEW_WARM_POOL of the agent (0: every preview starts cold)")
+    parser.add_argument("--warm-pool", type=int, default=20,
+                        help="PREVIEW_WARM_POOL of the agent (its default; 0: every preview "
+                             "starts cold)")
     parser.add_argument("--pause", type=float, default=2.0,
                         help="seconds between runs (a quiet agent refills its warm pool)")
     args = parser.parse_args()

@@ -15,12 +15,17 @@ p50 and max of --repeat; the restore time; the time to mount the bucket on a "ne
 snapshot; a fork to a mounted, writable workspace; and in the same run `cp -a` of the tree,
 `git stash -u` + `pop`, `git worktree add`.
 
-The writes before each snapshot are timed too (what the writer paid); --bdi-limit-mb N caps the
+The writes before each snapshot are timed too (what the writer paid), and the machine's data not
+yet on its disk just before each write is printed (page cache Dirty + Writeback: the staging
+blocks of the earlier snapshots' writes, which this VM's disk drains at ~100 MB/s). --settle-mb N
+waits before each write until that is at most N MB or stops falling, so that the unflushed data
+is the write's own. --bdi-limit-mb N caps the
 dirty data of the workspace's loop device in the kernel (its bdi's max_bytes, strict_limit), to
 see what keeping dirty data from accumulating costs the writer and saves the snapshot.
 
 Usage: .venv/bin/python bench/bench_snapshots.py [--npm-copies 14] [--vite-copies 6]
-       [--sources 2000] [--dirty 0,10,25,50,100] [--repeat 5] [--bdi-limit-mb 0]
+       [--sources 2000] [--dirty 0,10,25,50,100] [--repeat 5] [--settle-mb 0]
+       [--bdi-limit-mb 0]
 """
 
 from __future__ import annotations
@@ -125,12 +130,18 @@ def machine_dirty_mb() -> float:
     return (values["Dirty"] + values["Writeback"]) / 1e6
 
 
-def settle(limit_mb: float, timeout: float = 120.0) -> float:
-    """Wait until the machine's unwritten data is at most `limit_mb` (the kernel writes it
-    back on its own: nothing is forced); the seconds waited."""
+def settle(limit_mb: float, timeout: float = 60.0, plateau: float = 5.0) -> float:
+    """Wait until the machine's unwritten data is at most `limit_mb`, or has not fallen for
+    `plateau` seconds (what stays dirty on an idle machine), at most `timeout`; the kernel
+    writes it back on its own, nothing is forced. The seconds waited."""
     start = time.monotonic()
-    while machine_dirty_mb() > limit_mb and time.monotonic() - start < timeout:
+    lowest, since = machine_dirty_mb(), start
+    while lowest > limit_mb and time.monotonic() - start < timeout:
         time.sleep(0.2)
+        if (now := machine_dirty_mb()) < lowest - 1:
+            lowest, since = now, time.monotonic()
+        elif time.monotonic() - since >= plateau:
+            break
     return time.monotonic() - start
 
 
@@ -197,7 +208,8 @@ def main() -> None:
                              "default)")
     parser.add_argument("--settle-mb", type=int, default=0,
                         help="before each write, wait until the machine's unwritten page cache "
-                             "(Dirty + Writeback) is at most this many MB (0: do not wait)")
+                             "(Dirty + Writeback) is at most this many MB or stops falling (0: "
+                             "do not wait)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-snap-"))
     tmp.chmod(0o755)  # the sandbox user runs git in the workspace below it

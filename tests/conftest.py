@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -9,6 +10,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,13 @@ from weldr_agent.models import ApiToken
 REPO = Path(__file__).resolve().parent.parent
 # Host ports 3000-3019 are machine-global: one test run at a time may start previews.
 PORTS_LOCK = Path("/tmp/weldr-preview-ports.lock")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The agents the tests start inherit this environment: two warm preview sandboxes each, not
+    # the production twenty (tests/settings.py, same for this process). Here and not at import:
+    # the benchmarks import this module and measure the defaults.
+    os.environ.setdefault("PREVIEW_WARM_POOL", "2")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -184,10 +193,24 @@ class AgentProcess:
             for container in listed.stdout.split():
                 runner.run([name, "--root", root, "delete", "--force", container], timeout=30,
                            check=False)
-        with open("/proc/self/mountinfo") as table:
-            points = [line.split()[4] for line in table]
-        for point in sorted((p for p in points if p.startswith(f"{runtime}/")), reverse=True):
-            runner.run(["umount", "-l", point], timeout=30, check=False)
+        # Its workspaces (ext4 on a loop device, or binds) before the JuiceFS volumes under
+        # them: a workspace unmounted in full lets its loop device go (autoclear).
+        volumes = Path(self.env["WELDR_ENV_VOL"])
+        for base in (Path(self.env["WORKSPACE_BASE"]), volumes, runtime):
+            with open("/proc/self/mountinfo") as table:
+                points = [line.split()[4] for line in table]
+            for point in sorted((p for p in points if p.startswith(f"{base}/")), reverse=True):
+                if runner.run(["umount", point], timeout=60, check=False).returncode != 0:
+                    runner.run(["umount", "-l", point], timeout=30, check=False)
+        # Its mounts' daemons (JuiceFS ends with its volume's unmount, Litestream does not):
+        # by their command line, which names the agent's own data directory.
+        leftover = processes_mentioning(f"{volumes}/")
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in leftover:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if runner.wait_until(lambda: not any(map(runner.pid_alive, leftover)), timeout=10):
+                break
         # Its network namespaces (a veth pair goes with its namespace): settings.INSTANCE_ID.
         instance = self.env.get("WELDR_INSTANCE_ID") or hashlib.sha256(
             self.env["WELDR_ENV_VOL"].encode()).hexdigest()[:6]
@@ -195,6 +218,21 @@ class AgentProcess:
         for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
             if name.startswith(f"weldr-{instance}-"):
                 runner.run(["ip", "netns", "del", name], timeout=30, check=False)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains `text` (our unique temp paths or bucket names)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and runner.pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def agent_env(root: Path, **extra: str) -> dict[str, str]:

@@ -1,15 +1,8 @@
 """Test settings: start (or find) the real servers first (tests/servers.py), then the settings."""
 
-import os
-
 from tests import servers
 
 servers.ensure()
-
-# This process and the agents the tests start (they inherit its environment) keep two warm
-# preview sandboxes, not the production twenty: dozens of agents each filling twenty would spend
-# the suite's CPU on containers no test starts. tests/previews sets the sizes it tests.
-os.environ.setdefault("PREVIEW_WARM_POOL", "2")
 
 from weldr_agent.settings import *  # noqa: E402,F403
 
@@ -28,3 +21,8 @@ DATABASES["shared"]["OPTIONS"].pop("pool", None)  # noqa: F405
 # million rounds) costs about a second of CPU each time, and these tests are about the admin,
 # not the hash. Only this test process uses it; the agents the tests start keep the default.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Two warm preview sandboxes, not the production twenty (tests/conftest.py gives the agents the
+# tests start the same): twenty per test would spend the suite's CPU on containers no test
+# starts. tests/previews sets the sizes it tests.
+PREVIEW_WARM_POOL = 2

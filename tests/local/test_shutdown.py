@@ -5,7 +5,6 @@ restores everything; a second signal exits at once."""
 from __future__ import annotations
 
 import fcntl
-import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,25 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PORTS_LOCK
+from tests.conftest import PORTS_LOCK, processes_mentioning
 from tests.local.conftest import s3_keys
 from tests.previews.conftest import http_get, write_node_app
 from weldr_agent import runner
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line contains `text` (our unique temp paths or bucket names)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and runner.pid_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def mounted_under(path: Path) -> list[str]:

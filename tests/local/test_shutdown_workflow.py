@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import processes_mentioning
 from tests.local.conftest import s3_keys
-from tests.local.test_shutdown import Client, processes_mentioning, wipe_machine
+from tests.local.test_shutdown import Client, wipe_machine
 from tests.workflows.conftest import SCRIPTED, shared_database, write_script  # noqa: F401
 from weldr_agent import runner
 
