@@ -281,6 +281,25 @@ class Container:
         shutil.rmtree(self.bundle, ignore_errors=True)
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_parent_remove() -> None:
+    """This instance's parent cgroup, in every hierarchy (the runtime makes it for the first
+    sandbox and leaves it when the last is deleted). `rmdir` only: one still holding a sandbox
+    stays. At shutdown, after every sandbox of the agent is gone."""
+    name = oci.cgroup_path("-").split("/")[1]
+    hierarchies = [CGROUP_ROOT] + ([path for path in CGROUP_ROOT.iterdir() if path.is_dir()]
+                                   if CGROUP_ROOT.is_dir() else [])
+    for hierarchy in hierarchies:
+        try:
+            (hierarchy / name).rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            logger.info("cgroup %s kept: %s", hierarchy / name, error.strerror)
+
+
 def _exits_within(pid: int, timeout: float) -> bool:
     """Whether child `pid` ends within `timeout`; woken by its exit, not by polling.
 

@@ -211,13 +211,33 @@ class AgentProcess:
                     os.kill(pid, sig)
             if runner.wait_until(lambda: not any(map(runner.pid_alive, leftover)), timeout=10):
                 break
-        # Its network namespaces (a veth pair goes with its namespace): settings.INSTANCE_ID.
-        instance = self.env.get("WELDR_INSTANCE_ID") or hashlib.sha256(
-            self.env["WELDR_ENV_VOL"].encode()).hexdigest()[:6]
+        # Its network namespaces (a veth pair goes with its namespace).
         listed = runner.run(["ip", "netns", "list"], timeout=30, check=False).stdout
         for name in (line.split()[0] for line in listed.splitlines() if line.strip()):
-            if name.startswith(f"weldr-{instance}-"):
+            if name.startswith(f"weldr-{self.instance}-"):
                 runner.run(["ip", "netns", "del", name], timeout=30, check=False)
+        # Its firewall: the rules that send its veths' packets to its chains, then the chains.
+        for binary in ("iptables", "ip6tables"):
+            listed = runner.run([binary, "-w", "10", "-S"], timeout=30, check=False).stdout
+            for line in listed.splitlines():
+                if line.startswith("-A ") and f" w{self.instance}+ " in f"{line} ":
+                    runner.run([binary, "-w", "10", "-D", *line.split()[1:]], timeout=30,
+                               check=False)
+            chains = [line.split()[1] for line in listed.splitlines()
+                      if line.startswith(f"-N WELDR-{self.instance}")]
+            for flag in ("-F", "-X"):
+                for chain in chains:
+                    runner.run([binary, "-w", "10", flag, chain], timeout=30, check=False)
+        # Its parent cgroup in each hierarchy, empty once its containers are deleted.
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            with contextlib.suppress(OSError):
+                (hierarchy / f"weldr-{self.instance}").rmdir()
+
+    @property
+    def instance(self) -> str:
+        """The agent's settings.INSTANCE_ID."""
+        return self.env.get("WELDR_INSTANCE_ID") or hashlib.sha256(
+            self.env["WELDR_ENV_VOL"].encode()).hexdigest()[:6]
 
 
 def processes_mentioning(text: str) -> list[int]:

@@ -155,3 +155,5 @@ def test_agent_shutdown_stops_previews_and_a_restart_reconciles(
         time.sleep(0.1)
     assert not port_answers(again["port"])
     assert containers(runtime_root) == {}
+    # and leaves no cgroup of its own behind (the runtime leaves the sandboxes' parent)
+    assert not Path(f"/sys/fs/cgroup/memory/weldr-{agent_process.instance}").exists()
