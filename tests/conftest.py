@@ -102,15 +102,16 @@ def pytest_collection_modifyitems__longest_first(items: list[pytest.Item]) -> No
 @pytest.fixture(scope="session", autouse=True)
 def _sandbox_machinery() -> Iterator[None]:
     """Whatever happened, remove the sandboxes this test process started itself (exec sandboxes
-    of workflow and files tests, warm previews), then its network namespaces and firewall
-    chain: tests of every package start them, not only the previews'."""
+    of workflow and files tests, warm previews), then its network namespaces, firewall chain
+    and parent cgroup: tests of every package start them, not only the previews'."""
     yield
-    from sandbox import network, warm
+    from sandbox import container, network, warm
     from sandbox.bucket import bucket_sandboxes
 
     bucket_sandboxes.remove_all()
     warm.warm_pool.shutdown()
     network.netns_pool.shutdown()
+    container.cgroup_parent_remove()
 
 
 @pytest.fixture
