@@ -284,13 +284,12 @@ class Container:
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cgroup_parent_remove() -> None:
-    """This instance's parent cgroup, in every hierarchy (the runtime makes it for the first
-    sandbox and leaves it when the last is deleted). `rmdir` only: one still holding a sandbox
-    stays. At shutdown, after every sandbox of the agent is gone."""
-    name = oci.cgroup_path("-").split("/")[1]
-    hierarchies = [CGROUP_ROOT] + ([path for path in CGROUP_ROOT.iterdir() if path.is_dir()]
-                                   if CGROUP_ROOT.is_dir() else [])
+def cgroup_parent_remove(instance: str | None = None) -> None:
+    """An instance's (this agent's) parent cgroup, in every hierarchy: the runtime makes it for
+    the first sandbox and leaves it when the last is deleted. `rmdir` only: one still holding a
+    sandbox stays. At shutdown, after every sandbox of the instance is gone."""
+    name = oci.cgroup_parent(instance)
+    hierarchies = [CGROUP_ROOT, *(CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ())]
     for hierarchy in hierarchies:
         try:
             (hierarchy / name).rmdir()

@@ -173,8 +173,13 @@ def resources(*, memory_mb: int, cpus: float, pids: int) -> dict[str, Any]:
     }
 
 
+def cgroup_parent(instance: str | None = None) -> str:
+    """The parent of an instance's sandbox cgroups (this agent's by default)."""
+    return f"weldr-{instance or settings.INSTANCE_ID}"
+
+
 def cgroup_path(name: str) -> str:
-    return f"/weldr-{settings.INSTANCE_ID}/{name}"
+    return f"/{cgroup_parent()}/{name}"
 
 
 def config(sandbox: SandboxConfig, *, rootfs: Path) -> dict[str, Any]:

@@ -230,9 +230,9 @@ class AgentProcess:
                 for chain in chains:
                     runner.run([binary, "-w", "10", flag, chain], timeout=30, check=False)
         # Its parent cgroup in each hierarchy, empty once its containers are deleted.
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
-            with contextlib.suppress(OSError):
-                (hierarchy / f"weldr-{self.instance}").rmdir()
+        from sandbox.container import cgroup_parent_remove
+
+        cgroup_parent_remove(self.instance)
 
     @property
     def instance(self) -> str:
