@@ -55,6 +55,12 @@ function attempt(command) {
                       process.env.OUTSIDE + "/owned"]) {
     results.writes[path] = attempt(`touch '${path}'`);
   }
+  // /.weldr: a warm sandbox's start fifo and the app's run.sh, read-only and not the app's
+  results.weldr = {
+    fifo: attempt("sh -c 'echo go > /.weldr/start'"),
+    chmod: attempt("chmod 600 /.weldr/start"),
+    script: attempt("sh -c 'echo exit >> /.weldr/run.sh'"),
+  };
   fs.writeFileSync("results.json", JSON.stringify(results));
   require("http").createServer((q, s) => s.end("probed"))
     .listen(Number(process.env.PORT), process.env.HOST);
@@ -135,6 +141,7 @@ def test_an_app_reaches_nothing_on_the_host_and_sees_only_itself(
         "/etc/owned": "denied", "/usr/owned": "denied", "/owned": "denied",
         "/tmp/owned": "ok", "owned": "ok", f"{outside}/owned": "denied",
     }
+    assert results["weldr"] == {"fifo": "denied", "chmod": "denied", "script": "denied"}
     assert (workspace / "owned").exists()
     assert not (outside / "owned").exists()
     # the kernel's keyrings: the syscall is refused (seccomp), the file masked

@@ -81,6 +81,28 @@ def test_an_app_that_crashes_in_a_warm_sandbox_is_failed_and_released(
     assert not any(point.endswith(f"/ws/{workspace.name}") for point in slot_mounts())
 
 
+def test_an_app_in_a_warm_sandbox_cannot_write_its_start_fifo_or_script(
+        api: APIClient, previews: None, workspace: Path) -> None:
+    # given: a warm sandbox, whose start fifo and run.sh are in /.weldr
+    warm.warm_pool.start()
+    assert runner.wait_until(lambda: warm.warm_pool.ready_count() > 0, timeout=120)
+
+    # when: its app tries to write the fifo (as a start does), make it writable, or change the
+    # script (`timeout`: a fifo opened for writing would wait for a reader)
+    api.post("/previews/start", {"bucket": workspace.name, "command": (
+        "r=; timeout 2 sh -c 'echo go > /.weldr/start' 2>/dev/null && r=\"$r fifo\"; "
+        "chmod 600 /.weldr/start 2>/dev/null && r=\"$r chmod\"; "
+        "(echo exit >> /.weldr/run.sh) 2>/dev/null && r=\"$r script\"; "
+        "ls -l /.weldr/start > fifo.txt; echo \"done:$r\" > attempts.txt")}, format="json")
+
+    # then: it ran in the warm sandbox, and every attempt was refused
+    assert wait_status(workspace.name, {"exited", "failed"}) == "exited"
+    assert Preview.objects.get(bucket=workspace.name).container.startswith(
+        warm.container_name(0)[:-1])
+    assert (workspace / "fifo.txt").read_text().startswith("pr--------")
+    assert (workspace / "attempts.txt").read_text() == "done:\n"
+
+
 def test_without_a_warm_pool_a_preview_starts_cold(api: APIClient, previews: None,
                                                   workspace: Path, settings) -> None:  # type: ignore[no-untyped-def]
     settings.PREVIEW_WARM_POOL = 0
