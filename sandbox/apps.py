@@ -18,14 +18,15 @@ class SandboxAppConfig(AppConfig):
 
         # The netns pool and the firewall start before and stop after every sandbox's user.
         lifecycle.register("sandbox", order=40, startup=network.netns_pool.start,
-                           shutdown=lambda deadline: _shutdown())
+                           shutdown=lambda deadline: floor_shutdown())
         # Warm sandboxes need the netns pool; shut down after the previews stopped.
         lifecycle.register("preview-pool", order=45, startup=warm.warm_pool.start,
                            shutdown=lambda deadline: warm.warm_pool.shutdown())
 
 
-def _shutdown() -> None:
-    """After every sandbox's user stopped: the namespaces, then the emptied parent cgroup."""
+def floor_shutdown() -> None:
+    """After every sandbox's user stopped (the agent's shutdown, the test process's end): the
+    namespaces and firewall, then the emptied parent cgroup."""
     from sandbox import container, network
 
     network.netns_pool.shutdown()

@@ -2,7 +2,7 @@
 
 Two things a sandbox's start waits for are slow to make and can be made before anyone asks: a
 network namespace with its veth link (network.NetnsPool) and a created, not yet started
-container (`runc create`, ~50 ms: warm.WarmPool). Both keep up to `size` ready, made one at a
+container (`runc run`, ~50 ms: warm.WarmPool). Both keep up to `size` ready, made one at a
 time by a background thread and taken by a start; a size that falls (warm.WarmPool's after a
 burst) has the filler discard what is beyond it. At shutdown both stop the thread (a thing
 being made must not outlive the pool) and discard what is ready. That mechanism is this class;

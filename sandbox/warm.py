@@ -44,7 +44,7 @@ from weldr_agent import runner
 
 logger = logging.getLogger("weldr.previews")
 
-# A refill waits this long after the last start: `runc create` is ~50 ms of CPU that would
+# A refill waits this long after the last start: `runc run` is ~50 ms of CPU that would
 # otherwise compete with the app that just started (2 cores here).
 REFILL_DELAY_SECONDS = 1.0
 # ... and while more tasks are runnable than there are CPUs (apps still starting, a burst of
@@ -54,7 +54,7 @@ REFILL_BUSY_MAX_SECONDS = 10.0
 # PREVIEW_WARM_POOL_BURST) and shrinks back PREVIEW_WARM_POOL_BURST_SECONDS after the last one.
 BURST_WINDOW_SECONDS = 10.0
 # A sandbox beyond the resting size is made only this long after the last start: a burst's
-# cold starts run for seconds, and twenty `runc create`s in their tail would slow them.
+# cold starts run for seconds, and twenty `runc run`s in their tail would slow them.
 GROW_DELAY_SECONDS = 5.0
 HOSTNAME = "preview"
 # A warm sandbox's process until its start: one line on the fifo, then the app's run.sh. A read
@@ -285,8 +285,8 @@ class WarmPool(MadeAheadPool[Warm]):
             )
             box = container.Container(spec, log_path=log)
             warm = Warm(slot=ns.slot, ns=ns, box=box, directory=directory, log=log)
-            # Only the sandbox's user reads it; nobody inside can write it but that same
-            # process's sandbox (the mount is read-only: no chmod there).
+            # Readable by the sandbox's user only, and not writable by anyone inside: mode 0400
+            # on a read-only mount (no chmod there).
             os.mkfifo(warm.fifo, 0o400)
             os.chown(warm.fifo, settings.SANDBOX_UID, settings.SANDBOX_UID)
             box.on_exit = lambda _box, _code: self._died(warm)

@@ -105,13 +105,13 @@ def _sandbox_machinery() -> Iterator[None]:
     of workflow and files tests, warm previews), then its network namespaces, firewall chain
     and parent cgroup: tests of every package start them, not only the previews'."""
     yield
-    from sandbox import container, network, warm
+    from sandbox import warm
+    from sandbox.apps import floor_shutdown
     from sandbox.bucket import bucket_sandboxes
 
     bucket_sandboxes.remove_all()
     warm.warm_pool.shutdown()
-    network.netns_pool.shutdown()
-    container.cgroup_parent_remove()
+    floor_shutdown()
 
 
 @pytest.fixture
