@@ -229,10 +229,15 @@ class AgentProcess:
             for flag in ("-F", "-X"):
                 for chain in chains:
                     runner.run([binary, "-w", "10", flag, chain], timeout=30, check=False)
-        # Its parent cgroup in each hierarchy, empty once its containers are deleted.
+        # Its parent cgroup in each hierarchy, empty once its containers are deleted, and its
+        # mounts' memory cgroups, empty once their JuiceFS is gone.
+        from mounts.steps import MEMORY_HIERARCHY
         from sandbox.container import cgroup_parent_remove
 
         cgroup_parent_remove(self.instance)
+        for group in MEMORY_HIERARCHY.glob(f"weldr-{self.instance}-mount-*"):
+            with contextlib.suppress(OSError):
+                group.rmdir()
 
     @property
     def instance(self) -> str:

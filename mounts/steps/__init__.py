@@ -65,6 +65,7 @@ from mounts.steps.mountpoints import (  # noqa: F401
 )
 from mounts.steps.processes import (  # noqa: F401
     LOG_TAIL,
+    MEMORY_HIERARCHY,
     daemons,
     juicefs_ready,
     juicefs_spawn,
@@ -73,6 +74,8 @@ from mounts.steps.processes import (  # noqa: F401
     litestream_spawn,
     litestream_start,
     litestream_sync,
+    memory_group,
+    memory_release,
     oom_score_adjust,
     orphan_abort,
     owns,

@@ -16,7 +16,7 @@ from mounts import system
 from mounts.errors import SyncFailed
 from mounts.steps.image import image_release, loop_devices
 from mounts.steps.mountpoints import answers, mount_table, umount
-from mounts.steps.processes import daemons, pid_stop
+from mounts.steps.processes import daemons, memory_group, memory_release, pid_stop
 from weldr_agent import runner, s3
 
 logger = logging.getLogger("weldr.mounts")
@@ -133,10 +133,12 @@ def teardown(p: system.Paths, *, juicefs_pid: int | None, litestream_pid: int | 
     umount(p.mount_point, lazy=True)
     umount(p.volume_dir, lazy=True)
     p.litestream_socket.unlink(missing_ok=True)
+    memory_release(p)
 
 
 def leftovers(p: system.Paths) -> bool:
-    """True when anything of this bucket is on the machine: a mount, a daemon, a loop device."""
+    """True when anything of this bucket is on the machine: a mount, a daemon, a loop device,
+    its JuiceFS's memory cgroup."""
     table = mount_table()
     return (str(p.mount_point) in table or str(p.volume_dir) in table or bool(daemons(p))
-            or bool(loop_devices(p.image)))
+            or bool(loop_devices(p.image)) or memory_group(p).is_dir())

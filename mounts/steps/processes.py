@@ -158,6 +158,7 @@ def juicefs_spawn(p: system.Paths, budget: system.Budget) -> runner.Popen[bytes]
     env[system.TAG_VARIABLE] = system.daemon_tag(p, system.JUICEFS)
     process = runner.spawn(argv, log_path=p.juicefs_log, env=env)
     _children[process.pid] = process
+    memory_confine(p, [process.pid])
     return process
 
 
@@ -171,8 +172,71 @@ def juicefs_ready(p: system.Paths, process: runner.Popen[bytes]) -> int:
         umount(p.volume_point, lazy=True)
         tail = runner.log_tail(p.juicefs_log, LOG_TAIL)
         raise MountFailed(f"JuiceFS did not mount {p.bucket}: {tail}")
-    oom_score_adjust(daemons(p, system.JUICEFS))
+    pids = daemons(p, system.JUICEFS)
+    oom_score_adjust(pids)
+    memory_confine(p, pids)  # a server its watchdog forked before the first move
     return process.pid
+
+
+# cgroup v1's memory controller, where the sandboxes' memory cgroups are too (docs/sandbox.md).
+MEMORY_HIERARCHY = Path("/sys/fs/cgroup/memory")
+
+
+def memory_group(p: system.Paths) -> Path:
+    """The memory cgroup of a mount's JuiceFS (settings.JUICEFS_MEMORY_CGROUP_MB)."""
+    return MEMORY_HIERARCHY / f"weldr-{settings.INSTANCE_ID}-mount-{p.bucket}"
+
+
+def memory_confine(p: system.Paths, pids: list[int]) -> None:
+    """Move JuiceFS processes into their mount's memory cgroup, made and limited first.
+
+    The limit bounds JuiceFS's heap and the page cache it fills (its staging and cache blocks);
+    within it the kernel reclaims JuiceFS's own clean cache pages and reuses them, where
+    unconfined each new block takes fresh pages from the machine (docs/snapshots.md, "Fresh
+    memory"). A process moved keeps what it was charged before; a server its watchdog restarts
+    is born in the group. Without the hierarchy (cgroup v2 only) or when the kernel refuses,
+    JuiceFS runs unconfined, as before, and the agent says so once.
+    """
+    if not settings.JUICEFS_MEMORY_CGROUP_MB:
+        return
+    if not MEMORY_HIERARCHY.is_dir():
+        _unconfined(f"no cgroup v1 memory hierarchy at {MEMORY_HIERARCHY}")
+        return
+    group = memory_group(p)
+    try:
+        group.mkdir(exist_ok=True)
+        (group / "memory.limit_in_bytes").write_text(
+            str(settings.JUICEFS_MEMORY_CGROUP_MB * 1024 * 1024))
+        for pid in pids:
+            try:
+                (group / "cgroup.procs").write_text(str(pid))
+            except ProcessLookupError:  # gone meanwhile: reconcile deals with dead daemons
+                pass
+    except OSError as error:
+        _unconfined(f"{group}: {error.strerror or error}")
+
+
+def memory_release(p: system.Paths) -> None:
+    """Remove the mount's memory cgroup once its JuiceFS is gone (`rmdir` only: a group still
+    holding a process stays, and the next mount of the bucket takes it again)."""
+    group = memory_group(p)
+    try:
+        group.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        logger.warning("memory cgroup %s kept: %s", group, error.strerror)
+
+
+_unconfined_said = False
+
+
+def _unconfined(reason: str) -> None:
+    global _unconfined_said
+    if not _unconfined_said:
+        _unconfined_said = True
+        logger.warning("JuiceFS runs without its memory cgroup (JUICEFS_MEMORY_CGROUP_MB=%s): "
+                       "%s; said once", settings.JUICEFS_MEMORY_CGROUP_MB, reason)
 
 
 def oom_score_adjust(pids: list[int]) -> None:

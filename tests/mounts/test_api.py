@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,61 @@ def test_juicefs_gets_the_configured_oom_score_adj(api, bucket, settings):
     Path(f"/proc/{juicefs[-1]}/oom_score_adj").write_text("300")
     assert services.mount_reconcile()[bucket] == "ok"
     assert Path(f"/proc/{juicefs[-1]}/oom_score_adj").read_text().strip() == "100"
+
+
+def _memory_group_of(pid: int) -> str:
+    """The pid's cgroup in cgroup v1's memory hierarchy ('' when there is none)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return path
+    return ""
+
+
+@pytest.mark.skipif(not steps.MEMORY_HIERARCHY.is_dir(), reason="no cgroup v1 memory hierarchy")
+def test_juicefs_runs_in_its_mounts_memory_cgroup_which_the_unmount_removes(api, bucket,
+                                                                           settings):
+    # given a limit
+    settings.JUICEFS_MEMORY_CGROUP_MB = 300
+    # when the bucket is mounted
+    assert api.post("/mounts", {"bucket": bucket}, format="json").status_code == 201
+    # then its watchdog and server (and only they) are in the mount's group, at that limit
+    p = system.paths(bucket)
+    group = steps.memory_group(p)
+    juicefs = steps.daemons(p, system.JUICEFS)
+    assert len(juicefs) == 2
+    assert {_memory_group_of(pid) for pid in juicefs} == {f"/{group.name}"}
+    assert sorted(map(int, (group / "cgroup.procs").read_text().split())) == juicefs
+    assert int((group / "memory.limit_in_bytes").read_text()) == 300 * 1024 * 1024
+    # and what it writes is charged there: the staging blocks' page cache
+    charged = int((group / "memory.usage_in_bytes").read_text())
+    workspace = Path(settings.WORKSPACE_BASE / bucket)
+    (workspace / "blob.bin").write_bytes(os.urandom(32 * 1024 * 1024))
+    runner.run(["sync", "-f", str(workspace)], timeout=60)
+    assert int((group / "memory.usage_in_bytes").read_text()) >= charged + 16 * 1024 * 1024
+
+    # when it is unmounted
+    assert api.post("/mounts/unmount", {"bucket": bucket}, format="json").status_code == 200
+    # then the group is gone with it
+    assert not group.exists()
+    assert machine_clean(bucket)
+
+
+def test_juicefs_without_a_memory_cgroup_mounts_unconfined_and_says_so_once(
+        api, buckets, settings, caplog, monkeypatch, tmp_path):
+    # given a machine without cgroup v1's memory hierarchy (cgroup v2 only)
+    monkeypatch.setattr(steps.processes, "MEMORY_HIERARCHY", tmp_path / "no-such-hierarchy")
+    monkeypatch.setattr(steps.processes, "_unconfined_said", False)
+    # when two buckets are mounted
+    with caplog.at_level("WARNING", logger="weldr.mounts"):
+        for bucket in (buckets(), buckets()):
+            assert api.post("/mounts", {"bucket": bucket}, format="json").status_code == 201
+            # then each mounts, its JuiceFS in the agent's own memory cgroup
+            for pid in steps.daemons(system.paths(bucket), system.JUICEFS):
+                assert _memory_group_of(pid) == _memory_group_of(os.getpid())
+    # and one warning says why, not one per mount
+    said = [r.getMessage() for r in caplog.records if "memory cgroup" in r.getMessage()]
+    assert len(said) == 1 and "no cgroup v1 memory hierarchy" in said[0], said
 
 
 def _has_cap_sys_resource() -> bool:

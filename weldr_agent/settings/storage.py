@@ -109,6 +109,14 @@ LITESTREAM_MEMORY_LIMIT_MB = integer("LITESTREAM_MEMORY_LIMIT_MB", 32, low=8, hi
 # agent or a preview instead, however large JuiceFS grows). Set back to this after it mounts:
 # still protected at its normal size, killable when it takes half the machine more than others.
 JUICEFS_OOM_SCORE_ADJ = integer("JUICEFS_OOM_SCORE_ADJ", -500, low=-1000, high=1000)
+# Each mount's JuiceFS runs in a memory cgroup of its own limited to this many MB (cgroup v1's
+# memory hierarchy; 0: not confined): its heap (GOMEMLIMIT above) and the page cache of the
+# blocks it stages and caches. Unconfined, every new staging block takes fresh pages from the
+# machine, and on a VM that hands its free memory back to the host (virtio-balloon free page
+# reporting, as on these machines) touching a fresh 2 MiB page-cache folio costs ~30 ms: a
+# snapshot with 50 MB unflushed took 620–716 ms. Within the limit JuiceFS reuses the pages it
+# reclaims: 252–278 ms (docs/snapshots.md, "Fresh memory").
+JUICEFS_MEMORY_CGROUP_MB = integer("JUICEFS_MEMORY_CGROUP_MB", 512, low=0, high=10**6)
 # JuiceFS's watchdog: a second process per mount (same binary) that restarts a crashed or hung
 # server on the same FUSE connection, so the workspace survives it. It costs ~15 MiB of heap
 # and its share of the binary per mount (~20 MiB PSS; 5 mounts: ~85 MiB, docs/performance.md,
