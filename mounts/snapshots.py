@@ -135,8 +135,10 @@ def snapshot_create(*, bucket: str, name: str = "", note: str = "",
         except OSError:
             snapshots_store.remove(p, snapshot_id)
             raise
-        _retention_apply(p, keep_id=snapshot_id)
-        rows = _rows_refresh(p, sizes=False)
+        found = snapshots_store.sidecars(p)  # read once: retention and the rows need them
+        victims = _retention_apply(p, found, keep_id=snapshot_id)
+        rows = _rows_refresh(p, [item for item in found if item.id not in victims],
+                             sizes=False)
     logger.info("snapshot %s of %s taken (frozen %.0f ms)", snapshot_id, bucket, frozen_ms)
     return next(row for row in rows if row.snapshot_id == snapshot_id)
 
@@ -147,7 +149,7 @@ def snapshot_list(*, bucket: str, sizes: bool = False) -> list[Snapshot]:
     bucket = validate_bucket_name(bucket)
     _mount, p = _mounted_image(bucket)
     with _lock(p):
-        return _rows_refresh(p, sizes=sizes)
+        return _rows_refresh(p, snapshots_store.sidecars(p), sizes=sizes)
 
 
 def snapshot_delete(*, bucket: str, snapshot_id: str) -> None:
@@ -159,23 +161,31 @@ def snapshot_delete(*, bucket: str, snapshot_id: str) -> None:
         Snapshot.objects.filter(bucket=bucket, snapshot_id=snapshot_id).delete()
 
 
-def _rows_refresh(p: system.Paths, *, sizes: bool) -> list[Snapshot]:
-    """Make the bucket's rows what the volume's sidecars say; the rows, oldest first."""
-    found = snapshots_store.sidecars(p)
+def _rows_refresh(p: system.Paths, found: list[Sidecar], *, sizes: bool) -> list[Snapshot]:
+    """Make the bucket's rows what the volume's sidecars (`found`, oldest first) say; the rows,
+    in that order. Only rows that differ are written: a snapshot's sidecar never changes, so
+    taking one writes one row, not one per snapshot of the bucket."""
     measured = snapshots_store.sizes(p, [item.id for item in found]) if sizes else {}
     with transaction.atomic(using=STATE_DB):
-        Snapshot.objects.filter(bucket=p.bucket).exclude(
-            snapshot_id__in=[item.id for item in found]).delete()
+        existing = {row.snapshot_id: row for row in Snapshot.objects.filter(bucket=p.bucket)}
+        listed = {item.id for item in found}
+        if gone := [snapshot_id for snapshot_id in existing if snapshot_id not in listed]:
+            Snapshot.objects.filter(bucket=p.bucket, snapshot_id__in=gone).delete()
         rows = []
         for item in found:
-            defaults: dict[str, Any] = {
+            values: dict[str, Any] = {
                 "name": item.name, "note": item.note, "kind": item.kind, "run_id": item.run_id,
                 "created_at": datetime.fromisoformat(item.created_at),
                 "frozen_ms": item.frozen_ms}
             if item.id in measured:
-                defaults["size_bytes"] = measured[item.id]
-            row, _created = Snapshot.objects.update_or_create(
-                bucket=p.bucket, snapshot_id=item.id, defaults=defaults)
+                values["size_bytes"] = measured[item.id]
+            row = existing.get(item.id)
+            if row is None:
+                row = Snapshot.objects.create(bucket=p.bucket, snapshot_id=item.id, **values)
+            elif any(getattr(row, name) != value for name, value in values.items()):
+                for name, value in values.items():
+                    setattr(row, name, value)
+                row.save(update_fields=list(values))
             rows.append(row)
     return rows
 
@@ -295,8 +305,9 @@ def policy_set(*, bucket: str, keep: int, max_age_days: int) -> tuple[Policy, li
         draft = folder / f"{POLICY_NAME}.new"
         draft.write_text(json.dumps({"keep": keep, "max_age_days": max_age_days}))
         draft.rename(_policy_path(p))
-        deleted = _retention_apply(p)
-        _rows_refresh(p, sizes=False)
+        found = snapshots_store.sidecars(p)
+        deleted = _retention_apply(p, found)
+        _rows_refresh(p, [item for item in found if item.id not in deleted], sizes=False)
     return Policy(keep=keep, max_age_days=max_age_days), deleted
 
 
@@ -317,9 +328,9 @@ def retention_victims(items: list[Sidecar], policy: Policy, now: datetime,
     return [item.id for item in ordered if item.id in set(victims) - spared]
 
 
-def _retention_apply(p: system.Paths, keep_id: str = "") -> list[str]:
-    victims = retention_victims(snapshots_store.sidecars(p), policy_read(p), datetime.now(UTC),
-                                keep_id)
+def _retention_apply(p: system.Paths, found: list[Sidecar], keep_id: str = "") -> list[str]:
+    """Delete the snapshots (of `found`, the volume's sidecars) that the policy lets go."""
+    victims = retention_victims(found, policy_read(p), datetime.now(UTC), keep_id)
     for snapshot_id in victims:
         logger.info("retention: deleting snapshot %s of %s", snapshot_id, p.bucket)
         snapshots_store.remove(p, snapshot_id)

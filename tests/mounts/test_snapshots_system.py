@@ -79,3 +79,44 @@ def test_a_short_or_random_superblock_is_not_clean(tmp_path: Path):
     assert not system.superblock_clean(b"")
     assert not system.superblock_clean(b"\x53\xef" * 100)
     assert not system.superblock_clean(bytes(system.SUPERBLOCK_SIZE))
+
+
+@pytest.mark.django_db
+def test_the_rows_follow_the_sidecars_writing_only_what_changed():
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    from mounts import snapshots
+    from mounts.models import Snapshot
+    from mounts.snapshots_store import Sidecar
+    from weldr_agent.databases import STATE_DB
+
+    p = system.paths("rows-bucket")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    found = [Sidecar(id=f"{n:032x}", bucket=p.bucket, name=f"s{n}", note="", kind="manual",
+                     created_at=(start + timedelta(minutes=n)).isoformat(), frozen_ms=50.5)
+             for n in range(4)]
+    # given the rows of three snapshots
+    rows = snapshots._rows_refresh(p, found[:3], sizes=False)
+    assert [row.snapshot_id for row in rows] == [item.id for item in found[:3]]
+    assert rows[0].created_at == start and rows[0].frozen_ms == 50.5
+
+    # when a fourth is taken: then one row is written, the others are left alone
+    with CaptureQueriesContext(connections[STATE_DB]) as queries:
+        rows = snapshots._rows_refresh(p, found, sizes=False)
+    written = [q["sql"].split()[0] for q in queries.captured_queries
+               if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE")]
+    assert written == ["INSERT"], queries.captured_queries
+    assert [row.snapshot_id for row in rows] == [item.id for item in found]
+
+    # when one is gone from the volume and another's sidecar says something else
+    found[1] = dataclasses.replace(found[1], name="renamed")
+    rows = snapshots._rows_refresh(p, [found[1], found[3]], sizes=False)
+    # then the rows say what the volume says
+    assert [(row.snapshot_id, row.name) for row in rows] == [(found[1].id, "renamed"),
+                                                             (found[3].id, "s3")]
+    assert sorted(Snapshot.objects.filter(bucket=p.bucket)
+                  .values_list("snapshot_id", flat=True)) == [found[1].id, found[3].id]
