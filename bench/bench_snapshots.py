@@ -21,7 +21,9 @@ blocks of the earlier snapshots' writes, which this VM's disk drains at ~100 MB/
 waits before each write until that is at most N MB or stops falling, so that the unflushed data
 is the write's own. --bdi-limit-mb N caps the
 dirty data of the workspace's loop device in the kernel (its bdi's max_bytes, strict_limit), to
-see what keeping dirty data from accumulating costs the writer and saves the snapshot.
+see what keeping dirty data from accumulating costs the writer and saves the snapshot. The
+agent's settings come from the environment: JUICEFS_MEMORY_CGROUP_MB=0 runs JuiceFS unconfined
+(docs/snapshots.md, "Fresh memory").
 
 Usage: .venv/bin/python bench/bench_snapshots.py [--npm-copies 14] [--vite-copies 6]
        [--sources 2000] [--dirty 0,10,25,50,100] [--repeat 5] [--settle-mb 0]
@@ -31,7 +33,6 @@ Usage: .venv/bin/python bench/bench_snapshots.py [--npm-copies 14] [--vite-copie
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
 import shutil
@@ -120,37 +121,6 @@ def bdi_limit(workspace: Path, megabytes: int) -> tuple[str, Callable[[], None]]
     (bdi / "strict_limit").write_text("1")
     return (f"{bdi}: max_bytes {(bdi / 'max_bytes').read_text().strip()}, "
             f"strict_limit {(bdi / 'strict_limit').read_text().strip()}"), restore
-
-
-def memcg_limit(bucket: str, megabytes: int) -> tuple[str, Callable[[], None]]:
-    """Put the bucket's JuiceFS (and Litestream) in a memory cgroup of their own limited to
-    `megabytes` (cgroup v1: memory.limit_in_bytes; v2: memory.high): the page cache of
-    JuiceFS's staging blocks is then reclaimed within the group and its pages reused, instead
-    of every new block taking fresh pages from the machine. The cgroup, for the output, and what
-    removes it (any process still in it goes back to the root cgroup first)."""
-    from mounts import steps, system
-
-    v1 = Path("/sys/fs/cgroup/memory")
-    if v1.is_dir():
-        root, limit_file = v1, "memory.limit_in_bytes"
-    elif "memory" in Path("/sys/fs/cgroup/cgroup.subtree_control").read_text().split():
-        root, limit_file = Path("/sys/fs/cgroup"), "memory.high"
-    else:
-        raise SystemExit("--juicefs-memcg-mb: no memory cgroup controller here")
-    group = root / f"weldr-bench-{bucket}"
-    group.mkdir()
-    (group / limit_file).write_text(str(megabytes * 1024 * 1024))
-    for pid in steps.daemons(system.paths(bucket, system.IMAGE)):
-        (group / "cgroup.procs").write_text(str(pid))
-
-    def remove() -> None:
-        for pid in (group / "cgroup.procs").read_text().split():
-            with contextlib.suppress(ProcessLookupError):
-                (root / "cgroup.procs").write_text(pid)
-        group.rmdir()
-
-    members = (group / "cgroup.procs").read_text().split()
-    return f"{group}: {limit_file} {megabytes} MB, processes {members}", remove
 
 
 def machine_dirty_mb() -> float:
@@ -242,10 +212,6 @@ def main() -> None:
                         help="before each write, wait until the machine's unwritten page cache "
                              "(Dirty + Writeback) is at most this many MB or stops falling (0: "
                              "do not wait)")
-    parser.add_argument("--juicefs-memcg-mb", type=int, default=0,
-                        help="put the bucket's JuiceFS in a memory cgroup limited to this many "
-                             "MB, so that its staging blocks reuse reclaimed page cache (0: "
-                             "not)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="weldr-bench-snap-"))
     tmp.chmod(0o755)  # the sandbox user runs git in the workspace below it
@@ -257,13 +223,9 @@ def main() -> None:
 
     bucket = f"bench-{secrets.token_hex(4)}"
     uncap: Callable[[], None] = lambda: None  # noqa: E731
-    ungroup: Callable[[], None] = lambda: None  # noqa: E731
     try:
         mount, _ = services.mount_create(bucket=bucket, layout="image")
         workspace = Path(mount.path)
-        if args.juicefs_memcg_mb:
-            grouped, ungroup = memcg_limit(bucket, args.juicefs_memcg_mb)
-            print(f"JuiceFS in a memory cgroup: {grouped}")
         files, size = build(workspace, args)
         services.mount_sync(bucket=bucket)
         if args.bdi_limit_mb:
@@ -271,7 +233,8 @@ def main() -> None:
             print(f"dirty data capped: {capped}")
         print(f"workspace: {files} files, {size / 1e6:.0f} MB (node_modules: {args.npm_copies}x "
               f"npm, {args.vite_copies}x vite fixture; {args.sources} git-tracked sources); "
-              f"UPLOAD_DELAY={settings.UPLOAD_DELAY}, S3 {server.endpoint} (rclone, loopback); "
+              f"UPLOAD_DELAY={settings.UPLOAD_DELAY}, JUICEFS_MEMORY_CGROUP_MB="
+              f"{settings.JUICEFS_MEMORY_CGROUP_MB}, S3 {server.endpoint} (rclone, loopback); "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
         taken = []
         for megabytes in [int(value) for value in args.dirty.split(",")]:
@@ -330,7 +293,6 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001
             print(f"unmount: {error}", file=sys.stderr)
         steps.teardown(system.paths(bucket), juicefs_pid=None, litestream_pid=None, grace=5)
-        ungroup()
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
