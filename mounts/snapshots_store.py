@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from errno import EEXIST
+from errno import EEXIST, EINTR
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,29 @@ def clone(volume: Path, source: Path, target: Path) -> None:
     Every path here is the agent's, in the volume's root-only `.weldr/`, in a mount no sandbox
     sees; the control file is checked to be JuiceFS's own (its fixed inode, on the volume's
     device) before a byte is written to it.
+
+    JuiceFS answers EINTR when the request was interrupted (a signal to the asking thread makes
+    the kernel send FUSE an interrupt, and JuiceFS abandons the clone): seen once in a suite run
+    under load. The clone is then asked again, up to CLONE_ATTEMPTS times.
     """
+    for attempt in range(1, CLONE_ATTEMPTS + 1):
+        errno = _clone_once(volume, source, target)
+        if errno != EINTR or attempt == CLONE_ATTEMPTS:
+            break
+        logger.warning("cloning %s was interrupted (attempt %s); asking again", source.name,
+                       attempt)
+    if errno:
+        if errno != EEXIST:  # never remove a file that was there before
+            with contextlib.suppress(OSError):
+                target.unlink()
+        raise SnapshotFailed(f"Cloning {source.name} failed: {os.strerror(errno)}")
+
+
+CLONE_ATTEMPTS = 3
+
+
+def _clone_once(volume: Path, source: Path, target: Path) -> int:
+    """One clone through the control file: JuiceFS's errno (0: done)."""
     try:
         device = os.stat(volume).st_dev
         inodes = [_inode(path, device) for path in (source, source.parent, target.parent)]
@@ -171,11 +193,10 @@ def clone(volume: Path, source: Path, target: Path) -> None:
         raise SnapshotFailed(f"Cloning {source.name} failed: {error}") from error
     finally:
         os.close(fd)
-    if errno:
-        if errno != EEXIST:  # never remove a file that was there before
-            with contextlib.suppress(OSError):
-                target.unlink()
-        raise SnapshotFailed(f"Cloning {source.name} failed: {os.strerror(errno)}")
+    if errno == EINTR:
+        with contextlib.suppress(OSError):
+            target.unlink()  # whatever an abandoned clone made, before it is asked again
+    return errno
 
 
 def _inode(path: Path, device: int) -> int:

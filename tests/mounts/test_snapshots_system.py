@@ -120,3 +120,23 @@ def test_the_rows_follow_the_sidecars_writing_only_what_changed():
                                                              (found[3].id, "s3")]
     assert sorted(Snapshot.objects.filter(bucket=p.bucket)
                   .values_list("snapshot_id", flat=True)) == [found[1].id, found[3].id]
+
+
+def test_an_interrupted_clone_is_asked_again_a_few_times(monkeypatch, tmp_path: Path):
+    from errno import EINTR
+
+    from mounts import snapshots_store
+    from mounts.snapshots_errors import SnapshotFailed
+
+    answers: list[int] = []
+    monkeypatch.setattr(snapshots_store, "_clone_once", lambda *args: answers.pop(0))
+    target = tmp_path / "clone.ext4"
+    # interrupted twice, then done: the clone succeeds
+    answers[:] = [EINTR, EINTR, 0]
+    snapshots_store.clone(tmp_path, tmp_path / "image.ext4", target)
+    assert answers == []
+    # interrupted every time: it fails, in words, after CLONE_ATTEMPTS
+    answers[:] = [EINTR] * snapshots_store.CLONE_ATTEMPTS
+    with pytest.raises(SnapshotFailed, match="Interrupted system call"):
+        snapshots_store.clone(tmp_path, tmp_path / "image.ext4", target)
+    assert answers == []
