@@ -191,6 +191,7 @@ def lose_the_machine(bucket: str) -> None:
     steps.umount(p.mount_point, lazy=True)
     runner.wait_until(lambda: not steps.loop_devices(p.image), timeout=30)
     steps.umount(p.volume_dir, lazy=True)
+    steps.memory_release(p)
     Mount.objects.filter(bucket=bucket).delete()
     Snapshot.objects.filter(bucket=bucket).delete()
     shutil.rmtree(settings.WELDR_ENV_VOL)

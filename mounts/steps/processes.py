@@ -216,16 +216,26 @@ def memory_confine(p: system.Paths, pids: list[int]) -> None:
         _unconfined(f"{group}: {error.strerror or error}")
 
 
-def memory_release(p: system.Paths) -> None:
+def memory_release(p: system.Paths, *, timeout: float = 5) -> None:
     """Remove the mount's memory cgroup once its JuiceFS is gone (`rmdir` only: a group still
-    holding a process stays, and the next mount of the bucket takes it again)."""
+    holding a process stays, and the next mount of the bucket takes it again). A killed JuiceFS
+    leaves its group a moment after its pid stops looking alive (a FUSE server's exit cleans up
+    its connection first): the removal is retried for up to `timeout` seconds."""
     group = memory_group(p)
-    try:
-        group.rmdir()
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        logger.warning("memory cgroup %s kept: %s", group, error.strerror)
+    refused: list[OSError] = []
+
+    def removed() -> bool:
+        try:
+            group.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            refused[:] = [error]
+            return False
+        return True
+
+    if not runner.wait_until(removed, timeout=timeout, interval=0.05):
+        logger.warning("memory cgroup %s kept: %s", group, refused[0].strerror)
 
 
 _unconfined_said = False

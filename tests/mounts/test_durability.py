@@ -21,8 +21,8 @@ LAYOUTS = pytest.mark.parametrize("layout", [system.FILES, system.IMAGE])
 
 def lose_the_machine(bucket: str, layout: str = system.FILES) -> None:
     """No goodbyes: SIGKILL every daemon, drop the mounts (an image's ext4 was never cleanly
-    unmounted; its loop device goes with it, as in a reboot), delete WELDR_ENV_VOL and the
-    workspace."""
+    unmounted; its loop device goes with it, as in a reboot) and JuiceFS's memory cgroup,
+    delete WELDR_ENV_VOL and the workspace."""
     p = system.paths(bucket, layout)
     for pid in steps.daemons(p, system.JUICEFS) + steps.daemons(p, system.LITESTREAM):
         os.kill(pid, signal.SIGKILL)
@@ -31,6 +31,7 @@ def lose_the_machine(bucket: str, layout: str = system.FILES) -> None:
     if layout == system.IMAGE:
         assert runner.wait_until(lambda: not steps.loop_devices(p.image), timeout=30)
         steps.umount(p.volume_dir, lazy=True)
+    steps.memory_release(p)
     Mount.objects.filter(bucket=bucket).delete()
     shutil.rmtree(settings.WELDR_ENV_VOL)
     shutil.rmtree(settings.WORKSPACE_BASE)
