@@ -1,4 +1,5 @@
-"""scripts/mount-bucket.sh and scripts/unmount-bucket.sh, run for real as an operator would."""
+"""scripts/mount-bucket.sh, unmount-bucket.sh and snapshot-bucket.sh, run for real as an
+operator would."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from tests.mounts.conftest import bucket_name
 from weldr_agent import runner
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = [REPO / "scripts" / "mount-bucket.sh", REPO / "scripts" / "unmount-bucket.sh"]
+SCRIPTS = [REPO / "scripts" / "mount-bucket.sh", REPO / "scripts" / "unmount-bucket.sh",
+           REPO / "scripts" / "snapshot-bucket.sh"]
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def test_scripts_refuse_bad_arguments_with_one_line(script, args, script_env):
 def test_mount_and_unmount_scripts_for_real(script_env):
     bucket = bucket_name()
     workspace = Path(script_env["WORKSPACE_BASE"]) / bucket
-    mount_sh, unmount_sh = SCRIPTS
+    mount_sh, unmount_sh, snapshot_sh = SCRIPTS
     try:
         mounted = runner.run([mount_sh, bucket], timeout=180, env=script_env)
         body = json.loads(mounted.stdout.strip().splitlines()[-1])
@@ -58,6 +60,11 @@ def test_mount_and_unmount_scripts_for_real(script_env):
         synced = runner.run([mount_sh, "--sync", bucket], timeout=180, env=script_env)
         assert json.loads(synced.stdout.strip().splitlines()[-1])["synced_at"]
         assert steps.is_mounted(workspace)
+        # a files workspace has no snapshots: refused in one line that says why
+        refused = runner.run([snapshot_sh, bucket], timeout=60, env=script_env, check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+        assert "snapshots_unavailable" in refused.stderr
 
         gone = runner.run([unmount_sh, bucket], timeout=180, env=script_env)
         assert json.loads(gone.stdout) == {"bucket": bucket, "status": "unmounted"}
@@ -77,12 +84,22 @@ def test_mount_script_with_the_image_layout(script_env, settings):
     settings.WELDR_ENV_VOL = Path(script_env["WELDR_ENV_VOL"])
     settings.WORKSPACE_BASE = Path(script_env["WORKSPACE_BASE"])
     bucket = bucket_name()
-    mount_sh, unmount_sh = SCRIPTS
+    mount_sh, unmount_sh, snapshot_sh = SCRIPTS
     try:
         mounted = runner.run([mount_sh, "--layout", "image", bucket], timeout=180, env=script_env)
         body = json.loads(mounted.stdout.strip().splitlines()[-1])
         assert body["layout"] == "image"
         assert steps.mount_table()[body["path"]] == "ext4"
+        (Path(body["path"]) / "by-hand.txt").write_text("operator")
+        # a snapshot by hand, made durable, then listed
+        taken = runner.run([snapshot_sh, "--name", "before maintenance", "--note", "by hand",
+                            "--durable", bucket], timeout=180, env=script_env)
+        snapshot = json.loads(taken.stdout.strip().splitlines()[-1])
+        assert (snapshot["name"], snapshot["note"]) == ("before maintenance", "by hand")
+        assert snapshot["bucket"] == bucket and snapshot["kind"] == "manual"
+        listed = runner.run([snapshot_sh, "--list", bucket], timeout=60, env=script_env)
+        assert [item["id"] for item in json.loads(listed.stdout)["snapshots"]] == \
+            [snapshot["id"]]
         runner.run([unmount_sh, bucket], timeout=180, env=script_env)
         refused = runner.run([mount_sh, "--layout", "files", bucket], timeout=180,
                              env=script_env, check=False)
