@@ -21,14 +21,14 @@ class Command(BaseCommand):
         parser.add_argument("--note", default="", help="a note kept with it")
         parser.add_argument("--durable", action="store_true",
                             help="also make it durable in S3 before answering (zero-RPO sync)")
-        parser.add_argument("--list", action="store_true",
+        parser.add_argument("--list", action="store_true", dest="list_only",
                             help="list the bucket's snapshots instead of taking one")
 
     def handle(self, *args: Any, bucket: str, name: str, note: str, durable: bool,
-               list: bool, **options: Any) -> None:
+               list_only: bool, **options: Any) -> None:
         state_db_ready()
         try:
-            if list:
+            if list_only:
                 rows = snapshots.snapshot_list(bucket=bucket)
                 self.stdout.write(json.dumps(
                     {"snapshots": SnapshotSerializer(rows, many=True).data}))
