@@ -135,10 +135,7 @@ def snapshot_create(*, bucket: str, name: str = "", note: str = "",
         except OSError:
             snapshots_store.remove(p, snapshot_id)
             raise
-        found = snapshots_store.sidecars(p)  # read once: retention and the rows need them
-        victims = _retention_apply(p, found, keep_id=snapshot_id)
-        rows = _rows_refresh(p, [item for item in found if item.id not in victims],
-                             sizes=False)
+        rows, _deleted = _retention_and_rows(p, keep_id=snapshot_id)
     logger.info("snapshot %s of %s taken (frozen %.0f ms)", snapshot_id, bucket, frozen_ms)
     return next(row for row in rows if row.snapshot_id == snapshot_id)
 
@@ -305,9 +302,7 @@ def policy_set(*, bucket: str, keep: int, max_age_days: int) -> tuple[Policy, li
         draft = folder / f"{POLICY_NAME}.new"
         draft.write_text(json.dumps({"keep": keep, "max_age_days": max_age_days}))
         draft.rename(_policy_path(p))
-        found = snapshots_store.sidecars(p)
-        deleted = _retention_apply(p, found)
-        _rows_refresh(p, [item for item in found if item.id not in deleted], sizes=False)
+        _rows, deleted = _retention_and_rows(p)
     return Policy(keep=keep, max_age_days=max_age_days), deleted
 
 
@@ -328,13 +323,16 @@ def retention_victims(items: list[Sidecar], policy: Policy, now: datetime,
     return [item.id for item in ordered if item.id in set(victims) - spared]
 
 
-def _retention_apply(p: system.Paths, found: list[Sidecar], keep_id: str = "") -> list[str]:
-    """Delete the snapshots (of `found`, the volume's sidecars) that the policy lets go."""
+def _retention_and_rows(p: system.Paths, keep_id: str = "") -> tuple[list[Snapshot], list[str]]:
+    """Delete the snapshots the policy lets go, then make the rows what is left (the sidecars
+    are read once for both): the rows, and the ids deleted."""
+    found = snapshots_store.sidecars(p)
     victims = retention_victims(found, policy_read(p), datetime.now(UTC), keep_id)
     for snapshot_id in victims:
         logger.info("retention: deleting snapshot %s of %s", snapshot_id, p.bucket)
         snapshots_store.remove(p, snapshot_id)
-    return victims
+    rows = _rows_refresh(p, [item for item in found if item.id not in victims], sizes=False)
+    return rows, victims
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,6 +163,8 @@ def clone(volume: Path, source: Path, target: Path) -> None:
             break
         logger.warning("cloning %s was interrupted (attempt %s); asking again", source.name,
                        attempt)
+        with contextlib.suppress(OSError):
+            target.unlink()  # whatever the abandoned clone made
     if errno:
         if errno != EEXIST:  # never remove a file that was there before
             with contextlib.suppress(OSError):
@@ -193,9 +195,6 @@ def _clone_once(volume: Path, source: Path, target: Path) -> int:
         raise SnapshotFailed(f"Cloning {source.name} failed: {error}") from error
     finally:
         os.close(fd)
-    if errno == EINTR:
-        with contextlib.suppress(OSError):
-            target.unlink()  # whatever an abandoned clone made, before it is asked again
     return errno
 
 
