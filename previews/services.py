@@ -187,12 +187,10 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
             target, args = _launch, (live, workspace, env)
         threading.Thread(target=target, args=args, name=f"preview-{bucket}",
                          daemon=True).start()
-        preview, _ = Preview.objects.update_or_create(bucket=bucket, defaults={
-            "port": port, "status": Preview.Status.STARTING, "command": command,
-            "access": access,
-            "container": live.box.name, "pid": live.box.pid if live.warm else None,
-            "exit_code": None, "started_at": timezone.now(), "ended_at": None,
-        })
+        preview = _record_start(Preview(
+            bucket=bucket, port=port, status=Preview.Status.STARTING, command=command,
+            access=access, container=live.box.name, pid=live.box.pid if live.warm else None,
+            exit_code=None, started_at=timezone.now(), ended_at=None))
     except Exception:
         live.recorded.set()
         if live.warm is not None:
@@ -200,6 +198,16 @@ def preview_start(*, bucket: str, port: int | None = None, command: str | None =
         _stop_live(live, status=Preview.Status.FAILED)
         raise
     live.recorded.set()
+    return preview
+
+
+def _record_start(preview: Preview) -> Preview:
+    """The bucket's row says this start, in one statement (an upsert: the row of its last
+    preview, if any, is overwritten; created_at stays)."""
+    fields = [f.name for f in Preview._meta.concrete_fields
+              if f.name not in ("id", "bucket", "created_at")]
+    Preview.objects.bulk_create([preview], update_conflicts=True, unique_fields=["bucket"],
+                                update_fields=fields)
     return preview
 
 
