@@ -22,7 +22,9 @@ sys.path.insert(0, str(REPO))
 from bench.results import report  # noqa: E402
 from weldr_agent import runner  # noqa: E402
 
-FIGURES = re.compile(r"peak (\d+) connections, (\d+) ([0-9.]+)s after the load")
+# The test's line: "peak 5 connections (5 backends), 1 9.7s after the load".
+FIGURES = re.compile(r"peak (\d+) connections(?: \((\d+) backends\))?, (\d+) ([0-9.]+)s after "
+                     r"the load")
 
 
 def main() -> None:
@@ -35,8 +37,9 @@ def main() -> None:
     if found is None:
         print(result.stdout[-3000:])
         raise SystemExit("the connection test printed no figures")
-    peak, after, seconds = int(found[1]), int(found[2]), float(found[3])
-    print(f"peak {peak} connections during the load, {after} {seconds:.1f} s after it "
+    peak, after, seconds = int(found[1]), int(found[3]), float(found[4])
+    print(f"peak {peak} connections during the load ({found[2] or '?'} PostgreSQL backends), "
+          f"{after} {seconds:.1f} s after it "
           f"(test {'passed' if result.returncode == 0 else 'FAILED'})")
     report(key="db_connections_peak", what="PostgreSQL connections of one agent at peak load "
            "(30 SSE + 20 GET /runs loops + 3 runs)", figure=peak, unit="", target="≤ 5",
