@@ -284,19 +284,21 @@ class Container:
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def cgroup_parent_remove(instance: str | None = None) -> None:
+def cgroup_parent_remove(instance: str | None = None, *, timeout: float = 5) -> None:
     """An instance's (this agent's) parent cgroup, in every hierarchy: the runtime makes it for
     the first sandbox and leaves it when the last is deleted. `rmdir` only: one still holding a
-    sandbox stays. At shutdown, after every sandbox of the instance is gone."""
+    sandbox stays. At shutdown, after every sandbox of the instance is deleted; a `runc run`
+    whose container was deleted under it may still be removing that container's groups, so each
+    removal is retried for up to `timeout` seconds in all (a parent group was left so, empty,
+    after some agents' shutdowns)."""
     name = oci.cgroup_parent(instance)
     hierarchies = [CGROUP_ROOT, *(CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ())]
+    deadline = time.monotonic() + timeout
     for hierarchy in hierarchies:
-        try:
-            (hierarchy / name).rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            logger.info("cgroup %s kept: %s", hierarchy / name, error.strerror)
+        refused = runner.cgroup_rmdir(hierarchy / name,
+                                      timeout=max(0.0, deadline - time.monotonic()))
+        if refused is not None:
+            logger.warning("cgroup %s kept: %s", hierarchy / name, refused.strerror)
 
 
 def _exits_within(pid: int, timeout: float) -> bool:

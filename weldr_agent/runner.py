@@ -221,6 +221,26 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def cgroup_rmdir(group: Path, *, timeout: float) -> OSError | None:
+    """Remove cgroup directory `group` once it is empty: `rmdir` only (the kernel refuses a
+    group that still holds a process or a child group), retried for up to `timeout` seconds
+    while processes leaving it, or a runtime removing its child groups, are not done yet. None
+    when it is gone (or never was), else the last refusal."""
+    refused: list[OSError] = []
+
+    def removed() -> bool:
+        try:
+            group.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            refused[:] = [error]
+            return False
+        return True
+
+    return None if wait_until(removed, timeout=timeout) else refused[0]
+
+
 def wait_until(predicate, *, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
     """Poll `predicate` until it is true or `timeout` seconds pass; return the last answer."""
     deadline = time.monotonic() + timeout

@@ -222,20 +222,9 @@ def memory_release(p: system.Paths, *, timeout: float = 5) -> None:
     leaves its group a moment after its pid stops looking alive (a FUSE server's exit cleans up
     its connection first): the removal is retried for up to `timeout` seconds."""
     group = memory_group(p)
-    refused: list[OSError] = []
-
-    def removed() -> bool:
-        try:
-            group.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as error:
-            refused[:] = [error]
-            return False
-        return True
-
-    if not runner.wait_until(removed, timeout=timeout, interval=0.05):
-        logger.warning("memory cgroup %s kept: %s", group, refused[0].strerror)
+    refused = runner.cgroup_rmdir(group, timeout=timeout)
+    if refused is not None:
+        logger.warning("memory cgroup %s kept: %s", group, refused.strerror)
 
 
 _unconfined_said = False
