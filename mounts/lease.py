@@ -339,7 +339,10 @@ def acquire(bucket: str, *, force: bool = False) -> Record | None:
             except _Precondition:
                 continue  # someone wrote it between our read and write: look again
             if not conditional_writes(bucket):
-                etag = _settle_and_verify(bucket, mine, force=force)
+                settled = _settle_and_verify(bucket, mine, force=force)
+                if settled is None:
+                    continue  # a forced lease the holder's renewal overwrote: write it again
+                etag = settled
             _held[bucket] = Held(mine.token, etag, sent)
             if force and seen.record is not None and not free_for(
                     seen, mine.machine, settings.MOUNT_LEASE_TTL_SECONDS):
@@ -349,14 +352,21 @@ def acquire(bucket: str, *, force: bool = False) -> Record | None:
         raise _in_use(bucket, read(bucket))
 
 
-def _settle_and_verify(bucket: str, mine: Record, *, force: bool) -> str:
-    """Read the lease back after a while: a machine that wrote after us wins, and we step back."""
+def _settle_and_verify(bucket: str, mine: Record, *, force: bool) -> str | None:
+    """Read the lease back after a while: a machine that wrote after us wins, and we step back.
+
+    With `force` the takeover is tried again instead (None): the holder's renewal reads the
+    lease and writes it a moment later, and a forced write landing in between is overwritten
+    (seen in a suite run). The renewal after that reads the forced record and fences the holder.
+    """
     time.sleep(settings.MOUNT_LEASE_SETTLE_SECONDS)
     seen = read(bucket)
     if seen.record is not None and seen.record.token == mine.token:
         return seen.etag or ""
     if force:
-        logger.warning("a forced lease of %s was replaced while settling", bucket)
+        logger.warning("a forced lease of %s was replaced while settling (the holder's renewal); "
+                       "writing it again", bucket)
+        return None
     raise _in_use(bucket, seen)
 
 

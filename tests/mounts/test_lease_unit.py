@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +73,41 @@ def test_rclone_serve_s3_ignores_conditional_writes(bucket):
     assert lease.conditional_writes(bucket) is False
     listed = s3.client().list_objects_v2(Bucket=bucket, Prefix=system.LEASE_PROBE_PREFIX)
     assert not listed.get("Contents")  # the probe cleans up after itself
+
+
+def test_a_forced_takeover_that_the_holders_renewal_overwrites_is_written_again(settings,
+                                                                               bucket):
+    # rclone serve s3: no conditional writes, so the lease is read back after the settle time.
+    settings.MOUNT_LEASE_SETTLE_SECONDS = 0.3
+    steps.ensure_bucket(bucket)
+    holder = lease.Record(machine="holder", host="h", instance="i", token="theirs",
+                          acquired_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    lease._write(bucket, holder, etag=None, create=True)
+    mine = lease.machine_id()
+    overwrites: list[float] = []
+
+    def holders_renewal() -> None:
+        # The holder read its own record just before the forced write landed, and writes it
+        # right after (its read-then-write straddles the takeover), once.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            seen = lease.read(bucket)
+            if seen.record is not None and seen.record.machine == mine:
+                lease._write(bucket, holder, etag=None, create=False)
+                overwrites.append(time.monotonic())
+                return
+            time.sleep(0.01)
+
+    renewal = threading.Thread(target=holders_renewal)
+    renewal.start()
+    try:
+        previous = lease.acquire(bucket, force=True)
+    finally:
+        renewal.join()
+        lease.forget(bucket)
+    assert overwrites, "the holder's renewal never saw the forced record"
+    assert previous is not None and previous.machine == "holder"
+    assert lease.read(bucket).record.machine == mine
 
 
 @pytest.mark.django_db(transaction=True, databases="__all__")
