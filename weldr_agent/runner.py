@@ -221,6 +221,20 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def pid_killed(pid: int) -> bool:
+    """True when SIGKILL is pending for process `pid`: it ends as soon as it leaves the kernel.
+    One that stays is stuck in an uninterruptible wait (a FUSE request no one will answer)."""
+    kill_bit = 1 << (signal.SIGKILL - 1)
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & kill_bit:
+                    return True
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def cgroup_rmdir(group: Path, *, timeout: float) -> OSError | None:
     """Remove cgroup directory `group` once it is empty: `rmdir` only (the kernel refuses a
     group that still holds a process or a child group), retried for up to `timeout` seconds

@@ -16,7 +16,7 @@ from mounts import system
 from mounts.errors import SyncFailed
 from mounts.steps.image import image_release, loop_devices
 from mounts.steps.mountpoints import answers, mount_table, umount
-from mounts.steps.processes import daemons, memory_group, memory_release, pid_stop
+from mounts.steps.processes import daemons, memory_group, memory_release, orphan_abort, pid_stop
 from weldr_agent import runner, s3
 
 logger = logging.getLogger("weldr.mounts")
@@ -120,6 +120,8 @@ def teardown(p: system.Paths, *, juicefs_pid: int | None, litestream_pid: int | 
     (the loop device must let go of the image before JuiceFS does, else its backing file is a
     file of a detached mount that no path names any more), then JuiceFS wherever it is mounted.
     """
+    # Asking a mount whose JuiceFS processes cannot answer would wait forever.
+    orphan_abort(p, juicefs_pid)
     image_release(p)
     for point in (p.mount_point, p.volume_dir):
         umount(point, lazy=not answers(point))

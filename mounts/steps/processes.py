@@ -285,22 +285,29 @@ def workspace_prepare(mount_point: Path) -> None:
 
 
 def orphan_abort(p: system.Paths, juicefs_pid: int | None = None) -> bool:
-    """Abort the volume's FUSE connection when none of its JuiceFS processes is alive.
+    """Abort the volume's FUSE connection when none of its JuiceFS processes can answer it.
 
     Killed JuiceFS processes normally take their FUSE connection with them, and requests then
     fail with ENOTCONN. But a JuiceFS server hands its /dev/fuse descriptor to its watchdog over
     a Unix socket; killed with the descriptor in flight, the connection outlives every process
     that could answer it, and each request on the mount (the agent's own `answers()` included)
-    waits forever. With no JuiceFS process of the bucket left, nothing can answer: abort it
-    through the kernel's FUSE control folder, as the descriptor's last close would have.
-    `juicefs_pid`, the one the agent recorded, alive spares the scan of /proc (the usual case).
+    waits forever. And a watchdog killed while inside a request to its own mount (it opens the
+    mount's `.config`; Go's poller asks FUSE to poll it), whose server was killed before
+    answering, cannot exit: SIGKILL pending, it waits for the answer, and holds the descriptor
+    that keeps the connection alive (seen in a suite run). With no JuiceFS process of the bucket
+    left but such killed ones, nothing can answer: abort the connection through the kernel's
+    FUSE control folder, as the descriptor's last close would have. `juicefs_pid`, the one the
+    agent recorded, alive and not killed spares the scan of /proc (the usual case).
     """
-    if owns(juicefs_pid, system.daemon_tag(p, system.JUICEFS)) or daemons(p, system.JUICEFS):
+    tag = system.daemon_tag(p, system.JUICEFS)
+    if juicefs_pid is not None and owns(juicefs_pid, tag) and not runner.pid_killed(juicefs_pid):
+        return False
+    if any(not runner.pid_killed(pid) for pid in daemons(p, system.JUICEFS)):
         return False
     connection = fuse_connection(p.volume_point)
     if connection is None or not (connection / "abort").exists():
         return False
-    logger.warning("aborting the FUSE connection of %s: none of its JuiceFS processes is alive",
-                   p.bucket)
+    logger.warning("aborting the FUSE connection of %s: none of its JuiceFS processes can answer "
+                   "it", p.bucket)
     (connection / "abort").write_text("1")
     return True

@@ -61,9 +61,16 @@ def _kill_juicefs(bucket: str) -> None:
     # The watchdog (the lower pid) first: killed after its server, it would start a new one.
     for pid in steps.daemons(p, system.JUICEFS):
         os.kill(pid, signal.SIGKILL)
-    assert runner.wait_until(lambda: not steps.daemons(p, system.JUICEFS), timeout=30)
-    # Their FUSE connection normally dies with them; with the descriptor in flight to the
-    # watchdog it does not, and only the agent's own check takes it down (steps.orphan_abort).
+
+    def gone() -> bool:
+        # Their FUSE connection normally dies with them. With the descriptor in flight to the
+        # watchdog it does not; and a watchdog killed inside a request to its own mount, whose
+        # server was killed before answering, cannot exit (it was seen waiting, SIGKILL
+        # pending, for 30 s and more): the agent's own check takes the connection down.
+        steps.orphan_abort(p)
+        return not steps.daemons(p, system.JUICEFS)
+
+    assert runner.wait_until(gone, timeout=30)
     steps.orphan_abort(p)
     assert runner.wait_until(lambda: not steps.answers(p.mount_point), timeout=30)
 
