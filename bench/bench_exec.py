@@ -48,6 +48,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per request i
 from benchlib import free_port  # noqa: E402
 
 from sandbox import bucket_spec  # noqa: E402
+from sandbox.container import cgroup_parent_remove  # noqa: E402
 from sandbox.oci import hosts_file, rootfs_skeleton  # noqa: E402
 from tests.conftest import AgentProcess  # noqa: E402
 from weldr_agent import runner  # noqa: E402
@@ -206,6 +207,9 @@ def main() -> None:
         http.post("/mounts/unmount", json={"bucket": bucket, "force": True}, timeout=300)
     finally:
         agent.stop()
+        # RuncTrue's containers live under this process's own parent cgroup (its INSTANCE_ID,
+        # not the agent's), which runc makes and never removes.
+        cgroup_parent_remove()
         shutil.rmtree(root, ignore_errors=True)
 
 
