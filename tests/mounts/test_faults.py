@@ -3,8 +3,12 @@ daemons are recovered by reconcile; a dead mount unmounts."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import select
 import signal
+import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +19,7 @@ from rest_framework.test import APIClient
 
 from mounts import services, steps, system
 from mounts.models import Mount
+from mounts.steps.mountpoints import fuse_connection
 from tests.mounts.conftest import machine_clean
 from tests.mounts.test_system import BAD_NAMES
 from tests.servers import free_port
@@ -224,3 +229,78 @@ def test_staging_cannot_fill_the_volume(small_volume, bucket):
     (Path(mount.path) / "after.txt").write_text("metadata still writable")
     assert services.mount_sync(bucket=bucket).synced_at is not None
     assert steps.answers(Path(mount.path))
+
+
+# A FUSE server of the test's own (the kernel's protocol on /dev/fuse): the requests a stuck
+# JuiceFS waits on are the kernel's, whatever answers them.
+FUSE_INIT, FUSE_READ_BUFFER = 26, 1 << 17
+IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, ext, pad
+OUT_HEADER = struct.Struct("<IiQ")  # len, error, unique
+
+
+def _fuse_request(fd: int, timeout: float = 10) -> tuple[int, int, int]:
+    """The next request on `fd`: (opcode, unique, pid of the process that made it)."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    assert ready, "no FUSE request came"
+    raw = os.read(fd, FUSE_READ_BUFFER)
+    _, opcode, unique, _, _, _, pid, _, _ = IN_HEADER.unpack_from(raw)
+    return opcode, unique, pid
+
+
+def _fuse_mount(point: Path) -> int:
+    """Mount an empty FUSE filesystem at `point` and answer its INIT; its /dev/fuse fd."""
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    options = f"fd={fd},rootmode=40000,user_id=0,group_id=0".encode()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"weldrtest", str(point).encode(), b"fuse.weldrtest", 0x2 | 0x4, options):
+        os.close(fd)
+        raise OSError(ctypes.get_errno(), "mount fuse.weldrtest")
+    opcode, unique, _ = _fuse_request(fd)
+    assert opcode == FUSE_INIT
+    # fuse_init_out: major 7, minor 31, readahead, flags, max_background, congestion_threshold,
+    # max_write, time_gran, max_pages, map_alignment, flags2, then reserved words.
+    init = struct.pack("<IIIIHHIIHHI", 7, 31, 0, 0, 16, 12, 4096, 1, 0, 0, 0) + bytes(28)
+    os.write(fd, OUT_HEADER.pack(OUT_HEADER.size + len(init), 0, unique) + init)
+    return fd
+
+
+def test_a_killed_juicefs_stuck_in_a_request_to_its_own_mount_has_its_connection_aborted(
+        bucket):
+    # As seen in a suite run: the watchdog, killed inside a request to its own mount that its
+    # server had read and would never answer, waits with SIGKILL pending and keeps /dev/fuse,
+    # so the connection lives on and every request on the mount waits forever.
+    p = system.paths(bucket)
+    point = p.volume_point
+    point.mkdir(parents=True)
+    server = _fuse_mount(point)
+    stuck = None
+    try:
+        # A process tagged as the bucket's JuiceFS, holding the connection's descriptor too.
+        stuck = runner.popen(
+            [sys.executable, "-c", f"import os; os.listdir({str(point)!r})"],
+            env={system.TAG_VARIABLE: system.daemon_tag(p, system.JUICEFS)},
+            pass_fds=[server], stdout=None, stderr=None)
+        while (request := _fuse_request(server))[2] != stuck.pid:
+            os.write(server, OUT_HEADER.pack(OUT_HEADER.size, -38, request[1]))  # ENOSYS
+        # its request is read, not answered: killed, it cannot leave the wait
+        stuck.send_signal(signal.SIGKILL)
+        assert runner.wait_until(lambda: runner.pid_killed(stuck.pid), timeout=5)
+        time.sleep(0.3)
+        assert stuck.poll() is None and runner.pid_alive(stuck.pid)
+        # and its server is gone: nothing can answer, but the stuck one holds the connection
+        os.close(server)
+        server = -1
+
+        assert steps.orphan_abort(p) is True
+        stuck.wait(timeout=10)
+        assert stuck.returncode == -signal.SIGKILL
+    finally:
+        connection = fuse_connection(point)
+        if connection is not None and (connection / "abort").exists():
+            (connection / "abort").write_text("1")
+        if stuck is not None and stuck.poll() is None:
+            stuck.kill()
+            stuck.wait(timeout=10)
+        if server >= 0:
+            os.close(server)
+        runner.run(["umount", "-l", str(point)], timeout=30, check=False)
