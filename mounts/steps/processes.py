@@ -302,10 +302,11 @@ def orphan_abort(p: system.Paths, juicefs_pid: int | None = None) -> bool:
     tag = system.daemon_tag(p, system.JUICEFS)
     if juicefs_pid is not None and owns(juicefs_pid, tag) and not runner.pid_killed(juicefs_pid):
         return False
-    if any(not runner.pid_killed(pid) for pid in daemons(p, system.JUICEFS)):
-        return False
+    # No connection (nothing mounted: a teardown after a clean unmount) spares the scan too.
     connection = fuse_connection(p.volume_point)
     if connection is None or not (connection / "abort").exists():
+        return False
+    if any(not runner.pid_killed(pid) for pid in daemons(p, system.JUICEFS)):
         return False
     logger.warning("aborting the FUSE connection of %s: none of its JuiceFS processes can answer "
                    "it", p.bucket)

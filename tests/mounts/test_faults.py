@@ -76,7 +76,6 @@ def _kill_juicefs(bucket: str) -> None:
         return not steps.daemons(p, system.JUICEFS)
 
     assert runner.wait_until(gone, timeout=30)
-    steps.orphan_abort(p)
     assert runner.wait_until(lambda: not steps.answers(p.mount_point), timeout=30)
 
 

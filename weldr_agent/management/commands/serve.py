@@ -106,8 +106,9 @@ def _reactor_stop() -> None:
 def _gc_freeze() -> None:
     """Leave what start-up made (Django, DRF, the routes, ~150k objects) out of every later
     garbage collection: a full collection traversed all of it, ~95 ms holding the GIL, and the
-    first came in the first burst of requests (docs/performance.md). Young garbage goes first;
-    the older start-up objects were found all but free of cycles (19 and 47 collected)."""
+    first came in the first burst of requests (docs/previews.md, "Met since"). Young garbage
+    goes first; the older start-up objects were found all but free of cycles (19 and 47
+    collected)."""
     gc.collect(1)
     gc.freeze()
 
