@@ -194,3 +194,68 @@ def test_a_parameter_the_orm_rewrites_is_refused():
     with pytest.raises(ImproperlyConfigured, match="not plain parameters"):
         prepared.first(name="x")
 
+
+
+# ----------------------------------------------------------------------------- negotiation
+
+NEGOTIATED_ACCEPTS = [None, "*/*", "", "application/json", "text/event-stream",
+                      "*/*;q=0.5, text/event-stream", "text/*", "image/png", "*/*; q=1"]
+
+
+@pytest.mark.parametrize("query", ["", "?format=json", "?format=sse"])
+@pytest.mark.parametrize("accept", NEGOTIATED_ACCEPTS)
+def test_negotiation_answers_as_drf_answers(accept, query):
+    from django.http import Http404
+    from rest_framework.exceptions import NotAcceptable
+    from rest_framework.negotiation import DefaultContentNegotiation
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from weldr_agent.negotiation import ContentNegotiation
+    from weldr_agent.sse import EventStreamRenderer
+
+    # given a request with this Accept header (or none) and a view's renderers
+    headers = {} if accept is None else {"HTTP_ACCEPT": accept}
+    request = Request(APIRequestFactory().get(f"/exec{query}", **headers))
+    for renderers in ([JSONRenderer(), EventStreamRenderer()], [JSONRenderer()]):
+        # when ours and DRF's negotiation choose
+        answers = []
+        for negotiation in (ContentNegotiation(), DefaultContentNegotiation()):
+            try:
+                renderer, media_type = negotiation.select_renderer(request, renderers)
+                answers.append((type(renderer), media_type))
+            except NotAcceptable:
+                answers.append("406")
+            except Http404:  # ?format= naming no renderer of the view
+                answers.append("404")
+        # then they choose alike: the fast path changes no answer
+        assert answers[0] == answers[1], (accept, query, renderers)
+
+
+# ---------------------------------------------------------------------------- serializers
+
+
+def test_shallow_copied_fields_are_the_instances_own():
+    from commands.serializers import ExecRequestSerializer
+
+    # given two exec requests validated while both serializers are alive
+    first = ExecRequestSerializer(data={"bucket": "bucket-one", "command": "true",
+                                        "env": {"A": "1"}})
+    second = ExecRequestSerializer(data={"bucket": "bucket-two", "command": ["ls", "-l"],
+                                         "timeout": "x", "env": {"1BAD": "v"}})
+    assert first.is_valid() and not second.is_valid()
+
+    # then each has its own fields, bound to itself; the declared ones stay unbound
+    assert first.validated_data["bucket"] == "bucket-one"
+    assert first.validated_data["env"] == {"A": "1"}
+    assert set(second.errors) == {"timeout", "env"}
+    for name, field in first.fields.items():
+        assert field.parent is first and second.fields[name].parent is second
+        assert field is not second.fields[name]
+        declared = ExecRequestSerializer._declared_fields[name]
+        assert field is not declared and declared.parent is None
+    # and a third, after them, validates as the first did
+    third = ExecRequestSerializer(data={"bucket": "bucket-three", "command": "true"})
+    assert third.is_valid(), third.errors
+    assert third.validated_data["timeout"] == 60 and third.validated_data["env"] == {}

@@ -22,6 +22,7 @@ REST_FRAMEWORK = {
                                    "weldr_agent.access.TenantAccess"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "weldr_agent.negotiation.ContentNegotiation",
     "DEFAULT_SCHEMA_CLASS": "weldr_agent.schema.AutoSchema",
     "EXCEPTION_HANDLER": "weldr_agent.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
