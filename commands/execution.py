@@ -76,7 +76,17 @@ class CommandSpec:
 
 
 class Execution:
-    """A command started in a sandbox; `events()` yields its start, output and exit."""
+    """A command started in a sandbox; `events()` yields its start, output and exit.
+
+    Its descriptors (the control socket, the stdout and stderr pipes) are watched with the
+    event loop's own readers and read by callbacks that put events on a queue: no transport,
+    stream or task per descriptor, which cost a `true` more than the command itself
+    (docs/exec.md, "Measured"). Output is read while fewer than `QUEUED_MAX` events wait in
+    the queue; beyond that the pipes are not read until `events()` takes some, so a command
+    that writes faster than its client reads blocks on a full pipe.
+    """
+
+    QUEUED_MAX = 64
 
     def __init__(self, spec: CommandSpec) -> None:
         self.spec = spec
@@ -84,13 +94,17 @@ class Execution:
         self.started = time.monotonic()
         self.exit: dict[str, Any] | None = None
         self.killed = False
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=64)
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._control: socket.socket | None = None
-        # Once wrapped, the stream transport owns the control socket: close it through it
-        # (closing the socket under it would leave a stale fd registered with the loop).
-        self._writer: asyncio.StreamWriter | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._pipes: list[int] = []
+        self._control_buffer = b""
+        self._started: asyncio.Future[dict[str, Any]] | None = None
+        self._outputs: dict[int, str] = {}  # pipe read end -> "stdout" / "stderr"
+        self._paused: set[int] = set()  # outputs not read until the queue shrinks
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while it watches ours
+        self._exit_seen = False
+        self._backstop: asyncio.TimerHandle | None = None
+        self._feeder: asyncio.Task[None] | None = None
+        self._pipes: list[int] = []  # every descriptor of ours still open
 
     async def start(self, sandbox: BucketSandbox) -> None:
         """Connect to the daemon, hand over the pipes, and wait for the command's pid."""
@@ -98,6 +112,8 @@ class Execution:
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (stdout_r, stderr_r):  # our ends only: the command's writes block as usual
+            os.set_blocking(fd, False)
         self._pipes = [stdin_w, stdout_r, stderr_r]
         control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self._control = control
@@ -112,42 +128,103 @@ class Execution:
             for fd in (stdin_r, stdout_w, stderr_w):
                 os.close(fd)
         control.setblocking(False)
-        reader, self._writer = await asyncio.open_unix_connection(sock=control)
+        self._started = loop.create_future()
+        self._loop = loop
+        loop.add_reader(control, self._control_readable)
         try:
-            line = await asyncio.wait_for(reader.readline(), SANDBOX_READY_TIMEOUT)
+            message = await asyncio.wait_for(self._started, SANDBOX_READY_TIMEOUT)
         except TimeoutError:
-            line = b'{"event": "error", "detail": "the sandbox did not answer"}'
-        message = json.loads(line) if line else {"event": "error", "detail": "sandbox closed"}
+            message = {"event": "error", "detail": "the sandbox did not answer"}
         if message.get("event") != "start":
             self.close()
             raise SandboxFailed(f"The command could not start: {message.get('detail')}")
         self.pid = message["pid"]
         self.started = time.monotonic()
-        self._tasks = [
-            loop.create_task(self._pump("stdout", stdout_r)),
-            loop.create_task(self._pump("stderr", stderr_r)),
-            loop.create_task(self._feed(stdin_w, self.spec.stdin or b"")),
-            loop.create_task(self._await_exit(reader)),
-        ]
+        self._outputs = {stdout_r: "stdout", stderr_r: "stderr"}
+        for fd in self._outputs:
+            loop.add_reader(fd, self._output_readable, fd)
+        if not self._exit_seen:  # a quick command's exit may have come with its start
+            self._backstop = loop.call_later(self.spec.timeout + BACKSTOP_SECONDS,
+                                             self._exited, {})
+        if self.spec.stdin:
+            self._feeder = loop.create_task(self._feed(stdin_w, self.spec.stdin))
+        else:
+            self._pipes.remove(stdin_w)
+            os.close(stdin_w)
 
-    async def _pump(self, kind: str, fd: int) -> None:
-        self._pipes.remove(fd)  # from here on the pipe transport owns (and closes) the fd
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_CHUNK * 4)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0))
+    def _control_readable(self) -> None:
+        """The daemon's lines: `start` (or `error`) first, then `exit`; its end of file before
+        the exit means the sandbox died with the command."""
         try:
-            while data := await reader.read(READ_CHUNK):
-                await self._queue.put(Event(kind, data))
-            await self._queue.put(Event(f"{kind}_eof"))
-        finally:
-            transport.close()
+            data = self._control.recv(4096)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._control_buffer += data
+        while b"\n" in self._control_buffer:
+            line, self._control_buffer = self._control_buffer.split(b"\n", 1)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                message = {"event": "error", "detail": "the sandbox's answer is not JSON"}
+            if not self._started.done():  # type: ignore[union-attr]
+                self._started.set_result(message)  # type: ignore[union-attr]
+            elif message.get("event") == "exit":
+                self._exited(message)
+        if not data:
+            self._loop.remove_reader(self._control)  # type: ignore[union-attr, arg-type]
+            if not self._started.done():  # type: ignore[union-attr]
+                self._started.set_result({"event": "error", "detail": "sandbox closed"})
+            else:
+                self._exited({})
+
+    def _exited(self, message: dict[str, Any]) -> None:
+        """The exit event, once: the daemon's status, or (the daemon died or stopped
+        answering: the sandbox is gone with the command) an unknown one."""
+        if self._exit_seen:
+            return
+        self._exit_seen = True
+        if self._backstop is not None:
+            self._backstop.cancel()
+            self._backstop = None
+        if message.get("event") != "exit":
+            message = {"exit_code": None, "timed_out": False}
+        self._queue.put_nowait(Event("exit", info={
+            "exit_code": message.get("exit_code"),
+            "timed_out": bool(message.get("timed_out")),
+        }))
+
+    def _output_readable(self, fd: int) -> None:
+        if self._queue.qsize() >= self.QUEUED_MAX:
+            self._loop.remove_reader(fd)  # type: ignore[union-attr]
+            self._paused.add(fd)
+            return
+        kind = self._outputs[fd]
+        try:
+            data = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._queue.put_nowait(Event(kind, data))
+            return
+        self._loop.remove_reader(fd)  # type: ignore[union-attr]
+        del self._outputs[fd]
+        self._pipes.remove(fd)
+        os.close(fd)
+        self._queue.put_nowait(Event(f"{kind}_eof"))
+
+    def _resume(self) -> None:
+        """Read the paused outputs again once the queue has room."""
+        if self._paused and self._queue.qsize() < self.QUEUED_MAX:
+            for fd in self._paused:
+                self._loop.add_reader(fd, self._output_readable, fd)  # type: ignore[union-attr]
+            self._paused.clear()
 
     async def _feed(self, fd: int, data: bytes) -> None:
-        self._pipes.remove(fd)
-        if not data:
-            os.close(fd)
-            return
+        self._pipes.remove(fd)  # from here on the pipe transport owns (and closes) the fd
         loop = asyncio.get_running_loop()
         transport, _ = await loop.connect_write_pipe(asyncio.Protocol,
                                                      os.fdopen(fd, "wb", buffering=0))
@@ -155,21 +232,6 @@ class Execution:
         # (or exits first) just makes the transport drop the rest when it closes.
         transport.write(data)
         transport.close()
-
-    async def _await_exit(self, reader: asyncio.StreamReader) -> None:
-        try:
-            line = await asyncio.wait_for(reader.readline(),
-                                          self.spec.timeout + BACKSTOP_SECONDS)
-        except TimeoutError:
-            line = b""
-        message = json.loads(line) if line else {}
-        if message.get("event") != "exit":
-            # The daemon died (or stopped answering): the sandbox is gone with the command.
-            message = {"exit_code": None, "timed_out": False}
-        await self._queue.put(Event("exit", info={
-            "exit_code": message.get("exit_code"),
-            "timed_out": bool(message.get("timed_out")),
-        }))
 
     async def events(self) -> AsyncIterator[Event]:
         """start, then stdout/stderr chunks as they come, then exit (always last)."""
@@ -188,6 +250,7 @@ class Execution:
                     break
             else:
                 event = await self._queue.get()
+            self._resume()
             if event.kind.endswith("_eof"):
                 open_streams.discard(event.kind[:-4])
             elif event.kind == "exit":
@@ -203,23 +266,33 @@ class Execution:
     def kill(self) -> None:
         """Ask the daemon to kill the command's whole process tree."""
         self.killed = True
-        if self._writer is not None and self.exit is None:
-            self._writer.write(b'{"op": "kill"}\n')
+        if self._control is not None and self.exit is None:
+            try:
+                self._control.send(b'{"op": "kill"}\n')
+            except OSError:
+                pass  # the daemon is gone, or its buffer full: closing the socket kills too
 
     def close(self) -> None:
         """Release everything; closing the control socket also kills a command still running."""
-        for task in self._tasks:
-            task.cancel()
-        if self._writer is not None:
-            self._writer.transport.abort()
-        elif self._control is not None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+        if self._backstop is not None:
+            self._backstop.cancel()
+            self._backstop = None
+        if self._loop is not None:
+            # Not watched any more before they are closed: a closed descriptor left in the
+            # loop's selector could stand for the next file opened under its number.
+            for fd in self._outputs:
+                self._loop.remove_reader(fd)
+            if self._control is not None:
+                self._loop.remove_reader(self._control)
+            self._loop = None
+        self._outputs, self._paused = {}, set()
+        if self._control is not None:
             self._control.close()
-        self._writer, self._control = None, None
+        self._control = None
         for fd in self._pipes:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # already owned and closed by a pipe transport
+            os.close(fd)
         self._pipes = []
 
 
