@@ -13,7 +13,7 @@ from rest_framework import serializers
 
 from commands.models import ExecCommand
 from weldr_agent.schema import event_stream_response
-from weldr_agent.serializers import ShallowCopiedFields
+from weldr_agent.serializers import ShallowCopiedFields, StrictSerializer
 
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -51,7 +51,7 @@ class PathField(serializers.CharField):
                            if not isinstance(v, ProhibitNullCharactersValidator)]
 
 
-class ExecRequestSerializer(ShallowCopiedFields, serializers.Serializer):
+class ExecRequestSerializer(ShallowCopiedFields, StrictSerializer):
     bucket = serializers.RegexField(BUCKET_RE, error_messages={
         "invalid": "A bucket name is 3-63 characters of a-z, 0-9, '.' and '-'."})
     command = CommandField()

@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from mounts.models import Layout, Mount
+from weldr_agent.serializers import StrictSerializer
 
 
 class MountSerializer(serializers.ModelSerializer[Mount]):
@@ -19,7 +20,7 @@ class MountListSerializer(serializers.Serializer):  # type: ignore[type-arg]
     mounts = MountSerializer(many=True)
 
 
-class MountCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class MountCreateSerializer(StrictSerializer):
     # The name's rules are checked by the service (400 invalid_bucket), not here.
     bucket = serializers.CharField(max_length=255, trim_whitespace=False)
     layout = serializers.ChoiceField(
@@ -36,7 +37,7 @@ class MountCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
                   "(docs/mounts.md, \"One writer per bucket\").")
 
 
-class MountRemoveSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class MountRemoveSerializer(StrictSerializer):
     bucket = serializers.CharField(max_length=255, trim_whitespace=False)
     force = serializers.BooleanField(default=False)
 

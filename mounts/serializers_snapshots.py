@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from mounts.models import Mount, Snapshot
 from mounts.serializers import MountSerializer
+from weldr_agent.serializers import StrictSerializer
 
 
 class SnapshotSerializer(serializers.ModelSerializer[Snapshot]):
@@ -28,7 +29,7 @@ class SnapshotListSerializer(serializers.Serializer):  # type: ignore[type-arg]
     snapshots = SnapshotSerializer(many=True)
 
 
-class SnapshotCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class SnapshotCreateSerializer(StrictSerializer):
     # The name's rules are checked by the service (400 invalid_snapshot_name).
     name = serializers.CharField(max_length=255, required=False, default="", allow_blank=True,
                                  trim_whitespace=False)
@@ -58,7 +59,7 @@ class RestoredSerializer(serializers.Serializer):  # type: ignore[type-arg]
     commands_stopped = StoppedCommandSerializer(many=True)
 
 
-class PolicySerializer(serializers.Serializer):  # type: ignore[type-arg]
+class PolicySerializer(StrictSerializer):
     keep = serializers.IntegerField(min_value=0, max_value=100000,
                                     help_text="Keep at most this many snapshots (0: no limit).")
     max_age_days = serializers.IntegerField(min_value=0, max_value=36500,
@@ -70,7 +71,7 @@ class PolicySetSerializer(PolicySerializer):
                                     help_text="Snapshots deleted by applying it now.")
 
 
-class ForkCreateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class ForkCreateSerializer(StrictSerializer):
     # Checked by the service with the bucket-name rules (400 invalid_bucket): the fork is
     # addressed where a bucket is (/exec, /previews, /files, /mounts/unmount).
     name = serializers.CharField(max_length=255, trim_whitespace=False)

@@ -8,6 +8,7 @@ from rest_framework import serializers
 from previews import system
 from previews.errors import InvalidPort
 from previews.models import Preview
+from weldr_agent.serializers import StrictSerializer
 
 COMMAND_MAX_CHARS = 8192
 # S3's bucket names: the name ends up in paths, container and host names.
@@ -46,7 +47,7 @@ class PreviewListSerializer(serializers.Serializer):
     previews = PreviewSerializer(many=True)
 
 
-class PreviewStartSerializer(serializers.Serializer):
+class PreviewStartSerializer(StrictSerializer):
     bucket = serializers.RegexField(BUCKET_PATTERN, max_length=63)
     port = serializers.JSONField(required=False, allow_null=True)
     command = serializers.CharField(required=False, allow_null=True, allow_blank=False,
@@ -76,7 +77,7 @@ class PreviewStartSerializer(serializers.Serializer):
         return value
 
 
-class PreviewTokenCreateSerializer(serializers.Serializer):
+class PreviewTokenCreateSerializer(StrictSerializer):
     port = serializers.JSONField(required=False, allow_null=True,
                                  help_text="the preview's port (default: its current one)")
     ttl_seconds = serializers.IntegerField(required=False, min_value=10,
@@ -105,7 +106,7 @@ class PreviewTokenSerializer(serializers.Serializer):
     one_shot = serializers.BooleanField()
 
 
-class PreviewStopSerializer(serializers.Serializer):
+class PreviewStopSerializer(StrictSerializer):
     bucket = serializers.RegexField(BUCKET_PATTERN, max_length=63)
 
 

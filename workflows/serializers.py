@@ -6,10 +6,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from weldr_agent.schema import BUCKET_SCHEMA
+from weldr_agent.serializers import StrictModelSerializer, StrictSerializer
 from workflows.models import Branch, Integration, Project, Version, WorkflowRun
 
 
-class ProjectSerializer(serializers.ModelSerializer):
+class ProjectSerializer(StrictModelSerializer):
     class Meta:
         model = Project
         fields = ["id", "name", "owner_id", "created_at"]
@@ -22,7 +23,7 @@ class BucketNameField(serializers.CharField):
     """A bucket name; declared with S3's pattern so that clients (and fuzzers) know it."""
 
 
-class BranchSerializer(serializers.ModelSerializer):
+class BranchSerializer(StrictModelSerializer):
     bucket = BucketNameField(max_length=63)
 
     class Meta:
@@ -57,7 +58,7 @@ class TriggerMessageSerializer(serializers.Serializer):
     content = TextPartSerializer(many=True, allow_empty=False)
 
 
-class BranchRefSerializer(serializers.Serializer):
+class BranchRefSerializer(StrictSerializer):
     project_id = serializers.CharField(max_length=64)
     branch_id = serializers.CharField(max_length=64)
 
