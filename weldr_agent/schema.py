@@ -18,12 +18,12 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
-from drf_spectacular.plumbing import is_list_serializer
+from drf_spectacular.plumbing import force_instance, is_list_serializer
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework.permissions import AllowAny
 
 from weldr_agent import access
-from weldr_agent.serializers import error_responses
+from weldr_agent.serializers import RejectUnknownFields, error_responses
 
 EVENT_STREAM = "text/event-stream"
 # S3's bucket names, as every app checks them (mounts.validators); declared on every `{bucket}`.
@@ -57,6 +57,16 @@ class AutoSchema(SpectacularAutoSchema):
         # Our views are APIViews that wrap collections in an object ({"mounts": [...]}): a
         # response is a bare array only when it is declared as one (many=True).
         return is_list_serializer(serializer)
+
+    def _map_serializer(self, serializer: Any, direction: str,
+                        bypass_extensions: bool = False) -> dict[str, Any]:
+        schema = super()._map_serializer(serializer, direction, bypass_extensions)
+        # A strict serializer refuses fields it does not declare: its request shape says so
+        # (requests and responses are separate components: COMPONENT_SPLIT_REQUEST).
+        if direction == "request" and isinstance(force_instance(serializer),
+                                                 RejectUnknownFields):
+            schema["additionalProperties"] = False
+        return schema
 
     def get_operation_id(self) -> str:
         # A collection's GET is a list even when its body is an object (see _is_list_view).

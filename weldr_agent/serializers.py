@@ -61,7 +61,10 @@ def error_responses(*status_codes: int, **descriptions: str) -> dict[int, OpenAp
     }
 
 
-class _RejectUnknownFields:
+class RejectUnknownFields:
+    """Refuses (400 `invalid`) a body naming a field the serializer does not declare; its
+    request shape in the OpenAPI document says so (`additionalProperties: false`)."""
+
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
             unknown = sorted(set(data) - set(self.fields))  # type: ignore[attr-defined]
@@ -70,11 +73,11 @@ class _RejectUnknownFields:
         return super().to_internal_value(data)  # type: ignore[misc]
 
 
-class StrictSerializer(_RejectUnknownFields, serializers.Serializer):
+class StrictSerializer(RejectUnknownFields, serializers.Serializer):
     """A Serializer that answers 400 `invalid` to fields it does not declare."""
 
 
-class StrictModelSerializer(_RejectUnknownFields, serializers.ModelSerializer):
+class StrictModelSerializer(RejectUnknownFields, serializers.ModelSerializer):
     """A ModelSerializer that answers 400 `invalid` to fields it does not declare."""
 
 

@@ -31,3 +31,16 @@ def test_an_unknown_field_is_400_naming_it(api, method, path):
                            content_type="application/json")
     assert response.status_code == 400, (path, response.content)
     assert response.json()["errors"] == {"not_a_field": ["Unknown field."]}, path
+
+
+def test_the_document_says_so_for_every_json_body():
+    from drf_spectacular.generators import SchemaGenerator
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None:
+                name = body["schema"]["$ref"].rsplit("/", 1)[-1]
+                component = schema["components"]["schemas"][name]
+                assert component["additionalProperties"] is False, (method, path)
