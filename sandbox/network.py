@@ -33,8 +33,10 @@ LINK_BLOCKS = ipaddress.ip_network("10.64.0.0/10")
 LINKS_PER_INSTANCE = 256
 POOL_SIZE = 2
 FENCE_WAIT_SECONDS = 120
-# At shutdown, how long to wait for the namespace the filler is making (`ip`: well under this).
+# At shutdown, how long to wait for the namespace the filler is making (`ip`: well under this),
+# and for the namespaces given back just before it (their chain emptied, then deleted).
 FILLER_JOIN_SECONDS = 30
+RECYCLE_JOIN_SECONDS = 30
 
 
 class NetnsExhausted(runner.CommandError):
@@ -233,6 +235,7 @@ class NetnsPool(MadeAheadPool[Netns]):
         self._used: set[int] = set()
         self._started = False
         self._fenced = threading.Event()
+        self._recycling: set[threading.Thread] = set()
 
     @property
     def size(self) -> int:
@@ -323,12 +326,22 @@ class NetnsPool(MadeAheadPool[Netns]):
             _netns_delete(ns)
             with self._lock:
                 self._used.discard(ns.slot)
+                self._recycling.discard(threading.current_thread())
                 self._lock.notify_all()
-        threading.Thread(target=recycle, name=f"netns-del-{ns.slot}", daemon=True).start()
+        thread = threading.Thread(target=recycle, name=f"netns-del-{ns.slot}", daemon=True)
+        with self._lock:
+            self._recycling.add(thread)
+        thread.start()
 
     def shutdown(self) -> None:
         for ns in self._close(join=FILLER_JOIN_SECONDS):
             self._discard(ns)
+        # A namespace given back just before: its chain emptied after `firewall_down` would be
+        # made anew (iptables-restore declares it) and outlive the agent, so they end first.
+        with self._lock:
+            recycling = list(self._recycling)
+        for thread in recycling:
+            thread.join(RECYCLE_JOIN_SECONDS)
         # Namespaces still being recycled by daemon threads would outlive the process.
         self.reset(everything=True)
         firewall_down()

@@ -152,3 +152,45 @@ def test_a_size_that_falls_has_the_filler_discard_the_newest_beyond_it() -> None
         assert not runner.wait_until(lambda: pool.ready_count() > 1, timeout=0.3)
     finally:
         pool._close(join=10)
+
+
+def test_a_namespace_given_back_as_the_agent_stops_is_emptied_before_the_firewall_goes(
+        monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The netns pool's shutdown waits for the namespaces given back just before it: emptying a
+    slot's egress chain after the firewall is gone made the chain anew (iptables-restore
+    declares it), and it outlived the agent (a `WELDR-<instance>-S0` chain left by a suite run).
+    What the pool does is recorded in order; its threads, lock and waits are the real ones."""
+    from sandbox import network
+
+    order: list[tuple] = []
+    emptying, closed = threading.Event(), threading.Event()
+
+    def detach(*, slot: int, interface: str) -> None:
+        emptying.set()
+        closed.wait(10)  # the shutdown has begun: the pool is closed
+        time.sleep(0.2)  # and has gone as far as it goes without waiting for this
+        order.append(("chain emptied", slot))
+
+    monkeypatch.setattr(network.egress, "sandbox_detach", detach)
+    monkeypatch.setattr(network, "_netns_delete", lambda ns: order.append(("deleted", ns.slot)))
+    monkeypatch.setattr(network, "firewall_down", lambda: order.append(("firewall down",)))
+    monkeypatch.setattr(network.NetnsPool, "reset", lambda self, everything=False: None)
+    pool = network.NetnsPool(size=0)
+    close = pool._close
+
+    def close_then_tell(*, join: float) -> list:
+        ready = close(join=join)
+        closed.set()
+        return ready
+
+    monkeypatch.setattr(pool, "_close", close_then_tell)
+
+    # given a namespace given back, its chain being emptied
+    pool.release(network.netns_for(7))
+    assert emptying.wait(10)
+    # when the agent stops
+    pool.shutdown()
+    runner.wait_until(lambda: ("deleted", 7) in order, timeout=10)
+
+    # then the chain was emptied (and the namespace deleted) before the firewall went
+    assert order == [("chain emptied", 7), ("deleted", 7), ("firewall down",)]
