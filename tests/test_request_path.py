@@ -195,7 +195,6 @@ def test_a_parameter_the_orm_rewrites_is_refused():
         prepared.first(name="x")
 
 
-
 # ----------------------------------------------------------------------------- negotiation
 
 NEGOTIATED_ACCEPTS = [None, "*/*", "", "application/json", "text/event-stream",
